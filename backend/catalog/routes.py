@@ -1,0 +1,43 @@
+"""What can be trained: the datasets (with their modalities and classes) and the methods
+(with the fusions each allows). The new-run form is built from these."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from worker.training.datasets import dataset_infos
+from worker.training.spec import METHODS
+
+from ..api.deps import SettingsDep
+
+router = APIRouter(tags=["catalog"])
+
+
+class DatasetOut(BaseModel):
+    name: str
+    title: str
+    description: str
+    modalities: list[str]
+    classes: list[str]
+    n_samples: int
+    n_groups: int
+    shapes: dict[str, list[int]]
+    class_counts: list[int]
+
+
+class MethodOut(BaseModel):
+    name: str
+    title: str
+    fusions: list[str]
+    description: str
+
+
+@router.get("/api/datasets", response_model=list[DatasetOut])
+def list_datasets(settings: SettingsDep) -> list[DatasetOut]:
+    return [DatasetOut.model_validate(info, from_attributes=True) for info in dataset_infos(settings.data_dir)]
+
+
+@router.get("/api/methods", response_model=list[MethodOut])
+def list_methods() -> list[MethodOut]:
+    return [MethodOut.model_validate(m, from_attributes=True) for m in METHODS.values()]

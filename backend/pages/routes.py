@@ -1,0 +1,45 @@
+"""The HTML pages. They hold no data of their own: their scripts read the REST API and the
+live stream, so the pages and API can never disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from ..api.deps import SessionDep
+from ..runs import service
+
+FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+templates = Jinja2Templates(directory=FRONTEND_DIR / "templates")
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request):
+    return templates.TemplateResponse(request, "runs.html", {"title": "Runs"})
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(request: Request):
+    return templates.TemplateResponse(request, "new_run.html", {"title": "New run"})
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, session: SessionDep):
+    try:
+        run = service.get_run(session, run_id)
+    except service.RunNotFound:
+        raise HTTPException(404, f"run {run_id} not found") from None
+    return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run})
+
+
+@router.get("/vendor/plotly.min.js")
+def plotly_js() -> FileResponse:
+    # Served from the installed plotly package: no CDN, works offline.
+    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})

@@ -1,0 +1,59 @@
+"""The Celery side both processes share: how to reach the broker and how a run is enqueued.
+
+The broker only carries run ids; the database holds everything else. The API sends tasks by
+name, so it never imports the worker's code (nor torch). worker/celery_app.py builds the
+same app and registers the task under that name.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .settings import Settings
+
+TRAIN_RUN_TASK = "missmod.train_run"
+
+# Above the longest run we expect (Redis redelivers an unacked task after this many seconds).
+VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("missmod", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    if settings.uses_filesystem_broker:
+        settings.make_dirs()
+        queue_dir = str(settings.broker_dir / "queue")
+        transport_options = {
+            "data_folder_in": queue_dir,
+            "data_folder_out": queue_dir,
+            "control_folder": str(settings.broker_dir / "control"),
+            "processed_folder": str(settings.broker_dir / "processed"),
+            "store_processed": False,
+            "polling_interval": settings.broker_poll_interval,
+        }
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.task_queue,
+        task_ignore_result=True,  # results live in the database
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+class RunQueue:
+    """Sends run ids to the workers. The task id is the run id."""
+
+    def __init__(self, settings: Settings):
+        self.celery = make_celery(settings)
+
+    def enqueue(self, run_id: int) -> None:
+        self.celery.send_task(TRAIN_RUN_TASK, args=[run_id], task_id=str(run_id))
+
+    def close(self) -> None:
+        self.celery.close()

@@ -1,0 +1,98 @@
+"""Tables of runs, their metric points and their final confusion matrix."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..db import Base, UTCDateTime, utcnow
+
+# A BIGINT primary key on PostgreSQL; SQLite only auto-increments "INTEGER PRIMARY KEY".
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RunState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATES = frozenset({RunState.succeeded, RunState.failed, RunState.cancelled})
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Typed copies of the spec fields people filter and group by.
+    dataset: Mapped[str] = mapped_column(String(200), index=True)
+    method: Mapped[str] = mapped_column(String(50), index=True)
+    fusion: Mapped[str] = mapped_column(String(20))
+    missing_modality: Mapped[str] = mapped_column(String(100))
+    missing_rate: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+
+    state: Mapped[str] = mapped_column(String(20), index=True, default=RunState.queued)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+
+    confusion: Mapped["ConfusionMatrix | None"] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class MetricPoint(Base):
+    """One value of one metric at the end of one epoch. Unique per (run, epoch, name), so a
+    redelivered task that replays an epoch cannot add a second point."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        UniqueConstraint("run_id", "epoch", "name", name="uq_metric_points_run_epoch_name"),
+        Index("ix_metric_points_run_id_id", "run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float | None] = mapped_column(Float)  # NULL: not finite (a diverged loss)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConfusionMatrix(Base):
+    """Test-set confusion matrix at the epoch chosen on validation accuracy: rows are the
+    true classes, columns the predicted ones, counted per group (video) where groups exist."""
+
+    __tablename__ = "confusion_matrices"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    counts: Mapped[list[list[int]]] = mapped_column(JSON)
+
+    run: Mapped[Run] = relationship(back_populates="confusion")

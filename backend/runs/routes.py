@@ -1,0 +1,132 @@
+"""REST routes of runs. Thin: validation at the edge, logic in service.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from sse_starlette import EventSourceResponse
+
+from worker.training.datasets import UnknownDatasetError, dataset_info
+from worker.training.spec import spec_errors_for_dataset
+
+from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from . import service
+from .models import RunState
+from .schemas import ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage
+from .stream import run_events
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+NOT_FOUND = {404: {"description": "No run with this id"}}
+
+
+def _check_against_dataset(payload: RunCreate, settings) -> None:
+    """422 naming the field when the dataset is unknown or lacks the modality."""
+    try:
+        modalities = dataset_info(payload.dataset, settings.data_dir).modalities
+    except UnknownDatasetError:
+        modalities = None
+    errors = spec_errors_for_dataset(payload, modalities)
+    if errors:
+        raise RequestValidationError([
+            {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}
+            for e in errors
+        ])
+
+
+def _get_or_404(session, run_id: int):
+    try:
+        return service.get_run(session, run_id)
+    except service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
+             responses={503: {"description": "The broker could not be reached; the run is marked failed"}})
+def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+    """Create a run and queue it for a worker."""
+    _check_against_dataset(payload, settings)
+    try:
+        run = service.create_run(session, payload, queue)
+    except Exception as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"the run was saved but could not be queued: {type(error).__name__}: {error}") from None
+    return RunOut.model_validate(run)
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    session: SessionDep,
+    state: RunState | None = None,
+    method: str | None = Query(None, max_length=50),
+    dataset: str | None = Query(None, max_length=200),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> RunPage:
+    """Runs, newest first."""
+    runs, total = service.list_runs(session, state=state, method=method, dataset=dataset, limit=limit, offset=offset)
+    return RunPage(items=[RunOut.model_validate(r) for r in runs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
+def get_run(run_id: int, session: SessionDep) -> RunOut:
+    return RunOut.model_validate(_get_or_404(session, run_id))
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
+def get_metrics(
+    run_id: int,
+    session: SessionDep,
+    after: int = Query(0, ge=0, description="Cursor from a previous page; 0 for all points"),
+    limit: int = Query(10_000, ge=1, le=100_000),
+) -> MetricsPage:
+    """Metric points `{epoch, name, value}` in the order they were recorded."""
+    run = _get_or_404(session, run_id)
+    points = service.metrics_after(session, run_id, after, limit)
+    cursor = points[-1].id if points else after
+    return MetricsPage(points=[MetricPointOut.model_validate(p) for p in points], cursor=cursor, state=run.state)
+
+
+@router.get("/{run_id}/confusion", response_model=ConfusionOut,
+            responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
+def get_confusion(run_id: int, session: SessionDep) -> ConfusionOut:
+    _get_or_404(session, run_id)
+    matrix = service.confusion_of(session, run_id)
+    if matrix is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
+    return ConfusionOut.model_validate(matrix)
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut,
+             responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
+def cancel_run(run_id: int, session: SessionDep) -> RunOut:
+    """Cancel: at once if queued, at the end of the current epoch if running."""
+    try:
+        return RunOut.model_validate(service.request_cancel(session, run_id))
+    except service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    except service.RunFinished as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+
+
+@router.get("/{run_id}/stream", responses=NOT_FOUND,
+            response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
+                                 "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
+def stream_run(
+    run_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: int = Query(0, ge=0, description="Send only points after this cursor"),
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
+    _get_or_404(session, run_id)
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, int(last_event_id))
+    return EventSourceResponse(
+        run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
+        ping=15,
+    )

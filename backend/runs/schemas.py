@@ -1,0 +1,91 @@
+"""What the run API accepts and returns."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from worker.training.spec import TrainSpec
+
+
+class RunCreate(TrainSpec):
+    """A training spec plus how the run is shown."""
+
+    name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
+
+    def training_spec(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"})
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    # JSON has no NaN or infinity: a diverged loss is reported as null.
+    return value if value is None or math.isfinite(value) else None
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    state: str
+    dataset: str
+    method: str
+    fusion: str
+    missing_modality: str
+    missing_rate: float
+    seed: int
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+    epochs_completed: int
+    test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
+    val_accuracy: float | None
+    best_epoch: int | None
+    info: dict[str, Any] | None
+    error: str | None
+    error_detail: str | None
+
+    @field_serializer("test_accuracy", "val_accuracy")
+    def _finite(self, value: float | None) -> float | None:
+        return _finite_or_none(value)
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricPointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    name: str
+    value: float | None
+
+    @field_serializer("value")
+    def _finite(self, value: float | None) -> float | None:
+        return _finite_or_none(value)
+
+
+class MetricsPage(BaseModel):
+    points: list[MetricPointOut]
+    cursor: int = Field(description="Pass as `after` to get only the points recorded since")
+    state: str
+
+
+class ConfusionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int = Field(description="The epoch chosen on validation accuracy")
+    classes: list[str]
+    counts: list[list[int]] = Field(description="Rows: true class; columns: predicted class")

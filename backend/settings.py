@@ -1,0 +1,65 @@
+"""All settings in one place, read from environment variables (and an optional `.env`).
+
+With nothing set, everything lives under VAR_DIR (`./var`): a SQLite database, a
+filesystem broker that needs no server, artifacts and data. Production sets DATABASE_URL
+(postgresql+psycopg://…) and BROKER_URL (redis://…).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FILESYSTEM_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    var_dir: Path = Field(Path("var"), description="Embedded database, broker folders and artifacts live here")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in VAR_DIR")
+    broker_url: str = Field("", description="Celery broker; default: filesystem broker in VAR_DIR")
+    data_dir: Path | None = Field(None, description="Datasets; default VAR_DIR/data")
+    artifact_dir: Path | None = Field(None, description="Checkpoints and outputs; default VAR_DIR/artifacts")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    broker_poll_interval: float = Field(0.05, gt=0, description="Seconds between filesystem-broker polls")
+    stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
+    heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
+    task_queue: str = Field("missmod", description="Celery queue the runs go to")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        self.var_dir = self.var_dir.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.var_dir / 'missmod.db'}"
+        if not self.broker_url:
+            self.broker_url = FILESYSTEM_BROKER
+        self.data_dir = (self.data_dir or self.var_dir / "data").expanduser().absolute()
+        self.artifact_dir = (self.artifact_dir or self.var_dir / "artifacts").expanduser().absolute()
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.var_dir / "broker"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem:")
+
+    def make_dirs(self) -> None:
+        for path in (self.var_dir, self.data_dir, self.artifact_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.uses_filesystem_broker:
+            for sub in ("queue", "processed", "control"):
+                (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.make_dirs()
+    return settings

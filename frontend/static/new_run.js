@@ -1,0 +1,95 @@
+// New-run form: choices come from the server (datasets with their modalities, methods with
+// the fusions each allows); the server validates, and its 422 errors are shown by the field.
+"use strict";
+
+(() => {
+  const form = document.getElementById("new-run");
+  const formError = document.getElementById("form-error");
+  const NUMBER_FIELDS = new Set(["missing_rate", "epochs", "seed", "lr", "batch_size", "feature_dim",
+                                 "hidden_dim", "weight_decay"]);
+  let datasets = [];
+  let methods = [];
+
+  function setOptions(select, values, keep) {
+    const previous = keep ? select.value : null;
+    select.replaceChildren(...values.map(([value, label]) => missmod.el("option", label, { value })));
+    if (previous && values.some(([v]) => v === previous)) select.value = previous;
+  }
+
+  function onDatasetChange() {
+    const dataset = datasets.find((d) => d.name === form.dataset.value);
+    if (!dataset) return;
+    setOptions(form.missing_modality, dataset.modalities.map((m) => [m, m]), true);
+    if (!dataset.modalities.includes(form.missing_modality.value)) form.missing_modality.value = dataset.modalities[1];
+    document.getElementById("dataset-hint").textContent =
+      `${dataset.n_samples} samples, ${dataset.classes.length} classes; modalities ${dataset.modalities.join(" and ")}. ${dataset.description}`;
+  }
+
+  function onMethodChange() {
+    const method = methods.find((m) => m.name === form.method.value);
+    if (!method) return;
+    setOptions(form.fusion, method.fusions.map((f) => [f, f]), true);
+    document.getElementById("method-hint").textContent = method.description;
+  }
+
+  function clearErrors() {
+    formError.hidden = true;
+    formError.textContent = "";
+    for (const slot of form.querySelectorAll(".field-error")) slot.textContent = "";
+    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  }
+
+  function showErrors(detail) {
+    const loose = [];
+    for (const error of Array.isArray(detail) ? detail : [{ msg: String(detail) }]) {
+      const field = (error.loc || []).filter((part) => part !== "body").join(".");
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
+      if (slot) {
+        slot.textContent = error.msg;
+        const input = form.elements[field];
+        if (input) input.setAttribute("aria-invalid", "true");
+      } else {
+        loose.push(field ? `${field}: ${error.msg}` : error.msg);
+      }
+    }
+    if (loose.length) { formError.textContent = loose.join("; "); formError.hidden = false; }
+  }
+
+  function payload() {
+    const data = {};
+    for (const [name, value] of new FormData(form).entries()) {
+      if (name === "name" && value.trim() === "") continue;
+      data[name] = NUMBER_FIELDS.has(name) && value.trim() !== "" ? Number(value) : value;
+    }
+    return data;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const button = document.getElementById("submit-run");
+    button.disabled = true;
+    try {
+      const { ok, status, body } = await missmod.api("/api/runs", { method: "POST", body: JSON.stringify(payload()) });
+      if (ok) { window.location.assign(`/runs/${body.id}`); return; }
+      showErrors(body && body.detail !== undefined ? body.detail : `request failed (${status})`);
+    } catch (error) {
+      showErrors(`could not reach the server: ${error}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  (async () => {
+    const [d, m] = await Promise.all([missmod.api("/api/datasets"), missmod.api("/api/methods")]);
+    datasets = d.body || [];
+    methods = m.body || [];
+    setOptions(form.dataset, datasets.map((x) => [x.name, x.title ? `${x.name} — ${x.title}` : x.name]));
+    setOptions(form.method, methods.map((x) => [x.name, `${x.name} — ${x.title}`]));
+    form.dataset.addEventListener("change", onDatasetChange);
+    form.method.addEventListener("change", onMethodChange);
+    onDatasetChange();
+    onMethodChange();
+    form.setAttribute("data-ready", "true");
+  })();
+})();

@@ -1,0 +1,124 @@
+// Run page: curves grow live from the run's Server-Sent Events stream (points are appended,
+// never redrawn); the confusion matrix appears when the run ends.
+"use strict";
+
+(() => {
+  const page = document.getElementById("run-page");
+  const runId = page.dataset.runId;
+  const charts = {
+    accuracy: { div: document.getElementById("chart-accuracy"), traces: new Map(), title: "Accuracy", range: [0, 1] },
+    loss: { div: document.getElementById("chart-loss"), traces: new Map(), title: "Loss" },
+  };
+  const PLOT_CONFIG = { responsive: true, displaylogo: false };
+  let confusionShown = false;
+
+  function chartFor(name) {
+    return name.endsWith("accuracy") ? charts.accuracy : charts.loss;
+  }
+
+  function layout(chart) {
+    return {
+      title: { text: chart.title },
+      margin: { t: 40, r: 10, b: 40, l: 50 },
+      xaxis: { title: { text: "epoch" }, rangemode: "tozero" },
+      yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : { rangemode: "tozero" },
+      legend: { orientation: "h", y: -0.2 },
+      shapes: [],
+    };
+  }
+
+  for (const chart of Object.values(charts)) Plotly.newPlot(chart.div, [], layout(chart), PLOT_CONFIG);
+
+  function addPoints(points) {
+    const byName = new Map();
+    for (const p of points) {
+      if (!byName.has(p.name)) byName.set(p.name, { x: [], y: [] });
+      byName.get(p.name).x.push(p.epoch);
+      byName.get(p.name).y.push(p.value);
+    }
+    for (const [name, series] of byName) {
+      const chart = chartFor(name);
+      if (!chart.traces.has(name)) {
+        chart.traces.set(name, chart.traces.size);
+        Plotly.addTraces(chart.div, { x: [], y: [], name, mode: "lines+markers", type: "scatter", marker: { size: 4 } });
+      }
+      Plotly.extendTraces(chart.div, { x: [series.x], y: [series.y] }, [chart.traces.get(name)]);
+    }
+  }
+
+  function markBestEpoch(epoch) {
+    for (const chart of Object.values(charts)) {
+      Plotly.relayout(chart.div, {
+        shapes: [{ type: "line", x0: epoch, x1: epoch, yref: "paper", y0: 0, y1: 1,
+                   line: { dash: "dot", width: 1, color: "#888" } }],
+      });
+    }
+  }
+
+  async function showConfusion() {
+    if (confusionShown) return;
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
+    if (!ok) return;
+    confusionShown = true;
+    document.getElementById("confusion-waiting")?.remove();
+    const totals = body.counts.map((row) => row.reduce((a, b) => a + b, 0));
+    const normalised = body.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
+    Plotly.newPlot("chart-confusion", [{
+      type: "heatmap", z: normalised, x: body.classes, y: body.classes, customdata: body.counts,
+      colorscale: "Blues", zmin: 0, zmax: 1, text: body.counts, texttemplate: "%{text}",
+      hovertemplate: "true %{y}, predicted %{x}<br>%{customdata} samples (%{z:.1%} of the row)<extra></extra>",
+    }], {
+      margin: { t: 10, r: 10, b: 60, l: 70 },
+      xaxis: { title: { text: "predicted" }, type: "category" },
+      yaxis: { title: { text: "true" }, type: "category", autorange: "reversed" },
+    }, PLOT_CONFIG);
+    document.getElementById("chart-confusion").dataset.ready = "true";
+  }
+
+  function showInfo(info) {
+    const list = document.getElementById("run-info");
+    if (!info) return;
+    const rows = [];
+    if (info.n_train !== undefined)
+      rows.push(["Training samples", `${info.n_train} (${info.n_train_complete} complete, ${info.n_train_missing} missing ${info.y_modality})`]);
+    if (info.reference_set) rows.push(["Reference set S", info.reference_set_size ? `${info.reference_set} (${info.reference_set_size})` : info.reference_set]);
+    if (info.bayes_test_accuracy) {
+      const b = info.bayes_test_accuracy;
+      rows.push(["Bayes-optimal (test)", `both ${missmod.percent(b.xy)}, ${info.x_modality} ${missmod.percent(b.x)}, ${info.y_modality} ${missmod.percent(b.y)}`]);
+    }
+    if (info.device) rows.push(["Device", info.device]);
+    if (info.seconds !== undefined) rows.push(["Training time", `${info.seconds.toFixed(1)} s`]);
+    list.replaceChildren(...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
+  }
+
+  function showRun(run) {
+    const state = document.getElementById("run-state");
+    state.textContent = run.state;
+    state.dataset.state = run.state;
+    document.getElementById("run-progress").textContent = `epoch ${run.epochs_completed} of ${run.spec.epochs}`;
+    document.getElementById("run-test-accuracy").textContent = run.test_accuracy === null
+      ? "–" : `${missmod.percent(run.test_accuracy)} (epoch ${run.best_epoch}, validation ${missmod.percent(run.val_accuracy)})`;
+    document.getElementById("cancel-run").hidden = missmod.terminal(run.state) || run.cancel_requested;
+    const errorBox = document.getElementById("run-error");
+    errorBox.hidden = !run.error;
+    if (run.error) {
+      document.getElementById("run-error-text").textContent = run.error;
+      document.getElementById("run-error-detail").textContent = run.error_detail || "";
+    }
+    showInfo(run.info);
+    if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
+    if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
+  }
+
+  document.getElementById("cancel-run").addEventListener("click", async () => {
+    if (!window.confirm("Stop this run at the end of its current epoch? Its metrics are kept.")) return;
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/cancel`, { method: "POST" });
+    if (ok) showRun(body);
+  });
+
+  const stream = new EventSource(`/api/runs/${runId}/stream`);
+  stream.addEventListener("metrics", (event) => addPoints(JSON.parse(event.data).points));
+  stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
+  stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
+  stream.addEventListener("gone", () => stream.close());
+})();

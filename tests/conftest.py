@@ -1,0 +1,243 @@
+"""Shared fixtures: settings for the embedded default and for the real services, real worker
+and server processes, and a real Chromium.
+
+The services are this machine's Redis and PostgreSQL; a test that needs one fails (never
+skips) when it is down, so CI cannot go green without them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from backend.migrate import upgrade
+from backend.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("MISSMOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+POSTGRES_ADMIN_URL = os.environ.get("MISSMOD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+CHROMIUM = os.environ.get("MISSMOD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process build the same Settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "BROKER_URL", "VAR_DIR"))}
+    env.update({
+        "VAR_DIR": str(settings.var_dir),
+        "DATABASE_URL": settings.database_url,
+        "BROKER_URL": settings.broker_url,
+        "DATA_DIR": str(settings.data_dir),
+        "ARTIFACT_DIR": str(settings.artifact_dir),
+        "TASK_QUEUE": settings.task_queue,
+        "HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
+        "STREAM_POLL_INTERVAL": str(settings.stream_poll_interval),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path) -> Settings:
+    """The default: SQLite and the filesystem broker under a fresh VAR_DIR, migrated."""
+    settings = Settings(var_dir=tmp_path / "var", database_url="", broker_url="", heartbeat_interval=1.0,
+                        stream_poll_interval=0.1, task_queue="missmod")
+    settings.make_dirs()
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    name = f"missmod_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {error}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    from backend.db import engine_for
+
+    engine_for.cache_clear()
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except Exception as error:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable: {error}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def service_settings(tmp_path: Path, postgres_url: str, redis_url: str) -> Settings:
+    """Production shape: PostgreSQL and Redis, with a queue of this test's own."""
+    settings = Settings(var_dir=tmp_path / "var", database_url=postgres_url, broker_url=redis_url,
+                        heartbeat_interval=1.0, stream_poll_interval=0.1,
+                        task_queue=f"missmod-test-{uuid.uuid4().hex[:8]}")
+    settings.make_dirs()
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def client_for():
+    """TestClient factory over the real app for given settings."""
+    from fastapi.testclient import TestClient
+
+    from backend.main import create_app
+
+    clients = []
+
+    def make(settings: Settings) -> TestClient:
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+class Process:
+    """A child process with its output in a log file, stopped at teardown."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float) -> None:
+        def seen():
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            return needle in self.log()
+
+        wait_for(seen, timeout, what=f"{needle!r} in {self.log_path.name}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path):
+    """Start a real Celery worker process for the given settings; waits until it is ready."""
+    processes: list[Process] = []
+
+    def start(settings: Settings) -> Process:
+        node = f"test-{uuid.uuid4().hex[:6]}@%h"
+        process = Process(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+             "--concurrency", "1", "--hostname", node, "--without-gossip", "--without-mingle"],
+            settings_env(settings), tmp_path / f"worker-{len(processes)}.log",
+        )
+        processes.append(process)
+        process.wait_for_log(" ready.", timeout=60)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):
+    """Start the API with uvicorn in its own process; returns its base URL."""
+    processes: list[Process] = []
+
+    def start(settings: Settings) -> str:
+        port = free_port()
+        process = Process(
+            [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app", "--host", "127.0.0.1",
+             "--port", str(port)],
+            settings_env(settings), tmp_path / f"server-{len(processes)}.log",
+        )
+        processes.append(process)
+        process.wait_for_log("Application startup complete", timeout=60)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package (apt-get install chromium)")
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.js_errors = errors
+    yield page
+    context.close()

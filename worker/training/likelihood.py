@@ -1,0 +1,82 @@
+"""Scores and conditional log-likelihoods of the paper's generalised softmax (§2.2.2).
+
+Notation (DESIGN.md §4): x is the modality always present, y the one that may be missing,
+z the label among K classes. Encoders give f(x), g(y) ∈ R^k; the label head gives
+h(z) = W·onehot(z) + b, stacked here as the matrix H whose row z is h(z) (shape K × dim φ).
+The score is s(x, y, z) = φ(f(x), g(y))ᵀ h(z).
+
+- eq. 4:  log Q(z|x,y) = log R_Z(z) + s(x,y,z) − logsumexp_z'[log R_Z(z') + s(x,y,z')]
+- eq. 5:  log Q(z|x)   = log R_Z(z) + LSE_{y'∈S} s(x,y',z) − logsumexp_z'[… same with z' …]
+
+R_Y is uniform over the reference set S of complete-data y's, so its 1/|S| cancels between
+numerator and denominator of eq. 5 and never appears.
+
+`marginal_scores` is the one trained with. For add and concat the score is separable,
+s = fᵀh_f(z) + gᵀh_g(z), so LSE over y' is a single K-vector shared by the whole batch.
+For outer, s = fᵀ H_z g is bilinear: one einsum over (samples × classes × S), then LSE over
+S. `marginal_scores_bruteforce` materialises φ for every (sample, y') pair instead; it gives
+the same numbers and exists for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .fusion import fuse
+
+
+def label_embeddings(head: torch.nn.Linear) -> torch.Tensor:
+    """H with H[z] = h(z) = W·onehot(z) + b, shape (K, dim φ). The bias b is kept: it is
+    constant over z, so it cancels in eq. 4, but it weights the y' differently in eq. 5."""
+    return head.weight.T + head.bias
+
+
+def pair_scores(f: torch.Tensor, g: torch.Tensor, H: torch.Tensor, fusion: str) -> torch.Tensor:
+    """s(x_i, y_i, z) for matched pairs: (B, k), (B, k), (K, dim φ) → (B, K)."""
+    if fusion == "outer":
+        k = f.shape[-1]
+        return torch.einsum("ia,zab,ib->iz", f, H.view(-1, k, k), g)
+    return fuse(f, g, fusion) @ H.T
+
+
+def _separable_parts(H: torch.Tensor, fusion: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of H acting on f and on g: for add both are H, for concat the two halves."""
+    if fusion == "add":
+        return H, H
+    if fusion == "concat":
+        return H[:, :k], H[:, k:]
+    raise ValueError(f"fusion {fusion!r} is not separable")
+
+
+def marginal_scores(f: torch.Tensor, g_ref: torch.Tensor, H: torch.Tensor, fusion: str) -> torch.Tensor:
+    """LSE_{y'∈S} s(x_i, y', z): features f (B, k) of the samples whose y is missing, g_ref
+    (|S|, k) of the reference set → (B, K). Plug into eq. 5 with the label prior."""
+    k = f.shape[-1]
+    if fusion == "outer":
+        # (B, K, |S|) in one contraction; opt_einsum orders it as (f·H_z)·g'.
+        scores = torch.einsum("ia,zab,jb->izj", f, H.view(-1, k, k), g_ref)
+        return torch.logsumexp(scores, dim=-1)
+    H_f, H_g = _separable_parts(H, fusion, k)
+    reference_term = torch.logsumexp(g_ref @ H_g.T, dim=0)  # (K,): one vector for the batch
+    return f @ H_f.T + reference_term
+
+
+def marginal_scores_bruteforce(
+    f: torch.Tensor, g_ref: torch.Tensor, H: torch.Tensor, fusion: str
+) -> torch.Tensor:
+    """Same as `marginal_scores`, by materialising φ(f_i, g_j) for all pairs: (B, |S|, dim φ)."""
+    phi = fuse(f.unsqueeze(1), g_ref.unsqueeze(0), fusion)
+    return torch.logsumexp(phi @ H.T, dim=1)
+
+
+def log_posterior(scores: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """log Q(z|·) from scores (B, K): eq. 4 with `pair_scores`, eq. 5 with `marginal_scores`."""
+    return F.log_softmax(scores + log_prior, dim=-1)
+
+
+def log_label_prior(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """log R_Z: empirical label frequencies of the training labels (complete and missing).
+    A class absent from training gets probability zero (log = −inf) and is never predicted."""
+    counts = torch.bincount(labels, minlength=n_classes).to(torch.get_default_dtype())
+    return torch.log(counts / counts.sum())

@@ -1,0 +1,48 @@
+"""The network every method shares, so comparisons are fair: encoders f (for x) and g (for
+y) and the label head h(z) = W·onehot(z) + b sized for the fusion (paper Fig. 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fusion import fused_dim
+from .likelihood import label_embeddings
+
+
+class MLPEncoder(nn.Sequential):
+    """Flattened input → two hidden ReLU layers → k features (no output activation)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, feature_dim: int):
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, feature_dim),
+        )
+
+
+class TwoViewModel(nn.Module):
+    def __init__(self, f: nn.Module, g: nn.Module, feature_dim: int, n_classes: int, fusion: str):
+        super().__init__()
+        self.f = f
+        self.g = g
+        self.fusion = fusion
+        self.feature_dim = feature_dim
+        self.h = nn.Linear(n_classes, fused_dim(feature_dim, fusion))
+
+    def label_embeddings(self) -> torch.Tensor:
+        """H: row z is h(z), shape (K, dim φ)."""
+        return label_embeddings(self.h)
+
+
+def mlp_two_view_model(x_dim: int, y_dim: int, hidden_dim: int, feature_dim: int, n_classes: int, fusion: str) -> TwoViewModel:
+    return TwoViewModel(
+        MLPEncoder(x_dim, hidden_dim, feature_dim),
+        MLPEncoder(y_dim, hidden_dim, feature_dim),
+        feature_dim,
+        n_classes,
+        fusion,
+    )
