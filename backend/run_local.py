@@ -22,10 +22,11 @@ from .settings import get_settings
 GRACE_SECONDS = 10
 
 
-def _stop(process: subprocess.Popen, sig: int) -> None:
+def _stop(process: subprocess.Popen, sig: int, whole_group: bool = False) -> None:
+    """Signal the process (or its whole process group: the worker and its pool children)."""
     if process.poll() is None:
         try:
-            os.killpg(process.pid, sig)
+            os.killpg(process.pid, sig) if whole_group else os.kill(process.pid, sig)
         except ProcessLookupError:
             pass
 
@@ -79,10 +80,11 @@ def main() -> int:
     _stop(server, signal.SIGTERM)
     _stop(worker, signal.SIGTERM)  # warm shutdown: finish the current task if it is quick
     if not _wait([server, worker], GRACE_SECONDS):
-        _stop(worker, signal.SIGQUIT)  # cold shutdown: the run is queued again below
+        print("missmod: a run is still training; stopping it (it will be queued again)", flush=True)
+        _stop(worker, signal.SIGQUIT)  # cold shutdown
         if not _wait([server, worker], 5):
-            _stop(server, signal.SIGKILL)
-            _stop(worker, signal.SIGKILL)
+            for process in (server, worker):
+                _stop(process, signal.SIGKILL, whole_group=True)
             _wait([server, worker], 5)
 
     queue = RunQueue(settings)

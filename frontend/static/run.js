@@ -18,11 +18,11 @@
 
   function layout(chart) {
     return {
-      title: { text: chart.title },
-      margin: { t: 40, r: 10, b: 40, l: 50 },
+      margin: { t: 40, r: 10, b: 45, l: 50 },
       xaxis: { title: { text: "epoch" }, rangemode: "tozero" },
       yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : { rangemode: "tozero" },
-      legend: { orientation: "h", y: -0.2 },
+      legend: { orientation: "h", x: 1, xanchor: "right", y: 1.02, yanchor: "bottom" },
+      title: { text: chart.title, x: 0.02, xanchor: "left" },
       shapes: [],
     };
   }
@@ -65,7 +65,7 @@
     const normalised = body.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
     Plotly.newPlot("chart-confusion", [{
       type: "heatmap", z: normalised, x: body.classes, y: body.classes, customdata: body.counts,
-      colorscale: "Blues", zmin: 0, zmax: 1, text: body.counts, texttemplate: "%{text}",
+      colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1, text: body.counts, texttemplate: "%{text}",
       hovertemplate: "true %{y}, predicted %{x}<br>%{customdata} samples (%{z:.1%} of the row)<extra></extra>",
     }], {
       margin: { t: 10, r: 10, b: 60, l: 70 },

@@ -1,0 +1,1 @@
+"""Benchmarks and measured comparisons. Each script prints figures measured in one run."""
