@@ -86,6 +86,36 @@ def test_eq5_matches_bruteforce_values_and_gradients(fusion, seed):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def bruteforce_q_given_y(g, f_ref, W, b, prior, fusion):
+    """The mirror of eq. 5 for a sample that lost x: marginalise x over the reference set."""
+    rows = []
+    for i in range(len(g)):
+        joint = torch.stack([
+            prior[z] * sum(torch.exp(phi_of(f_ref[j], g[i], fusion) @ (W[:, z] + b)) / len(f_ref)
+                           for j in range(len(f_ref)))
+            for z in range(K)
+        ])
+        rows.append(joint / joint.sum())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_mirrored_eq5_for_missing_x_matches_bruteforce(fusion):
+    head, g, f_ref, labels = random_problem(fusion, 7)
+    log_prior = log_label_prior(labels, K).to(torch.float64)
+    z = torch.arange(B) % K
+    efficient = log_posterior(marginal_scores(g, f_ref, label_embeddings(head), fusion, missing="x"), log_prior)
+    grads = torch.autograd.grad(-efficient[torch.arange(B), z].sum(), [g, f_ref, head.weight, head.bias])
+    q = bruteforce_q_given_y(g, f_ref, head.weight, head.bias, log_prior.exp(), fusion)
+    reference_grads = torch.autograd.grad(-torch.log(q[torch.arange(B), z]).sum(), [g, f_ref, head.weight, head.bias])
+    torch.testing.assert_close(efficient.exp(), q, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(grads, reference_grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    library_bruteforce = marginal_scores_bruteforce(g, f_ref, label_embeddings(head), fusion, missing="x")
+    torch.testing.assert_close(marginal_scores(g, f_ref, label_embeddings(head), fusion, missing="x"),
+                               library_bruteforce)
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_eq4_matches_bruteforce(fusion):
     head, f, g_ref, labels = random_problem(fusion, 3)

@@ -35,6 +35,12 @@ class DatabaseRecorder(TrainingCallback):
         with self.sessions() as session:
             service.record_info(session, self.run_id, info)
 
+    def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
+        # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
+        # on the curves without touching the classifier's epoch count.
+        with self.sessions() as session:
+            self.cancel_requested = service.record_points(session, self.run_id, epoch, metrics)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         with self.sessions() as session:
             self.cancel_requested = service.record_epoch(session, self.run_id, epoch, metrics)
@@ -96,5 +102,5 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None) -> N
             val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
             confusion=result.confusion_matrix, info=result.info,
         )
-    log.info("run %s %s: test accuracy %.4f at epoch %d", run_id,
-             "cancelled" if result.cancelled else "succeeded", result.test_accuracy, result.best_epoch)
+    log.info("run %s %s: test accuracy %s at epoch %s", run_id, "cancelled" if result.cancelled else "succeeded",
+             result.test_accuracy, result.best_epoch)

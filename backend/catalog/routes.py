@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from worker.training.datasets import dataset_infos
 from worker.training.spec import METHODS
@@ -18,6 +18,9 @@ class DatasetOut(BaseModel):
     name: str
     title: str
     description: str
+    source: str = Field(description="builtin, or features (an .npz in DATA_DIR/features)")
+    error: str | None = Field(description="Why the dataset cannot be used; null when it can")
+    has_subjects: bool
     modalities: list[str]
     classes: list[str]
     n_samples: int

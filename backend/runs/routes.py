@@ -23,12 +23,12 @@ NOT_FOUND = {404: {"description": "No run with this id"}}
 
 
 def _check_against_dataset(payload: RunCreate, settings) -> None:
-    """422 naming the field when the dataset is unknown or lacks the modality."""
+    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
     try:
-        modalities = dataset_info(payload.dataset, settings.data_dir).modalities
+        info = dataset_info(payload.dataset, settings.data_dir)
     except UnknownDatasetError:
-        modalities = None
-    errors = spec_errors_for_dataset(payload, modalities)
+        info = None
+    errors = spec_errors_for_dataset(payload, info)
     if errors:
         raise RequestValidationError([
             {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}

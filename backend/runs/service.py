@@ -157,19 +157,26 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float]) -> bool:
-    """Write one epoch's points (idempotently) and a heartbeat in one transaction.
-    Returns whether a cancel was requested."""
+def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+    """Write points (idempotently) and a heartbeat in one transaction; returns whether a
+    cancel was requested."""
     now = utcnow()
     rows = [{"run_id": run_id, "epoch": epoch, "name": name, "value": _finite_or_none(value), "recorded_at": now}
             for name, value in metrics.items()]
     if rows:
         insert = _insert_ignoring_duplicates(session)
         session.execute(insert.values(rows).on_conflict_do_nothing(index_elements=["run_id", "epoch", "name"]))
-    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now, epochs_completed=epoch))
+    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now))
     cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
     session.commit()
     return bool(cancel)
+
+
+def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+    """One finished epoch: its points, the progress and a heartbeat, committed together.
+    Returns whether a cancel was requested."""
+    session.execute(update(Run).where(Run.id == run_id).values(epochs_completed=epoch))
+    return record_points(session, run_id, epoch, metrics)
 
 
 def record_info(session: Session, run_id: int, info: Mapping) -> None:
@@ -182,15 +189,18 @@ def beat(session: Session, run_id: int) -> None:
     session.commit()
 
 
-def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy: float, val_accuracy: float,
-               best_epoch: int, classes: list[str], confusion: list[list[int]], info: Mapping) -> None:
-    """Store the final result. A cancelled run keeps its metrics and its best epoch so far."""
+def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy: float | None,
+               val_accuracy: float | None, best_epoch: int | None, classes: list[str],
+               confusion: list[list[int]] | None, info: Mapping) -> None:
+    """Store the final result. A cancelled run keeps its metrics and its best epoch so far
+    (none when it was cancelled before its first epoch)."""
     run = get_run(session, run_id)
     run.state = RunState.cancelled if cancelled else RunState.succeeded
     run.finished_at = utcnow()
     run.test_accuracy, run.val_accuracy, run.best_epoch = test_accuracy, val_accuracy, best_epoch
     run.info = dict(info)
-    session.merge(ConfusionMatrix(run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion))
+    if confusion is not None and best_epoch is not None:
+        session.merge(ConfusionMatrix(run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion))
     session.commit()
 
 

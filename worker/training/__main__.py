@@ -3,6 +3,7 @@
     python -m worker.training --dataset digits --method mle --missing-modality bottom --missing-rate 0.9
 
 Every field of `TrainSpec` is an option (`--help` lists them with their defaults).
+`--list-datasets` shows what can be trained on (features files are read from `--data-dir`).
 `--json` prints the result as JSON on stdout instead of a summary.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import typing
 from dataclasses import asdict
+from pathlib import Path
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -36,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in TrainSpec.model_fields.items():
         literal_choices = typing.get_args(field.annotation)
         option = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=(field.description or "") + f" (default: {field.default})")
+            continue
         kwargs: dict = {"dest": name, "type": _option_type(field.annotation), "help": field.description or ""}
         if literal_choices and all(isinstance(c, str) for c in literal_choices):
             kwargs["choices"] = literal_choices
@@ -46,7 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["help"] += f" (default: {field.default})"
         parser.add_argument(option, **kwargs)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="where features/*.npz datasets live (default: $DATA_DIR, else ./var/data)")
+    parser.add_argument("--list-datasets", action="store_true", help="list the datasets and exit")
     return parser
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("DATA_DIR"):
+        return Path(os.environ["DATA_DIR"])
+    return Path(os.environ.get("VAR_DIR", "var")) / "data"
+
+
+def list_datasets(data_dir: Path) -> None:
+    for info in dataset_infos(data_dir):
+        if info.error:
+            print(f"{info.name}: cannot be used: {info.error}")
+        else:
+            print(f"{info.name}: modalities {', '.join(info.modalities)}; {len(info.classes)} classes; "
+                  f"{info.n_samples} samples")
 
 
 class ProgressBar:
@@ -59,7 +84,12 @@ class ProgressBar:
         tqdm.write(f"reference set: {info['reference_set']}; train {info['n_train']} "
                        f"({info['n_train_complete']} complete), val {info['n_val']}, test {info['n_test']}", file=sys.stderr)
 
+    def on_stage_epoch(self, stage, epoch, metrics):
+        self.bar.set_description(f"{stage} epoch {epoch}", refresh=False)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
+
     def on_epoch_end(self, epoch, metrics):
+        self.bar.set_description("", refresh=False)
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
         self.bar.update(1)
 
@@ -74,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if "--list-datasets" in argv:
-        for info in dataset_infos():
-            print(f"{info.name}: modalities {', '.join(info.modalities)}; {len(info.classes)} classes; "
-                  f"{info.n_samples} samples")
+        listing = argparse.ArgumentParser(add_help=False)
+        listing.add_argument("--data-dir", type=Path, default=default_data_dir())
+        list_datasets(listing.parse_known_args(argv)[0].data_dir)
         return 0
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json")
+    data_dir = args.pop("data_dir")
+    args.pop("list_datasets")
     try:
         spec = TrainSpec(**args)
     except ValidationError as error:
@@ -90,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = ProgressBar(spec.epochs)
     try:
-        result = train(spec, progress)
+        result = train(spec, progress, data_dir=data_dir)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -99,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if as_json:
         print(json.dumps(asdict(result), indent=2))
     else:
-        print(f"test accuracy {result.test_accuracy:.4f} at epoch {result.best_epoch} "
-              f"(validation {result.val_accuracy:.4f}); {result.info['seconds']} s")
+        if result.test_accuracy is None:
+            print("stopped before the first epoch")
+        else:
+            print(f"test accuracy {result.test_accuracy:.4f} at epoch {result.best_epoch} "
+                  f"(validation {result.val_accuracy:.4f}); {result.info['seconds']} s")
     return 0
 
 

@@ -15,7 +15,8 @@ numerator and denominator of eq. 5 and never appears.
 s = fᵀh_f(z) + gᵀh_g(z), so LSE over y' is a single K-vector shared by the whole batch.
 For outer, s = fᵀ H_z g is bilinear: one einsum over (samples × classes × S), then LSE over
 S. `marginal_scores_bruteforce` materialises φ for every (sample, y') pair instead; it gives
-the same numbers and exists for tests and benchmarks.
+the same numbers and exists for tests and benchmarks. When both modalities are partly
+missing, samples that lost x are scored the same way with the roles of x and y swapped.
 """
 
 from __future__ import annotations
@@ -49,24 +50,34 @@ def _separable_parts(H: torch.Tensor, fusion: str, k: int) -> tuple[torch.Tensor
     raise ValueError(f"fusion {fusion!r} is not separable")
 
 
-def marginal_scores(f: torch.Tensor, g_ref: torch.Tensor, H: torch.Tensor, fusion: str) -> torch.Tensor:
-    """LSE_{y'∈S} s(x_i, y', z): features f (B, k) of the samples whose y is missing, g_ref
-    (|S|, k) of the reference set → (B, K). Plug into eq. 5 with the label prior."""
-    k = f.shape[-1]
+def marginal_scores(known: torch.Tensor, reference: torch.Tensor, H: torch.Tensor, fusion: str,
+                    missing: str = "y") -> torch.Tensor:
+    """LSE over the reference set of s(·, ·, z), for samples with one modality missing → (B, K).
+
+    missing="y" (eq. 5): `known` is f(x) (B, k) and `reference` is g(y') (|S|, k), giving
+    LSE_{y'∈S} s(x_i, y', z). missing="x" (the mirror image, for samples that lost x):
+    `known` is g(y) and `reference` is f(x'). Plug into `log_posterior` with the label prior.
+    """
+    k = known.shape[-1]
     if fusion == "outer":
-        # (B, K, |S|) in one contraction; opt_einsum orders it as (f·H_z)·g'.
-        scores = torch.einsum("ia,zab,jb->izj", f, H.view(-1, k, k), g_ref)
+        # (B, K, |S|) in one contraction; opt_einsum picks the cheaper order.
+        H3 = H.view(-1, k, k)
+        if missing == "y":
+            scores = torch.einsum("ia,zab,jb->izj", known, H3, reference)
+        else:
+            scores = torch.einsum("ja,zab,ib->izj", reference, H3, known)
         return torch.logsumexp(scores, dim=-1)
     H_f, H_g = _separable_parts(H, fusion, k)
-    reference_term = torch.logsumexp(g_ref @ H_g.T, dim=0)  # (K,): one vector for the batch
-    return f @ H_f.T + reference_term
+    H_known, H_reference = (H_f, H_g) if missing == "y" else (H_g, H_f)
+    reference_term = torch.logsumexp(reference @ H_reference.T, dim=0)  # (K,): one vector for the batch
+    return known @ H_known.T + reference_term
 
 
-def marginal_scores_bruteforce(
-    f: torch.Tensor, g_ref: torch.Tensor, H: torch.Tensor, fusion: str
-) -> torch.Tensor:
-    """Same as `marginal_scores`, by materialising φ(f_i, g_j) for all pairs: (B, |S|, dim φ)."""
-    phi = fuse(f.unsqueeze(1), g_ref.unsqueeze(0), fusion)
+def marginal_scores_bruteforce(known: torch.Tensor, reference: torch.Tensor, H: torch.Tensor, fusion: str,
+                               missing: str = "y") -> torch.Tensor:
+    """Same as `marginal_scores`, by materialising φ for all (sample, reference) pairs: (B, |S|, dim φ)."""
+    pair = (known.unsqueeze(1), reference.unsqueeze(0))
+    phi = fuse(*pair, fusion) if missing == "y" else fuse(pair[1], pair[0], fusion)
     return torch.logsumexp(phi @ H.T, dim=1)
 
 

@@ -1,36 +1,82 @@
-"""The training objectives. Every method trains the same `TwoViewModel` and, on complete
-test data, predicts with eq. 4 (the paper's protocol, §3.2: test data is modality-complete)."""
+"""The methods compared (paper §2.2 and §3.3). All train the same `TwoViewModel` (encoders f,
+g and label head h) with the same optimiser and number of steps; they differ in which
+samples they use, the loss, and (hgr) the prediction rule.
+
+Vocabulary: a training batch holds complete samples (x and y), samples whose y is missing
+(D_XZ) and, when both modalities are partly missing, samples whose x is missing (D_YZ).
+On complete test data every method but hgr predicts with eq. 4 (paper §3.2). With the
+missing modality removed at test time (`evaluate_missing`), each predicts as its docstring says.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fusion import fuse
 from .likelihood import log_posterior, marginal_scores, pair_scores
-from .model import TwoViewModel
+from .model import MLPImputer, TwoViewModel, mlp_two_view_model
+from .prepare import TrainingSet
+from .spec import TrainSpec
+
+EVAL_CHUNK = 4096
 
 
 @dataclass
 class Batch:
     x: torch.Tensor
-    y: torch.Tensor  # rows where `complete` is False hold zeros and are never read
+    y: torch.Tensor  # rows where has_y is False hold zeros and are never read (same for x)
     z: torch.Tensor
-    complete: torch.Tensor  # bool
+    has_x: torch.Tensor
+    has_y: torch.Tensor
+
+    @property
+    def complete(self) -> torch.Tensor:
+        return self.has_x & self.has_y
+
+
+@dataclass
+class ReferenceInputs:
+    """Inputs of the reference set S of eq. 5: y (and x) of every complete training sample.
+    None: S is the complete samples of the batch."""
+
+    y: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+
+
+def _features(encoder: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Encoder output over many inputs, in chunks, without gradients."""
+    return torch.cat([encoder(inputs[i : i + EVAL_CHUNK]) for i in range(0, len(inputs), EVAL_CHUNK)])
 
 
 class Method:
     name: ClassVar[str]
-    # Whether the method's batches include samples whose y is missing (D_XZ).
-    trains_on_missing: ClassVar[bool]
-    # Whether the loss marginalises y over a reference set S (eq. 5).
+    # Whether the method's batches include samples with a missing modality.
+    trains_on_missing: ClassVar[bool] = True
+    # Whether the loss marginalises a missing modality over a reference set S (eq. 5).
     uses_reference_set: ClassVar[bool] = False
 
+    def __init__(self, spec: TrainSpec):
+        self.spec = spec
+
+    def build_model(self, x_dim: int, y_dim: int, n_classes: int) -> TwoViewModel:
+        spec = self.spec
+        return mlp_two_view_model(x_dim, y_dim, spec.hidden_dim, spec.feature_dim, n_classes, spec.fusion)
+
+    def prepare(self, train: TrainingSet, callback: Any, seed: int) -> TrainingSet | None:
+        """A stage before the classifier's epochs (the autoencoders' imputation). None: cancelled."""
+        return train
+
     def loss(self, model: TwoViewModel, batch: Batch, log_prior: torch.Tensor,
-             reference_y: torch.Tensor | None) -> torch.Tensor:
+             references: ReferenceInputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def fit_statistics(self, model: TwoViewModel, train: TrainingSet) -> None:
+        """Called before each evaluation, for methods whose prediction needs training statistics."""
 
     @torch.no_grad()
     def predict_log_proba(self, model: TwoViewModel, x: torch.Tensor, y: torch.Tensor,
@@ -38,6 +84,14 @@ class Method:
         """log Q(z|x,y), eq. 4."""
         scores = pair_scores(model.f(x), model.g(y), model.label_embeddings(), model.fusion)
         return log_posterior(scores, log_prior)
+
+    @torch.no_grad()
+    def predict_log_proba_without_y(self, model: TwoViewModel, x: torch.Tensor, log_prior: torch.Tensor,
+                                    y_bank: torch.Tensor) -> torch.Tensor:
+        """log Q(z|x) when y is missing at test time: eq. 5 with S = a bank of training y's.
+        For any model trained through eq. 4 this is the Q(z|x) its eq. 3 implies."""
+        g_bank = _features(model.g, y_bank)
+        return log_posterior(marginal_scores(model.f(x), g_bank, model.label_embeddings(), model.fusion), log_prior)
 
 
 def _summed_nll(log_q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -49,67 +103,276 @@ class MaximumLikelihood(Method):
 
     Loss per batch: [−Σ_{complete} log Q(z|x,y) (eq. 4) − Σ_{y missing} log Q(z|x) (eq. 5)] / B,
     an unbiased estimate of eq. 2 divided by the training-set size. In eq. 5 the sum over y'
-    runs over the reference set S: every complete training sample (`reference_y` given; the
-    paper's "all possible values of y on D_XYZ") or the complete samples of the batch
-    (`reference_y` None; the batch sampler guarantees there is at least one). Gradients flow
-    through g(y') for y' ∈ S, as in end-to-end training of eq. 2.
+    runs over the reference set S: every complete training sample (the paper's "all possible
+    values of y on D_XYZ") or the complete samples of the batch (the batch sampler guarantees
+    at least one). Gradients flow through g(y') for y' ∈ S, as in end-to-end training of eq. 2.
+    When both modalities are partly missing, samples that lost x add −log Q(z|y), eq. 5 with
+    the roles of x and y swapped (S: the x of the complete samples).
+    At test time without y: eq. 5 against a bank of training y's (the paper's own Q(z|x)).
     """
 
     name = "mle"
-    trains_on_missing = True
     uses_reference_set = True
 
-    def loss(self, model, batch, log_prior, reference_y):
+    def loss(self, model, batch, log_prior, references):
         H = model.label_embeddings()
-        f = model.f(batch.x)
         complete, z = batch.complete, batch.z
+        f_complete = model.f(batch.x[complete])
         g_complete = model.g(batch.y[complete])
-        total = _summed_nll(log_posterior(pair_scores(f[complete], g_complete, H, model.fusion), log_prior), z[complete])
-        missing = ~complete
-        if missing.any():
-            g_reference = g_complete if reference_y is None else model.g(reference_y)
-            if len(g_reference) == 0:
-                raise RuntimeError("eq. 5 needs at least one complete sample in the reference set")
-            scores = marginal_scores(f[missing], g_reference, H, model.fusion)
-            total = total + _summed_nll(log_posterior(scores, log_prior), z[missing])
+        total = _summed_nll(log_posterior(pair_scores(f_complete, g_complete, H, model.fusion), log_prior), z[complete])
+        y_missing = batch.has_x & ~batch.has_y
+        if y_missing.any():
+            g_reference = g_complete if references.y is None else model.g(references.y)
+            scores = marginal_scores(model.f(batch.x[y_missing]), g_reference, H, model.fusion, missing="y")
+            total = total + _summed_nll(log_posterior(scores, log_prior), z[y_missing])
+        x_missing = ~batch.has_x & batch.has_y
+        if x_missing.any():
+            f_reference = f_complete if references.x is None else model.f(references.x)
+            scores = marginal_scores(model.g(batch.y[x_missing]), f_reference, H, model.fusion, missing="x")
+            total = total + _summed_nll(log_posterior(scores, log_prior), z[x_missing])
         return total / len(z)
 
 
 class LowerBound(Method):
-    """`lower_bound` — discard every sample whose y is missing (§3.3, "Lower Bound"); train eq. 4
-    on D_XYZ only. The same network and the same number of optimiser steps per epoch as `mle`
-    (batches are drawn from the complete samples only), so the gap to `mle` is what the
-    modality-missing samples are worth, not a difference in training length. The label prior
-    R_Z stays the one of all training labels, as in `mle`."""
+    """`lower_bound` — discard every sample with a missing modality (§3.3, "Lower Bound") and
+    train eq. 4 on D_XYZ only; the paper's ablation of `mle`. Same network and same number of
+    optimiser steps per epoch as `mle` (batches are drawn from the complete samples only), so
+    the gap to `mle` is what the incomplete samples are worth, not a difference in training
+    length. The label prior R_Z is that of all training labels, as for `mle`.
+    At test time without y: eq. 5 against a bank of training y's (the model's implied Q(z|x))."""
 
     name = "lower_bound"
     trains_on_missing = False
 
-    def loss(self, model, batch, log_prior, reference_y):
+    def loss(self, model, batch, log_prior, references):
         scores = pair_scores(model.f(batch.x), model.g(batch.y), model.label_embeddings(), model.fusion)
         return F.nll_loss(log_posterior(scores, log_prior), batch.z)
 
 
 class ZeroPadding(Method):
-    """`zero_padding` — the feature of the missing modality is replaced by zeros (§3.3, "ZP"):
-    g(y) = 0 for samples whose y is missing, then eq. 4 on every training sample. With add,
-    φ = f; with concat, φ = [f; 0]. Outer is refused: φ = vec(f ⊗ 0) = 0 makes the missing
-    samples carry no information, as the paper notes. The padding is in feature space (after
-    g), not in input space."""
+    """`zero_padding` — the feature of a missing modality is replaced by zeros (§3.3, "ZP"):
+    g(y) = 0 for samples whose y is missing (f(x) = 0 for those whose x is missing), then eq. 4
+    on every training sample. With add, φ = f; with concat, φ = [f; 0]. Outer is refused:
+    φ = vec(f ⊗ 0) = 0 makes the missing samples carry no information, as the paper notes.
+    The padding is in feature space (after the encoder), not in input space.
+    At test time without y: the same, g(y) = 0."""
 
     name = "zero_padding"
-    trains_on_missing = True
 
-    def loss(self, model, batch, log_prior, reference_y):
-        f = model.f(batch.x)
-        g = torch.zeros_like(f)
-        g[batch.complete] = model.g(batch.y[batch.complete])
+    def _padded(self, encoder, inputs, present, k):
+        features = inputs.new_zeros(len(inputs), k)
+        if present.any():
+            features[present] = encoder(inputs[present])
+        return features
+
+    def loss(self, model, batch, log_prior, references):
+        k = model.feature_dim
+        f = self._padded(model.f, batch.x, batch.has_x, k)
+        g = self._padded(model.g, batch.y, batch.has_y, k)
         scores = pair_scores(f, g, model.label_embeddings(), model.fusion)
         return F.nll_loss(log_posterior(scores, log_prior), batch.z)
 
+    @torch.no_grad()
+    def predict_log_proba_without_y(self, model, x, log_prior, y_bank):
+        f = model.f(x)
+        scores = pair_scores(f, torch.zeros_like(f), model.label_embeddings(), model.fusion)
+        return log_posterior(scores, log_prior)
 
-METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (MaximumLikelihood, LowerBound, ZeroPadding)}
+
+def soft_hgr(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Soft-HGR objective H(u, v) = E[ũᵀṽ] − ½ tr(cov(u) cov(v)) on centred features (n, d)."""
+    n = len(u)
+    u = u - u.mean(0)
+    v = v - v.mean(0)
+    cross = (u * v).sum() / (n - 1)
+    if u.shape[1] <= n:
+        trace = (u.T @ u * (v.T @ v)).sum()  # tr(AB) = Σ A∘B for symmetric A, B
+    else:  # wide features (outer product): tr(UᵀU VᵀV) = ‖U Vᵀ‖²_F, an n × n product
+        trace = ((u @ v.T) ** 2).sum()
+    return cross - 0.5 * trace / (n - 1) ** 2
 
 
-def make_method(name: str) -> Method:
-    return METHOD_CLASSES[name]()
+class MaximalCorrelation(Method):
+    """`hgr` — HGR maximal correlation in its soft-HGR form (§3.3; Wang et al. 2019, Ma et al. 2020).
+
+    Loss per batch: −[n_c·H(φ(f(x), g(y)), h(z)) over complete samples + n_m·H(f(x), h_x(z)) over
+    samples whose y is missing (+ n_x·H(g(y), h_y(z)) over samples whose x is missing)] / B,
+    where H is `soft_hgr` and h_x, h_y are label heads of size k beside h (the paper leaves
+    open how x alone meets the label; a head of its own works for every fusion). Parts with
+    fewer than two samples in a batch are skipped (a covariance needs two).
+    Prediction, the H-score rule on centred features: Q(z|x,y) ∝ R_Z(z)·max(1 + φ̃ᵀh̃(z), ε) with
+    φ̃ = φ − E[φ] (mean over the complete training samples) and h̃(z) = h(z) − Σ_z' R_Z(z')h(z');
+    without y at test time, the same rule on f̃(x) and h̃_x(z).
+    """
+
+    name = "hgr"
+    EPSILON = 1e-6
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.mean_phi: torch.Tensor | None = None
+        self.mean_f: torch.Tensor | None = None
+
+    def build_model(self, x_dim, y_dim, n_classes):
+        spec = self.spec
+        return mlp_two_view_model(x_dim, y_dim, spec.hidden_dim, spec.feature_dim, n_classes, spec.fusion,
+                                  single_view_heads=True)
+
+    def loss(self, model, batch, log_prior, references):
+        H = model.label_embeddings()
+        total = batch.z.new_zeros((), dtype=H.dtype)
+        complete = batch.complete
+        if complete.sum() >= 2:
+            phi = fuse(model.f(batch.x[complete]), model.g(batch.y[complete]), model.fusion)
+            total = total + complete.sum() * soft_hgr(phi, H[batch.z[complete]])
+        single_view_parts = ((batch.has_x & ~batch.has_y, model.f, batch.x, model.h_x),
+                             (~batch.has_x & batch.has_y, model.g, batch.y, model.h_y))
+        for present, encoder, inputs, head in single_view_parts:
+            if present.sum() >= 2:
+                label_features = head.weight.T[batch.z[present]] + head.bias
+                total = total + present.sum() * soft_hgr(encoder(inputs[present]), label_features)
+        return -total / len(batch.z)
+
+    @torch.no_grad()
+    def fit_statistics(self, model, train):
+        complete = train.complete
+        f = _features(model.f, train.x[complete])
+        g = _features(model.g, train.y[complete])
+        self.mean_phi = fuse(f, g, model.fusion).mean(0)
+        self.mean_f = _features(model.f, train.x[train.has_x]).mean(0)
+
+    def _h_score(self, features, mean, label_features, log_prior):
+        prior = log_prior.exp()
+        centred_labels = label_features - prior @ label_features
+        score = 1.0 + (features - mean) @ centred_labels.T
+        probs = prior * score.clamp_min(self.EPSILON)
+        return torch.log(probs / probs.sum(1, keepdim=True))
+
+    @torch.no_grad()
+    def predict_log_proba(self, model, x, y, log_prior):
+        phi = fuse(model.f(x), model.g(y), model.fusion)
+        return self._h_score(phi, self.mean_phi, model.label_embeddings(), log_prior)
+
+    @torch.no_grad()
+    def predict_log_proba_without_y(self, model, x, log_prior, y_bank):
+        head = model.h_x
+        return self._h_score(model.f(x), self.mean_f, head.weight.T + head.bias, log_prior)
+
+
+class AutoencoderImputation(Method):
+    """`ae1` — impute the missing modality, then classify (§3.3, "Autoencoder1").
+
+    Stage 1: an MLP imputer x → y (`MLPImputer`, MSE on standardised inputs, Adam with the
+    run's learning rate and batch size) is fitted on the complete training samples for
+    `imputer_epochs` epochs, and fills in y for the samples that lack it (a second imputer
+    y → x does the same for samples that lack x, when both are partly missing). Stage 2: eq. 4
+    on all training samples, complete and imputed, for `epochs` epochs (the epochs shown on the
+    curves; the imputer's epochs come before them and are recorded as `imputer_*` points).
+    The paper applies this to extracted features (§3.4); here it works on the inputs given,
+    which for feature datasets are those features.
+    At test time without y: impute y from x with the imputer, then eq. 4.
+    """
+
+    name = "ae1"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.imputer_y: torch.nn.Module | None = None
+
+    def rounds_for(self) -> int:
+        return 1
+
+    def _fit_imputer(self, source: torch.Tensor, target: torch.Tensor, fitted_rows: torch.Tensor,
+                     imputer: torch.nn.Module, rng: np.random.Generator, report: Callable[[float], bool]) -> bool:
+        """Fit `imputer` on rows `fitted_rows` (indices); False when cancelled."""
+        optimiser = torch.optim.Adam(imputer.parameters(), lr=self.spec.lr)
+        rows = fitted_rows.cpu().numpy()
+        size = min(self.spec.batch_size, len(rows))
+        for _ in range(self.spec.imputer_epochs):
+            imputer.train()
+            order = rng.permutation(rows)
+            loss_sum = 0.0
+            for start in range(0, len(order), size):
+                index = torch.as_tensor(order[start : start + size], device=source.device)
+                loss = F.mse_loss(imputer(source[index]), target[index])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                loss_sum += loss.item() * len(index)
+            if not report(loss_sum / len(rows)):
+                return False
+        imputer.eval()
+        return True
+
+    def _impute(self, source: torch.Tensor, target: torch.Tensor, source_present: torch.Tensor,
+                target_present: torch.Tensor, callback: Any, rng: np.random.Generator, label: str,
+                epoch_offset: list[int]) -> tuple[torch.nn.Module, torch.Tensor] | None:
+        imputer = MLPImputer(int(np.prod(source.shape[1:])), self.spec.hidden_dim, tuple(target.shape[1:]))
+        imputer = imputer.to(source.device)
+        complete_rows = torch.nonzero(source_present & target_present).flatten()
+        to_fill = torch.nonzero(source_present & ~target_present).flatten()
+        targets = target.clone()
+
+        def report(mse: float) -> bool:
+            epoch_offset[0] += 1
+            callback.on_stage_epoch("imputer", epoch_offset[0], {f"imputer_{label}_mse": mse})
+            return not callback.should_stop()
+
+        for round_index in range(self.rounds_for()):
+            # Round 1: the complete samples; later rounds (ae2): plus the previous imputations.
+            fitted = complete_rows if round_index == 0 else torch.cat([complete_rows, to_fill])
+            if not self._fit_imputer(source, targets, fitted, imputer, rng, report):
+                return None
+            with torch.no_grad():
+                targets[to_fill] = _features(imputer, source[to_fill])
+        return imputer, targets
+
+    def prepare(self, train, callback, seed):
+        rng = np.random.default_rng([seed, 3])
+        epoch_offset = [0]
+        imputed_y = imputed_x = None
+        if (train.has_x & ~train.has_y).any():
+            outcome = self._impute(train.x, train.y, train.has_x, train.has_y, callback, rng, "y", epoch_offset)
+            if outcome is None:
+                return None
+            self.imputer_y, imputed_y = outcome
+        if (~train.has_x & train.has_y).any():
+            outcome = self._impute(train.y, train.x, train.has_y, train.has_x, callback, rng, "x", epoch_offset)
+            if outcome is None:
+                return None
+            imputed_x = outcome[1]
+        return train.with_imputed(x=imputed_x, y=imputed_y)
+
+    def loss(self, model, batch, log_prior, references):
+        scores = pair_scores(model.f(batch.x), model.g(batch.y), model.label_embeddings(), model.fusion)
+        return F.nll_loss(log_posterior(scores, log_prior), batch.z)
+
+    @torch.no_grad()
+    def predict_log_proba_without_y(self, model, x, log_prior, y_bank):
+        if self.imputer_y is None:  # nothing was missing in training: no imputer to ask
+            return super().predict_log_proba_without_y(model, x, log_prior, y_bank)
+        return self.predict_log_proba(model, x, self.imputer_y(x), log_prior)
+
+
+class SelfTrainingImputation(AutoencoderImputation):
+    """`ae2` — `ae1` with self-training (§3.3, "Autoencoder2"): the imputer is fitted in
+    `self_training_rounds` rounds of `imputer_epochs` epochs each. Round 1 fits on the complete
+    samples, as ae1; each later round continues on the complete samples plus the samples with
+    a missing modality, whose targets are the previous round's imputations (the "pseudo
+    values"), and then imputes them again. Stage 2 is eq. 4 on all samples, as ae1."""
+
+    name = "ae2"
+
+    def rounds_for(self) -> int:
+        return self.spec.self_training_rounds
+
+
+METHOD_CLASSES: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (MaximumLikelihood, LowerBound, ZeroPadding, MaximalCorrelation, AutoencoderImputation,
+                SelfTrainingImputation)
+}
+
+
+def make_method(spec: TrainSpec) -> Method:
+    return METHOD_CLASSES[spec.method](spec)

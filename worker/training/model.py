@@ -25,24 +25,51 @@ class MLPEncoder(nn.Sequential):
 
 
 class TwoViewModel(nn.Module):
-    def __init__(self, f: nn.Module, g: nn.Module, feature_dim: int, n_classes: int, fusion: str):
+    """f, g and h shared by every method. `single_view_heads` adds label heads h_x, h_y of
+    size k for methods that relate one modality alone to the label (hgr)."""
+
+    def __init__(self, f: nn.Module, g: nn.Module, feature_dim: int, n_classes: int, fusion: str,
+                 single_view_heads: bool = False):
         super().__init__()
         self.f = f
         self.g = g
         self.fusion = fusion
         self.feature_dim = feature_dim
         self.h = nn.Linear(n_classes, fused_dim(feature_dim, fusion))
+        if single_view_heads:
+            self.h_x = nn.Linear(n_classes, feature_dim)
+            self.h_y = nn.Linear(n_classes, feature_dim)
 
     def label_embeddings(self) -> torch.Tensor:
         """H: row z is h(z), shape (K, dim φ)."""
         return label_embeddings(self.h)
 
 
-def mlp_two_view_model(x_dim: int, y_dim: int, hidden_dim: int, feature_dim: int, n_classes: int, fusion: str) -> TwoViewModel:
+def mlp_two_view_model(x_dim: int, y_dim: int, hidden_dim: int, feature_dim: int, n_classes: int, fusion: str,
+                       single_view_heads: bool = False) -> TwoViewModel:
     return TwoViewModel(
         MLPEncoder(x_dim, hidden_dim, feature_dim),
         MLPEncoder(y_dim, hidden_dim, feature_dim),
         feature_dim,
         n_classes,
         fusion,
+        single_view_heads,
     )
+
+
+class MLPImputer(nn.Sequential):
+    """x → y regression network of the autoencoder baselines (on flattened inputs)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_shape: tuple[int, ...]):
+        out_dim = 1
+        for size in out_shape:
+            out_dim *= size
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+            nn.Unflatten(1, out_shape),
+        )

@@ -1,8 +1,8 @@
 """The one configuration object of a training run, and the catalogue of methods.
 
 `TrainSpec` is validated on its own (ranges, known method, fusion allowed for the method);
-whether the dataset exists and has the named modality is checked against the dataset
-catalogue by `spec_errors_for_dataset`, because that depends on what is on disk.
+whether the dataset exists and fits the spec (modality names, subjects) is checked against
+the dataset catalogue by `spec_errors_for_dataset`, because that depends on what is on disk.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .datasets.base import DatasetInfo
 from .fusion import FUSIONS
 
 
@@ -43,13 +44,34 @@ METHODS: dict[str, MethodInfo] = {
             "zero_padding",
             "Zero padding",
             ("add", "concat"),
-            "The missing modality's feature g(y) is set to zero, then eq. 4 on all samples. "
+            "The missing modality's feature is set to zero, then eq. 4 on all samples. "
             "Not with outer product: φ(f, 0) = 0 would make the missing samples useless.",
+        ),
+        MethodInfo(
+            "hgr",
+            "HGR maximal correlation",
+            FUSIONS,
+            "Soft-HGR: maximal correlation between φ(f(x), g(y)) and the label features on complete "
+            "samples, and between f(x) and the label features on samples whose y is missing; "
+            "predicts with the H-score rule.",
+        ),
+        MethodInfo(
+            "ae1",
+            "Autoencoder imputation (AE1)",
+            FUSIONS,
+            "A network x → y trained on the complete samples imputes the missing y; then eq. 4 on all samples.",
+        ),
+        MethodInfo(
+            "ae2",
+            "Autoencoder imputation with self-training (AE2)",
+            FUSIONS,
+            "AE1, with the imputer re-fitted in rounds on the complete samples plus the previous "
+            "round's imputations; then eq. 4 on all samples.",
         ),
     )
 }
 
-MethodName = Literal["mle", "lower_bound", "zero_padding"]
+MethodName = Literal["mle", "lower_bound", "zero_padding", "hgr", "ae1", "ae2"]
 FusionName = Literal["add", "concat", "outer"]
 ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
 
@@ -66,6 +88,11 @@ class TrainSpec(BaseModel):
         min_length=1, max_length=100, description="The modality y that may be missing; the other one is x"
     )
     missing_rate: float = Field(ge=0.0, lt=1.0, description="Fraction of training samples whose y is removed")
+    other_missing_rate: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Fraction of training samples that lose x instead (both modalities partly missing); "
+        "0 is the paper's setting",
+    )
     epochs: int = Field(30, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate")
@@ -78,6 +105,14 @@ class TrainSpec(BaseModel):
         description="S in eq. 5: every complete training sample, or the complete samples of the batch; "
         "auto picks all when that is cheap",
     )
+    split_by: Literal["group", "subject"] = Field(
+        "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
+    )
+    evaluate_missing: bool = Field(
+        False, description="Also report test accuracy with the missing modality removed from every test sample"
+    )
+    imputer_epochs: int = Field(30, ge=1, le=10_000, description="ae1/ae2: epochs to fit the x → y imputer")
+    self_training_rounds: int = Field(3, ge=1, le=100, description="ae2: rounds of imputer self-training")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("fusion")
@@ -89,6 +124,15 @@ class TrainSpec(BaseModel):
             raise ValueError(f"fusion {fusion!r} is not available for method {method!r} (allowed: {allowed})")
         return fusion
 
+    @field_validator("other_missing_rate")
+    @classmethod
+    def _some_samples_stay_complete(cls, rate: float, info: ValidationInfo) -> float:
+        missing_rate = info.data.get("missing_rate")
+        if missing_rate is not None and missing_rate + rate >= 1.0:
+            raise ValueError(f"missing_rate + other_missing_rate must be below 1 (complete samples are needed), "
+                             f"got {missing_rate} + {rate}")
+        return rate
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -96,16 +140,18 @@ class FieldError:
     message: str
 
 
-def spec_errors_for_dataset(spec: TrainSpec, modalities: tuple[str, ...] | None) -> list[FieldError]:
-    """What is wrong with `spec` for a dataset with these modalities (None: no such dataset)."""
-    if modalities is None:
+def spec_errors_for_dataset(spec: TrainSpec, info: DatasetInfo | None) -> list[FieldError]:
+    """What is wrong with `spec` for this dataset (None: no such dataset)."""
+    if info is None:
         return [FieldError("dataset", f"unknown dataset {spec.dataset!r}")]
-    if spec.missing_modality not in modalities:
-        return [
-            FieldError(
-                "missing_modality",
-                f"dataset {spec.dataset!r} has no modality {spec.missing_modality!r} "
-                f"(it has: {', '.join(modalities)})",
-            )
-        ]
-    return []
+    if info.error:
+        return [FieldError("dataset", f"dataset {spec.dataset!r} cannot be used: {info.error}")]
+    errors = []
+    if spec.missing_modality not in info.modalities:
+        errors.append(FieldError(
+            "missing_modality",
+            f"dataset {spec.dataset!r} has no modality {spec.missing_modality!r} (it has: {', '.join(info.modalities)})",
+        ))
+    if spec.split_by == "subject" and not info.has_subjects:
+        errors.append(FieldError("split_by", f"dataset {spec.dataset!r} has no subjects to split by"))
+    return errors

@@ -1,43 +1,19 @@
-"""Two-view datasets behind one interface.
-
-A dataset is two arrays of per-sample inputs (the modalities), integer labels, class names,
-and groups: samples that share a group (segments of one video) are split together and are
-missing together. Built in:
+"""The datasets that ship with missmod:
 
 - `digits`: scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), cut into two
   views, `top` (rows 0–3) and `bottom` (rows 4–7), 32 pixels each.
 - `synthetic`: two views that are conditionally independent Gaussians given the class, with
   known parameters, so the Bayes-optimal accuracy from (x, y), x alone and y alone can be
   computed on any split: a ceiling for what a method can reach.
-
-This module uses numpy only, so the API can list datasets without importing torch.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-
-class UnknownDatasetError(KeyError):
-    def __str__(self) -> str:
-        return f"unknown dataset {self.args[0]!r}"
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    title: str
-    description: str
-    modalities: tuple[str, str]
-    classes: tuple[str, ...]
-    n_samples: int
-    n_groups: int
-    shapes: dict[str, tuple[int, ...]]
-    class_counts: tuple[int, ...]
+from .base import TwoViewData
 
 
 @dataclass(frozen=True)
@@ -61,47 +37,7 @@ class GaussianOracle:
         return float((self.log_posterior(views).argmax(1) == labels).mean())
 
 
-@dataclass(frozen=True)
-class TwoViewData:
-    name: str
-    title: str
-    description: str
-    views: dict[str, np.ndarray]
-    labels: np.ndarray
-    classes: tuple[str, ...]
-    groups: np.ndarray
-    oracle: GaussianOracle | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.views) != 2:
-            raise ValueError(f"a two-view dataset needs exactly two modalities, got {list(self.views)}")
-        n = len(self.labels)
-        for modality, values in self.views.items():
-            if len(values) != n:
-                raise ValueError(f"modality {modality!r} has {len(values)} samples, labels have {n}")
-        if len(self.groups) != n:
-            raise ValueError(f"groups have {len(self.groups)} entries, labels have {n}")
-
-    @property
-    def modalities(self) -> tuple[str, str]:
-        first, second = self.views
-        return first, second
-
-    def info(self) -> DatasetInfo:
-        return DatasetInfo(
-            name=self.name,
-            title=self.title,
-            description=self.description,
-            modalities=self.modalities,
-            classes=self.classes,
-            n_samples=len(self.labels),
-            n_groups=len(np.unique(self.groups)),
-            shapes={m: tuple(v.shape[1:]) for m, v in self.views.items()},
-            class_counts=tuple(int(c) for c in np.bincount(self.labels, minlength=len(self.classes))),
-        )
-
-
-def _load_digits() -> TwoViewData:
+def load_digits_halves() -> TwoViewData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -121,7 +57,7 @@ def _load_digits() -> TwoViewData:
 SYNTHETIC_SEED = 20_230_601  # the dataset is fixed, like a real one; run seeds vary the split
 
 
-def _load_synthetic(
+def load_synthetic(
     n_per_class: int = 500, n_classes: int = 6, dims: tuple[int, int] = (16, 16),
     separations: tuple[float, float] = (0.55, 0.45), noise_std: float = 1.0,
 ) -> TwoViewData:
@@ -150,27 +86,4 @@ def _load_synthetic(
     )
 
 
-_BUILTIN = {"digits": _load_digits, "synthetic": _load_synthetic}
-
-
-@functools.cache
-def _load_builtin(name: str) -> TwoViewData:
-    return _BUILTIN[name]()
-
-
-def dataset_names(data_dir: Path | None = None) -> list[str]:
-    return list(_BUILTIN)
-
-
-def load_dataset(name: str, data_dir: Path | None = None) -> TwoViewData:
-    if name in _BUILTIN:
-        return _load_builtin(name)
-    raise UnknownDatasetError(name)
-
-
-def dataset_info(name: str, data_dir: Path | None = None) -> DatasetInfo:
-    return load_dataset(name, data_dir).info()
-
-
-def dataset_infos(data_dir: Path | None = None) -> list[DatasetInfo]:
-    return [dataset_info(name, data_dir) for name in dataset_names(data_dir)]
+BUILTIN_LOADERS = {"digits": load_digits_halves, "synthetic": load_synthetic}
