@@ -119,3 +119,30 @@ def test_command_line_rejects_an_invalid_spec():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode == 2 and "not available for method 'zero_padding'" in completed.stderr
+
+
+@pytest.mark.parametrize("method", ["mle", "ae2", "hgr"])
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, method):
+    spec = digits_spec(method=method, epochs=5, evaluate_missing=True, imputer_epochs=2)
+    whole = Collect()
+    uninterrupted = train(spec, whole)
+
+    checkpoint = tmp_path / "run.ckpt"
+    first_part = Collect(stop_after=2)
+    train(spec, first_part, checkpoint_path=checkpoint)
+    second_part = Collect()
+    resumed = train(spec, second_part, checkpoint_path=checkpoint)
+
+    assert second_part.info["resumed_from_epoch"] == 2
+    assert [e for e, _ in first_part.epochs + second_part.epochs] == [1, 2, 3, 4, 5]
+    assert first_part.epochs + second_part.epochs == whole.epochs  # identical curves, no gap, no repeat
+    assert (resumed.test_accuracy, resumed.best_epoch, resumed.confusion_matrix) == (
+        uninterrupted.test_accuracy, uninterrupted.best_epoch, uninterrupted.confusion_matrix)
+
+
+def test_a_checkpoint_of_another_spec_is_ignored(tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    train(digits_spec(epochs=2), checkpoint_path=checkpoint)
+    collect = Collect()
+    train(digits_spec(epochs=2, seed=5), collect, checkpoint_path=checkpoint)
+    assert "resumed_from_epoch" not in collect.info and len(collect.epochs) == 2

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
@@ -75,6 +76,11 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def checkpoint_path(settings: Settings, run_id: int) -> Path:
+    """Where a run's checkpoint lives; a redelivered run continues from it."""
+    return settings.artifact_dir / "runs" / str(run_id) / "checkpoint.pt"
+
+
 def execute_run(run_id: int, settings: Settings, worker: str | None = None) -> None:
     """`worker` names who runs it (Celery node name and pid); the host and pid by default."""
     sessions = session_factory(settings.database_url)
@@ -89,7 +95,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None) -> N
     try:
         spec = TrainSpec.model_validate(spec_data)
         with Heartbeat(sessions, run_id, settings.heartbeat_interval):
-            result = train(spec, DatabaseRecorder(sessions, run_id), data_dir=settings.data_dir)
+            result = train(spec, DatabaseRecorder(sessions, run_id), data_dir=settings.data_dir,
+                           checkpoint_path=checkpoint_path(settings, run_id))
     except Exception as error:
         log.exception("run %s failed", run_id)
         with sessions() as session:

@@ -78,6 +78,13 @@ class Method:
     def fit_statistics(self, model: TwoViewModel, train: TrainingSet) -> None:
         """Called before each evaluation, for methods whose prediction needs training statistics."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of the method beyond the model (e.g. a fitted imputer)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        pass
+
     @torch.no_grad()
     def predict_log_proba(self, model: TwoViewModel, x: torch.Tensor, y: torch.Tensor,
                           log_prior: torch.Tensor) -> torch.Tensor:
@@ -282,6 +289,19 @@ class AutoencoderImputation(Method):
     def rounds_for(self) -> int:
         return 1
 
+    def state_dict(self):
+        if self.imputer_y is None:
+            return {}
+        return {"imputer_y": self.imputer_y.state_dict(), "imputer_y_shape": self._imputer_y_shape}
+
+    def load_state_dict(self, state, device):
+        if "imputer_y" in state:
+            in_dim, out_shape = state["imputer_y_shape"]
+            self.imputer_y = MLPImputer(in_dim, self.spec.hidden_dim, tuple(out_shape)).to(device)
+            self.imputer_y.load_state_dict(state["imputer_y"])
+            self.imputer_y.eval()
+            self._imputer_y_shape = (in_dim, tuple(out_shape))
+
     def _fit_imputer(self, source: torch.Tensor, target: torch.Tensor, fitted_rows: torch.Tensor,
                      imputer: torch.nn.Module, rng: np.random.Generator, report: Callable[[float], bool]) -> bool:
         """Fit `imputer` on rows `fitted_rows` (indices); False when cancelled."""
@@ -336,6 +356,7 @@ class AutoencoderImputation(Method):
             if outcome is None:
                 return None
             self.imputer_y, imputed_y = outcome
+            self._imputer_y_shape = (int(np.prod(train.x.shape[1:])), tuple(train.y.shape[1:]))
         if (~train.has_x & train.has_y).any():
             outcome = self._impute(train.y, train.x, train.has_y, train.has_x, callback, rng, "x", epoch_offset)
             if outcome is None:

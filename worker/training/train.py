@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint, spec_fingerprint
 from .datasets import DatasetError, UnknownDatasetError, load_dataset
 from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
@@ -109,6 +110,16 @@ class Evaluation:
     loss: float  # mean −log Q(z|·) per sample
     confusion: np.ndarray
 
+    def to_state(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy, "loss": self.loss,
+                "confusion": self.confusion.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> "Evaluation | None":
+        if state is None:
+            return None
+        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]))
+
 
 def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluation:
     n_classes = log_proba.shape[1]
@@ -146,10 +157,14 @@ def _y_bank(train: TrainingSet, rng: np.random.Generator) -> torch.Tensor:
 
 
 class Trainer:
-    """One run's state; `run()` is the epoch loop. Split out of `train` for readability."""
+    """One run's state; `run()` is the epoch loop. With a checkpoint path, the state is saved
+    after every epoch and a later run of the same spec continues from it."""
 
-    def __init__(self, spec: TrainSpec, callback: TrainingCallback, prepared: PreparedData, device: torch.device):
+    def __init__(self, spec: TrainSpec, callback: TrainingCallback, prepared: PreparedData, device: torch.device,
+                 checkpoint_path: Path | None = None):
         self.spec, self.callback, self.prepared, self.device = spec, callback, prepared, device
+        self.checkpoint_path = checkpoint_path
+        self.fingerprint = spec_fingerprint(spec.model_dump())
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
         train = prepared.train
@@ -207,12 +222,52 @@ class Trainer:
             test_without_y = score_predictions(in_chunks(predict, test.x), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
 
+    def save(self, epoch: int, train: TrainingSet, best) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "batch_rng": self.batch_rng.bit_generator.state,
+            "method": self.method.state_dict(),
+            "best": None if best is None else [best[0], best[1], best[2].to_state(),
+                                               best[3].to_state() if best[3] is not None else None],
+        }
+        if train is not self.prepared.train:  # the method changed the training data (imputation)
+            state["train"] = {"x": train.x, "y": train.y, "has_x": train.has_x, "has_y": train.has_y}
+        save_checkpoint(self.checkpoint_path, state)
+
+    def restore(self, state: dict[str, Any]) -> tuple[TrainingSet, Any]:
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.batch_rng.bit_generator.state = state["batch_rng"]
+        self.method.load_state_dict(state["method"], self.device)
+        train = self.prepared.train
+        if "train" in state:
+            saved = {k: v.to(self.device) for k, v in state["train"].items()}
+            train = TrainingSet(saved["x"], saved["y"], train.z, saved["has_x"], saved["has_y"])
+        best = state["best"]
+        if best is not None:
+            best = (best[0], best[1], Evaluation.from_state(best[2]), Evaluation.from_state(best[3]))
+        return train, best
+
     def run(self) -> TrainResult:
         started = time.perf_counter()
-        train = self.method.prepare(self.prepared.train, self.callback, self.spec.seed)
         info = dict(self.prepared.info)
-        if train is None:
-            return self.result(None, 0, True, info)
+        checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        best: tuple[float, int, Evaluation, Evaluation | None] | None = None
+        first_epoch = 1
+        if checkpoint is not None:
+            train, best = self.restore(checkpoint)
+            first_epoch = checkpoint["epoch"] + 1
+            info["resumed_from_epoch"] = checkpoint["epoch"]
+        else:
+            train = self.method.prepare(self.prepared.train, self.callback, self.spec.seed)
+            if train is None:
+                return self.result(None, 0, True, info)
+            self.save(0, train, None)
         reference_set, references = self.reference_inputs(train)
         info.update({
             "method": self.method.name,
@@ -225,9 +280,8 @@ class Trainer:
         self.callback.on_start(info)
         grouped = info["n_test_groups"] < info["n_test"]
 
-        best: tuple[float, int, Evaluation, Evaluation | None] | None = None
-        epochs_completed, cancelled = 0, False
-        for epoch in range(1, self.spec.epochs + 1):
+        epochs_completed, cancelled = first_epoch - 1, False
+        for epoch in range(first_epoch, self.spec.epochs + 1):
             train_loss = self.train_epoch(train, references)
             val, test, test_without_y = self.evaluate(train)
             if best is None or val.accuracy > best[0]:
@@ -240,6 +294,9 @@ class Trainer:
             if test_without_y is not None:
                 metrics["test_missing_accuracy"] = test_without_y.accuracy
             self.callback.on_epoch_end(epoch, metrics)
+            # After the points are reported: a crash in between replays this epoch on resume, and
+            # the replayed points (identical) are absorbed by idempotent writes, leaving no gap.
+            self.save(epoch, train, best)
             if self.callback.should_stop():
                 cancelled = True
                 break
@@ -260,7 +317,10 @@ class Trainer:
         )
 
 
-def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None) -> TrainResult:
+def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
+          checkpoint_path: Path | None = None) -> TrainResult:
+    """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
+    this spec) and save one after every epoch."""
     try:
         data = load_dataset(spec.dataset, data_dir)
     except UnknownDatasetError as error:
@@ -273,4 +333,4 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
     prepared = prepare_data(data, spec, device)
-    return Trainer(spec, callback or TrainingCallback(), prepared, device).run()
+    return Trainer(spec, callback or TrainingCallback(), prepared, device, checkpoint_path).run()
