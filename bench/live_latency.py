@@ -1,0 +1,130 @@
+"""Live latency: from the worker's commit of a point to its arrival at a Server-Sent Events
+client, over 200 points.
+
+A real uvicorn process serves the API on the embedded default (SQLite in a temporary
+VAR_DIR); this process commits one epoch every 50 ms through the worker's write path
+(`record_epoch`) and, in a thread, reads the run's stream the way the browser does. Both
+clocks are this machine's, so arrival − commit is the latency a user sees (plus drawing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+
+from backend.db import session_factory, utcnow
+from backend.migrate import upgrade
+from backend.runs import service
+from backend.runs.models import Run, RunState
+from backend.settings import Settings
+
+from .rows import Row
+
+POINTS = 200
+INTERVAL = 0.05
+TARGET_P95 = 1.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(settings: Settings, port: int) -> subprocess.Popen:
+    env = {**os.environ, "VAR_DIR": str(settings.var_dir), "DATABASE_URL": settings.database_url,
+           "BROKER_URL": settings.broker_url}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                              cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the server did not start")
+
+
+def _listen(url: str, arrivals: dict[int, float], done: threading.Event) -> None:
+    with httpx.stream("GET", url, timeout=None) as response:
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event == "metrics":
+                now = time.time()
+                for point in json.loads(line.split(":", 1)[1])["points"]:
+                    arrivals.setdefault(point["epoch"], now)
+            elif event == "end":
+                break
+            if len(arrivals) >= POINTS:
+                break
+    done.set()
+
+
+def measure() -> list[Row]:
+    with tempfile.TemporaryDirectory() as directory:
+        settings = Settings(var_dir=Path(directory), database_url="", broker_url="")
+        settings.make_dirs()
+        upgrade(settings.database_url)
+        sessions = session_factory(settings.database_url)
+        with sessions() as session:
+            run = Run(name="latency", spec={"epochs": POINTS}, dataset="digits", method="mle", fusion="add",
+                      missing_modality="bottom", missing_rate=0.9, seed=0, state=RunState.running, created_at=utcnow())
+            session.add(run)
+            session.commit()
+            run_id = run.id
+        port = _free_port()
+        server = _serve(settings, port)
+        try:
+            arrivals: dict[int, float] = {}
+            done = threading.Event()
+            listener = threading.Thread(target=_listen, args=(f"http://127.0.0.1:{port}/api/runs/{run_id}/stream",
+                                                             arrivals, done), daemon=True)
+            listener.start()
+            time.sleep(1.0)
+            commits: dict[int, float] = {}
+            for epoch in range(1, POINTS + 1):
+                with sessions() as session:
+                    service.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5})
+                commits[epoch] = time.time()
+                time.sleep(INTERVAL)
+            done.wait(timeout=30)
+        finally:
+            server.terminate()
+            server.wait(10)
+    latencies = np.array([arrivals[e] - commits[e] for e in commits if e in arrivals])
+    missing = POINTS - len(latencies)
+    p50, p95 = np.percentile(latencies, [50, 95]) if len(latencies) else (float("nan"),) * 2
+    poll = settings.stream_poll_interval
+    return [
+        Row("live latency p50 (commit → SSE client)", float(p50), "s", note=f"database polled every {poll} s"),
+        Row("live latency p95 (commit → SSE client)", float(p95), "s", target=f"<= {TARGET_P95:g}",
+            met=bool(p95 <= TARGET_P95 and missing == 0),
+            note=f"{len(latencies)} of {POINTS} points arrived" + ("" if not missing else " — some never arrived")),
+    ]
+
+
+def main() -> None:
+    from .rows import print_table
+
+    print_table(measure())
+
+
+if __name__ == "__main__":
+    main()
