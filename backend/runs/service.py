@@ -152,9 +152,10 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[object, int]:
 def _after_cursor(column, descending: bool, value, run_id: int) -> ColumnElement[bool]:
     """Rows after (value, id) in the order `column` (NULLs last), `id` — keyset pagination:
     the database seeks to the position through the index instead of counting an offset."""
-    beyond, tie = (column < value, Run.id < run_id) if descending else (column > value, Run.id > run_id)
+    tie = Run.id < run_id if descending else Run.id > run_id
     if value is None:
         return and_(column.is_(None), tie)
+    beyond = column < value if descending else column > value
     return or_(beyond, and_(column == value, tie), column.is_(None))
 
 

@@ -77,11 +77,14 @@ def plan_sweep(combinations: Iterable[Mapping[str, Any]], modalities: DatasetMod
             runs.append(payload)
             continue
         for error in errors:
-            key = (tuple(error["loc"]), error["msg"], repr(error.get("input")))
+            # A missing field's "input" is the whole combination: not what tells groups apart.
+            value = error.get("input")
+            value = None if isinstance(value, (dict, list)) else value
+            key = (tuple(error["loc"]), error["msg"], repr(value))
             group = groups.get(key)
             if group is None:
                 example = {name: combination[name] for name in varying if name in combination}
                 group = groups[key] = InvalidGroup(loc=tuple(error["loc"]), msg=error["msg"], type=error["type"],
-                                                   input=error.get("input"), example=example)
+                                                   input=value, example=example)
             group.count += 1
     return SweepPlan(runs=runs, invalid=list(groups.values()), combinations=len(combinations))
