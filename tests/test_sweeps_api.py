@@ -84,6 +84,33 @@ def test_create_commits_every_run_then_sends_the_ids_seed_by_seed(client, settin
     assert client.get(f"/api/sweeps/{sweep['id']}").json()["progress"]["queued"] == 12
 
 
+def test_every_run_is_committed_before_the_first_id_is_sent(settings):
+    """What a worker receiving an id would see: the real queue, watched from a second session."""
+    from backend.queue import RunQueue
+    from backend.runs.validation import DatasetModalities
+    from backend.sweeps import service as sweeps
+    from backend.sweeps.grid import expand_grid, plan_sweep
+    from backend.sweeps.schemas import SweepCreate
+
+    sessions = session_factory(settings.database_url)
+    visible_at_send: list[int] = []
+
+    class WatchedQueue(RunQueue):
+        def enqueue(self, run_id: int) -> None:
+            with sessions() as other:  # another connection: sees only what is committed
+                visible_at_send.append(other.scalar(select(func.count()).select_from(Run)))
+            super().enqueue(run_id)
+
+    grid = SweepCreate.model_validate(GRID).grid()
+    plan = plan_sweep(expand_grid(grid), DatasetModalities(settings.data_dir))
+    queue = WatchedQueue(settings)
+    with sessions() as session:
+        sweeps.create_sweep(session, queue, plan, name="watched", grid=grid)
+    queue.close()
+    assert visible_at_send == [12] * 12
+    assert len(queued_ids(settings)) == 12
+
+
 def test_invalid_combination_is_refused_with_the_reason_and_nothing_is_written(client, settings):
     body = {**GRID, "method": ["mle", "zero_padding"], "fusion": ["add", "outer"]}
     response = client.post("/api/sweeps", json=body)

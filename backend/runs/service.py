@@ -153,9 +153,13 @@ def _after_cursor(column, descending: bool, value, run_id: int) -> ColumnElement
     """Rows after (value, id) in the order `column` (NULLs last), `id` — keyset pagination:
     the database seeks to the position through the index instead of counting an offset."""
     tie = Run.id < run_id if descending else Run.id > run_id
+    if column is Run.id:
+        return tie
     if value is None:
         return and_(column.is_(None), tie)
     beyond = column < value if descending else column > value
+    if not column.nullable:
+        return or_(beyond, and_(column == value, tie))
     return or_(beyond, and_(column == value, tie), column.is_(None))
 
 

@@ -95,9 +95,10 @@ const missmodCharts = (() => {
     const traces = series.map((s) => {
       const paper = s.source === "paper";
       const key = paper ? s.label.replace(/^paper: /, "") : s.label;
+      // Ours and the paper's line of a row share a legend entry: one click hides both.
       return {
-        type: "scatter", mode: "lines+markers", name: s.label, x: s.rates, y: s.means,
-        customdata: s.counts, meta: s.source,
+        type: "scatter", mode: "lines+markers", name: key, x: s.rates, y: s.means,
+        customdata: s.counts, meta: s.source, legendgroup: key, showlegend: !paper,
         line: { color: colour(key), dash: paper ? "dot" : "solid", width: paper ? 1.5 : 2 },
         marker: { size: paper ? 8 : 7, symbol: paper ? "diamond-open" : "circle" },
         error_y: paper ? undefined : { type: "data", array: s.stds.map((v) => v ?? 0), visible: true, thickness: 1.2 },
@@ -108,10 +109,14 @@ const missmodCharts = (() => {
     });
     Plotly.react(div, traces, {
       title: { text: title, x: 0.02, xanchor: "left", font: { size: 14 } },
-      margin: { t: 40, r: 10, b: 50, l: 60 },
+      margin: { t: 40, r: 10, b: 40, l: 60 },
       xaxis: { title: { text: "missing rate" }, tickformat: ".0%" },
       yaxis: { title: { text: "test accuracy" }, tickformat: ".0%" },
-      legend: { font: { size: 11 } },
+      legend: { font: { size: 11 }, orientation: "h", y: -0.22 },
+      annotations: series.some((s) => s.source === "paper") ? [{
+        text: "dotted ◇: the paper's numbers", showarrow: false, xref: "paper", yref: "paper", x: 1, y: 1.07,
+        xanchor: "right", font: { size: 11, color: "#92400e" },
+      }] : [],
       uirevision: "keep", // keep the user's zoom and hidden traces across live updates
     }, CONFIG);
     div.dataset.ready = "true";

@@ -82,20 +82,29 @@
 
   // --- chosen runs: curves and confusion matrices --------------------------------------------
 
-  // One run per method (fusion), at the highest missing rate of the first modality, lowest seed:
-  // the setting where the methods differ most (Fig. 5 and 6 choose exactly these).
+  // At the highest missing rate of the first modality (where methods differ most), lowest
+  // seed: one run per method (fusion), or per method (its first fusion) when that is too many.
+  // Fig. 5 and Fig. 6 choose exactly these.
   function chooseDefaults() {
     choiceMade = true;
-    const all = [...runs.values()];
+    const all = [...runs.values()].sort((a, b) => a.id - b.id);
     const modality = all[0].missing_modality;
     const rate = Math.max(...all.filter((r) => r.missing_modality === modality).map((r) => r.missing_rate));
-    const picked = new Map();
-    for (const run of all) {
-      if (run.missing_modality !== modality || run.missing_rate !== rate) continue;
-      const key = `${run.method} ${run.fusion}`;
-      if (!picked.has(key) || picked.get(key).seed > run.seed) picked.set(key, run);
+    const candidates = all.filter((r) => r.missing_modality === modality && r.missing_rate === rate);
+    const lowestSeed = (runsToPick, key) => {
+      const picked = new Map();
+      for (const run of runsToPick) {
+        if (!picked.has(key(run)) || picked.get(key(run)).seed > run.seed) picked.set(key(run), run);
+      }
+      return [...picked.values()];
+    };
+    let picked = lowestSeed(candidates, (r) => `${r.method} ${r.fusion}`);
+    if (picked.length > 6) {
+      const firstFusion = new Map();
+      for (const run of candidates) if (!firstFusion.has(run.method)) firstFusion.set(run.method, run.fusion);
+      picked = lowestSeed(candidates.filter((r) => r.fusion === firstFusion.get(r.method)), (r) => r.method);
     }
-    for (const run of [...picked.values()].slice(0, 6)) chosen.add(run.id);
+    for (const run of picked.slice(0, 6)) chosen.add(run.id);
     for (const id of chosen) {
       const box = rows.get(id)?.querySelector("input.choose");
       if (box) box.checked = true;
@@ -148,10 +157,12 @@
   async function showConfusion(run) {
     if (confusionShown.has(run.id)) return;
     confusionShown.add(run.id);
-    const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
-    if (!ok || !chosen.has(run.id)) { confusionShown.delete(run.id); return; }
+    const grid = document.getElementById("confusion-grid");
     const div = missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id });
-    document.getElementById("confusion-grid").append(div);
+    const after = [...grid.children].find((other) => Number(other.dataset.runId) > run.id);
+    grid.insertBefore(div, after || null);  // in run order, whatever order they load in
+    const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
+    if (!ok || !chosen.has(run.id)) { confusionShown.delete(run.id); div.remove(); return; }
     missmodCharts.confusion(div, body, `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
                                         `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`);
   }
