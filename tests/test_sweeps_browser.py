@@ -253,3 +253,58 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
     paper_lines = [t for t in shown_trend(page, "top") if t["source"] == "paper"]
     assert [t["y"] for t in paper_lines] == [[0.2639], [0.5866], [0.6629]]
     assert page.js_errors == []
+
+
+def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
+    """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
+    from backend.runs import service
+
+    base = start_server(embedded_settings)
+    api = client_for(embedded_settings)
+    spec = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.9, "epochs": 1}
+    kept, doomed, broken = (api.post("/api/runs", json={**spec, "seed": s, "name": n}).json()["id"]
+                            for s, n in [(0, "kept"), (1, "doomed"), (2, "broken")])
+    with session_factory(embedded_settings.database_url)() as session:
+        service.start_run(session, broken, "test")
+        service.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
+
+    # tags and a note on the run page; user text stays text
+    page.goto(f"{base}/runs/{kept}")
+    page.fill("#run-tags", "baseline, <b>bold</b>")
+    page.fill("#run-note", "<img src=x onerror=alert(1)> check the dip")
+    page.click("#save-annotations")
+    page.wait_for_function("document.getElementById('annotations-status').textContent === 'Saved.'")
+    assert api.get(f"/api/runs/{kept}").json()["tags"] == ["<b>bold</b>", "baseline"]  # sorted
+    page.fill("#run-tags", "a,,b, " + "x" * 60)
+    page.click("#save-annotations")
+    page.locator('[data-error-for="tags"]').wait_for(state="visible")
+    assert "at most 50 characters" in page.text_content('[data-error-for="tags"]')
+    page.goto(f"{base}/?tag=%3Cb%3Ebold%3C%2Fb%3E")
+    page.wait_for_selector(f'#runs-table tr[data-run-id="{kept}"]')
+    assert page.locator("#runs-table tbody tr").count() == 1
+    assert page.text_content(f'#runs-table tr[data-run-id="{kept}"] .tag:nth-child(1)') == "<b>bold</b>"
+    assert page.locator("#runs-table b").count() == 0
+
+    # retry the failed run from its page
+    page.goto(f"{base}/runs/{broken}")
+    page.wait_for_selector("#retry-run:not([hidden])")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#retry-run")
+    page.wait_for_function("document.getElementById('run-state').textContent === 'queued'")
+    assert api.get(f"/api/runs/{broken}").json()["error"] is None
+
+    # delete from the runs table: a dismissed confirmation deletes nothing
+    page.goto(base)
+    page.wait_for_selector(f'#runs-table tr[data-run-id="{doomed}"]')
+    page.check(f'#runs-table tr[data-run-id="{doomed}"] input.select')
+    messages = []
+    page.once("dialog", lambda dialog: (messages.append(dialog.message), dialog.dismiss()))
+    page.click("#delete-selected")
+    assert messages and "Delete 1 run" in messages[0] and "still queued or running will be stopped" in messages[0]
+    assert api.get(f"/api/runs/{doomed}").status_code == 200
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-selected")
+    page.wait_for_selector(f'#runs-table tr[data-run-id="{doomed}"]', state="detached")
+    assert api.get(f"/api/runs/{doomed}").status_code == 404
+    assert api.get(f"/api/runs/{kept}").status_code == 200
+    assert page.js_errors == []
