@@ -65,6 +65,7 @@ def test_preview_counts_and_writes_nothing(client, settings):
     preview = client.post("/api/sweeps/preview", json=GRID).json()
     assert preview["combinations"] == preview["runs"] == 12 and preview["invalid"] == []
     assert preview["would_refuse"] is False
+    assert preview["name"] == "digits: 2 methods × 2 missing rates × 3 seeds (12 runs)"
     assert counts(settings) == (0, 0) and queued_ids(settings) == []
 
 

@@ -148,6 +148,11 @@ def spec_has_features() -> bool:
     return FEATURES_FIELD in TrainSpec.model_fields
 
 
+def missing_capabilities(preset: Preset) -> tuple[list[str], list[str]]:
+    """The preset's methods and feature extractors the training library does not have yet."""
+    return ([m for m in preset.methods if m not in METHODS], [] if spec_has_features() else preset.features)
+
+
 @dataclass
 class PresetPlan:
     """What a preset request expands to, and what could not be included."""
@@ -180,9 +185,8 @@ def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: i
     """The run specs of the preset, seed by seed (so a first pass fills every cell of the
     table before seeds repeat). Unavailable methods/extractors are left out when
     `only_available`, else recorded as missing (and nothing is expanded for them)."""
-    missing_methods = [m for m in preset.methods if m not in METHODS]
-    has_features = spec_has_features()
-    missing_features = [] if has_features else preset.features
+    missing_methods, missing_features = missing_capabilities(preset)
+    has_features = not missing_features
     plan = PresetPlan(combinations=[], roles=dict(roles), missing_methods=missing_methods,
                       missing_features=missing_features)
     if only_available:

@@ -15,7 +15,7 @@ from . import service
 from .analysis import missing_rate_trend
 from .export import table_csv, table_latex
 from .grid import SweepPlan, expand_grid, plan_sweep
-from .presets import PRESETS, Preset, PresetPlan, plan_preset
+from .presets import PRESETS, Preset, PresetPlan, missing_capabilities, plan_preset
 from .schemas import (
     InvalidCombinations,
     PresetOut,
@@ -234,11 +234,11 @@ def _preset_refusal(preset_plan: PresetPlan, sweep_plan: SweepPlan, only_availab
 
 
 def preset_out(preset: Preset) -> PresetOut:
-    plan = plan_preset(preset, dataset="", roles={"visual": "", "audio": ""}, seeds=1, epochs=1, only_available=False)
+    missing_methods, missing_features = missing_capabilities(preset)
     return PresetOut(name=preset.name, figure=preset.figure, title=preset.title, description=preset.description,
                      paper_dataset=preset.paper_dataset, focus=preset.focus, methods=preset.methods,
                      features=preset.features, runs_per_seed=preset.runs_per_seed(),
-                     missing_methods=plan.missing_methods, missing_features=plan.missing_features,
+                     missing_methods=missing_methods, missing_features=missing_features,
                      assumptions=list(preset.assumptions),
                      reported=preset.reported.title if preset.reported else None)
 

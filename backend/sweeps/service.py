@@ -25,9 +25,17 @@ class SweepNotFound(LookupError):
     pass
 
 
+def _plural(field: str) -> str:
+    words = field.replace("_", " ")
+    if words.endswith("s"):
+        return words
+    return words[:-1] + "ies" if words.endswith("y") else words + "s"
+
+
 def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
+    """e.g. "digits: 2 methods × 3 missing rates × 5 seeds (30 runs)"."""
     datasets = ", ".join(map(str, grid.get("dataset", [])))
-    varying = [f"{len(values)} {name.replace('_', ' ')}s" for name, values in grid.items() if len(values) > 1]
+    varying = [f"{len(values)} {_plural(name)}" for name, values in grid.items() if len(values) > 1]
     return f"{datasets}: {' × '.join(varying) or 'one setting'} ({runs} runs)"[:200]
 
 

@@ -41,10 +41,10 @@ const missmodCharts = (() => {
       this.traces = new Map(); // run id → trace index
       Plotly.newPlot(div, [], {
         title: { text: title, x: 0.02, xanchor: "left", font: { size: 14 } },
-        margin: { t: 40, r: 10, b: 45, l: 55 },
-        xaxis: { title: { text: "epoch" }, rangemode: "tozero" },
+        margin: { t: 40, r: 10, b: 40, l: 55 },
+        xaxis: { title: { text: "epoch" }, rangemode: "tozero", automargin: true },
         yaxis: percent ? { tickformat: ".0%" } : { rangemode: "tozero" },
-        legend: { orientation: "h", y: -0.2 },
+        legend: { orientation: "h", y: -0.3, yanchor: "top" },
       }, CONFIG);
     }
 

@@ -66,12 +66,12 @@
   }
 
   async function showConfusion(run) {
-    if (document.querySelector(`#confusion-grid [data-run-id="${run.id}"]`)) return;
+    const div = document.querySelector(`#confusion-grid [data-run-id="${run.id}"]`);
+    if (div.dataset.ready || div.dataset.loading) return;
+    div.dataset.loading = "true";
     const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
-    if (!ok) return;
-    const div = missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id });
-    document.getElementById("confusion-grid").append(div);
-    missmodCharts.confusion(div, body, `${label(run)}: ${missmod.percent(run.test_accuracy, 1)}`);
+    delete div.dataset.loading;
+    if (ok) missmodCharts.confusion(div, body, `${label(run)}: ${missmod.percent(run.test_accuracy, 1)}`);
   }
 
   async function refresh(run) {
@@ -110,6 +110,11 @@
     }
     showResults();
     showSpecDiff();
+    // traces and matrices in the order the runs were given, whatever order they load in
+    for (const run of runs.values()) for (const chart of charts.values()) chart.ensure(run.id, label(run));
+    for (const run of runs.values()) {
+      document.getElementById("confusion-grid").append(missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id }));
+    }
     await Promise.all([...runs.values()].map(refresh));
     page.dataset.ready = "true";
     setTimeout(poll, 2000);

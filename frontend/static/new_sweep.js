@@ -167,7 +167,8 @@
       return;
     }
     count.dataset.count = String(body.would_refuse ? 0 : body.runs);
-    count.textContent = body.would_refuse ? body.message : `${plural(body.runs, "run")} will be created.`;
+    const message = body.message ? body.message[0].toUpperCase() + body.message.slice(1) + "." : "";
+    count.textContent = body.would_refuse ? message : `${plural(body.runs, "run")} will be created.`;
     notes.replaceChildren(...body.left_out.map((note) => missmod.el("li", `Left out: ${note}`)));
     button.disabled = body.would_refuse;
     button.textContent = body.would_refuse ? "Create sweep" : `Create ${plural(body.runs, "run")}`;

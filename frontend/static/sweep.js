@@ -129,7 +129,9 @@
     const metric = document.getElementById("curve-metric").value;
     curves = new missmodCharts.CurveChart(div, { title: metric.replace("_", " "), percent: metric.endsWith("accuracy") });
     cursors.clear();
-    return Promise.all([...chosen].map((id) => refreshChosen(id)));
+    const ordered = [...chosen].sort((a, b) => a - b);
+    for (const id of ordered) if (runs.has(id)) curves.ensure(id, `#${id} ${runs.get(id).name}`);
+    return Promise.all(ordered.map((id) => refreshChosen(id)));
   }
 
   // Appends the run's new points to the curves and draws its matrix once it has one.
