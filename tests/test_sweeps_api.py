@@ -456,3 +456,52 @@ def test_openapi_documents_the_sweep_routes(client):
         assert path in paths, path
     schema = client.get("/openapi.json").json()["components"]["schemas"]["SweepCreate"]["properties"]["missing_rate"]
     assert schema["anyOf"][1]["type"] == "array"
+
+
+@pytest.mark.services
+def test_sweeps_on_postgresql_and_redis(service_settings, client_for):
+    """The production shape: the same sweep path on PostgreSQL (JSON paths, cascades, keyset
+    with NULLs) with ids sent over Redis."""
+    from .test_api import read_events
+
+    client = client_for(service_settings)
+    sweep = client.post("/api/sweeps", json=GRID).json()
+    assert len(sweep["run_ids"]) == 12
+    for i, run_id in enumerate(sweep["run_ids"][:8]):
+        finish(service_settings, run_id, 0.6 + i / 100)
+    client.patch(f"/api/runs/{sweep['run_ids'][0]}", json={"tags": ["pg"]})
+    expected = expected_cells(service_settings, sweep["id"])
+    table = client.get(f"/api/sweeps/{sweep['id']}/table").json()
+    for row in table["rows"]:
+        for column, cell in zip(table["columns"], row["cells"]):
+            mean, _, n = expected[(row["method"], column["missing_rate"])]
+            assert cell["n"] == n and cell["mean"] == pytest.approx(mean) and cell["pending"] == 3 - n
+    with client.stream("GET", f"/api/sweeps/{sweep['id']}/stream") as response:
+        first = []
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                first.append(line.split(":", 1)[1].strip())
+            if first[-3:] == ["runs", "progress", "summary"]:
+                break
+    assert first == ["runs", "progress", "summary"]
+    order = [r["id"] for r in client.get("/api/runs", params={"sort": "-test_accuracy", "limit": 100}).json()["items"]]
+    assert all_pages_by_cursor(client, {"sort": "-test_accuracy"}, 5) == order
+    assert [r["id"] for r in client.get("/api/runs", params={"tag": "pg"}).json()["items"]] == [sweep["run_ids"][0]]
+    assert client.get("/api/runs", params={"sweep": sweep["id"], "state": "succeeded"}).json()["total"] == 8
+    assert client.delete(f"/api/sweeps/{sweep['id']}").status_code == 204
+    assert client.get("/api/runs").json()["total"] == 0
+    done = client.post("/api/sweeps", json={**GRID, "seed": 0}).json()
+    for run_id in done["run_ids"]:
+        finish(service_settings, run_id, 0.5)
+    with client.stream("GET", f"/api/sweeps/{done['id']}/stream") as response:
+        assert [name for name, _ in read_events(response)] == ["runs", "progress", "summary", "end"]
+
+
+def all_pages_by_cursor(client, params: dict, limit: int) -> list[int]:
+    seen, cursor = [], None
+    while True:
+        body = client.get("/api/runs", params={**params, "limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [r["id"] for r in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
