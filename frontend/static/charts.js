@@ -11,6 +11,18 @@ const missmodCharts = (() => {
   const DISPLAY_POINTS = 1000;
   const colours = new Map();
 
+  // plotly.js 4.1 resizes a responsive chart on window resizes only; a chart whose box
+  // changes because the page around it changed (a second trend chart joining the grid) is
+  // resized here.
+  const resizer = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      if (entry.target._fullLayout && entry.contentRect.width) Plotly.Plots.resize(entry.target);
+    }
+  });
+  function watchSize(div) {
+    if (!div.dataset.sizeWatched) { resizer.observe(div); div.dataset.sizeWatched = "true"; }
+  }
+
   function colour(key) {
     if (!colours.has(key)) colours.set(key, PALETTE[colours.size % PALETTE.length]);
     return colours.get(key);
@@ -31,6 +43,7 @@ const missmodCharts = (() => {
       xaxis: { title: { text: "predicted" }, type: "category", tickfont: { size: 10 } },
       yaxis: { title: { text: "true" }, type: "category", autorange: "reversed", tickfont: { size: 10 } },
     }, CONFIG);
+    watchSize(div);
     div.dataset.ready = "true";
   }
 
@@ -46,6 +59,7 @@ const missmodCharts = (() => {
         yaxis: percent ? { tickformat: ".0%" } : { rangemode: "tozero" },
         legend: { orientation: "h", y: -0.3, yanchor: "top" },
       }, CONFIG);
+      watchSize(div);
     }
 
     ensure(runId, label) {
@@ -119,6 +133,7 @@ const missmodCharts = (() => {
       }] : [],
       uirevision: "keep", // keep the user's zoom and hidden traces across live updates
     }, CONFIG);
+    watchSize(div);
     div.dataset.ready = "true";
   }
 

@@ -214,12 +214,14 @@
   function showTrend(trend) {
     const container = document.getElementById("trend-charts");
     const modalities = [...new Set(trend.series.map((s) => s.missing_modality))];
+    // every chart's box first, so none is drawn at a width the next one takes away
     for (const modality of modalities) {
-      let div = container.querySelector(`[data-modality="${CSS.escape(modality)}"]`);
-      if (!div) {
-        div = missmod.el("div", null, { class: "chart trend", "data-modality": modality });
-        container.append(div);
+      if (!container.querySelector(`[data-modality="${CSS.escape(modality)}"]`)) {
+        container.append(missmod.el("div", null, { class: "chart trend", "data-modality": modality }));
       }
+    }
+    for (const modality of modalities) {
+      const div = container.querySelector(`[data-modality="${CSS.escape(modality)}"]`);
       const series = trend.series.filter((s) => s.missing_modality === modality);
       const role = series[0].role;
       missmodCharts.trend(div, series, `${modality}${role ? ` (${role})` : ""} missing`);
