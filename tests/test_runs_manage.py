@@ -175,6 +175,20 @@ def test_retry_clears_the_old_attempt_and_queues_the_same_run(client, settings):
     assert client.post("/api/runs/999/retry").status_code == 404
 
 
+def test_retry_and_delete_remove_the_runs_files(client, settings):
+    """A worker resumes a run from the checkpoint in its folder: a retry must start over."""
+    runs = [client.post("/api/runs", json={**SPEC, "seed": s}).json()["id"] for s in (0, 1)]
+    folders = [service.run_artifact_dir(settings.artifact_dir, run_id) for run_id in runs]
+    for run_id, folder in zip(runs, folders):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"epoch 7")
+        finish(settings, run_id, None, state="failed")
+    assert client.post(f"/api/runs/{runs[0]}/retry").status_code == 200
+    assert not folders[0].exists() and folders[1].exists()
+    assert client.delete(f"/api/runs/{runs[1]}").status_code == 204
+    assert not folders[1].exists()
+
+
 def test_delete_removes_the_run_with_its_points_matrix_and_tags(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     finish(settings, run["id"], 0.7)

@@ -18,7 +18,8 @@ from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
 from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
-from backend.sweeps.presets import PRESETS
+from backend.sweeps.presets import PRESETS, Block, Preset
+from worker.training.spec import METHODS
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
         "missing_rate": [0.5, 0.9], "seed": [0, 1, 2], "epochs": 2}
@@ -300,6 +301,9 @@ def test_a_varied_training_setting_splits_rows_instead_of_being_averaged(client,
 def test_delete_sweep_deletes_its_runs_and_their_points(client, settings):
     sweep = client.post("/api/sweeps", json=GRID).json()
     finish(settings, sweep["run_ids"][0], 0.9)
+    folder = runs_service.run_artifact_dir(settings.artifact_dir, sweep["run_ids"][0])
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"...")
     other = client.post("/api/runs", json={**GRID, "method": "mle", "missing_rate": 0.5, "seed": 0}).json()
     assert client.delete(f"/api/sweeps/{sweep['id']}").status_code == 204
     assert client.get(f"/api/sweeps/{sweep['id']}").status_code == 404
@@ -307,6 +311,7 @@ def test_delete_sweep_deletes_its_runs_and_their_points(client, settings):
     with session_factory(settings.database_url)() as session:
         assert session.scalar(select(func.count()).select_from(MetricPoint)) == 0
     assert client.get(f"/api/runs/{other['id']}").status_code == 200
+    assert not folder.exists()
     assert client.delete(f"/api/sweeps/{sweep['id']}").status_code == 404
 
 
@@ -347,36 +352,57 @@ def test_table1_preset_is_the_papers_grid():
     assert PRESETS["table2"].runs_per_seed() == 54 and PRESETS["fig4"].runs_per_seed() == 20
 
 
+def available(preset_name: str) -> list[tuple[str, str]]:
+    """(method, fusion) rows of a preset that the training library can run today."""
+    return [(b.method, f) for b in PRESETS[preset_name].blocks if b.method in METHODS for f in b.fusions]
+
+
 def test_presets_say_what_the_training_library_lacks(client):
     presets = {p["name"]: p for p in client.get("/api/presets").json()}
     assert set(presets) == {"table1", "table2", "fig4", "fig5", "fig6"}
-    assert presets["table1"]["missing_methods"] == ["hgr"] and presets["table1"]["reported"] == "Table 1"
-    assert presets["fig4"]["missing_methods"] == [] and presets["fig4"]["missing_features"] == []
-    assert presets["table2"]["missing_methods"] == ["ae1", "ae2"]
+    for name, preset in presets.items():
+        assert preset["missing_methods"] == [m for m in PRESETS[name].methods if m not in METHODS]
+    assert presets["table1"]["reported"] == "Table 1" and presets["fig4"]["missing_features"] == []
+    # no training spec field chooses a pre-trained extractor yet
     assert presets["table2"]["missing_features"] == ["vgg16", "resnet34", "resnet50"]
 
 
-def test_preset_needing_a_missing_method_is_refused_naming_it(client, settings):
-    response = client.post("/api/presets/table1/sweeps", json={"dataset": "digits", "seeds": 1, "epochs": 1})
+@pytest.fixture
+def future_preset(monkeypatch):
+    """A preset naming a method no training library has (test data, not a stand-in)."""
+    preset = Preset(name="future", figure="Fig. 9", title="t", description="d", paper_dataset="p",
+                    paper_dataset_names=frozenset(), reported=None, focus="table",
+                    blocks=(Block("mle", ("add", "concat"), ("visual", "audio"), (0.5, 0.9)),
+                            Block("telepathy", ("add",), ("visual",), (0.5,))))
+    monkeypatch.setitem(PRESETS, "future", preset)
+    return preset
+
+
+def test_preset_needing_a_missing_method_is_refused_naming_it(client, settings, future_preset):
+    response = client.post("/api/presets/future/sweeps", json={"dataset": "digits", "seeds": 2, "epochs": 1})
     assert response.status_code == 422
     [error] = response.json()["detail"]
-    assert "method hgr" in error["msg"] and "create the 48 runs that can run now" in error["msg"]
-    assert error["ctx"] == {"missing_methods": ["hgr"], "missing_features": [], "available_runs": 48}
+    assert "method telepathy" in error["msg"] and "create the 16 runs that can run now" in error["msg"]
+    assert error["ctx"] == {"missing_methods": ["telepathy"], "missing_features": [], "available_runs": 16}
     assert counts(settings) == (0, 0)
-    preview = client.post("/api/presets/table1/preview", json={"dataset": "digits", "seeds": 1, "epochs": 1}).json()
-    assert preview["would_refuse"] and preview["runs"] == 48 and "hgr" in preview["message"]
+    preview = client.post("/api/presets/future/preview", json={"dataset": "digits", "seeds": 2, "epochs": 1}).json()
+    assert preview["would_refuse"] and preview["runs"] == 16 and "telepathy" in preview["message"]
+    created = client.post("/api/presets/future/sweeps",
+                          json={"dataset": "digits", "seeds": 2, "epochs": 1, "only_available": True}).json()
+    assert len(created["run_ids"]) == 16
+    assert created["preset_options"]["left_out"] == ["methods not available yet: telepathy"]
 
 
 def test_preset_available_part_on_digits_shows_the_papers_numbers_beside_ours(client, settings):
+    rows = available("table1")
     response = client.post("/api/presets/table1/sweeps",
                            json={"dataset": "digits", "seeds": 2, "epochs": 1, "only_available": True})
     assert response.status_code == 201, response.text
     sweep = response.json()
-    assert len(sweep["run_ids"]) == 96 and sweep["preset"] == "table1"
+    assert len(sweep["run_ids"]) == len(rows) * 6 * 2 and sweep["preset"] == "table1"
     assert sweep["preset_options"]["roles"] == {"visual": "top", "audio": "bottom"}
-    assert sweep["preset_options"]["left_out"] == ["methods not available yet: hgr"]
     runs = client.get("/api/runs", params={"sweep": sweep["id"], "limit": 500, "sort": "id"}).json()["items"]
-    assert {r["method"] for r in runs} == {"lower_bound", "zero_padding", "mle"}
+    assert {(r["method"], r["fusion"]) for r in runs} == set(rows)
     assert {r["fusion"] for r in runs if r["method"] == "zero_padding"} == {"add", "concat"}
     assert all(r["spec"]["epochs"] == 1 for r in runs) and {r["seed"] for r in runs} == {0, 1}
     for run in runs[:3]:
@@ -384,16 +410,15 @@ def test_preset_available_part_on_digits_shows_the_papers_numbers_beside_ours(cl
     table = client.get(f"/api/sweeps/{sweep['id']}/table").json()
     assert [c["label"] for c in table["columns"]][:4] == ["top (visual) 80%", "top (visual) 90%",
                                                           "top (visual) 95%", "bottom (audio) 80%"]
-    assert [r["label"] for r in table["rows"]] == ["lower_bound (add)", "lower_bound (concat)", "lower_bound (outer)",
-                                                   "zero_padding (add)", "zero_padding (concat)", "mle (add)",
-                                                   "mle (concat)", "mle (outer)"]
-    mle_add = table["rows"][5]
+    assert [r["label"] for r in table["rows"]] == [f"{m} ({f})" for m, f in rows]  # the paper's row order
+    [mle_add] = [r for r in table["rows"] if r["label"] == "mle (add)"]
     assert [c["paper"] for c in mle_add["cells"]] == pytest.approx([0.7237, 0.7165, 0.6629, 0.8124, 0.8031, 0.7938])
+    assert all(c["paper"] is not None for r in table["rows"] for c in r["cells"])
     assert table["paper"]["table"] == "Table 1" and table["paper"]["same_dataset"] is False
     assert "compare the trends" in table["paper"]["note"]
     trend = client.get(f"/api/sweeps/{sweep['id']}/trend").json()["series"]
     paper_lines = [s for s in trend if s["source"] == "paper"]
-    assert len(paper_lines) == 16 and paper_lines[0]["label"] == "paper: lower_bound (add)"
+    assert len(paper_lines) == 2 * len(rows) and paper_lines[0]["label"] == "paper: lower_bound (add)"
 
 
 def test_preset_roles_map_onto_the_chosen_modalities(client):
@@ -408,9 +433,11 @@ def test_preset_roles_map_onto_the_chosen_modalities(client):
 
 
 def test_preset_without_extractors_drops_that_axis_and_matches_no_paper_numbers(client):
+    refused = client.post("/api/presets/table2/sweeps", json={"dataset": "digits", "seeds": 1, "epochs": 1})
+    assert refused.status_code == 422 and "feature extractors vgg16" in refused.json()["detail"][0]["msg"]
     sweep = client.post("/api/presets/table2/sweeps",
                         json={"dataset": "digits", "seeds": 1, "epochs": 1, "only_available": True}).json()
-    assert len(sweep["run_ids"]) == 6  # mle × 2 modalities × 3 rates
+    assert len(sweep["run_ids"]) == len(available("table2")) * 2 * 3  # × 2 modalities × 3 rates
     assert any("feature extractors" in note for note in sweep["preset_options"]["left_out"])
     table = client.get(f"/api/sweeps/{sweep['id']}/table").json()
     assert all(cell["paper"] is None for row in table["rows"] for cell in row["cells"])

@@ -105,19 +105,20 @@ def update_run(run_id: int, payload: RunUpdate, session: SessionDep) -> RunOut:
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_run(run_id: int, session: SessionDep) -> Response:
-    """Delete a run with its metrics and confusion matrix. A run still training is stopped."""
-    if not service.delete_runs(session, [run_id]):
+def delete_run(run_id: int, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
+    if not service.delete_runs(session, [run_id], settings.artifact_dir):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{run_id}/retry", response_model=RunOut,
              responses={**NOT_FOUND, **BROKER_DOWN, 409: {"description": "The run is not failed or cancelled"}})
-def retry_run(run_id: int, session: SessionDep, queue: RunQueueDep) -> RunOut:
-    """Queue a failed or cancelled run again, same id and spec; its old metrics are cleared."""
+def retry_run(run_id: int, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+    """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
+    and checkpoint are cleared."""
     try:
-        return RunOut.model_validate(service.retry_run(session, run_id, queue))
+        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
     except service.RunNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:

@@ -7,9 +7,11 @@ import base64
 import binascii
 import json
 import math
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -225,10 +227,22 @@ def update_run(session: Session, run_id: int, changes: Mapping[str, object]) -> 
     return run
 
 
-def retry_run(session: Session, run_id: int, queue: RunQueue) -> Run:
+def run_artifact_dir(artifact_dir: Path, run_id: int) -> Path:
+    """The folder of a run's files (its checkpoint): ARTIFACT_DIR/runs/<id>."""
+    return artifact_dir / "runs" / str(run_id)
+
+
+def remove_artifacts(artifact_dir: Path | None, run_ids: Iterable[int]) -> None:
+    if artifact_dir is not None:
+        for run_id in run_ids:
+            shutil.rmtree(run_artifact_dir(artifact_dir, run_id), ignore_errors=True)
+
+
+def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
-    result in the same cell). Its old points and matrix are removed first: points are written
-    insert-or-ignore per (run, epoch, name), so stale ones would otherwise shadow the new."""
+    result in the same cell), from scratch. Its old points and matrix are removed first:
+    points are written insert-or-ignore per (run, epoch, name), so stale ones would shadow the
+    new; and its files, since a worker resumes a run from the checkpoint it finds there."""
     run = get_run(session, run_id)
     if run.state not in (RunState.failed, RunState.cancelled):
         raise RunNotRetryable(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
@@ -243,18 +257,20 @@ def retry_run(session: Session, run_id: int, queue: RunQueue) -> Run:
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
     run.info = run.error = run.error_detail = None
     session.commit()
+    remove_artifacts(artifact_dir, [run_id])
     enqueue_committed(session, [run], queue)
     return run
 
 
-def delete_runs(session: Session, run_ids: Iterable[int]) -> int:
-    """Delete runs with their points, matrices and tags (by the database's cascades). A worker
-    still training one of them fails its next write and stops."""
+def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir: Path | None = None) -> int:
+    """Delete runs with their points, matrices and tags (by the database's cascades) and their
+    files. A worker still training one of them fails its next write and stops."""
     ids = list(run_ids)
     if not ids:
         return 0
     deleted = session.execute(delete(Run).where(Run.id.in_(ids))).rowcount
     session.commit()
+    remove_artifacts(artifact_dir, ids)
     return int(deleted or 0)
 
 

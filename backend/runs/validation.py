@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.training.datasets import UnknownDatasetError, dataset_info
+from worker.training.datasets import DatasetInfo, UnknownDatasetError, dataset_info
 from worker.training.spec import spec_errors_for_dataset
 
 from .schemas import RunCreate
@@ -22,24 +22,29 @@ ErrorDict = dict[str, Any]
 
 
 class DatasetModalities:
-    """The modalities of each dataset, looked up once per request (a sweep asks for the same
-    dataset for every combination)."""
+    """The catalogue entry of each dataset, looked up once per request (a sweep asks for the
+    same dataset for every combination). Call it for a dataset's modalities (None: unknown)."""
 
     def __init__(self, data_dir: Path | None):
         self.data_dir = data_dir
-        self._known: dict[str, tuple[str, ...] | None] = {}
+        self._infos: dict[str, DatasetInfo | None] = {}
+
+    def info(self, name: str) -> DatasetInfo | None:
+        if name not in self._infos:
+            try:
+                self._infos[name] = dataset_info(name, self.data_dir)
+            except UnknownDatasetError:
+                self._infos[name] = None
+        return self._infos[name]
 
     def __call__(self, name: str) -> tuple[str, ...] | None:
-        if name not in self._known:
-            try:
-                self._known[name] = tuple(dataset_info(name, self.data_dir).modalities)
-            except UnknownDatasetError:
-                self._known[name] = None
-        return self._known[name]
+        info = self.info(name)
+        return None if info is None else tuple(info.modalities)
 
 
 def dataset_errors(payload: RunCreate, modalities: DatasetModalities) -> list[ErrorDict]:
-    """422 errors naming the field when the dataset is unknown or lacks the modality."""
+    """422 errors naming the field when the dataset is unknown or does not fit the spec.
+    The one call of the training library's dataset check, for runs and sweeps alike."""
     return [
         {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}
         for e in spec_errors_for_dataset(payload, modalities(payload.dataset))

@@ -123,22 +123,22 @@ def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
 
 
 @router.delete("/{sweep_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_sweep(sweep_id: int, session: SessionDep,
+def delete_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep,
                  keep_runs: bool = Query(False, description="Keep the runs (detached from any sweep)")) -> Response:
-    """Delete the sweep and its runs (runs still training are stopped)."""
+    """Delete the sweep and its runs with their files (runs still training are stopped)."""
     try:
-        service.delete_sweep(session, sweep_id, keep_runs)
+        service.delete_sweep(session, sweep_id, keep_runs, settings.artifact_dir)
     except service.SweepNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found") from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses={**NOT_FOUND, **BROKER_DOWN})
-def retry_sweep(sweep_id: int, session: SessionDep, queue: RunQueueDep) -> RetriedRuns:
-    """Queue every failed or cancelled run of the sweep again."""
+def retry_sweep(sweep_id: int, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
+    """Queue every failed or cancelled run of the sweep again, from scratch."""
     _get_or_404(session, sweep_id)
     try:
-        return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue))
+        return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings.artifact_dir))
     except Exception as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"could not queue: {error}") from None
 
@@ -194,9 +194,10 @@ def _preset_or_404(name: str) -> Preset:
 def _roles(request: PresetRequest, modalities: DatasetModalities) -> dict[str, str]:
     """Which dataset modality plays the paper's visual and audio roles; 422 naming the field."""
     available = modalities(request.dataset)
-    if available is None:
+    if available is None or len(available) < 2:
+        problem = "unknown dataset" if available is None else "not a two-modality dataset:"
         raise RequestValidationError([{"type": "value_error", "loc": ("body", "dataset"), "input": request.dataset,
-                                       "msg": f"unknown dataset {request.dataset!r}"}])
+                                       "msg": f"{problem} {request.dataset!r}"}])
     visual = request.visual or ("visual" if "visual" in available else available[0])
     audio = request.audio or ("audio" if "audio" in available else next(m for m in available if m != visual))
     for field, value in (("visual", visual), ("audio", audio)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -84,22 +85,25 @@ def list_sweeps(session: Session, limit: int = 50, offset: int = 0) -> tuple[lis
     return sweeps, int(total)
 
 
-def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False) -> None:
-    """Delete the sweep and, by the database's cascade, its runs — or keep the runs, detached."""
+def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir: Path | None = None) -> None:
+    """Delete the sweep and, by the database's cascade, its runs and then their files — or
+    keep the runs, detached."""
     get_sweep(session, sweep_id)
+    run_ids = [] if keep_runs else list(session.scalars(select(Run.id).where(Run.sweep_id == sweep_id)))
     if keep_runs:
         session.execute(update(Run).where(Run.sweep_id == sweep_id).values(sweep_id=None))
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
     session.commit()
+    runs.remove_artifacts(artifact_dir, run_ids)
 
 
-def retry_sweep(session: Session, sweep_id: int, queue: RunQueue) -> list[int]:
-    """Queue every failed or cancelled run of the sweep again."""
+def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> list[int]:
+    """Queue every failed or cancelled run of the sweep again, from scratch."""
     get_sweep(session, sweep_id)
     ids = list(session.scalars(select(Run.id).where(
         Run.sweep_id == sweep_id, Run.state.in_([RunState.failed, RunState.cancelled])).order_by(Run.id)))
     for run_id in ids:
-        runs.retry_run(session, run_id, queue)
+        runs.retry_run(session, run_id, queue, artifact_dir)
     return ids
 
 
