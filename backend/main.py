@@ -18,6 +18,7 @@ from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
 from .settings import Settings, get_settings
+from .sweeps import routes as sweep_routes
 
 log = logging.getLogger("missmod")
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(sweep_routes.router)
+    app.include_router(sweep_routes.presets_router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
     return app

@@ -5,11 +5,11 @@ from __future__ import annotations
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from backend.db import Base, make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
-from backend.runs import models  # noqa: F401
+from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
 
 
 def assert_schema_matches_models(url: str) -> None:
@@ -18,7 +18,7 @@ def assert_schema_matches_models(url: str) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
-    assert {"runs", "metric_points", "confusion_matrices", "alembic_version"} <= tables
+    assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "alembic_version"} <= tables
     engine.dispose()
 
 
@@ -41,3 +41,36 @@ def test_sqlite_migrations(tmp_path):
 
 def test_postgresql_migrations(postgres_url):
     check_round_trip(postgres_url)
+
+
+def check_upgrade_keeps_data(url: str) -> None:
+    """Upgrading a database that holds runs keeps every run, point and matrix (on SQLite a
+    table rebuilt by batch mode must not cascade-delete the rows that refer to it)."""
+    command.upgrade(alembic_config(url), "0001")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO runs (id, name, spec, dataset, method, fusion, missing_modality, missing_rate, seed, state, "
+            "created_at, attempts, cancel_requested, epochs_completed) VALUES (1, 'r', '{}', 'digits', 'mle', 'add', "
+            "'bottom', 0.9, 0, 'succeeded', '2026-01-01 00:00:00+00:00', 1, false, 2)"))
+        connection.execute(text("INSERT INTO metric_points (run_id, epoch, name, value, recorded_at) VALUES "
+                                "(1, 1, 'val_accuracy', 0.5, '2026-01-01 00:00:00+00:00'), "
+                                "(1, 2, 'val_accuracy', 0.6, '2026-01-01 00:00:00+00:00')"))
+        connection.execute(text("INSERT INTO confusion_matrices (run_id, epoch, classes, counts) "
+                                "VALUES (1, 2, '[\"a\"]', '[[1]]')"))
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM metric_points")).scalar() == 2
+        assert connection.execute(text("SELECT count(*) FROM confusion_matrices")).scalar() == 1
+        assert connection.execute(text("SELECT sweep_id, note FROM runs")).one() == (None, None)
+    engine.dispose()
+
+
+def test_sqlite_upgrade_keeps_data(tmp_path):
+    check_upgrade_keeps_data(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+def test_postgresql_upgrade_keeps_data(postgres_url):
+    check_upgrade_keeps_data(postgres_url)

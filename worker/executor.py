@@ -78,7 +78,7 @@ class Heartbeat:
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
     """Where a run's checkpoint lives; a redelivered run continues from it."""
-    return settings.artifact_dir / "runs" / str(run_id) / "checkpoint.pt"
+    return service.run_artifact_dir(settings.artifact_dir, run_id) / "checkpoint.pt"
 
 
 def execute_run(run_id: int, settings: Settings, worker: str | None = None) -> None:

@@ -6,7 +6,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from backend.db import make_engine
-from backend.runs import models  # noqa: F401  (registers the tables)
+from backend.runs import models  # noqa: F401  (registers the tables, sweeps included)
 from backend.db import Base
 from backend.settings import get_settings
 
@@ -31,6 +31,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a table by copy, drop and rename; with foreign keys on, SQLite's
+            # DROP TABLE would first cascade-delete every row that refers to it (metric points).
+            # The pragma only takes effect outside a transaction, hence before configure().
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # Batch mode lets later migrations alter tables on SQLite too.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -12,6 +12,8 @@ from fastapi.templating import Jinja2Templates
 
 from ..api.deps import SessionDep
 from ..runs import service
+from ..sweeps import service as sweeps
+from ..sweeps.presets import PRESETS
 
 FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -37,6 +39,32 @@ def run_page(request: Request, run_id: int, session: SessionDep):
     except service.RunNotFound:
         raise HTTPException(404, f"run {run_id} not found") from None
     return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run})
+
+
+@router.get("/sweeps", response_class=HTMLResponse)
+def sweeps_page(request: Request):
+    return templates.TemplateResponse(request, "sweeps.html", {"title": "Sweeps"})
+
+
+@router.get("/sweeps/new", response_class=HTMLResponse)
+def new_sweep_page(request: Request):
+    return templates.TemplateResponse(request, "new_sweep.html", {"title": "New sweep"})
+
+
+@router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, sweep_id: int, session: SessionDep):
+    try:
+        sweep = sweeps.get_sweep(session, sweep_id)
+    except sweeps.SweepNotFound:
+        raise HTTPException(404, f"sweep {sweep_id} not found") from None
+    preset = PRESETS.get(sweep.preset or "")
+    return templates.TemplateResponse(request, "sweep.html", {"title": sweep.name, "sweep": sweep, "preset": preset})
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request):
+    """Runs side by side: `/compare?runs=1,2,3` (the page reads the ids itself)."""
+    return templates.TemplateResponse(request, "compare.html", {"title": "Compare runs"})
 
 
 @router.get("/vendor/plotly.min.js")

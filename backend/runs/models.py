@@ -50,12 +50,21 @@ class Run(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
-    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
+
+    # Deleting a sweep deletes its runs (the API can detach them first to keep them).
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE", name="fk_runs_sweep_id_sweeps"), index=True
+    )
+    note: Mapped[str | None] = mapped_column(Text)
+    tag_rows: Mapped[list["RunTag"]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="RunTag.tag"
+    )
 
     confusion: Mapped["ConfusionMatrix | None"] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
@@ -64,6 +73,19 @@ class Run(Base):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class RunTag(Base):
+    """One label on one run; a table rather than a JSON list so `?tag=` is an indexed lookup."""
+
+    __tablename__ = "run_tags"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50), primary_key=True, index=True)
 
 
 class MetricPoint(Base):
@@ -96,3 +118,7 @@ class ConfusionMatrix(Base):
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
+
+
+# The runs table refers to sweeps.id: whoever loads the run models gets the sweep table too.
+from ..sweeps import models as _sweep_models  # noqa: E402,F401

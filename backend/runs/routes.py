@@ -4,36 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
-
-from worker.training.datasets import UnknownDatasetError, dataset_info
-from worker.training.spec import spec_errors_for_dataset
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from . import service
 from .models import RunState
-from .schemas import ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage
+from .schemas import ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
 from .stream import run_events
+from .validation import DatasetCatalog, dataset_errors
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
+BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
 
 
 def _check_against_dataset(payload: RunCreate, settings) -> None:
-    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
-    try:
-        info = dataset_info(payload.dataset, settings.data_dir)
-    except UnknownDatasetError:
-        info = None
-    errors = spec_errors_for_dataset(payload, info)
+    """422 naming the field when the dataset is unknown or does not fit the spec."""
+    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir))
     if errors:
-        raise RequestValidationError([
-            {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}
-            for e in errors
-        ])
+        raise RequestValidationError(errors)
+
+
+def _broker_unavailable(error: Exception) -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                         f"the run was saved but could not be queued: {type(error).__name__}: {error}")
 
 
 def _get_or_404(session, run_id: int):
@@ -43,36 +40,91 @@ def _get_or_404(session, run_id: int):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
-             responses={503: {"description": "The broker could not be reached; the run is marked failed"}})
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=BROKER_DOWN)
 def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Create a run and queue it for a worker."""
     _check_against_dataset(payload, settings)
     try:
         run = service.create_run(session, payload, queue)
     except Exception as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the run was saved but could not be queued: {type(error).__name__}: {error}") from None
+        raise _broker_unavailable(error) from None
     return RunOut.model_validate(run)
 
 
 @router.get("", response_model=RunPage)
 def list_runs(
     session: SessionDep,
-    state: RunState | None = None,
-    method: str | None = Query(None, max_length=50),
+    state: list[RunState] | None = Query(None, description="Repeat for several: `?state=failed&state=cancelled`"),
     dataset: str | None = Query(None, max_length=200),
+    method: str | None = Query(None, max_length=50),
+    fusion: str | None = Query(None, max_length=20),
+    missing_modality: str | None = Query(None, max_length=100),
+    missing_rate: float | None = Query(None, ge=0, lt=1),
+    sweep: int | None = Query(None, ge=1, description="Only the runs of this sweep"),
+    tag: str | None = Query(None, max_length=50),
+    q: str | None = Query(None, max_length=200, description="Text the run name contains (case-insensitive)"),
+    sort: str = Query("-id", description="A column, `-` first for descending; `id` is creation order",
+                      json_schema_extra={"enum": service.SORT_CHOICES}),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
+    cursor: str | None = Query(None, max_length=500,
+                               description="`next_cursor` of the previous page: fast deep pages (instead of offset)"),
 ) -> RunPage:
-    """Runs, newest first."""
-    runs, total = service.list_runs(session, state=state, method=method, dataset=dataset, limit=limit, offset=offset)
-    return RunPage(items=[RunOut.model_validate(r) for r in runs], total=total, limit=limit, offset=offset)
+    """Runs matching every filter given, newest first unless `sort` says otherwise."""
+    if sort.lstrip("-") not in service.SORT_COLUMNS:
+        raise RequestValidationError([{"type": "enum", "loc": ("query", "sort"), "input": sort,
+                                       "msg": f"sort by one of: {', '.join(service.SORT_COLUMNS)} (prefix - to reverse)"}])
+    if cursor and offset:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
+                                       "msg": "give either offset or cursor, not both"}])
+    filters = service.RunFilters(states=state or (), dataset=dataset, method=method, fusion=fusion,
+                                 missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
+                                 tag=tag, search=q)
+    try:
+        runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
+                                                     cursor=cursor)
+    except service.InvalidCursor as error:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"), "input": cursor,
+                                       "msg": str(error)}]) from None
+    return RunPage(items=[RunOut.model_validate(r) for r in runs], total=total, limit=limit, offset=offset,
+                   next_cursor=next_cursor)
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def get_run(run_id: int, session: SessionDep) -> RunOut:
     return RunOut.model_validate(_get_or_404(session, run_id))
+
+
+@router.patch("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
+def update_run(run_id: int, payload: RunUpdate, session: SessionDep) -> RunOut:
+    """Rename a run, set its note, or replace its tags."""
+    try:
+        return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
+    except service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def delete_run(run_id: int, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
+    if not service.delete_runs(session, [run_id], settings.artifact_dir):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{run_id}/retry", response_model=RunOut,
+             responses={**NOT_FOUND, **BROKER_DOWN, 409: {"description": "The run is not failed or cancelled"}})
+def retry_run(run_id: int, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+    """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
+    and checkpoint are cleared."""
+    try:
+        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
+    except service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    except service.RunNotRetryable as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    except Exception as error:
+        raise _broker_unavailable(error) from None
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
@@ -81,9 +133,17 @@ def get_metrics(
     session: SessionDep,
     after: int = Query(0, ge=0, description="Cursor from a previous page; 0 for all points"),
     limit: int = Query(10_000, ge=1, le=100_000),
+    max_points: int | None = Query(
+        None, ge=10, le=100_000,
+        description="For display: thin each series to about this many points, keeping each stretch's minimum "
+                    "and maximum (ignores `after` and `limit`); stream from the returned cursor for new points"),
 ) -> MetricsPage:
     """Metric points `{epoch, name, value}` in the order they were recorded."""
     run = _get_or_404(session, run_id)
+    if max_points is not None:
+        points, cursor, total = service.metrics_for_display(session, run_id, max_points)
+        return MetricsPage(points=[MetricPointOut.model_validate(p) for p in points], cursor=cursor,
+                           state=run.state, downsampled=len(points) < total)
     points = service.metrics_after(session, run_id, after, limit)
     cursor = points[-1].id if points else after
     return MetricsPage(points=[MetricPointOut.model_validate(p) for p in points], cursor=cursor, state=run.state)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
 from worker.training.spec import TrainSpec
 
@@ -52,6 +52,9 @@ class RunOut(BaseModel):
     info: dict[str, Any] | None
     error: str | None
     error_detail: str | None
+    sweep_id: int | None
+    tags: list[str]
+    note: str | None
 
     @field_serializer("test_accuracy", "val_accuracy")
     def _finite(self, value: float | None) -> float | None:
@@ -60,9 +63,33 @@ class RunOut(BaseModel):
 
 class RunPage(BaseModel):
     items: list[RunOut]
-    total: int
+    total: int = Field(description="How many runs match the filters")
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (same filters and sort) for the next page; null on the last page"
+    )
+
+
+# Tags are typed in a comma-separated field, hence no commas; no control characters either.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
+
+
+class RunUpdate(BaseModel):
+    """What a person may change on a run; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    note: str | None = Field(None, max_length=10_000, description="Free text; empty or null removes it")
+    tags: list[Tag] | None = Field(None, max_length=50, description="The whole set of tags (replaces the old set)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("the name cannot be blank")
+        return name.strip() if name is not None else None
 
 
 class MetricPointOut(BaseModel):
@@ -81,6 +108,7 @@ class MetricsPage(BaseModel):
     points: list[MetricPointOut]
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
     state: str
+    downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
 
 
 class ConfusionOut(BaseModel):

@@ -33,4 +33,43 @@ const missmod = {
   terminal(state) {
     return state === "succeeded" || state === "failed" || state === "cancelled";
   },
+
+  debounce(fn, ms) {
+    let timer = null;
+    return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  },
+
+  // mean ± std of accuracies (fractions) as percentages, the way the paper prints them.
+  meanStd(mean, std, digits = 2) {
+    if (mean === null || mean === undefined) return "–";
+    const m = (100 * mean).toFixed(digits);
+    return std === null || std === undefined ? m : `${m} ± ${(100 * std).toFixed(digits)}`;
+  },
+
+  // FastAPI 422 errors shown next to their field (`[data-error-for=field]` in `form`), the
+  // rest in `loose`. Returns the fields that had an error.
+  showErrors(form, loose, detail) {
+    const unplaced = [];
+    const fields = [];
+    for (const error of Array.isArray(detail) ? detail : [{ msg: String(detail) }]) {
+      const field = (error.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
+      if (slot) {
+        slot.textContent = slot.textContent ? `${slot.textContent}; ${error.msg}` : error.msg;
+        const input = form.elements[field];
+        if (input && input.setAttribute) input.setAttribute("aria-invalid", "true");
+        fields.push(field);
+      } else {
+        unplaced.push(field && field !== "path.name" ? `${field}: ${error.msg}` : error.msg);
+      }
+    }
+    if (loose) { loose.textContent = unplaced.join("; "); loose.hidden = unplaced.length === 0; }
+    return fields;
+  },
+
+  clearErrors(form, loose) {
+    if (loose) { loose.hidden = true; loose.textContent = ""; }
+    for (const slot of form.querySelectorAll(".field-error")) slot.textContent = "";
+    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  },
 };

@@ -99,6 +99,7 @@
     document.getElementById("run-test-accuracy").textContent = run.test_accuracy === null
       ? "–" : `${missmod.percent(run.test_accuracy)} (epoch ${run.best_epoch}, validation ${missmod.percent(run.val_accuracy)})`;
     document.getElementById("cancel-run").hidden = missmod.terminal(run.state) || run.cancel_requested;
+    document.getElementById("retry-run").hidden = !(run.state === "failed" || run.state === "cancelled");
     const errorBox = document.getElementById("run-error");
     errorBox.hidden = !run.error;
     if (run.error) {
@@ -116,9 +117,48 @@
     if (ok) showRun(body);
   });
 
-  const stream = new EventSource(`/api/runs/${runId}/stream`);
-  stream.addEventListener("metrics", (event) => addPoints(JSON.parse(event.data).points));
-  stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
-  stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
-  stream.addEventListener("gone", () => stream.close());
+  document.getElementById("retry-run").addEventListener("click", async () => {
+    if (!window.confirm("Queue this run again with the same spec? Its current metrics and confusion matrix are cleared.")) return;
+    const { ok } = await missmod.api(`/api/runs/${runId}/retry`, { method: "POST" });
+    if (ok) window.location.reload();
+  });
+
+  document.getElementById("delete-run").addEventListener("click", async () => {
+    const name = document.getElementById("run-name").textContent;
+    if (!window.confirm(`Delete the run “${name}” with its metrics? This cannot be undone.`)) return;
+    const { ok, status } = await missmod.api(`/api/runs/${runId}`, { method: "DELETE" });
+    if (ok || status === 404) window.location.assign("/");
+  });
+
+  const annotations = document.getElementById("annotations");
+  annotations.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const status = document.getElementById("annotations-status");
+    missmod.clearErrors(annotations, null);
+    const tags = annotations.tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+    const { ok, body } = await missmod.api(`/api/runs/${runId}`, {
+      method: "PATCH", body: JSON.stringify({ tags, note: annotations.note.value }),
+    });
+    if (ok) {
+      annotations.tags.value = body.tags.join(", ");
+      status.textContent = "Saved.";
+    } else {
+      // Errors on one tag come as ["body", "tags", 2]: show them by the tags field.
+      const detail = (body && Array.isArray(body.detail) ? body.detail : []).map((e) => ({ ...e, loc: e.loc.slice(0, 2) }));
+      missmod.showErrors(annotations, null, detail);
+      status.textContent = "Not saved.";
+    }
+  });
+
+  // History first, thinned by the server for long runs; then the stream appends from its cursor.
+  (async () => {
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    const after = ok ? body.cursor : 0;
+    if (ok) addPoints(body.points.sort((a, b) => a.epoch - b.epoch));
+    const stream = new EventSource(`/api/runs/${runId}/stream?after=${after}`);
+    stream.addEventListener("metrics", (event) => addPoints(JSON.parse(event.data).points));
+    stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
+    stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
+    stream.addEventListener("gone", () => stream.close());
+  })();
 })();

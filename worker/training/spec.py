@@ -13,7 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .datasets.base import DatasetInfo
-from .fusion import FUSIONS
+
+# The fusion names only (worker/training/fusion.py has the maths): importing that module would
+# load torch into the API, which validates specs with this module.
+FUSIONS: tuple[str, ...] = ("add", "concat", "outer")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""The comparison table as CSV (one row per method (fusion), three columns per cell: mean,
+std, n) and as a LaTeX table in the paper's layout (booktabs; best per column in bold).
+Both print test accuracy in %."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from .analysis import Cell, ComparisonTable
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def _percent(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{100 * value:.{digits}f}"
+
+
+def table_csv(table: ComparisonTable) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    extras = [name for name, _ in table.rows[0].extras] if table.rows else []
+    header = ["method", "fusion", *extras]
+    for column in table.columns:
+        header += [f"{column.label} mean", f"{column.label} std", f"{column.label} n"]
+    writer.writerow(header)
+    for row in table.rows:
+        line = [row.method, row.fusion, *(value for _, value in row.extras)]
+        for cell in row.cells:
+            line += [_percent(cell.mean, 4), _percent(cell.std, 4), cell.n]
+        writer.writerow(line)
+    return out.getvalue()
+
+
+def _latex_cell(cell: Cell) -> str:
+    if cell.mean is None:
+        return "--"
+    text = f"{100 * cell.mean:.2f}"
+    if cell.std is not None:
+        text += rf" $\pm$ {100 * cell.std:.2f}"
+    return rf"\textbf{{{text}}}" if cell.best else text
+
+
+def table_latex(table: ComparisonTable, sweep_name: str) -> str:
+    modalities: list[tuple[str, int]] = []  # (label, number of rate columns), in order
+    for column in table.columns:
+        label = column.missing_modality + (f" ({column.role})" if column.role else "")
+        if modalities and modalities[-1][0] == label:
+            modalities[-1] = (label, modalities[-1][1] + 1)
+        else:
+            modalities.append((label, 1))
+    seeds = max((cell.n for row in table.rows for cell in row.cells), default=0)
+    lines = [
+        r"% needs \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{Test accuracy (\%) of {latex_escape(sweep_name)}: mean $\pm$ standard deviation over "
+        rf"up to {seeds} seed{'s' if seeds != 1 else ''}; best of each column in bold.}}",
+        r"\begin{tabular}{l" + "".join(" " + "c" * n for _, n in modalities) + "}",
+        r"\toprule",
+    ]
+    heads, rules, start = ["Method"], [], 2
+    for label, n in modalities:
+        heads.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label.capitalize())} missing}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" & ".join(heads) + r" \\")
+    lines.append(" ".join(rules))
+    lines.append(" & ".join(["", *(latex_escape(f"{c.missing_rate * 100:g}%") for c in table.columns)]) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        lines.append(" & ".join([latex_escape(row.label), *(_latex_cell(cell) for cell in row.cells)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""A grid → the runs of a sweep. Every combination is validated exactly as POST /api/runs
+validates one run (backend.runs.validation); the invalid ones are grouped by reason so a
+refusal reads "fusion 'outer' is not available for method 'zero_padding' — 15 of 90
+combinations" rather than fifteen copies of the same error."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..runs.schemas import RunCreate
+from ..runs.validation import DatasetCatalog, ErrorDict, validate_run
+
+MAX_RUNS_PER_SWEEP = 5_000
+
+
+def expand_grid(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """The product of the lists. `seed` varies slowest: the first runs cover every other
+    combination once, so the comparison table fills in everywhere before seeds repeat."""
+    fields = sorted(grid, key=lambda name: name != "seed")  # stable: seed first, then the order given
+    return [dict(zip(fields, values)) for values in itertools.product(*(grid[name] for name in fields))]
+
+
+def grid_size(grid: Mapping[str, list[Any]]) -> int:
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    return size
+
+
+@dataclass
+class InvalidGroup:
+    """Combinations refused for the same reason (same field, same message, same value)."""
+
+    loc: tuple
+    msg: str
+    type: str
+    input: Any
+    count: int = 0
+    example: dict[str, Any] = field(default_factory=dict)
+
+    def as_error(self, total: int) -> ErrorDict:
+        """The FastAPI error of a refused sweep: the field, what is wrong, how often, an example."""
+        example = ", ".join(f"{k}={v}" for k, v in self.example.items())
+        return {"type": "invalid_combination", "loc": self.loc, "input": self.input,
+                "msg": f"{self.msg} — in {self.count} of {total} combinations (e.g. {example})",
+                "ctx": {"combinations": self.count, "example": self.example, "reason": self.msg}}
+
+
+@dataclass
+class SweepPlan:
+    runs: list[RunCreate]
+    invalid: list[InvalidGroup]
+    combinations: int
+
+    @property
+    def invalid_count(self) -> int:
+        return self.combinations - len(self.runs)
+
+
+def _varying(combinations: list[dict[str, Any]]) -> list[str]:
+    """Fields whose value differs between combinations: what identifies one in a message."""
+    names = list(dict.fromkeys(name for c in combinations for name in c))
+    return [n for n in names if len({repr(c.get(n)) for c in combinations}) > 1]
+
+
+def plan_sweep(combinations: Iterable[Mapping[str, Any]], modalities: DatasetCatalog) -> SweepPlan:
+    combinations = [dict(c) for c in combinations]
+    varying = _varying(combinations)
+    runs: list[RunCreate] = []
+    groups: dict[tuple, InvalidGroup] = {}
+    for combination in combinations:
+        payload, errors = validate_run(combination, modalities)
+        if payload is not None:
+            runs.append(payload)
+            continue
+        for error in errors:
+            # A missing field's "input" is the whole combination: not what tells groups apart.
+            value = error.get("input")
+            value = None if isinstance(value, (dict, list)) else value
+            key = (tuple(error["loc"]), error["msg"], repr(value))
+            group = groups.get(key)
+            if group is None:
+                example = {name: combination[name] for name in varying if name in combination}
+                group = groups[key] = InvalidGroup(loc=tuple(error["loc"]), msg=error["msg"], type=error["type"],
+                                                   input=value, example=example)
+            group.count += 1
+    return SweepPlan(runs=runs, invalid=list(groups.values()), combinations=len(combinations))

@@ -1,0 +1,28 @@
+"""A sweep: a named set of runs expanded from a grid (or a paper preset). The runs point to
+their sweep (runs.sweep_id); progress and results are always read from the runs themselves,
+so a retried or deleted run is reflected at once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base, UTCDateTime, utcnow
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What was asked, field → list of values, so the sweep can be read back and re-created.
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Set when the sweep reproduces a paper experiment (see backend/sweeps/presets.py).
+    preset: Mapped[str | None] = mapped_column(String(50))
+    # The preset request: which real modality plays the paper's "visual" and "audio", seeds,
+    # epochs, and what was left out because the training library lacks it.
+    preset_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -1,0 +1,160 @@
+"""Sweeps as plain functions over a session: create (atomically, then enqueue), list, read
+progress and results, retry, delete. Runs are created and queued through backend.runs.service,
+the same way POST /api/runs does it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from ..queue import RunQueue
+from ..runs import service as runs
+from ..runs.models import TERMINAL_STATES, Run, RunState
+from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
+from .grid import SweepPlan
+from .models import Sweep
+from .presets import FEATURES_FIELD, PRESETS
+
+
+class SweepNotFound(LookupError):
+    pass
+
+
+def _plural(field: str) -> str:
+    words = field.replace("_", " ")
+    if words.endswith("s"):
+        return words
+    return words[:-1] + "ies" if words.endswith("y") else words + "s"
+
+
+def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
+    """e.g. "digits: 2 methods × 3 missing rates × 5 seeds (30 runs)"."""
+    datasets = ", ".join(map(str, grid.get("dataset", [])))
+    varying = [f"{len(values)} {_plural(name)}" for name, values in grid.items() if len(values) > 1]
+    return f"{datasets}: {' × '.join(varying) or 'one setting'} ({runs} runs)"[:200]
+
+
+def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
+                 preset: str | None = None, preset_options: dict[str, Any] | None = None) -> tuple[Sweep, list[Run]]:
+    """One transaction writes the sweep and all its runs; only then are the run ids sent, in
+    order. A sweep is never half-created; if the broker fails midway, the runs not sent are
+    marked failed (and can be retried) and the error is raised."""
+    sweep = Sweep(name=name, created_at=utcnow(), grid=grid, preset=preset, preset_options=preset_options)
+    session.add(sweep)
+    session.flush()
+    rows = [runs.new_run(payload, sweep_id=sweep.id) for payload in plan.runs]
+    session.add_all(rows)
+    session.commit()
+    runs.enqueue_committed(session, rows, queue)
+    return sweep, rows
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise SweepNotFound(sweep_id)
+    return sweep
+
+
+def progress_of(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Runs per state of each sweep, in one query."""
+    counts: dict[int, Counter] = {sweep_id: Counter() for sweep_id in sweep_ids}
+    if sweep_ids:
+        query = (select(Run.sweep_id, Run.state, func.count(Run.id))
+                 .where(Run.sweep_id.in_(list(sweep_ids))).group_by(Run.sweep_id, Run.state))
+        for sweep_id, state, count in session.execute(query):
+            counts[sweep_id][state] = count
+    return {sweep_id: progress_from_counts(c) for sweep_id, c in counts.items()}
+
+
+def progress_from_counts(counts: Counter) -> dict[str, Any]:
+    total = sum(counts.values())
+    finished = sum(counts[state] for state in TERMINAL_STATES)
+    return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total}
+
+
+def list_sweeps(session: Session, limit: int = 50, offset: int = 0) -> tuple[list[Sweep], int]:
+    total = session.scalar(select(func.count(Sweep.id))) or 0
+    sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)))
+    return sweeps, int(total)
+
+
+def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir: Path | None = None) -> None:
+    """Delete the sweep and, by the database's cascade, its runs and then their files — or
+    keep the runs, detached."""
+    get_sweep(session, sweep_id)
+    run_ids = [] if keep_runs else list(session.scalars(select(Run.id).where(Run.sweep_id == sweep_id)))
+    if keep_runs:
+        session.execute(update(Run).where(Run.sweep_id == sweep_id).values(sweep_id=None))
+    session.execute(delete(Sweep).where(Sweep.id == sweep_id))
+    session.commit()
+    runs.remove_artifacts(artifact_dir, run_ids)
+
+
+def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> list[int]:
+    """Queue every failed or cancelled run of the sweep again, from scratch."""
+    get_sweep(session, sweep_id)
+    ids = list(session.scalars(select(Run.id).where(
+        Run.sweep_id == sweep_id, Run.state.in_([RunState.failed, RunState.cancelled])).order_by(Run.id)))
+    for run_id in ids:
+        runs.retry_run(session, run_id, queue, artifact_dir)
+    return ids
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def sweep_results(session: Session, sweep_id: int) -> list[RunResult]:
+    query = (select(Run.id, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate, Run.seed,
+                    Run.test_accuracy, Run.spec)
+             .where(Run.sweep_id == sweep_id).order_by(Run.id))
+    return [RunResult(*row) for row in session.execute(query)]
+
+
+def modality_roles(sweep: Sweep) -> dict[str, str]:
+    """Dataset modality → the paper's role name (visual, audio), for a preset sweep."""
+    roles = (sweep.preset_options or {}).get("roles") or {}
+    return {modality: role for role, modality in roles.items()}
+
+
+def paper_context(sweep: Sweep, dataset: str | None) -> dict[str, Any] | None:
+    """Which paper table the sweep's numbers are shown beside, and whether they are comparable."""
+    preset = PRESETS.get(sweep.preset or "")
+    if preset is None or preset.reported is None:
+        return None
+    same = dataset is not None and dataset.lower() in preset.paper_dataset_names
+    table = preset.reported
+    note = (f"Reported in the paper's {table.title} on {table.dataset} ({table.setting})."
+            + ("" if same else f" This sweep runs on {dataset}: compare the trends, not the values."))
+    return {"table": table.title, "dataset": table.dataset, "setting": table.setting, "same_dataset": same,
+            "note": note, "figure": preset.figure, "focus": preset.focus, "assumptions": list(preset.assumptions)}
+
+
+def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
+    preset = PRESETS.get(sweep.preset or "")
+    if preset is None or preset.reported is None:
+        return None
+    roles = modality_roles(sweep)
+    shared = {repr(r.spec.get(FEATURES_FIELD)) for r in results}
+    common_features = results[0].spec.get(FEATURES_FIELD) if results and len(shared) == 1 else None
+
+    def lookup(row: Row, column: Column) -> float | None:
+        role = roles.get(column.missing_modality)
+        if role is None:
+            return None
+        features = dict(row.extras).get(FEATURES_FIELD, common_features)
+        value = preset.reported.lookup(row.method, row.fusion, features, role, column.missing_rate)
+        return None if value is None else value / 100
+
+    return lookup
+
+
+def sweep_table(session: Session, sweep: Sweep) -> tuple[ComparisonTable, list[RunResult]]:
+    results = sweep_results(session, sweep.id)
+    return comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results)), results
