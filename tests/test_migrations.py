@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 
 from backend.db import Base, make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
+from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401
 
 
@@ -18,7 +19,7 @@ def assert_schema_matches_models(url: str) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
-    assert {"runs", "metric_points", "confusion_matrices", "alembic_version"} <= tables
+    assert {"runs", "metric_points", "confusion_matrices", "dataset_jobs", "alembic_version"} <= tables
     engine.dispose()
 
 

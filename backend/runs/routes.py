@@ -25,7 +25,7 @@ NOT_FOUND = {404: {"description": "No run with this id"}}
 def _check_against_dataset(payload: RunCreate, settings) -> None:
     """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
     try:
-        info = dataset_info(payload.dataset, settings.data_dir)
+        info = dataset_info(payload.dataset, settings.data_dir, settings.video_options())
     except UnknownDatasetError:
         info = None
     errors = spec_errors_for_dataset(payload, info)
