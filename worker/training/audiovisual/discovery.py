@@ -129,7 +129,7 @@ def discover_ravdess(root: Path) -> Discovery:
         hint = ""
         if _looks_like_enterface(root):
             hint = " It looks like eNTERFACE'05's layout (subject N folders): that dataset goes in enterface05/."
-        elif skipped:
+        elif set(skipped) - {"not a RAVDESS file name"}:
             hint = (" RAVDESS files are there but none is an audio-video speech clip of the six emotions: the "
                     "clips are in the Video_Speech_Actor_XX.zip archives (01-01-…mp4).")
         raise DiscoveryError(

@@ -73,7 +73,7 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
             out = np.empty((n, size), np.float32)
             with torch.inference_mode():
                 for start in range(0, n, batch_size):
-                    batch = torch.from_numpy(np.ascontiguousarray(values[start : start + batch_size]))
+                    batch = torch.from_numpy(np.array(values[start : start + batch_size]))  # a copy: the cache is read-only
                     out[start : start + len(batch)] = model(batch).float().cpu().numpy()
                     done += len(batch)
                     bar.update(len(batch))

@@ -154,6 +154,28 @@ def _exclusive(directory: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _may_start_processes():
+    """Let a Celery worker's task start the decoding processes. Celery's prefork pool runs tasks
+    in daemonic billiard processes: multiprocessing forbids those to start children (they would
+    be orphaned when killed), and billiard's authentication key refuses to be pickled for a
+    spawned child. Ours are joined before preprocess() returns, and a decoding process whose
+    parent dies exits as its task pipe closes, so for the time the pool starts its processes
+    the flag is lifted and the key is handed over as multiprocessing's own type."""
+    import multiprocessing
+    from multiprocessing.process import AuthenticationString
+
+    config = multiprocessing.current_process()._config
+    saved = {key: config[key] for key in ("daemon", "authkey") if key in config}
+    config["daemon"] = False
+    if "authkey" in saved and type(saved["authkey"]) is not AuthenticationString:
+        config["authkey"] = AuthenticationString(bytes(saved["authkey"]))
+    try:
+        yield
+    finally:
+        config.update(saved)
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -171,7 +193,9 @@ def _decode_all(todo: list[tuple[Clip, str]], directory: Path, config: Preproces
     # spawn, not fork: the caller may hold threads (a run's heartbeat) or CUDA state.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_quiet_worker) as pool:
-        pending = {pool.submit(process_clip, str(clip.path), name, str(directory), config) for clip, name in todo}
+        with _may_start_processes():  # the executor starts its processes on submit
+            pending = {pool.submit(process_clip, str(clip.path), name, str(directory), config)
+                       for clip, name in todo}
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
