@@ -375,6 +375,11 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
     prepared = prepare_data(data, spec, device)
+    empty = [part for part in ("val", "test") if prepared.info[f"n_{part}"] == 0]
+    if empty:
+        raise SpecError(f"dataset: dataset {spec.dataset!r} is too small to split 70/15/15 by "
+                        f"{'subject' if spec.split_by == 'subject' else 'group'}: the {' and '.join(empty)} part would "
+                        f"be empty (each class needs three groups or more)")
     if preprocessing is not None:
         prepared.info["preprocessing"] = preprocessing
     return Trainer(spec, callback, prepared, device, checkpoint_path).run()
