@@ -15,9 +15,12 @@ from .videos import enterface_tree, ravdess_tree
 
 
 @pytest.fixture
-def video_settings(embedded_settings):
+def video_settings(embedded_settings, monkeypatch):
     embedded_settings.video_frame_size = 32
     embedded_settings.preprocess_workers = 2
+    # Inherited by the worker process: one torch thread for these tiny convolutions (see
+    # test_audiovisual.one_torch_thread).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return embedded_settings
 
 

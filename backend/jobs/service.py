@@ -67,6 +67,20 @@ def request_cancel(session: Session, job_id: int) -> DatasetJob:
     return job
 
 
+def requeue_interrupted(session: Session, worker_prefix: str, queue) -> list[int]:
+    """Jobs left `running` by workers whose name starts with `worker_prefix` go back to the
+    queue (they resume: finished clips are cached)."""
+    jobs = session.scalars(select(DatasetJob).where(DatasetJob.state == JobState.running,
+                                                    DatasetJob.worker.startswith(worker_prefix))).all()
+    for job in jobs:
+        job.state = JobState.queued
+        job.error = "interrupted: its worker stopped; queued again"
+    session.commit()
+    for job in jobs:
+        queue.enqueue_job(job.id)
+    return [job.id for job in jobs]
+
+
 # --- the worker's side ---------------------------------------------------------------
 
 
