@@ -272,7 +272,8 @@ def test_small_cnn_trains_end_to_end_and_scores_videos(preprocessed):
     assert sum(map(sum, result.confusion_matrix)) == collect.info["n_test_groups"]  # one vote per video
     assert {"test_accuracy", "test_sample_accuracy"} <= set(collect.epochs[0])
     assert collect.epochs[-1]["train_loss"] < collect.epochs[0]["train_loss"]
-    assert result.test_accuracy > 1 / 6  # six colours and six tones: well above chance after 3 epochs
+    # six colours and six tones: measured 6 of 6 test videos from epoch 1 on (chance: 1 of 6)
+    assert result.test_accuracy >= 5 / 6
     assert result.classes == list(CLASSES)
 
 

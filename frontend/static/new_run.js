@@ -97,7 +97,7 @@
       if (name === "name" && value.trim() === "") continue;
       data[name] = NUMBER_FIELDS.has(name) && value.trim() !== "" ? Number(value) : value;
     }
-    data.pretrained = form.pretrained.checked;
+    data.pretrained = form.pretrained.value === "true";
     return data;
   }
 

@@ -22,6 +22,7 @@ from ..datasets.base import DatasetError
 from . import catalog
 from .catalog import VideoOptions
 from .discovery import DISCOVER
+from .preprocess import PreprocessingFailed, PreprocessingStopped
 
 
 def _options(args) -> VideoOptions:
@@ -94,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"features written to {path}: train on dataset {path.stem!r} with encoder mlp")
         return 0
-    except DatasetError as error:
+    except (DatasetError, PreprocessingFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PreprocessingStopped:
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ from .preprocess import (PreprocessReport, Progress, cache_dir, clip_name, clips
                          preprocess, read_report)
 
 TITLES = {
-    "ravdess": ("RAVDESS (audio-visual speech)",
-                "24 actors; audio-video speech clips of the six emotions of the paper (§3.1)"),
-    "enterface05": ("eNTERFACE'05", "42 subjects eliciting six emotions, 5 sentences each (paper §3.1)"),
+    "ravdess": ("RAVDESS (audio-visual speech)", "Actors speaking with the six emotions of the paper (§3.1)"),
+    "enterface05": ("eNTERFACE'05", "Subjects eliciting six emotions, five sentences each (paper §3.1)"),
 }
 SOURCE = "video"
 
