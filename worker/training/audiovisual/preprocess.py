@@ -123,6 +123,8 @@ def process_clip(path: str, name: str, directory: str, config: PreprocessConfig)
         clip = read_clip(Path(path), config)
     except ClipError as error:
         reason = str(error)
+    except MemoryError:  # this machine's trouble, not the clip's: never recorded as a bad clip
+        raise
     except Exception as error:  # a decoder surprise on one clip must not stop the others
         reason = f"failed: {type(error).__name__}: {error}"
     else:
