@@ -285,11 +285,11 @@ class Trainer:
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         })
-        self.callback.on_start(info)
         grouped = info["n_test_groups"] < info["n_test"]
         # test_accuracy and the confusion matrix are per group (video) when groups hold several
         # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
         info["accuracy_level"] = "group" if grouped else "sample"
+        self.callback.on_start(info)
 
         epochs_completed, cancelled = first_epoch - 1, False
         for epoch in range(first_epoch, self.spec.epochs + 1):
