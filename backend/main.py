@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from .api import health
 from .catalog import routes as catalog_routes
+from .jobs import routes as job_routes
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
+    app.include_router(job_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
     return app

@@ -12,6 +12,7 @@ from celery import Celery
 from .settings import Settings
 
 TRAIN_RUN_TASK = "missmod.train_run"
+DATASET_JOB_TASK = "missmod.dataset_job"
 
 # Above the longest run we expect (Redis redelivers an unacked task after this many seconds).
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -47,13 +48,17 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class RunQueue:
-    """Sends run ids to the workers. The task id is the run id."""
+    """Sends run ids (and dataset-job ids) to the workers. The task id is the run id."""
 
     def __init__(self, settings: Settings):
         self.celery = make_celery(settings)
 
     def enqueue(self, run_id: int) -> None:
         self.celery.send_task(TRAIN_RUN_TASK, args=[run_id], task_id=str(run_id))
+
+    def enqueue_job(self, job_id: int) -> None:
+        """A dataset job (preprocessing, feature extraction); task ids `job-<id>` never meet run ids."""
+        self.celery.send_task(DATASET_JOB_TASK, args=[job_id], task_id=f"job-{job_id}")
 
     def close(self) -> None:
         self.celery.close()

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
     task_queue: str = Field("missmod", description="Celery queue the runs go to")
+    ravdess_dir: Path | None = Field(None, description="RAVDESS's unpacked Actor_XX folders; default DATA_DIR/ravdess")
+    enterface05_dir: Path | None = Field(
+        None, description="eNTERFACE'05's unpacked 'subject N' folders; default DATA_DIR/enterface05")
+    video_frame_size: int = Field(112, ge=8, le=1024, description="Side of the square central frames, in pixels")
+    video_n_mels: int = Field(64, ge=1, le=512, description="Mel bands of the segments' log-Mel spectrograms")
+    preprocess_workers: int | None = Field(None, ge=1, description="Processes decoding clips; default every core")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -40,7 +46,21 @@ class Settings(BaseSettings):
             self.broker_url = FILESYSTEM_BROKER
         self.data_dir = (self.data_dir or self.var_dir / "data").expanduser().absolute()
         self.artifact_dir = (self.artifact_dir or self.var_dir / "artifacts").expanduser().absolute()
+        self.ravdess_dir = (self.ravdess_dir or self.data_dir / "ravdess").expanduser().absolute()
+        self.enterface05_dir = (self.enterface05_dir or self.data_dir / "enterface05").expanduser().absolute()
         return self
+
+    def video_options(self):
+        """Where the raw audio-visual datasets are and how they are preprocessed (training library)."""
+        from worker.training.audiovisual.catalog import VideoOptions
+        from worker.training.audiovisual.config import PreprocessConfig
+
+        return VideoOptions(
+            roots={name: path for name, path in (("ravdess", self.ravdess_dir), ("enterface05", self.enterface05_dir))
+                   if path is not None},
+            config=PreprocessConfig(frame_size=self.video_frame_size, n_mels=self.video_n_mels),
+            workers=self.preprocess_workers,
+        )
 
     @property
     def broker_dir(self) -> Path:

@@ -32,7 +32,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process build the same Settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "BROKER_URL", "VAR_DIR"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_URL", "BROKER_URL", "VAR_DIR", "PREPROCESS_WORKERS"))}
     env.update({
         "VAR_DIR": str(settings.var_dir),
         "DATABASE_URL": settings.database_url,
@@ -42,8 +43,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TASK_QUEUE": settings.task_queue,
         "HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
         "STREAM_POLL_INTERVAL": str(settings.stream_poll_interval),
+        "RAVDESS_DIR": str(settings.ravdess_dir),
+        "ENTERFACE05_DIR": str(settings.enterface05_dir),
+        "VIDEO_FRAME_SIZE": str(settings.video_frame_size),
+        "VIDEO_N_MELS": str(settings.video_n_mels),
         "PYTHONUNBUFFERED": "1",
     })
+    if settings.preprocess_workers is not None:
+        env["PREPROCESS_WORKERS"] = str(settings.preprocess_workers)
     return env
 
 

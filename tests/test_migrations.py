@@ -9,6 +9,7 @@ from sqlalchemy import inspect, text
 
 from backend.db import Base, make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
+from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
 
 
@@ -18,7 +19,8 @@ def assert_schema_matches_models(url: str) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
-    assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "alembic_version"} <= tables
+    assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "dataset_jobs",
+            "alembic_version"} <= tables
     engine.dispose()
 
 

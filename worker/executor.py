@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,14 @@ class DatabaseRecorder(TrainingCallback):
     """Commits each epoch's metrics as soon as it ends, so the dashboard can show them, and
     picks up a cancel request in the same transaction."""
 
+    # A stage's progress (clips preprocessed) is written at most this often, and at its end.
+    STAGE_PROGRESS_INTERVAL = 0.5
+
     def __init__(self, sessions: sessionmaker, run_id: int):
         self.sessions = sessions
         self.run_id = run_id
         self.cancel_requested = False
+        self._stage_written_at = 0.0
 
     def on_start(self, info: dict[str, Any]) -> None:
         with self.sessions() as session:
@@ -41,6 +46,16 @@ class DatabaseRecorder(TrainingCallback):
         # on the curves without touching the classifier's epoch count.
         with self.sessions() as session:
             self.cancel_requested = service.record_points(session, self.run_id, epoch, metrics)
+
+    def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
+        # Shown on the run page while the stage lasts (run.info.stage); on_start then replaces it.
+        now = time.monotonic()
+        if done < total and now - self._stage_written_at < self.STAGE_PROGRESS_INTERVAL:
+            return
+        self._stage_written_at = now
+        with self.sessions() as session:
+            self.cancel_requested = service.record_stage(
+                session, self.run_id, {"stage": stage, "stage_done": done, "stage_total": total, **details})
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         with self.sessions() as session:
@@ -96,7 +111,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None) -> N
         spec = TrainSpec.model_validate(spec_data)
         with Heartbeat(sessions, run_id, settings.heartbeat_interval):
             result = train(spec, DatabaseRecorder(sessions, run_id), data_dir=settings.data_dir,
-                           checkpoint_path=checkpoint_path(settings, run_id))
+                           checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
     except Exception as error:
         log.exception("run %s failed", run_id)
         with sessions() as session:

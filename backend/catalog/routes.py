@@ -18,8 +18,11 @@ class DatasetOut(BaseModel):
     name: str
     title: str
     description: str
-    source: str = Field(description="builtin, or features (an .npz in DATA_DIR/features)")
+    source: str = Field(description="builtin, features (an .npz in DATA_DIR/features), or video (raw clips: "
+                                    "ravdess, enterface05)")
     error: str | None = Field(description="Why the dataset cannot be used; null when it can")
+    preprocessed: bool | None = Field(None, description="video datasets: whether the preprocessing cache is ready "
+                                                        "(a run on one that is not preprocesses it first)")
     has_subjects: bool
     modalities: list[str]
     classes: list[str]
@@ -38,7 +41,8 @@ class MethodOut(BaseModel):
 
 @router.get("/api/datasets", response_model=list[DatasetOut])
 def list_datasets(settings: SettingsDep) -> list[DatasetOut]:
-    return [DatasetOut.model_validate(info, from_attributes=True) for info in dataset_infos(settings.data_dir)]
+    infos = dataset_infos(settings.data_dir, settings.video_options())
+    return [DatasetOut.model_validate(info, from_attributes=True) for info in infos]
 
 
 @router.get("/api/methods", response_model=list[MethodOut])

@@ -22,8 +22,8 @@ BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is
 
 
 def _check_against_dataset(payload: RunCreate, settings) -> None:
-    """422 naming the field when the dataset is unknown or does not fit the spec."""
-    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir))
+    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
+    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
     if errors:
         raise RequestValidationError(errors)
 

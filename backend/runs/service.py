@@ -375,6 +375,15 @@ def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str
     return record_points(session, run_id, epoch, metrics)
 
 
+def record_stage(session: Session, run_id: int, progress: Mapping) -> bool:
+    """A stage before training (preprocessing) in run.info, with a heartbeat; returns whether
+    a cancel was requested."""
+    session.execute(update(Run).where(Run.id == run_id).values(info=dict(progress), heartbeat_at=utcnow()))
+    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+    session.commit()
+    return bool(cancel)
+
+
 def record_info(session: Session, run_id: int, info: Mapping) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(info=dict(info), heartbeat_at=utcnow()))
     session.commit()

@@ -25,14 +25,15 @@ class DatasetCatalog:
     """The catalogue entry of each dataset, looked up once per request (a sweep asks for the
     same dataset for every combination). Call it for a dataset's modalities (None: unknown)."""
 
-    def __init__(self, data_dir: Path | None):
+    def __init__(self, data_dir: Path | None, video: Any = None):
         self.data_dir = data_dir
+        self.video = video  # where the raw audio-visual datasets are (Settings.video_options())
         self._infos: dict[str, DatasetInfo | None] = {}
 
     def info(self, name: str) -> DatasetInfo | None:
         if name not in self._infos:
             try:
-                self._infos[name] = dataset_info(name, self.data_dir)
+                self._infos[name] = dataset_info(name, self.data_dir, self.video)
             except UnknownDatasetError:
                 self._infos[name] = None
         return self._infos[name]

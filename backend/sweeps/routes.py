@@ -83,7 +83,7 @@ def _create(session, queue, plan: SweepPlan, **sweep_fields) -> SweepCreated:
 
 def _plan(payload: SweepCreate, settings) -> tuple[SweepPlan, str]:
     grid = payload.grid()
-    plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir))
+    plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir, settings.video_options()))
     return plan, payload.name or service.default_sweep_name(grid, len(plan.runs))
 
 
@@ -212,7 +212,7 @@ def _roles(request: PresetRequest, modalities: DatasetCatalog) -> dict[str, str]
 
 
 def _preset_plans(preset: Preset, request: PresetRequest, settings) -> tuple[PresetPlan, SweepPlan, str]:
-    modalities = DatasetCatalog(settings.data_dir)
+    modalities = DatasetCatalog(settings.data_dir, settings.video_options())
     roles = _roles(request, modalities)
     preset_plan = plan_preset(preset, dataset=request.dataset, roles=roles, seeds=request.seeds,
                               epochs=request.epochs, only_available=request.only_available)

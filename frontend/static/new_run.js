@@ -16,13 +16,49 @@
     if (previous && values.some(([v]) => v === previous)) select.value = previous;
   }
 
+  const IMAGE_ENCODERS = new Set(["small_cnn", "resnet34", "resnet50", "vgg16"]);
+
+  function isImageDataset(dataset) {
+    return Object.values(dataset.shapes || {}).every((shape) => shape.length === 3);
+  }
+
   function onDatasetChange() {
     const dataset = datasets.find((d) => d.name === form.dataset.value);
     if (!dataset) return;
     setOptions(form.missing_modality, dataset.modalities.map((m) => [m, m]), true);
     if (!dataset.modalities.includes(form.missing_modality.value)) form.missing_modality.value = dataset.modalities[1];
-    document.getElementById("dataset-hint").textContent =
-      `${dataset.n_samples} samples, ${dataset.classes.length} classes; modalities ${dataset.modalities.join(" and ")}. ${dataset.description}`;
+    // Raw video needs an image encoder; vectors need the MLP.
+    if (dataset.source === "video" && !IMAGE_ENCODERS.has(form.encoder.value)) form.encoder.value = "small_cnn";
+    if (!isImageDataset(dataset) && IMAGE_ENCODERS.has(form.encoder.value)) form.encoder.value = "mlp";
+    const samples = dataset.source === "video" ? `${dataset.n_groups} videos (${dataset.n_samples} segments)` : `${dataset.n_samples} samples`;
+    document.getElementById("dataset-hint").textContent = dataset.error
+      ? `Cannot be used: ${dataset.error}`
+      : `${samples}, ${dataset.classes.length} classes; modalities ${dataset.modalities.join(" and ")}. ${dataset.description}`;
+    document.getElementById("preprocess-box").hidden = !(dataset.source === "video" && dataset.preprocessed === false);
+  }
+
+  async function followJob(job) {
+    const status = document.getElementById("preprocess-status");
+    const button = document.getElementById("preprocess-now");
+    button.disabled = true;
+    while (job && !missmod.terminal(job.state)) {
+      status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const { ok, body } = await missmod.api(`/api/jobs/${job.id}`);
+      if (!ok) break;
+      job = body;
+    }
+    button.disabled = false;
+    if (!job) return;
+    if (job.state === "succeeded") {
+      const failed = job.result.failed_clips.length;
+      status.textContent = `done: ${job.result.videos} videos` + (failed ? `, ${failed} clip(s) skipped` : "");
+      const { body } = await missmod.api("/api/datasets");
+      datasets = body || datasets;
+      onDatasetChange();
+    } else {
+      status.textContent = `${job.state}${job.error ? ": " + job.error : ""}`;
+    }
   }
 
   function onMethodChange() {
@@ -61,8 +97,16 @@
       if (name === "name" && value.trim() === "") continue;
       data[name] = NUMBER_FIELDS.has(name) && value.trim() !== "" ? Number(value) : value;
     }
+    data.pretrained = form.pretrained.value === "true";
     return data;
   }
+
+  document.getElementById("preprocess-now").addEventListener("click", async () => {
+    const { ok, body } = await missmod.api(`/api/datasets/${encodeURIComponent(form.dataset.value)}/preprocess`,
+                                           { method: "POST" });
+    if (ok) followJob(body);
+    else document.getElementById("preprocess-status").textContent = body?.detail || "could not start";
+  });
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

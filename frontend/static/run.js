@@ -81,6 +81,13 @@
     const rows = [];
     if (info.n_train !== undefined)
       rows.push(["Training samples", `${info.n_train} (${info.n_train_complete} complete, ${info.n_train_missing} missing ${info.y_modality})`]);
+    if (info.preprocessing) {
+      const p = info.preprocessing;
+      rows.push(["Preprocessing", `${p.videos} videos, ${p.segments} segments` + (p.failed ? `, ${p.failed} clip(s) skipped` : "")
+        + (p.decoded_now ? ` (${p.decoded_now} decoded by this run, ${p.seconds.toFixed(1)} s)` : " (cached)")]);
+    }
+    if (info.accuracy_level === "group")
+      rows.push(["Accuracy", `per video (${info.n_test_groups} test videos; segment probabilities averaged)`]);
     if (info.reference_set) rows.push(["Reference set S", info.reference_set_size ? `${info.reference_set} (${info.reference_set_size})` : info.reference_set]);
     if (info.bayes_test_accuracy) {
       const b = info.bayes_test_accuracy;
@@ -95,7 +102,11 @@
     const state = document.getElementById("run-state");
     state.textContent = run.state;
     state.dataset.state = run.state;
-    document.getElementById("run-progress").textContent = `epoch ${run.epochs_completed} of ${run.spec.epochs}`;
+    const stage = run.info && run.info.stage;
+    document.getElementById("run-progress").textContent = stage && run.state === "running"
+      ? `${stage}: ${run.info.stage_done} of ${run.info.stage_total} clips`
+        + (run.info.failed_clips ? ` (${run.info.failed_clips} skipped)` : "")
+      : `epoch ${run.epochs_completed} of ${run.spec.epochs}`;
     document.getElementById("run-test-accuracy").textContent = run.test_accuracy === null
       ? "–" : `${missmod.percent(run.test_accuracy)} (epoch ${run.best_epoch}, validation ${missmod.percent(run.val_accuracy)})`;
     document.getElementById("cancel-run").hidden = missmod.terminal(run.state) || run.cancel_requested;

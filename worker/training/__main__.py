@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="where features/*.npz datasets live (default: $DATA_DIR, else ./var/data)")
     parser.add_argument("--list-datasets", action="store_true", help="list the datasets and exit")
+    parser.epilog = ("RAVDESS and eNTERFACE'05 are read from $DATA_DIR/ravdess and $DATA_DIR/enterface05 (or "
+                     "$RAVDESS_DIR, $ENTERFACE05_DIR) and preprocessed on first use with $VIDEO_FRAME_SIZE and "
+                     "$VIDEO_N_MELS, as by the dashboard.")
     return parser
 
 
@@ -65,8 +68,14 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("VAR_DIR", "var")) / "data"
 
 
+def video_options():
+    from .audiovisual.catalog import VideoOptions
+
+    return VideoOptions.from_env()
+
+
 def list_datasets(data_dir: Path) -> None:
-    for info in dataset_infos(data_dir):
+    for info in dataset_infos(data_dir, video_options()):
         if info.error:
             print(f"{info.name}: cannot be used: {info.error}")
         else:
@@ -83,6 +92,9 @@ class ProgressBar:
     def on_start(self, info):
         tqdm.write(f"reference set: {info['reference_set']}; train {info['n_train']} "
                        f"({info['n_train_complete']} complete), val {info['n_val']}, test {info['n_test']}", file=sys.stderr)
+
+    def on_stage_progress(self, stage, done, total, details):
+        self.bar.set_description(f"{stage} {done}/{total} clips", refresh=True)
 
     def on_stage_epoch(self, stage, epoch, metrics):
         self.bar.set_description(f"{stage} epoch {epoch}", refresh=False)
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = ProgressBar(spec.epochs)
     try:
-        result = train(spec, progress, data_dir=data_dir)
+        result = train(spec, progress, data_dir=data_dir, video=video_options())
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .fusion import fuse
 from .likelihood import log_posterior, marginal_scores, pair_scores
-from .model import MLPImputer, TwoViewModel, mlp_two_view_model
-from .prepare import TrainingSet
+from .model import MLPImputer, TwoViewModel, two_view_model
+from .prepare import ModalityInput, TrainingSet
 from .spec import TrainSpec
 
 EVAL_CHUNK = 4096
@@ -49,8 +49,9 @@ class ReferenceInputs:
 
 
 def _features(encoder: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Encoder output over many inputs, in chunks, without gradients."""
-    return torch.cat([encoder(inputs[i : i + EVAL_CHUNK]) for i in range(0, len(inputs), EVAL_CHUNK)])
+    """Encoder output over many inputs, in chunks (smaller for image encoders), without gradients."""
+    chunk = getattr(encoder, "eval_chunk", EVAL_CHUNK)
+    return torch.cat([encoder(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
 
 
 class Method:
@@ -63,9 +64,8 @@ class Method:
     def __init__(self, spec: TrainSpec):
         self.spec = spec
 
-    def build_model(self, x_dim: int, y_dim: int, n_classes: int) -> TwoViewModel:
-        spec = self.spec
-        return mlp_two_view_model(x_dim, y_dim, spec.hidden_dim, spec.feature_dim, n_classes, spec.fusion)
+    def build_model(self, x: ModalityInput, y: ModalityInput, n_classes: int) -> TwoViewModel:
+        return two_view_model(self.spec, x, y, n_classes)
 
     def prepare(self, train: TrainingSet, callback: Any, seed: int) -> TrainingSet | None:
         """A stage before the classifier's epochs (the autoencoders' imputation). None: cancelled."""
@@ -167,7 +167,8 @@ class ZeroPadding(Method):
     name = "zero_padding"
 
     def _padded(self, encoder, inputs, present, k):
-        features = inputs.new_zeros(len(inputs), k)
+        # Not inputs.new_zeros: image inputs are uint8, the features are float.
+        features = torch.zeros(len(inputs), k, device=inputs.device, dtype=next(encoder.parameters()).dtype)
         if present.any():
             features[present] = encoder(inputs[present])
         return features
@@ -220,10 +221,8 @@ class MaximalCorrelation(Method):
         self.mean_phi: torch.Tensor | None = None
         self.mean_f: torch.Tensor | None = None
 
-    def build_model(self, x_dim, y_dim, n_classes):
-        spec = self.spec
-        return mlp_two_view_model(x_dim, y_dim, spec.hidden_dim, spec.feature_dim, n_classes, spec.fusion,
-                                  single_view_heads=True)
+    def build_model(self, x, y, n_classes):
+        return two_view_model(self.spec, x, y, n_classes, single_view_heads=True)
 
     def loss(self, model, batch, log_prior, references):
         H = model.label_embeddings()

@@ -1,13 +1,21 @@
 """The network every method shares, so comparisons are fair: encoders f (for x) and g (for
-y) and the label head h(z) = W·onehot(z) + b sized for the fusion (paper Fig. 2)."""
+y) and the label head h(z) = W·onehot(z) + b sized for the fusion (paper Fig. 2). The
+encoders are MLPs on (standardised) vectors, or CNNs on images (encoders.py), as the spec's
+`encoder` says; both modalities get the same kind."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from .fusion import fused_dim
 from .likelihood import label_embeddings
+from .prepare import ModalityInput
+from .spec import TrainSpec
+
+MLP_EVAL_CHUNK = 4096
 
 
 class MLPEncoder(nn.Sequential):
@@ -44,6 +52,11 @@ class TwoViewModel(nn.Module):
         """H: row z is h(z), shape (K, dim φ)."""
         return label_embeddings(self.h)
 
+    @property
+    def eval_chunk(self) -> int:
+        """Rows per forward pass when an encoder runs over a whole split without gradients."""
+        return min(getattr(self.f, "eval_chunk", MLP_EVAL_CHUNK), getattr(self.g, "eval_chunk", MLP_EVAL_CHUNK))
+
 
 def mlp_two_view_model(x_dim: int, y_dim: int, hidden_dim: int, feature_dim: int, n_classes: int, fusion: str,
                        single_view_heads: bool = False) -> TwoViewModel:
@@ -55,6 +68,24 @@ def mlp_two_view_model(x_dim: int, y_dim: int, hidden_dim: int, feature_dim: int
         fusion,
         single_view_heads,
     )
+
+
+def make_encoder(spec: TrainSpec, modality: ModalityInput) -> nn.Module:
+    if spec.encoder == "mlp":
+        return MLPEncoder(math.prod(modality.shape), spec.hidden_dim, spec.feature_dim)
+    from .encoders import ImageEncoder
+
+    return ImageEncoder(spec.encoder, modality.shape, spec.feature_dim, modality.mean, modality.std, spec.pretrained)
+
+
+def two_view_model(spec: TrainSpec, x: ModalityInput, y: ModalityInput, n_classes: int,
+                   single_view_heads: bool = False) -> TwoViewModel:
+    """The spec's encoders for x and y, and the head for its fusion."""
+    if spec.encoder == "mlp":  # the same construction (and random draws) as always
+        return mlp_two_view_model(math.prod(x.shape), math.prod(y.shape), spec.hidden_dim, spec.feature_dim,
+                                  n_classes, spec.fusion, single_view_heads)
+    return TwoViewModel(make_encoder(spec, x), make_encoder(spec, y), spec.feature_dim, n_classes, spec.fusion,
+                        single_view_heads)
 
 
 class MLPImputer(nn.Sequential):

@@ -75,6 +75,11 @@ METHODS: dict[str, MethodInfo] = {
 }
 
 MethodName = Literal["mle", "lower_bound", "zero_padding", "hgr", "ae1", "ae2"]
+EncoderName = Literal["mlp", "small_cnn", "resnet34", "resnet50", "vgg16"]
+IMAGE_ENCODERS = ("small_cnn", "resnet34", "resnet50", "vgg16")
+PRETRAINABLE_ENCODERS = ("resnet34", "resnet50", "vgg16")
+# Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
+INPUT_IMPUTING_METHODS = ("ae1", "ae2")
 FusionName = Literal["add", "concat", "outer"]
 ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
 
@@ -117,6 +122,37 @@ class TrainSpec(BaseModel):
     imputer_epochs: int = Field(30, ge=1, le=10_000, description="ae1/ae2: epochs to fit the x → y imputer")
     self_training_rounds: int = Field(3, ge=1, le=100, description="ae2: rounds of imputer self-training")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    encoder: EncoderName = Field(
+        "mlp",
+        description="Encoders f and g: mlp (feature vectors), or a CNN trained end to end on images such as "
+        "video frames and spectrograms: small_cnn (CPU-sized), resnet34, resnet50, vgg16 (torchvision)",
+    )
+    pretrained: bool = Field(
+        False, description="Start resnet34/resnet50/vgg16 from ImageNet weights (read from the host's torch cache)"
+    )
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder_fits_the_method(cls, encoder: str, info: ValidationInfo) -> str:
+        if encoder == "mlp":
+            return encoder
+        method = info.data.get("method")
+        if method in INPUT_IMPUTING_METHODS:
+            raise ValueError(f"method {method!r} imputes the missing modality in input space, which is meant for "
+                             f"feature vectors (paper §3.4): extract features with a frozen backbone and use encoder "
+                             f"'mlp' on them")
+        if info.data.get("reference_set") == "all_complete":
+            raise ValueError(f"encoder {encoder!r} cannot use reference_set 'all_complete' (it would run g over every "
+                             f"complete training image at each step); use 'batch' or 'auto'")
+        return encoder
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_needs_a_backbone(cls, pretrained: bool, info: ValidationInfo) -> bool:
+        encoder = info.data.get("encoder")
+        if pretrained and encoder is not None and encoder not in PRETRAINABLE_ENCODERS:
+            raise ValueError(f"encoder {encoder!r} has no pretrained weights (only {', '.join(PRETRAINABLE_ENCODERS)})")
+        return pretrained
 
     @field_validator("fusion")
     @classmethod
@@ -157,4 +193,12 @@ def spec_errors_for_dataset(spec: TrainSpec, info: DatasetInfo | None) -> list[F
         ))
     if spec.split_by == "subject" and not info.has_subjects:
         errors.append(FieldError("split_by", f"dataset {spec.dataset!r} has no subjects to split by"))
+    shapes = ", ".join(f"{m} {tuple(s)}" for m, s in info.shapes.items())
+    if spec.encoder in IMAGE_ENCODERS and any(len(s) != 3 for s in info.shapes.values()):
+        errors.append(FieldError("encoder", f"encoder {spec.encoder!r} takes images (channels, height, width); "
+                                            f"dataset {spec.dataset!r} has {shapes}: use 'mlp'"))
+    if spec.encoder == "mlp" and info.source == "video":
+        errors.append(FieldError("encoder", f"dataset {spec.dataset!r} holds raw frames and spectrograms: choose "
+                                            f"an image encoder ({', '.join(IMAGE_ENCODERS)}), or extract features "
+                                            f"with a frozen backbone and train 'mlp' on those"))
     return errors

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint, spec_fingerprint
-from .datasets import DatasetError, UnknownDatasetError, load_dataset
+from .datasets import DatasetError, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
 from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
@@ -42,6 +42,10 @@ class TrainingCallback:
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         """Progress of a stage before the classifier's epochs (the autoencoders' imputer)."""
+
+    def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
+        """Progress of a stage that is not counted in epochs (preprocessing a raw dataset: clips);
+        should_stop() is asked after each call."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
@@ -90,6 +94,8 @@ def cycled_batches(rows: np.ndarray, batch_size: int, n_batches: int, rng: np.ra
 def choose_reference_set(spec: TrainSpec, n_complete: int) -> str:
     if spec.reference_set != "auto":
         return spec.reference_set
+    if spec.encoder != "mlp":  # g over every complete training image at each step: never cheap
+        return "batch"
     return "all_complete" if n_complete <= ALL_COMPLETE_REFERENCE_LIMIT else "batch"
 
 
@@ -125,7 +131,7 @@ def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluatio
     n_classes = log_proba.shape[1]
     z = part.z.cpu().numpy()
     sample_accuracy = float((log_proba.argmax(1).cpu().numpy() == z).mean())
-    nll = float(F.nll_loss(log_proba.clamp_min(-1e4), part.z))
+    nll = float(F.nll_loss(log_proba.clamp_min(-1e4), part.z.to(log_proba.device)))
     probs, inverse = group_probabilities(log_proba, part.groups)
     group_label = np.zeros(len(probs), dtype=np.int64)
     group_label[inverse] = z
@@ -135,9 +141,9 @@ def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluatio
     return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion)
 
 
-def in_chunks(predict, *tensors: torch.Tensor) -> torch.Tensor:
+def in_chunks(predict, *tensors: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
     n = len(tensors[0])
-    return torch.cat([predict(*(t[i : i + EVAL_CHUNK] for t in tensors)) for i in range(0, n, EVAL_CHUNK)])
+    return torch.cat([predict(*(t[i : i + chunk] for t in tensors)) for i in range(0, n, chunk)])
 
 
 def pick_device(choice: str) -> torch.device:
@@ -168,8 +174,8 @@ class Trainer:
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
         train = prepared.train
-        self.model: TwoViewModel = self.method.build_model(
-            int(np.prod(train.x.shape[1:])), int(np.prod(train.y.shape[1:])), len(prepared.classes)).to(device)
+        self.model: TwoViewModel = self.method.build_model(prepared.x_input, prepared.y_input,
+                                                           len(prepared.classes)).to(device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
@@ -195,8 +201,10 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
-            index = torch.as_tensor(rows, device=self.device)
-            batch = Batch(train.x[index], train.y[index], train.z[index], train.has_x[index], train.has_y[index])
+            # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
+            index = torch.as_tensor(rows, device=train.z.device)
+            batch = Batch(*(t[index].to(self.device, non_blocking=True)
+                            for t in (train.x, train.y, train.z, train.has_x, train.has_y)))
             loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,13 +221,13 @@ class Trainer:
 
         def complete(part: EvaluationSet) -> Evaluation:
             predict = lambda x, y: self.method.predict_log_proba(self.model, x, y, log_prior)
-            return score_predictions(in_chunks(predict, part.x, part.y), part)
+            return score_predictions(in_chunks(predict, part.x, part.y, chunk=self.model.eval_chunk), part)
 
         test_without_y = None
         if self.y_bank is not None:
             test = self.prepared.test
             predict = lambda x: self.method.predict_log_proba_without_y(self.model, x, log_prior, self.y_bank)
-            test_without_y = score_predictions(in_chunks(predict, test.x), test)
+            test_without_y = score_predictions(in_chunks(predict, test.x, chunk=self.model.eval_chunk), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
 
     def save(self, epoch: int, train: TrainingSet, best) -> None:
@@ -277,8 +285,11 @@ class Trainer:
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         })
-        self.callback.on_start(info)
         grouped = info["n_test_groups"] < info["n_test"]
+        # test_accuracy and the confusion matrix are per group (video) when groups hold several
+        # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
+        info["accuracy_level"] = "group" if grouped else "sample"
+        self.callback.on_start(info)
 
         epochs_completed, cancelled = first_epoch - 1, False
         for epoch in range(first_epoch, self.spec.epochs + 1):
@@ -317,12 +328,43 @@ class Trainer:
         )
 
 
-def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
-          checkpoint_path: Path | None = None) -> TrainResult:
-    """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
-    this spec) and save one after every epoch."""
+def _preprocess_as_a_stage(spec: TrainSpec, callback: TrainingCallback, data_dir: Path | None, video):
+    """A raw audio-visual dataset not preprocessed yet is preprocessed first, reported as the
+    run's `preprocessing` stage (resumable: a cancelled or crashed run keeps finished clips).
+    Returns the preprocessing summary (None for other datasets), or False when stopped."""
+    from .audiovisual.preprocess import PreprocessingFailed, PreprocessingStopped
+
+    def progress(done: int, total: int, failed: int) -> bool:
+        callback.on_stage_progress("preprocessing", done, total, {"failed_clips": failed})
+        return not callback.should_stop()
+
     try:
-        data = load_dataset(spec.dataset, data_dir)
+        report = prepare_raw_dataset(spec.dataset, data_dir, video, progress)
+    except PreprocessingStopped:
+        return False
+    except (DatasetError, PreprocessingFailed) as error:
+        raise SpecError(f"dataset: dataset {spec.dataset!r} cannot be preprocessed: {error}") from None
+    return None if report is None else report.summary()
+
+
+def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
+          checkpoint_path: Path | None = None, video=None) -> TrainResult:
+    """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
+    this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
+    the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
+    callback = callback or TrainingCallback()
+    try:
+        info = dataset_info(spec.dataset, data_dir, video)
+    except UnknownDatasetError as error:
+        raise SpecError(f"dataset: {error}") from None
+    errors = spec_errors_for_dataset(spec, info)  # before a long preprocessing, not after it
+    if errors:
+        raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors))
+    preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
+    if preprocessing is False:
+        return TrainResult(None, None, None, 0, True, None, list(info.classes), {"stopped_in": "preprocessing"})
+    try:
+        data = load_dataset(spec.dataset, data_dir, video)
     except UnknownDatasetError as error:
         raise SpecError(f"dataset: {error}") from None
     except DatasetError as error:
@@ -333,4 +375,11 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
     prepared = prepare_data(data, spec, device)
-    return Trainer(spec, callback or TrainingCallback(), prepared, device, checkpoint_path).run()
+    empty = [part for part in ("val", "test") if prepared.info[f"n_{part}"] == 0]
+    if empty:
+        raise SpecError(f"dataset: dataset {spec.dataset!r} is too small to split 70/15/15 by "
+                        f"{'subject' if spec.split_by == 'subject' else 'group'}: the {' and '.join(empty)} part would "
+                        f"be empty (each class needs three groups or more)")
+    if preprocessing is not None:
+        prepared.info["preprocessing"] = preprocessing
+    return Trainer(spec, callback, prepared, device, checkpoint_path).run()

@@ -28,7 +28,7 @@ class DatasetInfo:
     name: str
     title: str
     description: str
-    source: str  # "builtin", "features" (an .npz in DATA_DIR/features), …
+    source: str  # "builtin", "features" (an .npz in DATA_DIR/features), "video" (raw clips, preprocessed)
     modalities: tuple[str, ...]
     classes: tuple[str, ...]
     n_samples: int
@@ -37,6 +37,7 @@ class DatasetInfo:
     class_counts: tuple[int, ...]
     has_subjects: bool = False
     error: str | None = None  # set when the dataset is listed but cannot be used
+    preprocessed: bool | None = None  # raw-video datasets: whether the cache is ready (None: not applicable)
 
     @classmethod
     def broken(cls, name: str, source: str, error: str) -> "DatasetInfo":

@@ -1,0 +1,88 @@
+"""REST routes of dataset jobs: preprocess a raw audio-visual dataset, extract features from
+it with a frozen backbone, follow and cancel them. Thin: logic in service.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from worker.training.datasets import UnknownDatasetError, dataset_info
+
+from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from . import service
+from .models import JobKind
+from .schemas import FeatureExtractionCreate, JobOut
+
+router = APIRouter(tags=["dataset jobs"])
+
+NOT_A_VIDEO_DATASET = {404: {"description": "No such dataset"},
+                       409: {"description": "Not a raw video dataset, or one that cannot be used"}}
+
+
+def _video_dataset(name: str, settings) -> None:
+    try:
+        info = dataset_info(name, settings.data_dir, settings.video_options())
+    except UnknownDatasetError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown dataset {name!r}") from None
+    if info.source != "video":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {name!r} is not a raw video dataset; only ravdess "
+                                                      f"and enterface05 are preprocessed")
+    if info.error:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {name!r} cannot be used: {info.error}")
+
+
+def _start(session, queue, response: Response, kind: str, dataset: str, params: dict) -> JobOut:
+    existing = service.active_job(session, kind, dataset, params)
+    if existing is not None:
+        response.status_code = status.HTTP_200_OK
+        return JobOut.model_validate(existing)
+    try:
+        job = service.create_job(session, kind, dataset, params, queue)
+    except Exception as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"the job was saved but could not be queued: {type(error).__name__}: {error}") from None
+    return JobOut.model_validate(job)
+
+
+@router.post("/api/datasets/{name}/preprocess", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
+             responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
+def preprocess_dataset(name: str, response: Response, session: SessionDep, queue: RunQueueDep,
+                       settings: SettingsDep) -> JobOut:
+    """Decode every clip of a raw video dataset into the cache (resumes; nothing to do when it is done)."""
+    _video_dataset(name, settings)
+    return _start(session, queue, response, JobKind.preprocess, name, {})
+
+
+@router.post("/api/datasets/{name}/features", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
+             responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
+def extract_features(name: str, payload: FeatureExtractionCreate, response: Response, session: SessionDep,
+                     queue: RunQueueDep, settings: SettingsDep) -> JobOut:
+    """Encode every segment with a frozen backbone into DATA_DIR/features/<name>.npz (a new dataset)."""
+    _video_dataset(name, settings)
+    return _start(session, queue, response, JobKind.extract_features, name, payload.model_dump())
+
+
+@router.get("/api/jobs", response_model=list[JobOut])
+def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=200),
+              limit: int = Query(50, ge=1, le=500)) -> list[JobOut]:
+    """Dataset jobs, newest first."""
+    return [JobOut.model_validate(job) for job in service.list_jobs(session, dataset, limit)]
+
+
+@router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    try:
+        return JobOut.model_validate(service.get_job(session, job_id))
+    except service.JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+
+
+@router.post("/api/jobs/{job_id}/cancel", response_model=JobOut,
+             responses={404: {"description": "No such job"}, 409: {"description": "Already finished"}})
+def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+    """At once if queued; after the current clip if running (finished clips are kept)."""
+    try:
+        return JobOut.model_validate(service.request_cancel(session, job_id))
+    except service.JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+    except service.JobFinished as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None

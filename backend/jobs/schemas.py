@@ -1,0 +1,41 @@
+"""What the dataset-job API accepts and returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FeatureExtractionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Literal["resnet34", "resnet50", "vgg16"]
+    pretrained: bool = Field(False, description="ImageNet weights from the worker's torch cache; random weights when off")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                             description="Features dataset name; default <dataset>-<backbone>-imagenet|random")
+    batch_size: int = Field(64, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    dataset: str
+    params: dict[str, Any]
+    state: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+    done: int = Field(description="Clips preprocessed (preprocess) or segments encoded (extract_features)")
+    total: int
+    result: dict[str, Any] | None = Field(description="Once succeeded: the preprocessing summary, or the features file")
+    error: str | None
+    error_detail: str | None
