@@ -13,7 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .datasets.base import DatasetInfo
-from .fusion import FUSIONS
+
+# The fusions φ(f, g) the model implements (worker/training/fusion.py). Named here, not imported
+# from there: that module imports torch, and the API and the worker's parent process import this
+# one without loading torch (CUDA must be touched only inside the task).
+FUSIONS = ("add", "concat", "outer")
 
 
 @dataclass(frozen=True)
