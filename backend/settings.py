@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Settings(BaseSettings):
@@ -30,9 +31,31 @@ class Settings(BaseSettings):
     stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
     task_queue: str = Field("missmod", description="Celery queue the runs go to")
+    heartbeat_timeout: float = Field(
+        120.0, gt=0, description="Seconds without a heartbeat after which a running run's worker is taken for dead")
+    reconcile_interval: float = Field(
+        30.0, gt=0, description="Seconds between the API's passes over runs whose worker died or whose id never "
+                                "reached the broker")
+    run_max_retries: int = Field(
+        3, ge=0, description="Times a run whose worker died is queued again before it is failed (a run that kills "
+                             "its worker every time, e.g. out of memory, must not loop forever)")
+    broker_visibility_timeout: int = Field(
+        7 * 24 * 3600, gt=0, description="Redis: seconds before an unacknowledged run id is delivered again; above "
+                                         "the longest run (a duplicate delivery is refused by the database anyway)")
+    api_token: SecretStr | None = Field(
+        None, description="When set, every request but /api/health needs it: `Authorization: Bearer <token>` from "
+                          "scripts, a sign-in (session cookie) in the browser. Set it whenever anyone else can reach "
+                          "the port")
+    secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
+    max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
+        if self.api_token is not None and len(self.api_token.get_secret_value()) < 16:
+            raise ValueError("API_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError("HEARTBEAT_TIMEOUT must be more than twice HEARTBEAT_INTERVAL, or one late heartbeat "
+                             "would make a live run look dead")
         self.var_dir = self.var_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'missmod.db'}"
@@ -45,6 +68,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.var_dir / "broker"
+
+    @property
+    def listens_beyond_localhost(self) -> bool:
+        return self.host not in LOOPBACK_HOSTS
 
     @property
     def uses_filesystem_broker(self) -> bool:

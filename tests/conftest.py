@@ -31,19 +31,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment that makes a child process build the same Settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "BROKER_URL", "VAR_DIR"))}
-    env.update({
-        "VAR_DIR": str(settings.var_dir),
-        "DATABASE_URL": settings.database_url,
-        "BROKER_URL": settings.broker_url,
-        "DATA_DIR": str(settings.data_dir),
-        "ARTIFACT_DIR": str(settings.artifact_dir),
-        "TASK_QUEUE": settings.task_queue,
-        "HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
-        "STREAM_POLL_INTERVAL": str(settings.stream_poll_interval),
-        "PYTHONUNBUFFERED": "1",
-    })
+    """Environment that makes a child process build the same Settings (every field)."""
+    from pydantic import SecretStr
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -10,8 +10,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from ..api.deps import SessionDep
+from ..api.deps import SessionDep, SettingsDep
 from ..runs import service
+from ..security import safe_next_path
 
 FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -37,6 +38,12 @@ def run_page(request: Request, run_id: int, session: SessionDep):
     except service.RunNotFound:
         raise HTTPException(404, f"run {run_id} not found") from None
     return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run})
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, settings: SettingsDep, next: str | None = None):
+    return templates.TemplateResponse(request, "login.html", {
+        "title": "Sign in", "next_path": safe_next_path(next), "token_required": settings.api_token is not None})
 
 
 @router.get("/vendor/plotly.min.js")

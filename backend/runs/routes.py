@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from worker.training.datasets import UnknownDatasetError, dataset_info
 from worker.training.spec import spec_errors_for_dataset
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from . import service
+from . import artifacts, service
 from .models import RunState
-from .schemas import ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage
+from .schemas import ArtifactOut, ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage
 from .stream import run_events
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -50,9 +51,9 @@ def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, sett
     _check_against_dataset(payload, settings)
     try:
         run = service.create_run(session, payload, queue)
-    except Exception as error:
+    except service.BrokerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the run was saved but could not be queued: {type(error).__name__}: {error}") from None
+                            "the broker is unreachable: the run was saved as failed; try again shortly") from None
     return RunOut.model_validate(run)
 
 
@@ -130,3 +131,25 @@ def stream_run(
         run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
         ping=15,
     )
+
+
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
+def list_artifacts(run_id: int, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
+    """The run's files (its checkpoint, …), with paths to download them by."""
+    _get_or_404(session, run_id)
+    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+
+
+@router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
+            responses={**NOT_FOUND, 400: {"description": "The path leaves the run's directory"}})
+def download_artifact(run_id: int, session: SessionDep, settings: SettingsDep,
+                      path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
+                      ) -> FileResponse:
+    _get_or_404(session, run_id)
+    try:
+        file = artifacts.artifact_file(settings, run_id, path)
+    except artifacts.PathOutsideRoot:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
+    except FileNotFoundError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
+    return FileResponse(file, media_type="application/octet-stream", filename=file.name)

@@ -43,7 +43,8 @@ class RunOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     worker: str | None
-    attempts: int
+    attempts: int = Field(description="Times a worker started it")
+    worker_losses: int = Field(description="Times its worker died and it was queued again (or failed)")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
@@ -81,6 +82,11 @@ class MetricsPage(BaseModel):
     points: list[MetricPointOut]
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
     state: str
+
+
+class ArtifactOut(BaseModel):
+    path: str = Field(description="Download it at /api/runs/{run_id}/artifacts/{path}")
+    size: int = Field(description="Bytes")
 
 
 class ConfusionOut(BaseModel):

@@ -116,9 +116,31 @@
     if (ok) showRun(body);
   });
 
-  const stream = new EventSource(`/api/runs/${runId}/stream`);
-  stream.addEventListener("metrics", (event) => addPoints(JSON.parse(event.data).points));
-  stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
-  stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
-  stream.addEventListener("gone", () => stream.close());
+  // The stream resumes after its cursor whenever it is reopened, so no point is missed or drawn
+  // twice. After a dropped connection (the API restarting) the browser reconnects by itself,
+  // sending the last event id; an error answer (503 while the database is down, a proxy's 502)
+  // closes an EventSource for good, so then a new one is opened from the cursor.
+  let cursor = 0;
+  let connections = 0;
+  function openStream() {
+    const stream = new EventSource(`/api/runs/${runId}/stream?after=${cursor}`);
+    stream.addEventListener("open", () => { page.dataset.streamConnections = String(++connections); });
+    stream.addEventListener("metrics", (event) => {
+      const data = JSON.parse(event.data);
+      cursor = Math.max(cursor, data.cursor);
+      addPoints(data.points);
+    });
+    stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
+    stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
+    stream.addEventListener("gone", () => stream.close());
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED && !page.dataset.streamEnded) {
+        setTimeout(async () => {
+          await missmod.api(`/api/runs/${runId}`);  // sends a signed-out browser to the sign-in page
+          openStream();
+        }, 2000);
+      }
+    });
+  }
+  openStream();
 })();
