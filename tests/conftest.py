@@ -196,13 +196,23 @@ def start_worker(tmp_path: Path):
         process.stop()
 
 
+class ServerURL(str):
+    """The base URL of a started API, and its process (for the tests that stop it)."""
+
+    def __new__(cls, url: str, process: "Process"):
+        instance = super().__new__(cls, url)
+        instance.process = process
+        return instance
+
+
 @pytest.fixture
 def start_server(tmp_path: Path):
     """Start the API with uvicorn in its own process; returns its base URL."""
     processes: list[Process] = []
 
-    def start(settings: Settings) -> str:
-        port = free_port()
+    def start(settings: Settings, port: int | None = None) -> str:
+        """`port`: listen there (a restarted API on the same address the browser knows)."""
+        port = port or free_port()
         process = Process(
             [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app", "--host", "127.0.0.1",
              "--port", str(port)],
@@ -210,7 +220,7 @@ def start_server(tmp_path: Path):
         )
         processes.append(process)
         process.wait_for_log("Application startup complete", timeout=60)
-        return f"http://127.0.0.1:{port}"
+        return ServerURL(f"http://127.0.0.1:{port}", process)
 
     yield start
     for process in processes:

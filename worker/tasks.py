@@ -25,8 +25,9 @@ def train_run(self, run_id: int) -> None:
     from .executor import DatabaseUnavailable, execute_run  # imports torch, in the child process only
 
     try:
-        execute_run(int(run_id), settings, worker=f"{self.request.hostname}/{os.getpid()}",
-                    stop_requested=shutdown.requested)
+        with shutdown.stop_after_epoch_on_sigterm():
+            execute_run(int(run_id), settings, worker=f"{self.request.hostname}/{os.getpid()}",
+                        stop_requested=shutdown.requested)
     except DatabaseUnavailable as error:
         # Nothing was claimed: the id goes back to the broker rather than being dropped.
         log.warning("run %s: the database is unreachable (%s); its id goes back to the broker", run_id, error)

@@ -241,6 +241,7 @@ def claim_run(session: Session, run_id: int, worker: str, *, heartbeat_timeout: 
     if run.is_terminal:
         return Claim(None, f"already {run.state}")
     now = utcnow()
+    previous_holder = _describe_holder(run)
     conditions = [Run.id == run_id, Run.state == run.state, Run.attempts == run.attempts]
     taken_from_dead_worker = run.state == RunState.running
     if taken_from_dead_worker:
@@ -251,7 +252,7 @@ def claim_run(session: Session, run_id: int, worker: str, *, heartbeat_timeout: 
             conditions.append(or_(Run.heartbeat_at < now - timedelta(seconds=heartbeat_timeout),
                                   Run.heartbeat_at.is_(None)))
         else:
-            return Claim(None, f"held by a live worker ({_describe_holder(run)})")
+            return Claim(None, f"held by a live worker ({previous_holder})")
     if run.cancel_requested:
         session.execute(update(Run).where(*conditions).values(state=RunState.cancelled, finished_at=now))
         session.commit()
@@ -260,7 +261,7 @@ def claim_run(session: Session, run_id: int, worker: str, *, heartbeat_timeout: 
     if taken_from_dead_worker and max_retries is not None and losses > max_retries:
         session.execute(update(Run).where(*conditions).values(
             state=RunState.failed, finished_at=now, worker_losses=losses,
-            error=f"its worker died {losses} times ({_describe_holder(run)}); not started again after "
+            error=f"its worker died {losses} times ({previous_holder}); not started again after "
                   f"{max_retries} retries (RUN_MAX_RETRIES)"))
         session.commit()
         return Claim(None, "failed: its worker died too often")
@@ -272,7 +273,7 @@ def claim_run(session: Session, run_id: int, worker: str, *, heartbeat_timeout: 
     if changed.rowcount != 1:
         return Claim(None, "taken by another worker first")
     session.refresh(run)
-    return Claim(run, f"taken from a dead worker ({holder})" if taken_from_dead_worker else "started")
+    return Claim(run, f"taken from a dead worker ({previous_holder})" if taken_from_dead_worker else "started")
 
 
 def start_run(session: Session, run_id: int, worker: str, **claim_options) -> Run | None:
