@@ -33,6 +33,8 @@ def new_run_page(request: Request):
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep):
+    if not 1 <= run_id <= 2**31 - 1:
+        raise HTTPException(404, f"run {run_id} not found")
     try:
         run = service.get_run(session, run_id)
     except service.RunNotFound:

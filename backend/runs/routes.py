@@ -20,6 +20,13 @@ from .stream import run_events
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
+# Ids and cursors within the database's integer columns: a larger number is a 422, not an
+# overflow inside the driver (found by the fuzz test).
+MAX_RUN_ID = 2**31 - 1
+MAX_CURSOR = 2**63 - 1
+RunId = Annotated[int, Path(ge=1, le=MAX_RUN_ID, description="A run's id")]
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"  # PostgreSQL cannot even compare a string holding NUL
+
 NOT_FOUND = {404: {"description": "No run with this id"}}
 
 
@@ -61,10 +68,10 @@ def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, sett
 def list_runs(
     session: SessionDep,
     state: RunState | None = None,
-    method: str | None = Query(None, max_length=50),
-    dataset: str | None = Query(None, max_length=200),
+    method: str | None = Query(None, max_length=50, pattern=NO_CONTROL_CHARACTERS),
+    dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_CURSOR),
 ) -> RunPage:
     """Runs, newest first."""
     runs, total = service.list_runs(session, state=state, method=method, dataset=dataset, limit=limit, offset=offset)
@@ -72,15 +79,15 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
-def get_run(run_id: int, session: SessionDep) -> RunOut:
+def get_run(run_id: RunId, session: SessionDep) -> RunOut:
     return RunOut.model_validate(_get_or_404(session, run_id))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
 def get_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
-    after: int = Query(0, ge=0, description="Cursor from a previous page; 0 for all points"),
+    after: int = Query(0, ge=0, le=MAX_CURSOR, description="Cursor from a previous page; 0 for all points"),
     limit: int = Query(10_000, ge=1, le=100_000),
 ) -> MetricsPage:
     """Metric points `{epoch, name, value}` in the order they were recorded."""
@@ -92,7 +99,7 @@ def get_metrics(
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
-def get_confusion(run_id: int, session: SessionDep) -> ConfusionOut:
+def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     _get_or_404(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
@@ -102,7 +109,7 @@ def get_confusion(run_id: int, session: SessionDep) -> ConfusionOut:
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
-def cancel_run(run_id: int, session: SessionDep) -> RunOut:
+def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
         return RunOut.model_validate(service.request_cancel(session, run_id))
@@ -116,16 +123,16 @@ def cancel_run(run_id: int, session: SessionDep) -> RunOut:
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
 def stream_run(
-    run_id: int,
+    run_id: RunId,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    after: int = Query(0, ge=0, description="Send only points after this cursor"),
+    after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     _get_or_404(session, run_id)
-    if last_event_id and last_event_id.isdigit():
+    if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     return EventSourceResponse(
         run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
@@ -134,7 +141,7 @@ def stream_run(
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
-def list_artifacts(run_id: int, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
+def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's files (its checkpoint, …), with paths to download them by."""
     _get_or_404(session, run_id)
     return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
@@ -142,7 +149,7 @@ def list_artifacts(run_id: int, session: SessionDep, settings: SettingsDep) -> l
 
 @router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
             responses={**NOT_FOUND, 400: {"description": "The path leaves the run's directory"}})
-def download_artifact(run_id: int, session: SessionDep, settings: SettingsDep,
+def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
                       ) -> FileResponse:
     _get_or_404(session, run_id)

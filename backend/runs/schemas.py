@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from worker.training.spec import TrainSpec
 
@@ -15,6 +15,14 @@ class RunCreate(TrainSpec):
     """A training spec plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str | None) -> str | None:
+        # PostgreSQL cannot store NUL, and no control character belongs in a name shown on a page.
+        if name is not None and any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("must not contain control characters")
+        return name
 
     def training_spec(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name"})
