@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
@@ -48,6 +48,14 @@ class Settings(BaseSettings):
                           "the port")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    gpu_lock_dir: Path | None = Field(
+        None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
+                          "by the workers of the host; default VAR_DIR/gpu-locks")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value  # `API_TOKEN=` in .env.example
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -63,6 +71,7 @@ class Settings(BaseSettings):
             self.broker_url = FILESYSTEM_BROKER
         self.data_dir = (self.data_dir or self.var_dir / "data").expanduser().absolute()
         self.artifact_dir = (self.artifact_dir or self.var_dir / "artifacts").expanduser().absolute()
+        self.gpu_lock_dir = (self.gpu_lock_dir or self.var_dir / "gpu-locks").expanduser().absolute()
         return self
 
     @property
