@@ -16,11 +16,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine, text
+# The tests train tiny MLPs, fastest on one thread. With torch's default (a thread per core) on
+# a small machine shared with other test runs, its threads spin against each other: an epoch
+# that takes 0.06 s alone takes 2 s. Set before anything imports torch; the worker and server
+# processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from backend.migrate import upgrade
-from backend.settings import Settings
+import pytest  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from backend.migrate import upgrade  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("MISSMOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -214,8 +220,9 @@ def start_server(tmp_path: Path):
         """`port`: listen there (a restarted API on the same address the browser knows)."""
         port = port or free_port()
         process = Process(
+            # A browser's open live stream would hold a graceful shutdown for as long as it stays.
             [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app", "--host", "127.0.0.1",
-             "--port", str(port)],
+             "--port", str(port), "--timeout-graceful-shutdown", "2"],
             settings_env(settings), tmp_path / f"server-{len(processes)}.log",
         )
         processes.append(process)

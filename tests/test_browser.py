@@ -109,7 +109,7 @@ def test_the_page_picks_up_the_live_stream_after_the_api_restarts(page, embedded
 
     from .test_faults import FAST
 
-    epochs = 40
+    epochs = 60
     start_worker(embedded_settings)
     server = start_server(embedded_settings)
     run = page.request.post(f"{server}/api/runs", data={**FAST, "epochs": epochs, "name": "survives a restart"}).json()

@@ -75,10 +75,15 @@
     document.getElementById("chart-confusion").dataset.ready = "true";
   }
 
-  function showInfo(info) {
+  function showInfo(info, run) {
     const list = document.getElementById("run-info");
     if (!info) return;
     const rows = [];
+    if (run.attempts > 1) {
+      // Started more than once: its worker died (worker_losses) or was stopped for a redeploy.
+      const resumed = info.resumed_from_epoch !== undefined ? `, resumed from epoch ${info.resumed_from_epoch}` : "";
+      rows.push(["Restarts", `${run.attempts - 1} (worker lost ${run.worker_losses}×${resumed})`]);
+    }
     if (info.n_train !== undefined)
       rows.push(["Training samples", `${info.n_train} (${info.n_train_complete} complete, ${info.n_train_missing} missing ${info.y_modality})`]);
     if (info.reference_set) rows.push(["Reference set S", info.reference_set_size ? `${info.reference_set} (${info.reference_set_size})` : info.reference_set]);
@@ -105,7 +110,7 @@
       document.getElementById("run-error-text").textContent = run.error;
       document.getElementById("run-error-detail").textContent = run.error_detail || "";
     }
-    showInfo(run.info);
+    showInfo(run.info, run);
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
     if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
   }
