@@ -19,7 +19,8 @@ from .queue import RunQueue
 from .runs import service
 from .settings import get_settings
 
-GRACE_SECONDS = 10
+# A worker's warm shutdown takes a few seconds of Celery's own, plus the end of the current epoch.
+GRACE_SECONDS = 20
 
 
 def _stop(process: subprocess.Popen, sig: int, whole_group: bool = False) -> None:

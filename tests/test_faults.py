@@ -111,7 +111,8 @@ def test_sigterm_to_the_worker_checkpoints_and_requeues_its_run(backend, request
     run = run_json(client, run_id)
     assert (run["state"], run["worker"], run["worker_losses"]) == ("queued", None, 0), run
     assert 2 <= run["epochs_completed"] < EPOCHS
-    assert "stopped after epoch" in first.log() and "queued again" in first.log()
+    assert "stopped after epoch" in first.log() and "given back by this worker's shutdown" in first.log()
+    assert first.log().count(f"train_run[{run_id}] received") == 1  # not taken back by the worker stopping
     start_worker(settings)
     run = check_resumed(client, run_id, at_least_epoch=run["epochs_completed"])
     assert run["attempts"] == 2 and run["worker_losses"] == 0

@@ -23,7 +23,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from backend.db import session_factory
-from backend.queue import RunQueue
 from backend.runs import service
 from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
@@ -153,17 +152,6 @@ def holder_is_dead_here(me: str) -> Callable[[str], bool]:
     return is_dead
 
 
-def _send_back(settings: Settings, sessions: sessionmaker, run_id: int) -> None:
-    queue = RunQueue(settings)
-    try:
-        with sessions() as session:
-            sent = service.send_awaiting(session, queue, queued_before=service.utcnow(), also=frozenset({run_id}))
-    finally:
-        queue.close()
-    if run_id not in sent:
-        log.warning("run %s is queued but the broker could not be reached; the reconcile step will send it", run_id)
-
-
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid); the host and pid by default.
@@ -207,10 +195,11 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
 
     shutting_down = result.cancelled and not recorder.cancel_requested and result.epochs_completed < spec.epochs
     if shutting_down:
+        # Queued again in the database; its id is sent once this worker no longer consumes
+        # (worker/shutdown.py), or by the reconcile step.
         with sessions() as session:
             released = service.release_run(session, run_id, worker)
         if released:
-            _send_back(settings, sessions, run_id)
             log.info("run %s stopped after epoch %s for a shutdown and is queued again (checkpoint kept)",
                      run_id, result.epochs_completed)
         return "queued again"

@@ -10,17 +10,24 @@ once. So:
   (`worker_shutting_down`); idle ones are left to the pool's own orderly close;
 - while a run trains, its process takes the first SIGTERM as "stop after this epoch" (a flag
   the training loop reads) and a second one as "stop now" (billiard's handler again), so a
-  cold shutdown still ends it.
+  cold shutdown still ends it;
+- the run goes back to `queued` in the database, and the main process sends its id once the
+  shutdown has stopped consuming (`worker_shutdown`): sent earlier, the id would be taken by
+  this very worker, which keeps consuming for a moment after the signal. If the worker is
+  killed before that, the reconcile step sends it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Iterator
 
 from celery import signals
+
+log = logging.getLogger("missmod.worker")
 
 _requested = False
 
@@ -64,3 +71,24 @@ def _pass_warm_shutdown_to_the_runs(how: str = "", **_) -> None:
                 os.kill(request.worker_pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+@signals.worker_shutdown.connect
+def _send_the_runs_given_back(**_) -> None:
+    # Imported here: the main process must not import the training code (nor torch) up front.
+    from backend.db import session_factory, utcnow
+    from backend.queue import RunQueue
+    from backend.runs import service
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    queue = RunQueue(settings)
+    try:
+        with session_factory(settings.database_url)() as session:
+            sent = service.send_awaiting(session, queue, queued_before=utcnow())
+        if sent:
+            log.info("run(s) %s given back by this worker's shutdown are queued again", sent)
+    except Exception as error:  # the reconcile step sends them later
+        log.warning("could not send the ids of the runs given back: %s", error)
+    finally:
+        queue.close()
