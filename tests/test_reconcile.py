@@ -219,3 +219,14 @@ def test_the_api_reconciles_at_start_up(settings, client_for, sessions):
 
     wait_for(lambda: get(sessions, run_id).state == RunState.queued, 10, what="the start-up reconcile")
     assert get(sessions, run_id).worker_losses == 1
+
+
+def test_a_run_id_met_while_the_database_is_down_is_not_dropped(tmp_path):
+    """The worker cannot claim the run: it says so (the task then gives the id back to the
+    broker) instead of acknowledging an id it did nothing with."""
+    from backend.settings import Settings
+    from worker.executor import DatabaseUnavailable, execute_run
+
+    unreachable = Settings(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
+    with pytest.raises(DatabaseUnavailable):
+        execute_run(1, unreachable, worker="w@host/1")
