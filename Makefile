@@ -25,9 +25,9 @@ run: setup
 serve: migrate
 	$(PY) -m uvicorn --factory backend.main:create_app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
-## One worker alone (start one per GPU).
+## One worker alone: start one per GPU; each claims a GPU no other worker of the host holds.
 worker: setup
-	$(PY) -m celery -A worker.celery_app worker --loglevel INFO --concurrency 1
+	$(PY) -m worker.gpu_worker
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .api import health
+from .api import health, session
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
 from .db import session_factory
@@ -18,10 +22,21 @@ from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
+from .runs.reconcile import reconcile_periodically
+from .security import AccessGuard
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
 
 log = logging.getLogger("missmod")
+
+DATABASE_UNAVAILABLE = "the database is unreachable (or not migrated); try again shortly"
+
+
+def _warn_if_open_to_the_network(settings: Settings) -> None:
+    if settings.api_token is None and settings.listens_beyond_localhost:
+        log.warning("\n%s\n  missmod listens on %s with NO API_TOKEN: anyone who can reach this port can start and "
+                    "cancel runs and read every result.\n  Set API_TOKEN (e.g. `openssl rand -hex 32`) or listen on "
+                    "127.0.0.1.\n%s", "!" * 100, settings.host, "!" * 100)
 
 
 def _warn_if_not_migrated(settings: Settings) -> None:
@@ -40,8 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _warn_if_open_to_the_network(settings)
         _warn_if_not_migrated(settings)
+        # The reconcile step, at start-up and then periodically (backend/runs/reconcile.py).
+        reconciler = asyncio.create_task(
+            reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
         yield
+        reconciler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconciler
         app.state.run_queue.close()
 
     app = FastAPI(
@@ -49,18 +71,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Multimodal learning with a missing modality: maximum likelihood and its baselines",
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,  # 413 above; a run spec is a few hundred bytes
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.run_queue = RunQueue(settings)
+    app.add_middleware(AccessGuard, settings=settings)
 
     @app.exception_handler(OperationalError)
-    async def database_unavailable(request: Request, error: OperationalError) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, request.url.path, error.orig)
-        return JSONResponse({"detail": "the database is unreachable or not migrated; try again shortly"},
-                            status_code=503)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeoutError)
+    async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
+        return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        # The traceback goes to the server log only, under a reference the user can quote.
+        reference = uuid.uuid4().hex[:12]
+        log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
 
     app.include_router(health.router)
+    app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
     app.include_router(sweep_routes.router)

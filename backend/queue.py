@@ -14,13 +14,12 @@ from .settings import Settings
 TRAIN_RUN_TASK = "missmod.train_run"
 DATASET_JOB_TASK = "missmod.dataset_job"
 
-# Above the longest run we expect (Redis redelivers an unacked task after this many seconds).
-VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
-
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("missmod", broker=settings.broker_url, set_as_current=False)
-    transport_options: dict = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    # Redis hands an unacknowledged run id to another worker after this many seconds: keep it
+    # above the longest run. A duplicate delivery would be refused by the database anyway.
+    transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.uses_filesystem_broker:
         settings.make_dirs()
         queue_dir = str(settings.broker_dir / "queue")
@@ -35,11 +34,18 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A broker outage must not end a worker (and its hours-long run): retry forever.
+        broker_connection_max_retries=None,
         task_default_queue=settings.task_queue,
         task_ignore_result=True,  # results live in the database
+        # Long GPU jobs (DESIGN.md §5): a run id is acknowledged only when the run is over, goes
+        # back to the broker if the worker process dies, and a worker holds one id at a time.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A broker blip must not kill a running run: its state and points are in the database,
+        # and a duplicate delivery after reconnecting is refused there.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],

@@ -1,7 +1,7 @@
 """`make run`: the whole dashboard on one machine with nothing to install — migrations, the
 API (uvicorn) and one Celery worker on the configured broker (by default the filesystem
-broker and SQLite under VAR_DIR). Ctrl-C stops both; a run that was training is queued
-again and starts over at the next `make run`."""
+broker and SQLite under VAR_DIR). Ctrl-C stops both: a run that was training stops after its
+current epoch, is queued again and resumes from its checkpoint at the next `make run`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .queue import RunQueue
 from .runs import service
 from .settings import get_settings
 
-GRACE_SECONDS = 10
+# A worker's warm shutdown takes a few seconds of Celery's own, plus the end of the current epoch.
+GRACE_SECONDS = 20
 
 
 def _stop(process: subprocess.Popen, sig: int, whole_group: bool = False) -> None:
@@ -79,9 +80,10 @@ def main() -> int:
         exit_code = 1
     print("missmod: stopping the server and the worker…", flush=True)
     _stop(server, signal.SIGTERM)
-    _stop(worker, signal.SIGTERM)  # warm shutdown: finish the current task if it is quick
+    _stop(worker, signal.SIGTERM)  # warm shutdown: the run stops after its epoch and is queued again
     if not _wait([server, worker], GRACE_SECONDS):
-        print("missmod: a run is still training; stopping it (it will be queued again)", flush=True)
+        print("missmod: a run's epoch is taking long; stopping it now (it resumes from its last checkpoint)",
+              flush=True)
         _stop(worker, signal.SIGQUIT)  # cold shutdown
         if not _wait([server, worker], 5):
             for process in (server, worker):

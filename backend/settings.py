@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Settings(BaseSettings):
@@ -36,9 +37,39 @@ class Settings(BaseSettings):
     video_frame_size: int = Field(112, ge=8, le=1024, description="Side of the square central frames, in pixels")
     video_n_mels: int = Field(64, ge=1, le=512, description="Mel bands of the segments' log-Mel spectrograms")
     preprocess_workers: int | None = Field(None, ge=1, description="Processes decoding clips; default every core")
+    heartbeat_timeout: float = Field(
+        120.0, gt=0, description="Seconds without a heartbeat after which a running run's worker is taken for dead")
+    reconcile_interval: float = Field(
+        30.0, gt=0, description="Seconds between the API's passes over runs whose worker died or whose id never "
+                                "reached the broker")
+    run_max_retries: int = Field(
+        3, ge=0, description="Times a run whose worker died is queued again before it is failed (a run that kills "
+                             "its worker every time, e.g. out of memory, must not loop forever)")
+    broker_visibility_timeout: int = Field(
+        7 * 24 * 3600, gt=0, description="Redis: seconds before an unacknowledged run id is delivered again; above "
+                                         "the longest run (a duplicate delivery is refused by the database anyway)")
+    api_token: SecretStr | None = Field(
+        None, description="When set, every request but /api/health needs it: `Authorization: Bearer <token>` from "
+                          "scripts, a sign-in (session cookie) in the browser. Set it whenever anyone else can reach "
+                          "the port")
+    secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
+    max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    gpu_lock_dir: Path | None = Field(
+        None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
+                          "by the workers of the host; default VAR_DIR/gpu-locks")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value  # `API_TOKEN=` in .env.example
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
+        if self.api_token is not None and len(self.api_token.get_secret_value()) < 16:
+            raise ValueError("API_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError("HEARTBEAT_TIMEOUT must be more than twice HEARTBEAT_INTERVAL, or one late heartbeat "
+                             "would make a live run look dead")
         self.var_dir = self.var_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'missmod.db'}"
@@ -48,6 +79,7 @@ class Settings(BaseSettings):
         self.artifact_dir = (self.artifact_dir or self.var_dir / "artifacts").expanduser().absolute()
         self.ravdess_dir = (self.ravdess_dir or self.data_dir / "ravdess").expanduser().absolute()
         self.enterface05_dir = (self.enterface05_dir or self.data_dir / "enterface05").expanduser().absolute()
+        self.gpu_lock_dir = (self.gpu_lock_dir or self.var_dir / "gpu-locks").expanduser().absolute()
         return self
 
     def video_options(self):
@@ -65,6 +97,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.var_dir / "broker"
+
+    @property
+    def listens_beyond_localhost(self) -> bool:
+        return self.host not in LOOPBACK_HOSTS
 
     @property
     def uses_filesystem_broker(self) -> bool:

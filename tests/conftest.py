@@ -16,11 +16,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine, text
+# The tests train tiny MLPs, fastest on one thread. With torch's default (a thread per core) on
+# a small machine shared with other test runs, its threads spin against each other: an epoch
+# that takes 0.06 s alone takes 2 s. Set before anything imports torch; the worker and server
+# processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from backend.migrate import upgrade
-from backend.settings import Settings
+import pytest  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from backend.migrate import upgrade  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("MISSMOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -31,26 +37,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment that makes a child process build the same Settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_URL", "BROKER_URL", "VAR_DIR", "PREPROCESS_WORKERS"))}
-    env.update({
-        "VAR_DIR": str(settings.var_dir),
-        "DATABASE_URL": settings.database_url,
-        "BROKER_URL": settings.broker_url,
-        "DATA_DIR": str(settings.data_dir),
-        "ARTIFACT_DIR": str(settings.artifact_dir),
-        "TASK_QUEUE": settings.task_queue,
-        "HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
-        "STREAM_POLL_INTERVAL": str(settings.stream_poll_interval),
-        "RAVDESS_DIR": str(settings.ravdess_dir),
-        "ENTERFACE05_DIR": str(settings.enterface05_dir),
-        "VIDEO_FRAME_SIZE": str(settings.video_frame_size),
-        "VIDEO_N_MELS": str(settings.video_n_mels),
-        "PYTHONUNBUFFERED": "1",
-    })
-    if settings.preprocess_workers is not None:
-        env["PREPROCESS_WORKERS"] = str(settings.preprocess_workers)
+    """Environment that makes a child process build the same Settings (every field)."""
+    from pydantic import SecretStr
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -62,6 +59,13 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_in_page(page, expression: str, timeout: float = 30) -> None:
+    """Poll a JavaScript expression with page.evaluate until it is truthy. Not
+    page.wait_for_function: it evaluates its predicate repeatedly inside the page, which the
+    pages' Content-Security-Policy (no 'unsafe-eval') refuses."""
+    wait_for(lambda: page.evaluate(expression), timeout, interval=0.1, what=expression)
 
 
 def free_port() -> int:
@@ -212,21 +216,32 @@ def start_worker(tmp_path: Path):
         process.stop()
 
 
+class ServerURL(str):
+    """The base URL of a started API, and its process (for the tests that stop it)."""
+
+    def __new__(cls, url: str, process: "Process"):
+        instance = super().__new__(cls, url)
+        instance.process = process
+        return instance
+
+
 @pytest.fixture
 def start_server(tmp_path: Path):
     """Start the API with uvicorn in its own process; returns its base URL."""
     processes: list[Process] = []
 
-    def start(settings: Settings) -> str:
-        port = free_port()
+    def start(settings: Settings, port: int | None = None) -> str:
+        """`port`: listen there (a restarted API on the same address the browser knows)."""
+        port = port or free_port()
         process = Process(
+            # A browser's open live stream would hold a graceful shutdown for as long as it stays.
             [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app", "--host", "127.0.0.1",
-             "--port", str(port)],
+             "--port", str(port), "--timeout-graceful-shutdown", "2"],
             settings_env(settings), tmp_path / f"server-{len(processes)}.log",
         )
         processes.append(process)
         process.wait_for_log("Application startup complete", timeout=60)
-        return f"http://127.0.0.1:{port}"
+        return ServerURL(f"http://127.0.0.1:{port}", process)
 
     yield start
     for process in processes:

@@ -97,3 +97,71 @@ def test_fusions_follow_the_method(page, dashboard):
     page.select_option("#f-dataset", "synthetic")
     modalities = page.eval_on_selector_all("#f-missing-modality option", "options => options.map(o => o.value)")
     assert modalities == ["x", "y"]
+
+
+def test_the_page_picks_up_the_live_stream_after_the_api_restarts(page, embedded_settings, start_server,
+                                                                  start_worker):
+    """The API process dies (SIGKILL) while a run trains and the page watches; a new API comes
+    up on the same address. The worker never noticed; the page reconnects from its cursor and
+    ends with every epoch drawn exactly once."""
+    import os
+    import signal
+
+    from .test_faults import FAST
+
+    epochs = 60
+    start_worker(embedded_settings)
+    server = start_server(embedded_settings)
+    run = page.request.post(f"{server}/api/runs", data={**FAST, "epochs": epochs, "name": "survives a restart"}).json()
+    page.goto(f"{server}/runs/{run['id']}")
+    deadline = time.monotonic() + 120
+    while accuracy_points(page)[1] < 3:
+        assert time.monotonic() < deadline, "no points drawn"
+        time.sleep(0.1)
+    os.killpg(server.process.popen.pid, signal.SIGKILL)
+    server.process.popen.wait(10)
+    drawn_while_down = accuracy_points(page)[1]
+    time.sleep(1.0)
+    start_server(embedded_settings, port=int(server.rsplit(":", 1)[1]))
+
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        seen.append(accuracy_points(page))
+        if seen[-1][0] == "succeeded" and page.get_attribute("#run-page", "data-stream-ended"):
+            break
+        time.sleep(0.1)
+    state, final_count = seen[-1]
+    assert state == "succeeded", page.text_content("#run-error")
+    assert drawn_while_down < epochs, "the run ended before the API went down: nothing was tested"
+    assert final_count == epochs  # no gap, no point drawn twice
+    counts = [count for _, count in seen]
+    assert counts == sorted(counts)
+    assert int(page.get_attribute("#run-page", "data-stream-connections")) >= 2
+    x = page.evaluate("() => document.getElementById('chart-accuracy').data.find(t => t.name === 'val_accuracy').x")
+    assert x == list(range(1, epochs + 1))
+    assert page.js_errors == []
+
+
+def test_user_text_is_shown_as_text_never_run(page, embedded_settings, start_server):
+    """A run named like a script (or markup that runs one) is shown verbatim in the runs list,
+    on the run page and in its title; nothing runs, no element is injected."""
+    name = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    server = start_server(embedded_settings)
+    run = page.request.post(f"{server}/api/runs", data={"dataset": "digits", "method": "mle", "missing_modality": "bottom",
+                                                   "missing_rate": 0.5, "epochs": 1, "name": name}).json()
+    dialogs, violations = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("console", lambda message: "Content-Security-Policy" in message.text and violations.append(message.text))
+
+    page.goto(server)
+    page.wait_for_selector("#runs-table tbody tr")
+    assert page.text_content("#runs-table tbody tr td:nth-child(2)") == name
+    page.goto(f"{server}/runs/{run['id']}")
+    page.wait_for_selector("#run-state")
+    assert page.text_content("#run-name") == name
+    assert page.title().startswith(name)
+    page.wait_for_timeout(500)
+    assert dialogs == []
+    assert page.evaluate("() => document.querySelectorAll('main script, main img[src=x]').length") == 0
+    assert page.js_errors == [] and violations == []

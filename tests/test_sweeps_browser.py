@@ -16,7 +16,7 @@ from sqlalchemy import select
 from backend.db import session_factory
 from backend.runs.models import ConfusionMatrix, MetricPoint, Run
 
-from .conftest import wait_for
+from .conftest import wait_for, wait_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -80,19 +80,19 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     page.fill("#s-epochs", "3")
     page.fill("#s-name", "browser sweep")
     count = page.locator("#sweep-count")
-    page.wait_for_function("document.getElementById('sweep-count').textContent === '8 runs will be created.'")
+    wait_in_page(page, "document.getElementById('sweep-count').textContent === '8 runs will be created.'")
     assert page.text_content("#submit-sweep") == "Create 8 runs"
 
     # an invalid combination is named, with how many, before anything is created
     page.check('#s-methods input[value="zero_padding"]')
     page.check('#s-fusions input[value="outer"]')
-    page.wait_for_function("document.getElementById('sweep-count').textContent.startsWith('24 combinations')")
+    wait_in_page(page, "document.getElementById('sweep-count').textContent.startsWith('24 combinations')")
     assert "20 valid, 4 invalid" in count.text_content()  # zero_padding × outer × 2 rates × 2 seeds
     assert "not available for method 'zero_padding'" in page.text_content("#sweep-invalid")
     assert page.is_disabled("#submit-sweep")
     page.uncheck('#s-methods input[value="zero_padding"]')
     page.uncheck('#s-fusions input[value="outer"]')
-    page.wait_for_function("document.getElementById('sweep-count').textContent === '8 runs will be created.'")
+    wait_in_page(page, "document.getElementById('sweep-count').textContent === '8 runs will be created.'")
 
     page.click("#submit-sweep")
     page.wait_for_url(re.compile(r".*/sweeps/\d+$"))
@@ -190,7 +190,7 @@ def test_compare_three_runs_chosen_in_the_runs_table(page, embedded_settings, cl
     page.click("#compare-selected")
     page.wait_for_url(re.compile(r".*/compare\?runs=[\d,]+$"))
     page.wait_for_selector("#compare-page[data-ready=true]")
-    page.wait_for_function("document.querySelectorAll('#confusion-grid .chart[data-ready=true]').length === 3")
+    wait_in_page(page, "document.querySelectorAll('#confusion-grid .chart[data-ready=true]').length === 3")
 
     with session_factory(embedded_settings.database_url)() as session:
         runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}
@@ -239,16 +239,16 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
     page.fill("#p-seeds", "1")
     page.fill("#p-epochs", "2")
     if lacking:
-        page.wait_for_function(f"document.getElementById('preset-count').textContent.includes('{lacking[0]}')")
+        wait_in_page(page, f"document.getElementById('preset-count').textContent.includes('{lacking[0]}')")
         assert page.is_disabled("#submit-preset")
         page.check("#p-only-available")
     count = f"{len(methods)} runs will be created."
-    page.wait_for_function(f"document.getElementById('preset-count').textContent === '{count}'")
+    wait_in_page(page, f"document.getElementById('preset-count').textContent === '{count}'")
     assert all(m in page.text_content("#preset-notes") for m in lacking)
     page.click("#submit-preset")
     page.wait_for_url(re.compile(r".*/sweeps/\d+$"))
     page.wait_for_selector("#sweep-page[data-stream-ended=true]", timeout=180_000)
-    page.wait_for_function(f"document.querySelectorAll('#confusion-grid .chart[data-ready=true]').length "
+    wait_in_page(page, f"document.querySelectorAll('#confusion-grid .chart[data-ready=true]').length "
                            f"=== {len(methods)}")
 
     # Fig. 5 leads with its confusion matrices; the table carries the paper's Table 1 numbers
@@ -285,7 +285,7 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.fill("#run-tags", "baseline, <b>bold</b>")
     page.fill("#run-note", "<img src=x onerror=alert(1)> check the dip")
     page.click("#save-annotations")
-    page.wait_for_function("document.getElementById('annotations-status').textContent === 'Saved.'")
+    wait_in_page(page, "document.getElementById('annotations-status').textContent === 'Saved.'")
     assert api.get(f"/api/runs/{kept}").json()["tags"] == ["<b>bold</b>", "baseline"]  # sorted
     page.fill("#run-tags", "a,,b, " + "x" * 60)
     page.click("#save-annotations")
@@ -302,7 +302,7 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.wait_for_selector("#retry-run:not([hidden])")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#retry-run")
-    page.wait_for_function("document.getElementById('run-state').textContent === 'queued'")
+    wait_in_page(page, "document.getElementById('run-state').textContent === 'queued'")
     assert api.get(f"/api/runs/{broken}").json()["error"] is None
 
     # delete from the runs table: a dismissed confirmation deletes nothing

@@ -1,12 +1,17 @@
 """The worker's Celery app: `celery -A worker.celery_app worker`. Same broker settings as
 the API (backend.queue), plus the task. torch is imported only inside the task, never in the
-parent process before it forks."""
+parent process before it forks (CUDA must not be initialised before a fork)."""
 
 from backend.queue import make_celery
 from backend.settings import get_settings
 
 settings = get_settings()
 celery_app = make_celery(settings)
-celery_app.conf.update(worker_concurrency=1)  # one training process per worker (per GPU)
+celery_app.conf.update(
+    worker_concurrency=1,  # one training process per worker, one worker per GPU
+    # A fresh child process per run: the CUDA context and the allocator's cached memory go with
+    # it, and a run that leaves CUDA unusable (a device-side assert) cannot fail the next ones.
+    worker_max_tasks_per_child=1,
+)
 
-from . import tasks  # noqa: E402,F401  (registers the task)
+from . import shutdown, tasks  # noqa: E402,F401  (register the signal handlers and the task)

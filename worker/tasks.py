@@ -1,19 +1,39 @@
-"""The Celery task: a thin wrapper that hands the run id to the executor."""
+"""The Celery tasks: thin wrappers that hand a run id to the executor, a dataset job id to
+dataset_jobs."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+
+from celery.exceptions import Reject
 
 from backend.queue import DATASET_JOB_TASK, TRAIN_RUN_TASK
 
+from . import shutdown
 from .celery_app import celery_app, settings
+
+log = logging.getLogger("missmod.worker")
+
+# How long to wait before giving an id back to the broker when the database cannot be reached
+# (the run cannot be claimed); without a pause the same id would bounce back at once.
+DATABASE_RETRY_SECONDS = 5.0
 
 
 @celery_app.task(name=TRAIN_RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def train_run(self, run_id: int) -> None:
-    from .executor import execute_run  # imports torch, in the child process only
+    from .executor import DatabaseUnavailable, execute_run  # imports torch, in the child process only
 
-    execute_run(int(run_id), settings, worker=f"{self.request.hostname}/{os.getpid()}")
+    try:
+        with shutdown.stop_after_epoch_on_sigterm():
+            execute_run(int(run_id), settings, worker=f"{self.request.hostname}/{os.getpid()}",
+                        stop_requested=shutdown.requested)
+    except DatabaseUnavailable as error:
+        # Nothing was claimed: the id goes back to the broker rather than being dropped.
+        log.warning("run %s: the database is unreachable (%s); its id goes back to the broker", run_id, error)
+        time.sleep(DATABASE_RETRY_SECONDS)
+        raise Reject(str(error), requeue=True) from None
 
 
 @celery_app.task(name=DATASET_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

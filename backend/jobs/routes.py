@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from worker.training.datasets import UnknownDatasetError, dataset_info
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
 from . import service
 from .models import JobKind
 from .schemas import FeatureExtractionCreate, JobOut
@@ -45,7 +46,7 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
 
 @router.post("/api/datasets/{name}/preprocess", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
-def preprocess_dataset(name: str, response: Response, session: SessionDep, queue: RunQueueDep,
+def preprocess_dataset(name: DatasetName, response: Response, session: SessionDep, queue: RunQueueDep,
                        settings: SettingsDep) -> JobOut:
     """Decode every clip of a raw video dataset into the cache (resumes; nothing to do when it is done)."""
     _video_dataset(name, settings)
@@ -54,7 +55,7 @@ def preprocess_dataset(name: str, response: Response, session: SessionDep, queue
 
 @router.post("/api/datasets/{name}/features", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
-def extract_features(name: str, payload: FeatureExtractionCreate, response: Response, session: SessionDep,
+def extract_features(name: DatasetName, payload: FeatureExtractionCreate, response: Response, session: SessionDep,
                      queue: RunQueueDep, settings: SettingsDep) -> JobOut:
     """Encode every segment with a frozen backbone into DATA_DIR/features/<name>.npz (a new dataset)."""
     _video_dataset(name, settings)
@@ -62,14 +63,14 @@ def extract_features(name: str, payload: FeatureExtractionCreate, response: Resp
 
 
 @router.get("/api/jobs", response_model=list[JobOut])
-def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=200),
+def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
               limit: int = Query(50, ge=1, le=500)) -> list[JobOut]:
     """Dataset jobs, newest first."""
     return [JobOut.model_validate(job) for job in service.list_jobs(session, dataset, limit)]
 
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
-def get_job(job_id: int, session: SessionDep) -> JobOut:
+def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     try:
         return JobOut.model_validate(service.get_job(session, job_id))
     except service.JobNotFound:
@@ -78,7 +79,7 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut,
              responses={404: {"description": "No such job"}, 409: {"description": "Already finished"}})
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
     try:
         return JobOut.model_validate(service.request_cancel(session, job_id))

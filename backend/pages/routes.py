@@ -10,10 +10,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from ..api.deps import SessionDep
+from ..api.deps import SessionDep, SettingsDep
 from ..runs import service
 from ..sweeps import service as sweeps
 from ..sweeps.presets import PRESETS
+from ..security import safe_next_path
 
 FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -34,6 +35,8 @@ def new_run_page(request: Request):
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep):
+    if not 1 <= run_id <= 2**31 - 1:
+        raise HTTPException(404, f"run {run_id} not found")
     try:
         run = service.get_run(session, run_id)
     except service.RunNotFound:
@@ -65,6 +68,10 @@ def sweep_page(request: Request, sweep_id: int, session: SessionDep):
 def compare_page(request: Request):
     """Runs side by side: `/compare?runs=1,2,3` (the page reads the ids itself)."""
     return templates.TemplateResponse(request, "compare.html", {"title": "Compare runs"})
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, settings: SettingsDep, next: str | None = None):
+    return templates.TemplateResponse(request, "login.html", {
+        "title": "Sign in", "next_path": safe_next_path(next), "token_required": settings.api_token is not None})
 
 
 @router.get("/vendor/plotly.min.js")

@@ -46,7 +46,13 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker: Mapped[str | None] = mapped_column(String(255))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
+    # Times it was taken from a worker that died (heartbeat stopped, or its process gone); past
+    # RUN_MAX_RETRIES the run fails instead of being queued again.
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set while the run is queued in the database but its id may not have reached the broker
+    # (the sender could die in between): the reconcile step sends it again after a while.
+    awaiting_broker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from . import service
+from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
+from . import artifacts, service
 from .models import RunState
-from .schemas import ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
+from .schemas import ArtifactOut, ConfusionOut, MetricPointOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
 from .stream import run_events
 from .validation import DatasetCatalog, dataset_errors
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
+
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
 BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
@@ -29,8 +32,9 @@ def _check_against_dataset(payload: RunCreate, settings) -> None:
 
 
 def _broker_unavailable(error: Exception) -> HTTPException:
+    # The broker's own message can carry its address; the server log has it, the client does not.
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                         f"the run was saved but could not be queued: {type(error).__name__}: {error}")
+                         "the broker is unreachable: the run was saved as failed; try again shortly")
 
 
 def _get_or_404(session, run_id: int):
@@ -46,7 +50,7 @@ def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, sett
     _check_against_dataset(payload, settings)
     try:
         run = service.create_run(session, payload, queue)
-    except Exception as error:
+    except service.BrokerUnavailable as error:
         raise _broker_unavailable(error) from None
     return RunOut.model_validate(run)
 
@@ -55,19 +59,19 @@ def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, sett
 def list_runs(
     session: SessionDep,
     state: list[RunState] | None = Query(None, description="Repeat for several: `?state=failed&state=cancelled`"),
-    dataset: str | None = Query(None, max_length=200),
-    method: str | None = Query(None, max_length=50),
-    fusion: str | None = Query(None, max_length=20),
-    missing_modality: str | None = Query(None, max_length=100),
+    dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
+    method: str | None = Query(None, max_length=50, pattern=NO_CONTROL_CHARACTERS),
+    fusion: str | None = Query(None, max_length=20, pattern=NO_CONTROL_CHARACTERS),
+    missing_modality: str | None = Query(None, max_length=100, pattern=NO_CONTROL_CHARACTERS),
     missing_rate: float | None = Query(None, ge=0, lt=1),
-    sweep: int | None = Query(None, ge=1, description="Only the runs of this sweep"),
-    tag: str | None = Query(None, max_length=50),
-    q: str | None = Query(None, max_length=200, description="Text the run name contains (case-insensitive)"),
+    sweep: int | None = Query(None, ge=1, le=MAX_ID, description="Only the runs of this sweep"),
+    tag: str | None = Query(None, max_length=50, pattern=NO_CONTROL_CHARACTERS),
+    q: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="Text the run name contains (case-insensitive)"),
     sort: str = Query("-id", description="A column, `-` first for descending; `id` is creation order",
                       json_schema_extra={"enum": service.SORT_CHOICES}),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
-    cursor: str | None = Query(None, max_length=500,
+    offset: Offset = 0,
+    cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                description="`next_cursor` of the previous page: fast deep pages (instead of offset)"),
 ) -> RunPage:
     """Runs matching every filter given, newest first unless `sort` says otherwise."""
@@ -91,12 +95,12 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
-def get_run(run_id: int, session: SessionDep) -> RunOut:
+def get_run(run_id: RunId, session: SessionDep) -> RunOut:
     return RunOut.model_validate(_get_or_404(session, run_id))
 
 
 @router.patch("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
-def update_run(run_id: int, payload: RunUpdate, session: SessionDep) -> RunOut:
+def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut:
     """Rename a run, set its note, or replace its tags."""
     try:
         return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
@@ -105,7 +109,7 @@ def update_run(run_id: int, payload: RunUpdate, session: SessionDep) -> RunOut:
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_run(run_id: int, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
     if not service.delete_runs(session, [run_id], settings.artifact_dir):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
@@ -114,7 +118,7 @@ def delete_run(run_id: int, session: SessionDep, settings: SettingsDep) -> Respo
 
 @router.post("/{run_id}/retry", response_model=RunOut,
              responses={**NOT_FOUND, **BROKER_DOWN, 409: {"description": "The run is not failed or cancelled"}})
-def retry_run(run_id: int, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
     and checkpoint are cleared."""
     try:
@@ -123,15 +127,15 @@ def retry_run(run_id: int, session: SessionDep, queue: RunQueueDep, settings: Se
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except Exception as error:
+    except service.BrokerUnavailable as error:
         raise _broker_unavailable(error) from None
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
 def get_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
-    after: int = Query(0, ge=0, description="Cursor from a previous page; 0 for all points"),
+    after: int = Query(0, ge=0, le=MAX_CURSOR, description="Cursor from a previous page; 0 for all points"),
     limit: int = Query(10_000, ge=1, le=100_000),
     max_points: int | None = Query(
         None, ge=10, le=100_000,
@@ -151,7 +155,7 @@ def get_metrics(
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
-def get_confusion(run_id: int, session: SessionDep) -> ConfusionOut:
+def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     _get_or_404(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
@@ -161,7 +165,7 @@ def get_confusion(run_id: int, session: SessionDep) -> ConfusionOut:
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
-def cancel_run(run_id: int, session: SessionDep) -> RunOut:
+def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
         return RunOut.model_validate(service.request_cancel(session, run_id))
@@ -175,18 +179,40 @@ def cancel_run(run_id: int, session: SessionDep) -> RunOut:
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
 def stream_run(
-    run_id: int,
+    run_id: RunId,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    after: int = Query(0, ge=0, description="Send only points after this cursor"),
+    after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     _get_or_404(session, run_id)
-    if last_event_id and last_event_id.isdigit():
+    if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     return EventSourceResponse(
         run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
         ping=15,
     )
+
+
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
+def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
+    """The run's files (its checkpoint, …), with paths to download them by."""
+    _get_or_404(session, run_id)
+    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+
+
+@router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
+            responses={**NOT_FOUND, 400: {"description": "The path leaves the run's directory"}})
+def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
+                      path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
+                      ) -> FileResponse:
+    _get_or_404(session, run_id)
+    try:
+        file = artifacts.artifact_file(settings, run_id, path)
+    except artifacts.PathOutsideRoot:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
+    except FileNotFoundError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
+    return FileResponse(file, media_type="application/octet-stream", filename=file.name)

@@ -10,11 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 
 from worker.training.spec import TrainSpec
 
+from ..api.params import has_control_characters
+
 
 class RunCreate(TrainSpec):
     """A training spec plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str | None) -> str | None:
+        # PostgreSQL cannot store NUL, and no control character belongs in a name shown on a page.
+        if name is not None and has_control_characters(name):
+            raise ValueError("must not contain control characters")
+        return name
 
     def training_spec(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name"})
@@ -43,7 +53,8 @@ class RunOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     worker: str | None
-    attempts: int
+    attempts: int = Field(description="Times a worker started it")
+    worker_losses: int = Field(description="Times its worker died and it was queued again (or failed)")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
@@ -89,7 +100,16 @@ class RunUpdate(BaseModel):
     def _name_not_blank(cls, name: str | None) -> str | None:
         if name is not None and not name.strip():
             raise ValueError("the name cannot be blank")
+        if name is not None and has_control_characters(name):
+            raise ValueError("must not contain control characters")
         return name.strip() if name is not None else None
+
+    @field_validator("note")
+    @classmethod
+    def _note_storable(cls, note: str | None) -> str | None:
+        if note is not None and has_control_characters(note, allow_newlines=True):
+            raise ValueError("must not contain control characters other than line breaks and tabs")
+        return note
 
 
 class MetricPointOut(BaseModel):
@@ -109,6 +129,11 @@ class MetricsPage(BaseModel):
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
     state: str
     downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
+
+
+class ArtifactOut(BaseModel):
+    path: str = Field(description="Download it at /api/runs/{run_id}/artifacts/{path}")
+    size: int = Field(description="Bytes")
 
 
 class ConfusionOut(BaseModel):

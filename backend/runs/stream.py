@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,6 +19,8 @@ from .models import TERMINAL_STATES, Run
 from .schemas import MetricPointOut, RunOut
 
 BATCH_LIMIT = 5_000
+
+log = logging.getLogger("missmod.stream")
 
 
 def _snapshot(sessions: sessionmaker, run_id: int, after: int) -> tuple[RunOut | None, list[MetricPointOut], int]:
@@ -37,7 +41,12 @@ async def run_events(sessions: sessionmaker, run_id: int, after: int, poll_inter
                      request: Request) -> AsyncIterator[dict]:
     last_run_json = None
     while not await request.is_disconnected():
-        run, points, cursor = await run_in_threadpool(_snapshot, sessions, run_id, after)
+        try:
+            run, points, cursor = await run_in_threadpool(_snapshot, sessions, run_id, after)
+        except (OperationalError, InterfaceError) as error:
+            # End the stream cleanly; the page reconnects from its cursor once the database is back.
+            log.warning("stream of run %s ended: database unreachable (%s)", run_id, type(error).__name__)
+            return
         if run is None:
             yield {"event": "gone", "data": json.dumps({"run_id": run_id})}
             return

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from ..api.params import Offset, SweepId
+from ..runs import service as runs_service
 from ..runs.validation import DatasetCatalog
 from . import service
 from .analysis import missing_rate_trend
@@ -73,10 +75,10 @@ def _refusal(plan: SweepPlan, skip_invalid: bool) -> list[dict] | None:
 def _create(session, queue, plan: SweepPlan, **sweep_fields) -> SweepCreated:
     try:
         sweep, runs = service.create_sweep(session, queue, plan, **sweep_fields)
-    except Exception as error:
+    except runs_service.BrokerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the sweep was saved but its runs could not all be queued: {type(error).__name__}: "
-                            f"{error}") from None
+                            "the sweep was saved but its runs could not all be queued: the broker is unreachable; "
+                            "the runs not queued are marked failed (retry them from the sweep page)") from None
     return SweepCreated(**_sweep_out(session, sweep).model_dump(), run_ids=[r.id for r in runs],
                         left_out=_invalid_out(plan))
 
@@ -107,7 +109,7 @@ def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, 
 
 
 @router.get("", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> SweepPage:
     """Sweeps, newest first, with their progress."""
     sweeps, total = service.list_sweeps(session, limit, offset)
     progress = service.progress_of(session, [s.id for s in sweeps])
@@ -117,13 +119,13 @@ def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offse
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
     """The sweep and its progress (runs per state). Its runs: GET /api/runs?sweep={id}."""
     return _sweep_out(session, _get_or_404(session, sweep_id))
 
 
 @router.delete("/{sweep_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep,
+def delete_sweep(sweep_id: SweepId, session: SessionDep, settings: SettingsDep,
                  keep_runs: bool = Query(False, description="Keep the runs (detached from any sweep)")) -> Response:
     """Delete the sweep and its runs with their files (runs still training are stopped)."""
     try:
@@ -134,18 +136,19 @@ def delete_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep,
 
 
 @router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses={**NOT_FOUND, **BROKER_DOWN})
-def retry_sweep(sweep_id: int, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
+def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
     _get_or_404(session, sweep_id)
     try:
         return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings.artifact_dir))
-    except Exception as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"could not queue: {error}") from None
+    except runs_service.BrokerUnavailable:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            "the broker is unreachable: the runs not queued are marked failed; try again shortly") from None
 
 
 @router.get("/{sweep_id}/table", response_model=TableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
-def get_table(sweep_id: int, session: SessionDep,
+def get_table(sweep_id: SweepId, session: SessionDep,
               format: Literal["json", "csv", "latex"] = Query("json")) -> TableOut | Response:
     """The comparison table in the paper's layout: rows method (fusion), columns missing
     modality × rate, cells mean ± std (n − 1) of the test accuracy over the seeds that
@@ -164,7 +167,7 @@ def get_table(sweep_id: int, session: SessionDep,
 
 
 @router.get("/{sweep_id}/trend", response_model=TrendOut, responses=NOT_FOUND)
-def get_trend(sweep_id: int, session: SessionDep) -> TrendOut:
+def get_trend(sweep_id: SweepId, session: SessionDep) -> TrendOut:
     """Test accuracy against missing rate: one series per method (fusion) and missing
     modality, mean and std over seeds; the paper's numbers as extra series in a preset sweep."""
     sweep = _get_or_404(session, sweep_id)
@@ -174,7 +177,7 @@ def get_trend(sweep_id: int, session: SessionDep) -> TrendOut:
 
 @router.get("/{sweep_id}/stream", responses=NOT_FOUND,
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: int, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
+def stream_sweep(sweep_id: SweepId, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
     _get_or_404(session, sweep_id)
     return EventSourceResponse(sweep_events(request.app.state.sessions, sweep_id, settings.stream_poll_interval,

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
+from ..api.params import DisplayName
 from ..runs.schemas import RunCreate
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
 
@@ -27,7 +28,7 @@ def _as_list(value: Any) -> list[Any]:
 class SweepBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200, description="The sweep's name; default: derived from the grid")
+    name: DisplayName | None = Field(None, description="The sweep's name; default: derived from the grid")
     skip_invalid: bool = Field(
         False, description="Leave out the combinations the run validation refuses (listed in the response) "
                            "instead of refusing the whole sweep")
@@ -154,7 +155,7 @@ class PresetRequest(BaseModel):
     epochs: int = Field(30, ge=1, le=10_000)
     only_available: bool = Field(False, description="Create only what the training library can run now "
                                                     "(leaving out methods or extractors it lacks)")
-    name: str | None = Field(None, max_length=200)
+    name: DisplayName | None = None
 
 
 class PresetOut(BaseModel):

@@ -3,11 +3,15 @@
 "use strict";
 
 const missmod = {
-  async api(path, options = {}) {
+  async api(path, options = {}, { redirectOnUnauthorized = true } = {}) {
     const response = await fetch(path, {
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       ...options,
     });
+    if (response.status === 401 && redirectOnUnauthorized) {
+      // API_TOKEN is set and this browser's session is missing or expired.
+      window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
+    }
     let body = null;
     try { body = await response.json(); } catch (_) { /* empty or not JSON */ }
     return { ok: response.ok, status: response.status, body };
@@ -28,6 +32,11 @@ const missmod = {
     if (!iso) return "–";
     const date = new Date(iso);
     return date.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+  },
+
+  async signOut() {
+    await missmod.api("/api/session", { method: "DELETE" }, { redirectOnUnauthorized: false });
+    window.location.assign("/login");
   },
 
   terminal(state) {
@@ -73,3 +82,5 @@ const missmod = {
     for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
   },
 };
+
+document.getElementById("sign-out")?.addEventListener("click", () => missmod.signOut());

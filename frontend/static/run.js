@@ -75,10 +75,15 @@
     document.getElementById("chart-confusion").dataset.ready = "true";
   }
 
-  function showInfo(info) {
+  function showInfo(info, run) {
     const list = document.getElementById("run-info");
     if (!info) return;
     const rows = [];
+    if (run.attempts > 1) {
+      // Started more than once: its worker died (worker_losses) or was stopped for a redeploy.
+      const resumed = info.resumed_from_epoch !== undefined ? `, resumed from epoch ${info.resumed_from_epoch}` : "";
+      rows.push(["Restarts", `${run.attempts - 1} (worker lost ${run.worker_losses}×${resumed})`]);
+    }
     if (info.n_train !== undefined)
       rows.push(["Training samples", `${info.n_train} (${info.n_train_complete} complete, ${info.n_train_missing} missing ${info.y_modality})`]);
     if (info.preprocessing) {
@@ -117,7 +122,7 @@
       document.getElementById("run-error-text").textContent = run.error;
       document.getElementById("run-error-detail").textContent = run.error_detail || "";
     }
-    showInfo(run.info);
+    showInfo(run.info, run);
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
     if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
   }
@@ -162,14 +167,38 @@
   });
 
   // History first, thinned by the server for long runs; then the stream appends from its cursor.
-  (async () => {
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
-    const after = ok ? body.cursor : 0;
-    if (ok) addPoints(body.points.sort((a, b) => a.epoch - b.epoch));
-    const stream = new EventSource(`/api/runs/${runId}/stream?after=${after}`);
-    stream.addEventListener("metrics", (event) => addPoints(JSON.parse(event.data).points));
+  // The stream resumes after its cursor whenever it is reopened, so no point is missed or drawn
+  // twice. After a dropped connection (the API restarting) the browser reconnects by itself,
+  // sending the last event id; an error answer (503 while the database is down, a proxy's 502)
+  // closes an EventSource for good, so then a new one is opened from the cursor.
+  let cursor = 0;
+  let connections = 0;
+  function openStream() {
+    const stream = new EventSource(`/api/runs/${runId}/stream?after=${cursor}`);
+    stream.addEventListener("open", () => { page.dataset.streamConnections = String(++connections); });
+    stream.addEventListener("metrics", (event) => {
+      const data = JSON.parse(event.data);
+      cursor = Math.max(cursor, data.cursor);
+      addPoints(data.points);
+    });
     stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
     stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
     stream.addEventListener("gone", () => stream.close());
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED && !page.dataset.streamEnded) {
+        setTimeout(async () => {
+          await missmod.api(`/api/runs/${runId}`);  // sends a signed-out browser to the sign-in page
+          openStream();
+        }, 2000);
+      }
+    });
+  }
+  (async () => {
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    if (ok) {
+      cursor = body.cursor;
+      addPoints(body.points.sort((a, b) => a.epoch - b.epoch));
+    }
+    openStream();
   })();
 })();

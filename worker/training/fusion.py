@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import FUSIONS
+from .spec import FUSIONS  # one list, kept in the module that does not import torch
 
 
 def fused_dim(feature_dim: int, fusion: str) -> int:

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .datasets.base import DatasetInfo
 
-# The fusion names only (worker/training/fusion.py has the maths): importing that module would
-# load torch into the API, which validates specs with this module.
-FUSIONS: tuple[str, ...] = ("add", "concat", "outer")
+# The fusions φ(f, g) the model implements (worker/training/fusion.py). Named here, not imported
+# from there: that module imports torch, and the API and the worker's parent process import this
+# one without loading torch (CUDA must be touched only inside the task).
+FUSIONS = ("add", "concat", "outer")
 
 
 @dataclass(frozen=True)
