@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from backend.db import session_factory
 from backend.runs import service
 from backend.runs.models import MetricPoint, Run
+from backend.runs.schemas import MetricsPage
 
 VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
          "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -134,6 +135,7 @@ def test_metrics_cursor_returns_only_new_points_and_no_duplicates(client, settin
         service.start_run(session, run["id"], "test")
         service.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
     page = client.get(f"/api/runs/{run['id']}/metrics").json()
+    assert MetricsPage.model_validate(page).state == "running"  # the documented shape
     assert [(p["epoch"], p["name"]) for p in page["points"]] == [(1, "train_loss"), (1, "val_accuracy")]
     with sessions() as session:
         service.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -303,25 +303,31 @@ def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir: Path | N
     return int(deleted or 0)
 
 
-def metrics_after(session: Session, run_id: int, after: int = 0, limit: int = 10_000) -> list[MetricPoint]:
-    """Points recorded after the cursor `after` (a point id), in the order they landed."""
+# Points are read as plain rows, not ORM objects: a long run has tens of thousands, and
+# building an object per point was most of the time of a metrics request.
+POINT_COLUMNS = (MetricPoint.id, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+
+
+def metrics_after(session: Session, run_id: int, after: int = 0, limit: int = 10_000) -> list[Row]:
+    """Points (id, epoch, name, value) recorded after the cursor `after` (a point id), in the
+    order they landed."""
     query = (
-        select(MetricPoint)
+        select(*POINT_COLUMNS)
         .where(MetricPoint.run_id == run_id, MetricPoint.id > after)
         .order_by(MetricPoint.id)
         .limit(limit)
     )
-    return list(session.scalars(query))
+    return list(session.execute(query))
 
 
-def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple[list[MetricPoint], int, int]:
+def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple[list[Row], int, int]:
     """Every series of the run cut to about `max_points` points (extremes kept), the cursor of
     the newest point (a live stream appends from there), and how many points there were."""
-    points = list(session.scalars(
-        select(MetricPoint).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch)
+    points = list(session.execute(
+        select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch)
     ))
     cursor = max((p.id for p in points), default=0)
-    kept: list[MetricPoint] = []
+    kept: list[Row] = []
     for _, series in groupby(points, key=lambda p: p.name):
         kept.extend(downsample_min_max(list(series), max_points, lambda p: p.value))
     return kept, cursor, len(points)
@@ -480,27 +486,29 @@ def start_run(session: Session, run_id: int, worker: str, **claim_options) -> Ru
     return claim_run(session, run_id, worker, **claim_options).run
 
 
-def _hold(session: Session, run_id: int, worker: str | None, **values) -> bool:
-    """Refresh the heartbeat (and set `values`) only while `worker` holds the run; raise
-    LeaseLost otherwise. On PostgreSQL the UPDATE also locks the row until the commit, so a
-    concurrent claim sees this heartbeat, not the stale one."""
+def _hold(session: Session, run_id: int, worker: str | None, **values) -> bool | None:
+    """Refresh the heartbeat (and set `values`) only while `worker` holds the run, raising
+    LeaseLost otherwise; returns the run's cancel flag, read by the same statement (None: no
+    worker was named and the run is gone). On PostgreSQL the UPDATE also locks the row until
+    the commit, so a concurrent claim sees this heartbeat, not the stale one."""
     conditions = [Run.id == run_id]
     if worker is not None:
         conditions += [Run.state == RunState.running, Run.worker == worker]
-    changed = session.execute(update(Run).where(*conditions).values(heartbeat_at=utcnow(), **values))
-    if worker is not None and changed.rowcount != 1:
+    statement = update(Run).where(*conditions).values(heartbeat_at=utcnow(), **values).returning(Run.cancel_requested)
+    cancel = session.connection().execute(statement).scalar_one_or_none()
+    if cancel is None and worker is not None:
         session.rollback()
         raise LeaseLost(f"run {run_id} is no longer held by {worker}")
-    return changed.rowcount == 1
+    return cancel
 
 
-def _insert_ignoring_duplicates(session: Session):
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(MetricPoint)
-    if dialect == "sqlite":
-        return sqlite.insert(MetricPoint)
-    raise NotImplementedError(f"metric points need an insert-or-ignore for {dialect}")
+# Metric points are written with one cached statement per dialect, executed for many rows:
+# the worker's write path is hot (every epoch of every run), and building a new multi-row
+# INSERT each time cost more than the database did.
+_POINT_INSERTS = {
+    name: dialect.insert(MetricPoint).on_conflict_do_nothing(index_elements=["run_id", "epoch", "name"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -512,14 +520,16 @@ def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[st
                   worker: str | None = None, **run_values) -> bool:
     """Write points (idempotently) and a heartbeat in one transaction; returns whether a
     cancel was requested. With `worker`, only while that worker holds the run (LeaseLost)."""
-    _hold(session, run_id, worker, **run_values)
+    cancel = _hold(session, run_id, worker, **run_values)
     now = utcnow()
     rows = [{"run_id": run_id, "epoch": epoch, "name": name, "value": _finite_or_none(value), "recorded_at": now}
             for name, value in metrics.items()]
     if rows:
-        insert = _insert_ignoring_duplicates(session)
-        session.execute(insert.values(rows).on_conflict_do_nothing(index_elements=["run_id", "epoch", "name"]))
-    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+        connection = session.connection()
+        insert = _POINT_INSERTS.get(connection.dialect.name)
+        if insert is None:
+            raise NotImplementedError(f"metric points need an insert-or-ignore for {connection.dialect.name}")
+        connection.execute(insert, rows)
     session.commit()
     return bool(cancel)
 
@@ -534,8 +544,7 @@ def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str
 def record_stage(session: Session, run_id: int, progress: Mapping, worker: str | None = None) -> bool:
     """A stage before training (preprocessing) in run.info, with a heartbeat; returns whether
     a cancel was requested."""
-    _hold(session, run_id, worker, info=dict(progress))
-    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+    cancel = _hold(session, run_id, worker, info=dict(progress))
     session.commit()
     return bool(cancel)
 
@@ -573,7 +582,7 @@ def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy:
     held = _hold(session, run_id, worker, state=RunState.cancelled if cancelled else RunState.succeeded,
                  finished_at=utcnow(), test_accuracy=test_accuracy, val_accuracy=val_accuracy,
                  best_epoch=best_epoch, info=dict(info))
-    if not held:  # deleted while it trained: it stays deleted
+    if held is None:  # deleted while it trained: it stays deleted
         session.rollback()
         return
     if confusion is not None and best_epoch is not None:

@@ -1,0 +1,96 @@
+"""`make bench`: every benchmark in one run, one table, and the rows as JSON in var/bench.json
+(keys: what, figure, unit, baseline, ratio, target, met, note).
+
+    python -m bench                      # all of them (under 10 minutes on a 2-core CPU)
+    python -m bench --only eq5 ingestion # some of them
+
+Figures are measured here and now; ratios compare figures measured in the same run. A row
+whose figure could not be measured on this machine (no GPU) says so instead of a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from .rows import Row, print_table, write_json
+
+POSTGRES = os.environ.get("MISSMOD_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def eq5() -> list[Row]:
+    import torch
+
+    from . import eq5_cost
+
+    return eq5_cost.measure(torch.device("cpu"), min_run_time=0.5)
+
+
+def training() -> list[Row]:
+    from . import training_throughput
+
+    return training_throughput.measure()
+
+
+def ingestion() -> list[Row]:
+    from . import ingestion as ingestion_bench
+
+    return ingestion_bench.measure(POSTGRES)
+
+
+def api() -> list[Row]:
+    from . import api_views
+
+    return api_views.measure()
+
+
+def live() -> list[Row]:
+    from . import live_latency
+
+    return live_latency.measure()
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("VAR_DIR", "var")) / "bench.json")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for name in args.only or list(SECTIONS):
+        section_started = time.perf_counter()
+        print(f"[bench] {name}…", flush=True)
+        rows.extend(SECTIONS[name]())
+        print(f"[bench] {name} took {time.perf_counter() - section_started:.0f} s", flush=True)
+    print(f"\nmissmod benchmarks on {machine()}, {time.perf_counter() - started:.0f} s\n")
+    print_table(rows)
+    write_json(rows, args.out)
+    (args.out.with_suffix(".machine.json")).write_text(json.dumps({"machine": machine()}))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

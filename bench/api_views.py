@@ -1,0 +1,153 @@
+"""API latency under load and page drawing time, against a real uvicorn process.
+
+The database (SQLite in a temporary VAR_DIR, or --database-url) holds 10,000 runs and one run
+of 1,000 epochs × 5 metrics. From this process (the server is another), 1 and then 4
+keep-alive connections send requests concurrently; p50/p95 are over every request after a
+warm-up. Then
+Chromium opens the run page (1,000 epochs drawn) and the runs page (first page of 10,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from backend.db import session_factory, utcnow
+from backend.migrate import upgrade
+from backend.runs.models import MetricPoint, Run
+from backend.settings import Settings
+
+from .rows import Row
+from .sweep_views import fill_runs, percentile, run_row, start_server
+
+CHROMIUM = os.environ.get("MISSMOD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+METRICS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "test_sample_accuracy")
+TARGET_P95_MS = 100.0
+
+
+def add_long_run(settings: Settings, epochs: int = 1000) -> int:
+    with session_factory(settings.database_url)() as session:
+        run_id = session.execute(insert(Run).values(**run_row(10_001, "mle", "add", "bottom", 0.9, 0, "succeeded",
+                                                              0.93, None, epochs))).inserted_primary_key[0]
+        points = [{"run_id": run_id, "epoch": e, "name": m, "value": 1.0 / e, "recorded_at": utcnow()}
+                  for e in range(1, epochs + 1) for m in METRICS]
+        for start in range(0, len(points), 5000):
+            session.execute(insert(MetricPoint), points[start:start + 5000])
+        session.commit()
+    return run_id
+
+
+def load(port: int, path: str, connections: int = 4, requests_each: int = 60, warmup: int = 3) -> list[float]:
+    """Latencies (s) of `connections` × `requests_each` concurrent GETs, after a warm-up."""
+    times: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(connections)
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        for i in range(warmup + requests_each):
+            if i == warmup:
+                barrier.wait()
+            started = time.perf_counter()
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: {response.status} {body[:200]!r}")
+            if i >= warmup:
+                mine.append(time.perf_counter() - started)
+        connection.close()
+        with lock:
+            times.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return times
+
+
+def page_times(base: str, run_id: int, loads: int = 3) -> tuple[list[float], list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    run_page, runs_page = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        for _ in range(loads + 1):  # the first load fills the browser's cache (plotly.js)
+            started = time.perf_counter()
+            page.goto(f"{base}/runs/{run_id}")
+            page.wait_for_selector("#chart-confusion, #chart-accuracy")
+            while not page.evaluate("""() => {
+                const traces = document.getElementById('chart-accuracy').data || [];
+                const loss = document.getElementById('chart-loss').data || [];
+                return traces.length && traces.every(t => t.x.length === 1000) && loss.length;
+            }"""):
+                time.sleep(0.01)
+            run_page.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            page.goto(f"{base}/")
+            while page.evaluate("document.querySelectorAll('#runs-table tbody tr').length") < 50:
+                time.sleep(0.01)
+            runs_page.append(time.perf_counter() - started)
+        browser.close()
+    return run_page[1:], runs_page[1:]
+
+
+def measure(database_url: str | None = None) -> list[Row]:
+    with tempfile.TemporaryDirectory() as directory:
+        settings = Settings(var_dir=Path(directory), database_url=database_url or "", broker_url="")
+        settings.make_dirs()
+        upgrade(settings.database_url)
+        backend = settings.database_url.split(":", 1)[0].split("+")[0]
+        fill_runs(settings, 10_000)
+        run_id = add_long_run(settings)
+        server, port = start_server(settings)
+        rows: list[Row] = []
+        try:
+            for what, path in [("runs list (10,000 runs, first page)", "/api/runs?limit=50"),
+                               ("runs list, filtered and sorted by accuracy",
+                                "/api/runs?state=succeeded&method=mle&sort=-test_accuracy&limit=50"),
+                               ("metrics of a run (1,000 epochs × 5 metrics)", f"/api/runs/{run_id}/metrics")]:
+                for connections in (1, 4):
+                    times = load(port, path, connections=connections, requests_each=240 // connections)
+                    p50, p95 = percentile(times, 0.5) * 1e3, percentile(times, 0.95) * 1e3
+                    label = f"{what}, {backend}, {connections} connection{'s' if connections > 1 else ''}"
+                    rows.append(Row(f"API p50, {label}", p50, "ms"))
+                    rows.append(Row(f"API p95, {label}", p95, "ms", target=f"<= {TARGET_P95_MS:g}",
+                                    met=p95 <= TARGET_P95_MS,
+                                    note="" if connections == 1 else "one uvicorn process: concurrent requests "
+                                    "queue for its interpreter; serve with more workers to spread them"))
+            run_page, runs_page = page_times(f"http://127.0.0.1:{port}", run_id)
+            rows.append(Row("run page drawn in Chromium (1,000 epochs × 5 metrics)", sorted(run_page)[1], "s",
+                            note="median of 3 loads after a warm one"))
+            rows.append(Row("runs page drawn in Chromium (10,000 runs)", sorted(runs_page)[1], "s",
+                            note="median of 3 loads after a warm one"))
+        finally:
+            server.terminate()
+            server.wait(10)
+    return rows
+
+
+def main() -> None:
+    from .rows import print_table
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="an empty database to fill (default: SQLite in a temporary folder)")
+    args = parser.parse_args()
+    print_table(measure(args.database_url))
+
+
+if __name__ == "__main__":
+    main()
