@@ -18,7 +18,7 @@ from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
 from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
-from backend.sweeps.presets import PRESETS, Block, Preset
+from backend.sweeps.presets import PRESETS, Block, Preset, backbone_of, plan_preset, source_dataset
 from worker.training.spec import METHODS
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
@@ -362,9 +362,9 @@ def test_presets_say_what_the_training_library_lacks(client):
     assert set(presets) == {"table1", "table2", "fig4", "fig5", "fig6"}
     for name, preset in presets.items():
         assert preset["missing_methods"] == [m for m in PRESETS[name].methods if m not in METHODS]
-    assert presets["table1"]["reported"] == "Table 1" and presets["fig4"]["missing_features"] == []
-    # no training spec field chooses a pre-trained extractor yet
-    assert presets["table2"]["missing_features"] == ["vgg16", "resnet34", "resnet50"]
+    assert presets["table1"]["reported"] == "Table 1" and presets["fig4"]["features"] == []
+    # Table 2's extractors are features datasets of the picked video dataset (the preview says which exist)
+    assert presets["table2"]["features"] == ["vgg16", "resnet34", "resnet50"]
 
 
 @pytest.fixture
@@ -432,15 +432,33 @@ def test_preset_roles_map_onto_the_chosen_modalities(client):
     assert sorted({r["missing_rate"] for r in runs}) == [0.5, 0.8, 0.9, 0.95]
 
 
-def test_preset_without_extractors_drops_that_axis_and_matches_no_paper_numbers(client):
-    refused = client.post("/api/presets/table2/sweeps", json={"dataset": "digits", "seeds": 1, "epochs": 1})
-    assert refused.status_code == 422 and "feature extractors vgg16" in refused.json()["detail"][0]["msg"]
-    sweep = client.post("/api/presets/table2/sweeps",
-                        json={"dataset": "digits", "seeds": 1, "epochs": 1, "only_available": True}).json()
-    assert len(sweep["run_ids"]) == len(available("table2")) * 2 * 3  # × 2 modalities × 3 rates
-    assert any("feature extractors" in note for note in sweep["preset_options"]["left_out"])
+def test_preset_on_a_dataset_without_extractors_uses_its_own_inputs_and_no_paper_numbers(client):
+    sweep = client.post("/api/presets/table2/sweeps", json={"dataset": "digits", "seeds": 1, "epochs": 1})
+    assert sweep.status_code == 201, sweep.text
+    sweep = sweep.json()
+    assert len(sweep["run_ids"]) == 3 * 2 * 3  # ae1, ae2, mle × 2 modalities × 3 rates: the backbone axis collapses
+    assert any("not a raw video dataset" in note for note in sweep["preset_options"]["left_out"])
+    runs = client.get("/api/runs", params={"sweep": sweep["id"], "limit": 100}).json()["items"]
+    assert {r["dataset"] for r in runs} == {"digits"}
     table = client.get(f"/api/sweeps/{sweep['id']}/table").json()
     assert all(cell["paper"] is None for row in table["rows"] for cell in row["cells"])
+
+
+def test_preset_on_a_video_dataset_trains_on_its_extracted_features():
+    """Each backbone maps to the features dataset extracted from the picked dataset; one not
+    extracted yet is missing (refused, or left out on request)."""
+    extracted = {"resnet50": "ravdess-resnet50-imagenet", "vgg16": "ravdess-vgg16-random"}
+    roles = {"visual": "visual", "audio": "audio"}
+    plan = plan_preset(PRESETS["table2"], dataset="ravdess", roles=roles, seeds=1, epochs=2, only_available=True,
+                       is_video=True, features=extracted.get)
+    assert plan.missing_features == ["resnet34"] and not plan.complete
+    assert {c["dataset"] for c in plan.combinations} == set(extracted.values())
+    assert len(plan.combinations) == 3 * 2 * 3 * 2  # methods × roles × rates × extracted backbones
+    assert plan.left_out == ["features not extracted yet: resnet34"]
+    assert "POST /api/datasets/ravdess/features" in plan.missing_message(36, "ravdess")
+    assert backbone_of("ravdess-vgg16-random") == "vgg16" and backbone_of("digits") is None
+    assert source_dataset("ravdess-resnet50-imagenet") == "ravdess" and source_dataset("digits") == "digits"
+    assert TABLE_2.lookup("mle", "add", backbone_of("ravdess-resnet50-imagenet"), "visual", 0.5) == 84.05
 
 
 @pytest.mark.parametrize("body,field,message", [

@@ -3,13 +3,20 @@ missing modality roles, the missing rates, the feature extractors), expanded int
 on the dataset the user picks, with the paper's `visual` and `audio` mapped onto that
 dataset's two modalities.
 
-A preset may name methods or feature extractors the training library does not have yet
-(`hgr`, `ae1`, `ae2`, pre-trained video backbones). It is then refused with what is missing,
-or, when asked, only its available part is created; nothing here stands in for a method.
+A preset's feature extractors (Table 2: VGG-16, ResNet-34, ResNet-50) are the features
+datasets extracted from the picked video dataset — `<dataset>-<backbone>-imagenet` (the
+paper's pre-trained setting) or else `<dataset>-<backbone>-random` — made by
+`POST /api/datasets/<dataset>/features`. On a dataset that is not raw video (digits, a
+features file) there is nothing to extract: the runs use the dataset's own inputs, and the
+preset says so. A preset may also name methods the training library does not have: it is then
+refused with what is missing or, when asked, only its available part is created; nothing here
+stands in for a method.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +25,25 @@ from worker.training.spec import METHODS, TrainSpec
 from .paper import TABLE_1, TABLE_2, PaperTable
 
 ROLES = ("visual", "audio")
-# The TrainSpec field a feature extractor will be chosen by, once the training library has one.
-FEATURES_FIELD = "features"
+# The name feature extraction gives its output (worker/training/audiovisual/extract.py).
+FEATURE_DATASET = re.compile(r"^(?P<source>.+)-(?P<backbone>vgg16|resnet34|resnet50)-(?P<weights>imagenet|random)$")
+
+
+def feature_dataset_names(dataset: str, backbone: str) -> tuple[str, str]:
+    """The features datasets of `dataset` through `backbone`, preferred first."""
+    return f"{dataset}-{backbone}-imagenet", f"{dataset}-{backbone}-random"
+
+
+def backbone_of(dataset: str | None) -> str | None:
+    """The extractor of a features dataset named by feature extraction, else None."""
+    match = FEATURE_DATASET.match(dataset or "")
+    return match["backbone"] if match else None
+
+
+def source_dataset(dataset: str | None) -> str | None:
+    """The video dataset a features dataset was extracted from (itself for any other)."""
+    match = FEATURE_DATASET.match(dataset or "")
+    return match["source"] if match else dataset
 
 
 @dataclass(frozen=True)
@@ -144,13 +168,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def spec_has_features() -> bool:
-    return FEATURES_FIELD in TrainSpec.model_fields
+def missing_capabilities(preset: Preset) -> list[str]:
+    """The preset's methods the training library does not have."""
+    return [m for m in preset.methods if m not in METHODS]
 
 
-def missing_capabilities(preset: Preset) -> tuple[list[str], list[str]]:
-    """The preset's methods and feature extractors the training library does not have yet."""
-    return ([m for m in preset.methods if m not in METHODS], [] if spec_has_features() else preset.features)
+# backbone → the features dataset to train on, or None when it has not been extracted
+FeatureLookup = Callable[[str], str | None]
 
 
 @dataclass
@@ -167,47 +191,53 @@ class PresetPlan:
     def complete(self) -> bool:
         return not self.missing_methods and not self.missing_features
 
-    def missing_message(self, available_runs: int) -> str:
+    def missing_message(self, available_runs: int, dataset: str) -> str:
         parts = []
         if self.missing_methods:
             parts.append(f"method{'s' if len(self.missing_methods) > 1 else ''} "
                          f"{', '.join(self.missing_methods)} (the training library has: {', '.join(METHODS)})")
         if self.missing_features:
-            parts.append(f"feature extractors {', '.join(self.missing_features)} (the training spec has no "
-                         f"`{FEATURES_FIELD}` setting yet)")
+            parts.append(f"features of {dataset} through {', '.join(self.missing_features)}: extract them first "
+                         f"(POST /api/datasets/{dataset}/features with each backbone, or Preprocess and extract "
+                         "on the dataset's page)")
         offer = (f"; set only_available to create the {available_runs} runs that can run now" if available_runs
                  else "; nothing of it can run yet")
-        return "this preset needs what the training library does not have yet: " + " and ".join(parts) + offer
+        return "this preset needs what is not there yet: " + " and ".join(parts) + offer
 
 
 def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: int, epochs: int,
-                only_available: bool) -> PresetPlan:
+                only_available: bool, is_video: bool, features: FeatureLookup) -> PresetPlan:
     """The run specs of the preset, seed by seed (so a first pass fills every cell of the
-    table before seeds repeat). Unavailable methods/extractors are left out when
-    `only_available`, else recorded as missing (and nothing is expanded for them)."""
-    missing_methods, missing_features = missing_capabilities(preset)
-    has_features = not missing_features
+    table before seeds repeat). A feature extractor runs on its features dataset of `dataset`
+    (`features`), or, when `dataset` is not raw video, the runs use its own inputs.
+    Unavailable methods and extractors are left out when `only_available`, else recorded as
+    missing (and nothing is expanded for them)."""
+    missing_methods = missing_capabilities(preset)
+    extractors = preset.features if is_video else []
+    targets = {backbone: features(backbone) for backbone in extractors}
+    missing_features = [backbone for backbone, target in targets.items() if target is None]
     plan = PresetPlan(combinations=[], roles=dict(roles), missing_methods=missing_methods,
                       missing_features=missing_features)
+    if preset.features and not is_video:
+        plan.left_out.append(f"{dataset} is not a raw video dataset, so there are no features to extract: "
+                             f"the {', '.join(preset.features)} runs use its own inputs")
     if only_available:
         if missing_methods:
             plan.left_out.append(f"methods not available yet: {', '.join(missing_methods)}")
         if missing_features:
-            plan.left_out.append(f"feature extractors not available yet ({', '.join(missing_features)}): "
-                                 "runs use the dataset's own inputs")
+            plan.left_out.append(f"features not extracted yet: {', '.join(missing_features)}")
     for seed in range(seeds):
         for block in preset.blocks:
             if block.method in missing_methods:
                 continue
-            extractors = block.features if (block.features and has_features) else (None,)
+            sources = [targets[b] for b in block.features if targets.get(b)] if (block.features and is_video) \
+                else [dataset]
             for role in block.roles:
                 for rate in block.rates:
                     for fusion in block.fusions:
-                        for extractor in extractors:
-                            combination = {"dataset": dataset, "method": block.method, "fusion": fusion,
-                                           "missing_modality": roles[role], "missing_rate": rate,
-                                           "epochs": epochs, "seed": seed}
-                            if extractor is not None:
-                                combination[FEATURES_FIELD] = extractor
-                            plan.combinations.append(combination)
+                        for source in sources:
+                            plan.combinations.append({
+                                "dataset": source, "method": block.method, "fusion": fusion,
+                                "missing_modality": roles[role], "missing_rate": rate, "epochs": epochs, "seed": seed,
+                            })
     return plan

@@ -17,7 +17,7 @@ from . import service
 from .analysis import missing_rate_trend
 from .export import table_csv, table_latex
 from .grid import SweepPlan, expand_grid, plan_sweep
-from .presets import PRESETS, Preset, PresetPlan, missing_capabilities, plan_preset
+from .presets import PRESETS, Preset, PresetPlan, feature_dataset_names, missing_capabilities, plan_preset
 from .schemas import (
     InvalidCombinations,
     PresetOut,
@@ -217,16 +217,28 @@ def _roles(request: PresetRequest, modalities: DatasetCatalog) -> dict[str, str]
 def _preset_plans(preset: Preset, request: PresetRequest, settings) -> tuple[PresetPlan, SweepPlan, str]:
     modalities = DatasetCatalog(settings.data_dir, settings.video_options())
     roles = _roles(request, modalities)
+    picked = modalities.info(request.dataset)
+    is_video = picked is not None and picked.source == "video"
+
+    def features(backbone: str) -> str | None:
+        for name in feature_dataset_names(request.dataset, backbone):
+            info = modalities.info(name)
+            if info is not None and info.error is None:
+                return name
+        return None
+
     preset_plan = plan_preset(preset, dataset=request.dataset, roles=roles, seeds=request.seeds,
-                              epochs=request.epochs, only_available=request.only_available)
+                              epochs=request.epochs, only_available=request.only_available, is_video=is_video,
+                              features=features)
     sweep_plan = plan_sweep(preset_plan.combinations, modalities)
     name = request.name or f"{preset.figure} on {request.dataset} ({len(sweep_plan.runs)} runs)"
     return preset_plan, sweep_plan, name
 
 
-def _preset_refusal(preset_plan: PresetPlan, sweep_plan: SweepPlan, only_available: bool) -> tuple[list, str] | None:
+def _preset_refusal(preset_plan: PresetPlan, sweep_plan: SweepPlan, only_available: bool,
+                    dataset: str) -> tuple[list, str] | None:
     if not preset_plan.complete and (not only_available or not sweep_plan.runs):
-        message = preset_plan.missing_message(len(sweep_plan.runs))
+        message = preset_plan.missing_message(len(sweep_plan.runs), dataset)
         return [{"type": "preset_unavailable", "loc": ("path", "name"), "input": None, "msg": message,
                  "ctx": {"missing_methods": preset_plan.missing_methods,
                          "missing_features": preset_plan.missing_features,
@@ -238,11 +250,10 @@ def _preset_refusal(preset_plan: PresetPlan, sweep_plan: SweepPlan, only_availab
 
 
 def preset_out(preset: Preset) -> PresetOut:
-    missing_methods, missing_features = missing_capabilities(preset)
     return PresetOut(name=preset.name, figure=preset.figure, title=preset.title, description=preset.description,
                      paper_dataset=preset.paper_dataset, focus=preset.focus, methods=preset.methods,
                      features=preset.features, runs_per_seed=preset.runs_per_seed(),
-                     missing_methods=missing_methods, missing_features=missing_features,
+                     missing_methods=missing_capabilities(preset),
                      assumptions=list(preset.assumptions),
                      reported=preset.reported.title if preset.reported else None)
 
@@ -258,7 +269,7 @@ def preview_preset(name: str, request: PresetRequest, settings: SettingsDep) -> 
     """How many runs the preset would create on this dataset, and what it lacks; writes nothing."""
     preset = _preset_or_404(name)
     preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings)
-    refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available)
+    refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available, request.dataset)
     return PresetPreview(runs=len(sweep_plan.runs), roles=preset_plan.roles,
                          missing_methods=preset_plan.missing_methods, missing_features=preset_plan.missing_features,
                          left_out=preset_plan.left_out, would_refuse=refusal is not None,
@@ -274,7 +285,7 @@ def create_preset_sweep(name: str, request: PresetRequest, session: SessionDep, 
     """Create the sweep of a paper experiment on the dataset given, in one call."""
     preset = _preset_or_404(name)
     preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings)
-    refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available)
+    refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available, request.dataset)
     if refusal:
         raise RequestValidationError(refusal[0])
     options = {**request.model_dump(exclude={"name"}), "roles": preset_plan.roles, "left_out": preset_plan.left_out}

@@ -166,10 +166,10 @@ class PresetOut(BaseModel):
     paper_dataset: str
     focus: str
     methods: list[str]
-    features: list[str]
+    features: list[str] = Field(description="Feature extractors: on a video dataset, its features datasets "
+                                           "<dataset>-<backbone>-imagenet|random (the preview says which are missing)")
     runs_per_seed: int
     missing_methods: list[str]
-    missing_features: list[str]
     assumptions: list[str]
     reported: str | None = Field(description="The paper table whose numbers are shown beside the sweep's")
 
@@ -178,7 +178,7 @@ class PresetPreview(BaseModel):
     runs: int
     roles: dict[str, str]
     missing_methods: list[str]
-    missing_features: list[str]
+    missing_features: list[str] = Field(description="Backbones whose features of this dataset are not extracted yet")
     left_out: list[str]
     would_refuse: bool
     message: str | None

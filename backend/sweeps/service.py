@@ -19,7 +19,7 @@ from ..runs.models import TERMINAL_STATES, Run, RunState
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .presets import FEATURES_FIELD, PRESETS
+from .presets import PRESETS, backbone_of, source_dataset
 
 
 class SweepNotFound(LookupError):
@@ -128,7 +128,8 @@ def paper_context(sweep: Sweep, dataset: str | None) -> dict[str, Any] | None:
     preset = PRESETS.get(sweep.preset or "")
     if preset is None or preset.reported is None:
         return None
-    same = dataset is not None and dataset.lower() in preset.paper_dataset_names
+    source = source_dataset(dataset)  # features of RAVDESS are still RAVDESS
+    same = source is not None and source.lower() in preset.paper_dataset_names
     table = preset.reported
     note = (f"Reported in the paper's {table.title} on {table.dataset} ({table.setting})."
             + ("" if same else f" This sweep runs on {dataset}: compare the trends, not the values."))
@@ -141,14 +142,15 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     if preset is None or preset.reported is None:
         return None
     roles = modality_roles(sweep)
-    shared = {repr(r.spec.get(FEATURES_FIELD)) for r in results}
-    common_features = results[0].spec.get(FEATURES_FIELD) if results and len(shared) == 1 else None
+    datasets = {r.spec.get("dataset") for r in results}
+    common_dataset = next(iter(datasets)) if len(datasets) == 1 else None
 
     def lookup(row: Row, column: Column) -> float | None:
         role = roles.get(column.missing_modality)
         if role is None:
             return None
-        features = dict(row.extras).get(FEATURES_FIELD, common_features)
+        # The extractor shows in the features dataset's name: a row per dataset when they vary.
+        features = backbone_of(dict(row.extras).get("dataset", common_dataset))
         value = preset.reported.lookup(row.method, row.fusion, features, role, column.missing_rate)
         return None if value is None else value / 100
 

@@ -142,11 +142,11 @@
     const preset = presets.find((p) => p.name === presetForm.preset.value);
     const info = document.getElementById("p-preset-info");
     if (!preset) return;
-    const lacking = [...preset.missing_methods, ...preset.missing_features];
+    const lacking = preset.missing_methods;
     info.textContent = `${preset.description} Paper: ${preset.paper_dataset}; ${preset.runs_per_seed} runs per seed.` +
       (lacking.length ? ` Not available yet: ${lacking.join(", ")}.` : "") +
+      (preset.features.length ? ` Uses the features of ${preset.features.join(", ")} extracted from the dataset.` : "") +
       (preset.assumptions.length ? ` ${preset.assumptions.join(" ")}` : "");
-    document.getElementById("p-only-available-label").hidden = lacking.length === 0;
   }
 
   const previewPreset = missmod.debounce(async () => {
@@ -170,6 +170,9 @@
     const message = body.message ? body.message[0].toUpperCase() + body.message.slice(1) + "." : "";
     count.textContent = body.would_refuse ? message : `${plural(body.runs, "run")} will be created.`;
     notes.replaceChildren(...body.left_out.map((note) => missmod.el("li", `Left out: ${note}`)));
+    // Whether something is missing depends on the dataset (extracted features), so the preview says.
+    document.getElementById("p-only-available-label").hidden =
+      body.missing_methods.length + body.missing_features.length === 0;
     button.disabled = body.would_refuse;
     button.textContent = body.would_refuse ? "Create sweep" : `Create ${plural(body.runs, "run")}`;
   }, 200);
