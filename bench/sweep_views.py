@@ -115,12 +115,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(settings: Settings) -> tuple[subprocess.Popen, int]:
+def start_server(settings: Settings, processes: int = 1) -> tuple[subprocess.Popen, int]:
+    """uvicorn serving the app from `processes` worker processes (its --workers)."""
     port = free_port()
     env = {**os.environ, "VAR_DIR": str(settings.var_dir), "DATABASE_URL": settings.database_url,
            "BROKER_URL": settings.broker_url}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                               "--workers", str(processes)],
                               cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

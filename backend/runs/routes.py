@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -152,11 +152,12 @@ def get_metrics(
     else:
         points = service.metrics_after(session, run_id, after, limit)
         body["cursor"], body["downsampled"] = (points[-1].id if points else after), False
-    # A long run's page holds tens of thousands of points: they are written straight to JSON
-    # (values are finite or null: non-finite ones are stored as NULL) instead of through a
-    # pydantic object per point, which was most of the request's time. The shape is MetricsPage.
+    # A long run's page holds tens of thousands of points: they are written straight to JSON by
+    # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
+    # pydantic object per point and the json module, which were most of the request's time
+    # (bench/api_views.py). The shape is MetricsPage.
     body["points"] = [{"epoch": epoch, "name": name, "value": value} for _, epoch, name, value in points]
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,

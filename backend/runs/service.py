@@ -317,15 +317,17 @@ def metrics_after(session: Session, run_id: int, after: int = 0, limit: int = 10
         .order_by(MetricPoint.id)
         .limit(limit)
     )
-    return list(session.execute(query))
+    # Through the connection, not the ORM session: a plain Core query needs none of the ORM's
+    # row handling, which took half of a long run's metrics request (bench/api_views.py).
+    return session.connection().execute(query).all()
 
 
 def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple[list[Row], int, int]:
     """Every series of the run cut to about `max_points` points (extremes kept), the cursor of
     the newest point (a live stream appends from there), and how many points there were."""
-    points = list(session.execute(
+    points = session.connection().execute(
         select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch)
-    ))
+    ).all()
     cursor = max((p.id for p in points), default=0)
     kept: list[Row] = []
     for _, series in groupby(points, key=lambda p: p.name):
