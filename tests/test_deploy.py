@@ -124,14 +124,25 @@ def test_dockerignore_keeps_the_build_context_small():
     assert {".venv", "var", ".git", ".env"} <= set(ignored)
 
 
-def test_the_api_and_the_workers_parent_process_do_not_load_torch():
-    """CUDA must be touched only inside a task, never in the worker's parent before it forks;
-    and the API starts without torch."""
+def test_the_api_and_the_worker_modules_do_not_load_torch():
+    """The API starts without torch; the worker loads it only once it starts (below)."""
     probe = ("import sys, backend.main, worker.celery_app, worker.tasks, worker.gpu_worker; "
              "sys.exit('torch' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
                                env={**os.environ, "VAR_DIR": str(ROOT / "var")})
     assert completed.returncode == 0, completed.stderr or "torch was imported"
+
+
+def test_the_worker_preloads_the_training_library_without_touching_cuda_or_starting_threads():
+    """What the worker's main process does when it starts (Celery's worker_init), so that each
+    run's process, forked from it, starts at once; CUDA must be touched only inside a run."""
+    probe = ("import sys, threading, worker.celery_app; from celery import signals; "
+             "signals.worker_init.send(sender=None); import torch; "
+             "assert 'worker.executor' in sys.modules and 'torch._dynamo' in sys.modules; "
+             "assert not torch.cuda.is_initialized(); assert threading.active_count() == 1, threading.enumerate()")
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "VAR_DIR": str(ROOT / "var")})
+    assert completed.returncode == 0, completed.stderr
 
 
 def test_each_worker_of_a_host_claims_a_gpu_of_its_own(tmp_path):

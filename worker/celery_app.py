@@ -1,6 +1,7 @@
 """The worker's Celery app: `celery -A worker.celery_app worker`. Same broker settings as
-the API (backend.queue), plus the task. torch is imported only inside the task, never in the
-parent process before it forks (CUDA must not be initialised before a fork)."""
+the API (backend.queue), plus the task. The worker's main process imports torch once it starts
+(worker/preload.py) but never initialises CUDA: that happens only inside a run's own process.
+Importing this module alone loads no torch."""
 
 from backend.queue import make_celery
 from backend.settings import get_settings
@@ -14,4 +15,4 @@ celery_app.conf.update(
     worker_max_tasks_per_child=1,
 )
 
-from . import shutdown, tasks  # noqa: E402,F401  (register the signal handlers and the task)
+from . import preload, shutdown, tasks  # noqa: E402,F401  (register the signal handlers and the task)

@@ -23,7 +23,7 @@ DATABASE_RETRY_SECONDS = 5.0
 
 @celery_app.task(name=TRAIN_RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def train_run(self, run_id: int) -> None:
-    from .executor import DatabaseUnavailable, execute_run  # imports torch, in the child process only
+    from .executor import DatabaseUnavailable, execute_run  # preloaded by the worker (worker/preload.py)
 
     try:
         with shutdown.stop_after_epoch_on_sigterm():
