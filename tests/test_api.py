@@ -181,7 +181,7 @@ def test_stream_sends_points_then_state_then_end(client, settings):
     with client.stream("GET", f"/api/runs/{run['id']}/stream", headers={"Last-Event-ID": str(cursor)}) as response:
         assert [n for n, _ in read_events(response)] == ["run", "end"]
     confusion = client.get(f"/api/runs/{run['id']}/confusion").json()
-    assert confusion == {"epoch": 2, "classes": ["a", "b"], "counts": [[1, 0], [1, 1]]}
+    assert confusion == {"epoch": 2, "classes": ["a", "b"], "counts": [[1, 0], [1, 1]], "counted": "samples"}
 
 
 def test_catalog_lists_datasets_and_methods(client):

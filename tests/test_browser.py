@@ -63,6 +63,7 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, dashboard):
     heatmap = page.evaluate("() => document.getElementById('chart-confusion').data[0]")
     assert heatmap["type"] == "heatmap" and len(heatmap["z"]) == 10 and len(heatmap["z"][0]) == 10
     assert sum(map(sum, heatmap["text"])) > 0  # counts
+    assert " samples (" in heatmap["hovertemplate"]  # digits has no groups: a count is a test sample
     assert "%" in page.text_content("#run-test-accuracy")
     assert page.is_hidden("#cancel-run")
     assert page.js_errors == []

@@ -68,6 +68,7 @@ def test_a_run_on_a_raw_ravdess_folder_preprocesses_then_scores_videos(video_set
     confusion = client.get(f"/api/runs/{run['id']}/confusion").json()
     assert confusion["classes"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
     assert sum(map(sum, confusion["counts"])) == 6  # one vote per test video
+    assert confusion["counted"] == "groups"
     names = {p["name"] for p in client.get(f"/api/runs/{run['id']}/metrics").json()["points"]}
     assert {"test_accuracy", "test_sample_accuracy", "val_accuracy"} <= names
     assert {d["name"]: d for d in client.get("/api/datasets").json()}["ravdess"]["preprocessed"] is True

@@ -163,11 +163,13 @@ def get_metrics(
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
-    _get_or_404(session, run_id)
+    run = _get_or_404(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
-    return ConfusionOut.model_validate(matrix)
+    grouped = (run.info or {}).get("accuracy_level") == "group"
+    return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
+                        counted="groups" if grouped else "samples")
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,

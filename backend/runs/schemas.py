@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
@@ -142,3 +142,6 @@ class ConfusionOut(BaseModel):
     epoch: int = Field(description="The epoch chosen on validation accuracy")
     classes: list[str]
     counts: list[list[int]] = Field(description="Rows: true class; columns: predicted class")
+    counted: Literal["samples", "groups"] = Field(
+        "samples", description="What a count counts: test samples, or groups (videos) when the run's accuracy is "
+                               "per group (its segments' probabilities averaged)")

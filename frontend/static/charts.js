@@ -28,15 +28,18 @@ const missmodCharts = (() => {
     return colours.get(key);
   }
 
+  // A confusion matrix as GET /api/runs/{id}/confusion gives it: normalised per true class, the
+  // counts (test samples, or videos when the run's accuracy is per video) shown and on hover.
   function confusion(div, matrix, title) {
     const totals = matrix.counts.map((row) => row.reduce((a, b) => a + b, 0));
     const normalised = matrix.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
     const small = matrix.classes.length > 6;
+    const counted = matrix.counted === "groups" ? "videos (groups)" : "samples";
     Plotly.newPlot(div, [{
       type: "heatmap", z: normalised, x: matrix.classes, y: matrix.classes, customdata: matrix.counts,
-      colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1, showscale: false,
-      texttemplate: small ? "%{z:.0%}" : "%{z:.0%}<br>(%{customdata})", textfont: { size: small ? 9 : 11 },
-      hovertemplate: "true %{y}, predicted %{x}<br>%{customdata} samples (%{z:.1%} of the row)<extra></extra>",
+      text: matrix.counts, colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1,
+      showscale: false, texttemplate: small ? "%{z:.0%}" : "%{z:.0%}<br>(%{text})", textfont: { size: small ? 9 : 11 },
+      hovertemplate: `true %{y}, predicted %{x}<br>%{customdata} ${counted} (%{z:.1%} of the row)<extra></extra>`,
     }], {
       title: title ? { text: title, font: { size: 13 }, x: 0.02, xanchor: "left" } : undefined,
       margin: { t: title ? 34 : 10, r: 10, b: 50, l: 60 },

@@ -61,18 +61,7 @@
     if (!ok) return;
     confusionShown = true;
     document.getElementById("confusion-waiting")?.remove();
-    const totals = body.counts.map((row) => row.reduce((a, b) => a + b, 0));
-    const normalised = body.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
-    Plotly.newPlot("chart-confusion", [{
-      type: "heatmap", z: normalised, x: body.classes, y: body.classes, customdata: body.counts,
-      colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1, text: body.counts, texttemplate: "%{text}",
-      hovertemplate: "true %{y}, predicted %{x}<br>%{customdata} samples (%{z:.1%} of the row)<extra></extra>",
-    }], {
-      margin: { t: 10, r: 10, b: 60, l: 70 },
-      xaxis: { title: { text: "predicted" }, type: "category" },
-      yaxis: { title: { text: "true" }, type: "category", autorange: "reversed" },
-    }, PLOT_CONFIG);
-    document.getElementById("chart-confusion").dataset.ready = "true";
+    missmodCharts.confusion(document.getElementById("chart-confusion"), body);
   }
 
   function showInfo(info, run) {
