@@ -85,7 +85,8 @@ def measure() -> list[Row]:
         sessions = session_factory(settings.database_url)
         with sessions() as session:
             run = Run(name="latency", spec={"epochs": POINTS}, dataset="digits", method="mle", fusion="add",
-                      missing_modality="bottom", missing_rate=0.9, seed=0, state=RunState.running, created_at=utcnow())
+                      missing_modality="bottom", missing_rate=0.9, seed=0, state=RunState.running, created_at=utcnow(),
+                      heartbeat_at=utcnow())  # alive: the server's reconcile step leaves it alone
             session.add(run)
             session.commit()
             run_id = run.id
