@@ -51,6 +51,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def queued_run_ids(settings: Settings) -> list[int]:
+    """The ids waiting in the embedded (filesystem) broker's queue, in the order they were sent."""
+    import json
+
+    messages = sorted((settings.broker_dir / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return [int(json.loads(p.read_text())["headers"]["id"]) for p in messages]
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from backend.queue import RunQueue
 from backend.runs import service
 from backend.runs.models import Run, RunState
 from worker.executor import holder_is_dead_here
+from .conftest import queued_run_ids
 
 VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
          "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -41,13 +42,6 @@ def queue(settings):
 @pytest.fixture
 def client(client_for, settings):
     return client_for(settings)
-
-
-def queued_ids(settings) -> list[int]:
-    import json
-
-    folder = settings.broker_dir / "queue"
-    return sorted(int(json.loads(p.read_text())["headers"]["id"]) for p in folder.iterdir())
 
 
 def drain(settings) -> None:
@@ -151,7 +145,7 @@ def test_reconcile_queues_again_a_run_whose_worker_died_and_sends_its_id(client,
     assert report.requeued == [run_id] and report.sent == [run_id]
     run = get(sessions, run_id)
     assert (run.state, run.worker, run.worker_losses, run.awaiting_broker_since) == ("queued", None, 1, None)
-    assert queued_ids(settings) == [run_id]
+    assert queued_run_ids(settings) == [run_id]
     assert claim(sessions, run_id, "b@host/2").run is not None
 
 
@@ -190,12 +184,12 @@ def test_an_id_that_never_reached_the_broker_is_sent_by_reconcile(client, sessio
                         .values(awaiting_broker_since=utcnow() - timedelta(seconds=TIMEOUT + 1)))
         session.commit()
         assert service.reconcile(session, queue, heartbeat_timeout=TIMEOUT, max_retries=2).sent == [run_id]
-    assert queued_ids(settings) == [run_id] and get(sessions, run_id).awaiting_broker_since is None
+    assert queued_run_ids(settings) == [run_id] and get(sessions, run_id).awaiting_broker_since is None
 
 
 def test_a_sent_run_is_not_awaiting_the_broker(client, sessions, settings):
     run_id = new_run(client)
-    assert get(sessions, run_id).awaiting_broker_since is None and queued_ids(settings) == [run_id]
+    assert get(sessions, run_id).awaiting_broker_since is None and queued_run_ids(settings) == [run_id]
 
 
 def test_a_worker_shutting_down_gives_its_run_back_without_counting_a_loss(client, sessions):

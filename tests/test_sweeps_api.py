@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 
 import pytest
@@ -20,6 +19,7 @@ from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
 from backend.sweeps.presets import PRESETS, Block, Preset, backbone_of, plan_preset, source_dataset
 from worker.training.spec import METHODS
+from .conftest import queued_run_ids
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
         "missing_rate": [0.5, 0.9], "seed": [0, 1, 2], "epochs": 2}
@@ -33,12 +33,6 @@ def settings(embedded_settings):
 @pytest.fixture
 def client(client_for, settings):
     return client_for(settings)
-
-
-def queued_ids(settings) -> list[int]:
-    """Run ids in the broker's queue, in the order they were sent."""
-    messages = sorted((settings.broker_dir / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns)
-    return [int(json.loads(p.read_text())["headers"]["id"]) for p in messages]
 
 
 def counts(settings) -> tuple[int, int]:
@@ -67,7 +61,7 @@ def test_preview_counts_and_writes_nothing(client, settings):
     assert preview["combinations"] == preview["runs"] == 12 and preview["invalid"] == []
     assert preview["would_refuse"] is False
     assert preview["name"] == "digits: 2 methods × 2 missing rates × 3 seeds (12 runs)"
-    assert counts(settings) == (0, 0) and queued_ids(settings) == []
+    assert counts(settings) == (0, 0) and queued_run_ids(settings) == []
 
 
 def test_create_commits_every_run_then_sends_the_ids_seed_by_seed(client, settings):
@@ -76,7 +70,7 @@ def test_create_commits_every_run_then_sends_the_ids_seed_by_seed(client, settin
     sweep = response.json()
     assert sweep["name"] == "grid" and sweep["progress"]["queued"] == 12 and sweep["progress"]["total"] == 12
     assert sweep["grid"]["method"] == ["mle", "lower_bound"] and sweep["grid"]["fusion"] == ["add"]
-    assert queued_ids(settings) == sweep["run_ids"]  # every id sent, in creation order
+    assert queued_run_ids(settings) == sweep["run_ids"]  # every id sent, in creation order
     runs = client.get("/api/runs", params={"sweep": sweep["id"], "sort": "id", "limit": 100}).json()["items"]
     assert [r["id"] for r in runs] == sweep["run_ids"]
     assert [r["seed"] for r in runs] == [0] * 4 + [1] * 4 + [2] * 4  # seed varies slowest
@@ -110,7 +104,7 @@ def test_every_run_is_committed_before_the_first_id_is_sent(settings):
         sweeps.create_sweep(session, queue, plan, name="watched", grid=grid)
     queue.close()
     assert visible_at_send == [12] * 12
-    assert len(queued_ids(settings)) == 12
+    assert len(queued_run_ids(settings)) == 12
 
 
 def test_invalid_combination_is_refused_with_the_reason_and_nothing_is_written(client, settings):
@@ -121,7 +115,7 @@ def test_invalid_combination_is_refused_with_the_reason_and_nothing_is_written(c
     assert error["loc"] == ["body", "fusion"] and error["input"] == "outer"
     assert "not available for method 'zero_padding'" in error["msg"] and "6 of 24 combinations" in error["msg"]
     assert error["ctx"]["example"]["method"] == "zero_padding"
-    assert counts(settings) == (0, 0) and queued_ids(settings) == []
+    assert counts(settings) == (0, 0) and queued_run_ids(settings) == []
     # the preview says the same, with the count
     preview = client.post("/api/sweeps/preview", json=body).json()
     assert preview["runs"] == 18 and preview["would_refuse"] and preview["invalid"][0]["combinations"] == 6
@@ -163,7 +157,7 @@ def test_bad_grid_is_422_naming_the_field(client, settings, case, change, field,
     assert response.status_code == 422, response.text
     errors = response.json()["detail"]
     assert any((field is None or e["loc"][-1] == field) and message in e["msg"] for e in errors), errors
-    assert counts(settings) == (0, 0) and queued_ids(settings) == []
+    assert counts(settings) == (0, 0) and queued_run_ids(settings) == []
 
 
 def test_required_field_absent_is_named_once(client, settings):
@@ -329,7 +323,7 @@ def test_retry_sweep_requeues_failed_runs(client, settings):
     retried = client.post(f"/api/sweeps/{sweep['id']}/retry").json()
     assert retried == {"run_ids": [sweep["run_ids"][0]]}
     assert client.get(f"/api/runs/{sweep['run_ids'][0]}").json()["state"] == "queued"
-    assert queued_ids(settings).count(sweep["run_ids"][0]) == 2
+    assert queued_run_ids(settings).count(sweep["run_ids"][0]) == 2
 
 
 # --- presets ----------------------------------------------------------------------------
