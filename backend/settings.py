@@ -84,8 +84,8 @@ class Settings(BaseSettings):
 
     def video_options(self):
         """Where the raw audio-visual datasets are and how they are preprocessed (training library)."""
-        from worker.training.audiovisual.catalog import VideoOptions
-        from worker.training.audiovisual.config import PreprocessConfig
+        from training.audiovisual.catalog import VideoOptions
+        from training.audiovisual.config import PreprocessConfig
 
         return VideoOptions(
             roots={name: path for name, path in (("ravdess", self.ravdess_dir), ("enterface05", self.enterface05_dir))

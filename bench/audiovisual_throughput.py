@@ -65,8 +65,8 @@ def make_ravdess_like(root: Path, n_clips: int, n_encoded: int = 24, seconds: fl
 
 
 def preprocessing_rate(data_dir: Path, workers: int) -> tuple[float, int]:
-    from worker.training.audiovisual import catalog
-    from worker.training.audiovisual.catalog import VideoOptions
+    from training.audiovisual import catalog
+    from training.audiovisual.catalog import VideoOptions
 
     shutil.rmtree(data_dir / "preprocessed", ignore_errors=True)
     options = VideoOptions(workers=workers)
@@ -76,8 +76,8 @@ def preprocessing_rate(data_dir: Path, workers: int) -> tuple[float, int]:
 
 
 def small_cnn_training_rate(data_dir: Path, device: str) -> tuple[float, str]:
-    from worker.training.spec import TrainSpec
-    from worker.training.train import TrainingCallback, train
+    from training.spec import TrainSpec
+    from training.train import TrainingCallback, train
 
     class Timer(TrainingCallback):
         def __init__(self):
@@ -101,10 +101,10 @@ def small_cnn_training_rate(data_dir: Path, device: str) -> tuple[float, str]:
 def backbone_step_rate(name: str, device: str, batch: int = 16, steps: int = 3) -> float:
     import torch
 
-    from worker.training.methods import Batch, MaximumLikelihood, ReferenceInputs
-    from worker.training.prepare import ModalityInput
-    from worker.training.spec import TrainSpec
-    from worker.training.train import pick_device
+    from training.methods import Batch, MaximumLikelihood, ReferenceInputs
+    from training.prepare import ModalityInput
+    from training.spec import TrainSpec
+    from training.train import pick_device
 
     target = pick_device(device)
     spec = TrainSpec(dataset="ravdess", method="mle", missing_modality="visual", missing_rate=0.5, encoder=name)
@@ -143,7 +143,7 @@ def main() -> None:
     if not 24 <= args.clips <= 576:
         parser.error("--clips: between 24 (for the 70/15/15 split) and 576 (distinct RAVDESS names)")
 
-    from worker.training.audiovisual.preprocess import default_workers
+    from training.audiovisual.preprocess import default_workers
 
     with tempfile.TemporaryDirectory() as temporary:
         data_dir = Path(temporary) / "data"

@@ -18,11 +18,11 @@ import argparse
 import torch
 from torch.utils import benchmark
 
-from worker.training.fusion import FUSIONS
-from worker.training.likelihood import log_posterior, marginal_scores, marginal_scores_bruteforce
-from worker.training.methods import Batch, LowerBound, MaximumLikelihood, ReferenceInputs
-from worker.training.model import mlp_two_view_model
-from worker.training.spec import TrainSpec
+from training.fusion import FUSIONS
+from training.likelihood import log_posterior, marginal_scores, marginal_scores_bruteforce
+from training.methods import Batch, LowerBound, MaximumLikelihood, ReferenceInputs
+from training.model import mlp_two_view_model
+from training.spec import TrainSpec
 
 from .rows import Row, print_table
 

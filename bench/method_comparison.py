@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from worker.training.spec import TrainSpec
-from worker.training.train import train
+from training.spec import TrainSpec
+from training.train import train
 
 
 def compare(dataset: str, missing_modality: str, missing_rate: float, methods: list[tuple[str, str]],

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.training.spec import METHODS, TrainSpec
-from worker.training.train import train
+from training.spec import METHODS, TrainSpec
+from training.train import train
 
 
 def grid(methods: list[str]) -> list[tuple[str, str]]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from worker.training.spec import TrainSpec
-from worker.training.train import TrainingCallback, train
+from training.spec import TrainSpec
+from training.train import TrainingCallback, train
 
 from .rows import Row
 

@@ -1,2 +1,2 @@
 """missmod's worker: the Celery app and task that run training jobs (celery_app, tasks,
-executor) and the training library (worker.training), which can also be used on its own."""
+executor, dataset_jobs). The training library it runs is the top-level package `training`."""

@@ -6,6 +6,8 @@ Importing this module alone loads no torch."""
 from backend.queue import make_celery
 from backend.settings import get_settings
 
+from . import preload, shutdown, tasks  # noqa: F401  (the signal handlers and the shared tasks)
+
 settings = get_settings()
 celery_app = make_celery(settings)
 celery_app.conf.update(
@@ -14,5 +16,3 @@ celery_app.conf.update(
     # it, and a run that leaves CUDA unusable (a device-side assert) cannot fail the next ones.
     worker_max_tasks_per_child=1,
 )
-
-from . import preload, shutdown, tasks  # noqa: E402,F401  (register the signal handlers and the task)

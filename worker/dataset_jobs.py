@@ -48,9 +48,9 @@ def _heartbeat(sessions, job_id: int, interval: float, stop: threading.Event) ->
 
 
 def execute_job(job_id: int, settings: Settings, worker: str | None = None) -> None:
-    from worker.training.audiovisual.extract import ExtractionStopped, extract_features
-    from worker.training.audiovisual.preprocess import PreprocessingStopped
-    from worker.training.datasets import prepare_raw_dataset
+    from training.audiovisual.extract import ExtractionStopped, extract_features
+    from training.audiovisual.preprocess import PreprocessingStopped
+    from training.datasets import prepare_raw_dataset
 
     sessions = session_factory(settings.database_url)
     with sessions() as session:

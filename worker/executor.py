@@ -27,8 +27,8 @@ from backend.runs import service
 from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
 
-from .training.spec import TrainSpec
-from .training.train import TrainingCallback, train
+from training.spec import TrainSpec
+from training.train import TrainingCallback, train
 
 log = logging.getLogger("missmod.worker")
 

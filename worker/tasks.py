@@ -1,5 +1,6 @@
 """The Celery tasks: thin wrappers that hand a run id to the executor, a dataset job id to
-dataset_jobs."""
+dataset_jobs. They are shared tasks, bound to whichever app imports this module (worker.celery_app),
+so this module never imports the app back."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import logging
 import os
 import time
 
+from celery import shared_task
 from celery.exceptions import Reject
 
 from backend.queue import DATASET_JOB_TASK, TRAIN_RUN_TASK
+from backend.settings import get_settings
 
 from . import shutdown
-from .celery_app import celery_app, settings
 
 log = logging.getLogger("missmod.worker")
 
@@ -21,13 +23,13 @@ log = logging.getLogger("missmod.worker")
 DATABASE_RETRY_SECONDS = 5.0
 
 
-@celery_app.task(name=TRAIN_RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=TRAIN_RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def train_run(self, run_id: int) -> None:
     from .executor import DatabaseUnavailable, execute_run  # preloaded by the worker (worker/preload.py)
 
     try:
         with shutdown.stop_after_epoch_on_sigterm():
-            execute_run(int(run_id), settings, worker=f"{self.request.hostname}/{os.getpid()}",
+            execute_run(int(run_id), get_settings(), worker=f"{self.request.hostname}/{os.getpid()}",
                         stop_requested=shutdown.requested)
     except DatabaseUnavailable as error:
         # Nothing was claimed: the id goes back to the broker rather than being dropped.
@@ -36,8 +38,8 @@ def train_run(self, run_id: int) -> None:
         raise Reject(str(error), requeue=True) from None
 
 
-@celery_app.task(name=DATASET_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=DATASET_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def dataset_job(self, job_id: int) -> None:
     from .dataset_jobs import execute_job  # imports torch, in the child process only
 
-    execute_job(int(job_id), settings, worker=f"{self.request.hostname}/{os.getpid()}")
+    execute_job(int(job_id), get_settings(), worker=f"{self.request.hostname}/{os.getpid()}")

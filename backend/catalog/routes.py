@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from worker.training.datasets import dataset_infos
-from worker.training.spec import METHODS
+from training.datasets import dataset_infos
+from training.spec import METHODS
 
 from ..api.deps import SettingsDep
 

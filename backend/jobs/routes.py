@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from worker.training.datasets import UnknownDatasetError, dataset_info
+from training.datasets import UnknownDatasetError, dataset_info
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId

@@ -1,13 +1,13 @@
 """A run's files (its checkpoint, and whatever else a worker writes for it) under
 ARTIFACT_DIR/runs/<id>/, listed and served by the API. The requested path comes from the URL,
-so it is resolved inside that directory or refused (worker/training/paths.py)."""
+so it is resolved inside that directory or refused (training/paths.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.training.paths import PathOutsideRoot, inside
+from training.paths import PathOutsideRoot, inside
 
 from ..settings import Settings
 

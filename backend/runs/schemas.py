@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
-from worker.training.spec import TrainSpec
+from training.spec import TrainSpec
 
 from ..api.params import has_control_characters
 

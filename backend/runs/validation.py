@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.training.datasets import DatasetInfo, UnknownDatasetError, dataset_info
-from worker.training.spec import spec_errors_for_dataset
+from training.datasets import DatasetInfo, UnknownDatasetError, dataset_info
+from training.spec import spec_errors_for_dataset
 
 from .schemas import RunCreate
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.training.spec import METHODS, TrainSpec
+from training.spec import METHODS, TrainSpec
 
 from .paper import TABLE_1, TABLE_2, PaperTable
 
 ROLES = ("visual", "audio")
-# The name feature extraction gives its output (worker/training/audiovisual/extract.py).
+# The name feature extraction gives its output (training/audiovisual/extract.py).
 FEATURE_DATASET = re.compile(r"^(?P<source>.+)-(?P<backbone>vgg16|resnet34|resnet50)-(?P<weights>imagenet|random)$")
 
 

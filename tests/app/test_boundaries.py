@@ -1,0 +1,144 @@
+"""The layering rules (docs/architecture.md), checked on the real import graph that grimp builds
+from every import statement of the code, those inside functions included:
+
+    training  ←  backend  ←  worker          missmod (the client) → none of them
+    (bottom)     (API)        (Celery)
+
+no arrow points up and there is no import cycle anywhere. Beside the graph, two run-time facts:
+the API never imports torch when it starts (it must start fast and without a GPU), and the
+training library loads nothing of the web side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grimp
+import pytest
+
+from tests.support import ROOT
+
+OUR_PACKAGES = ("training", "backend", "worker", "missmod")
+WEB_SIDE = ("backend", "worker", "missmod", "fastapi", "starlette", "sqlalchemy", "alembic", "celery", "kombu",
+            "redis", "uvicorn", "sse_starlette")
+# What each of our packages must never import, directly or through a function-level import.
+FORBIDDEN = {
+    "training": WEB_SIDE,
+    "backend": ("worker", "missmod"),
+}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    present = [name for name in OUR_PACKAGES if (ROOT / name / "__init__.py").exists()]
+    return grimp.build_graph(*present, include_external_packages=True, exclude_type_checking_imports=True)
+
+
+def ours(module: str) -> bool:
+    return module.split(".")[0] in OUR_PACKAGES
+
+
+def import_edges(graph) -> dict[str, set[str]]:
+    """module → the modules of ours it imports. Importing `a.b.c` runs `a/__init__` and
+    `a/b/__init__` first, so an import that comes from outside package `a.b` is also an edge to
+    it: that is how a package's __init__ can close a cycle that the modules alone do not show."""
+    edges: dict[str, set[str]] = {}
+    for module in graph.modules:
+        if not ours(module):
+            continue
+        targets = set()
+        for imported in graph.find_modules_directly_imported_by(module):
+            if not ours(imported):
+                continue
+            targets.add(imported)
+            parts = imported.split(".")
+            for depth in range(1, len(parts)):
+                parent = ".".join(parts[:depth])
+                if not (module == parent or module.startswith(parent + ".")):
+                    targets.add(parent)
+        targets.discard(module)
+        edges[module] = targets
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = counter
+                counter += 1
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(edges.get(child, ())))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+    return found
+
+
+def test_the_cycle_finder_finds_what_it_must_and_only_that():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}) == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_there_is_no_import_cycle_anywhere(graph):
+    assert cycles(import_edges(graph)) == []
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_arrows_point_only_down(graph, package):
+    if not (ROOT / package / "__init__.py").exists():
+        pytest.fail(f"{package}/ is missing")
+    wrong = []
+    for module in sorted(m for m in graph.modules if m == package or m.startswith(package + ".")):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported.split(".")[0] in FORBIDDEN[package]:
+                wrong.append(f"{module} → {imported}")
+    assert wrong == []
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_the_api_and_its_pages_load_without_torch():
+    loaded = modules_loaded_by("from backend.main import create_app; import backend.sweeps.routes, "
+                               "backend.pages.routes, backend.runs.validation, backend.sweeps.presets")
+    assert "torch" not in loaded
+
+
+def test_the_training_library_loads_nothing_of_the_web_side():
+    loaded = modules_loaded_by("import training.train, training.spec, training.datasets")
+    assert not {m for m in loaded if m.split(".")[0] in WEB_SIDE}

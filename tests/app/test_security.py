@@ -1,0 +1,213 @@
+"""Who gets in, what a hostile request can do: the API token, cross-site requests, request
+size, error responses, and paths that try to leave their directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from backend.main import create_app
+from backend.settings import Settings
+from training.paths import PathOutsideRoot, inside
+
+VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
+         "missing_rate": 0.9, "epochs": 3, "seed": 0}
+TOKEN = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture
+def guarded(embedded_settings) -> Settings:
+    return embedded_settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+
+
+@pytest.fixture
+def client(client_for, guarded):
+    return client_for(guarded)
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def queue_files(settings) -> list[str]:
+    return os.listdir(settings.broker_dir / "queue")
+
+
+def test_with_a_token_set_an_unauthenticated_mutating_request_is_refused(client, guarded):
+    for headers in ({}, bearer("wrong-token-wrong-token"), {"Authorization": TOKEN}):
+        response = client.post("/api/runs", json=VALID, headers=headers)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert queue_files(guarded) == []
+    assert client.post("/api/runs/1/cancel").status_code == 401
+    created = client.post("/api/runs", json=VALID, headers=bearer())
+    assert created.status_code == 201 and len(queue_files(guarded)) == 1
+    assert client.post(f"/api/runs/{created.json()['id']}/cancel", headers=bearer()).status_code == 200
+
+
+def test_with_a_token_set_reading_needs_it_too_except_health(client):
+    for path in ["/api/runs", "/api/runs/1", "/api/datasets", "/openapi.json", "/docs", "/"]:
+        refused = client.get(path, follow_redirects=False)
+        assert refused.status_code == (303 if path in ("/docs", "/") else 401), path  # pages go to the sign-in
+        assert client.get(path, headers=bearer()).status_code in (200, 404), path
+    assert client.get("/api/health").status_code == 200
+    assert client.get("/static/app.css").status_code == 200
+    page = client.get("/runs/1?x=1", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fruns%2F1%3Fx%3D1"
+    assert client.get("/login").status_code == 200
+
+
+def test_a_browser_signs_in_once_and_holds_a_session(client_for, guarded):
+    browser = client_for(guarded)
+    assert browser.post("/api/session", json={"token": "wrong"}).status_code == 401
+    signed_in = browser.post("/api/session", json={"token": TOKEN})
+    assert signed_in.status_code == 204
+    cookie = signed_in.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and TOKEN.lower() not in cookie
+    assert browser.get("/api/runs").status_code == 200
+    assert browser.post("/api/runs", json=VALID).status_code == 201
+    assert browser.get("/").status_code == 200
+    browser.delete("/api/session")
+    assert browser.get("/api/runs").status_code == 401
+    # a cookie signed for another token does not open this one
+    other = client_for(guarded.model_copy(update={"api_token": SecretStr("another-token-another-token")}))
+    other.post("/api/session", json={"token": "another-token-another-token"})
+    stranger = client_for(guarded)
+    stranger.cookies.update(other.cookies)
+    assert other.get("/api/runs").status_code == 200 and stranger.get("/api/runs").status_code == 401
+
+
+def test_sign_in_redirects_only_within_the_site(client):
+    for target, expected in [("/runs/3", "/runs/3"), ("https://evil.example/", "/"), ("//evil.example", "/"),
+                             ("/\\evil.example", "/")]:
+        page = client.get("/login", params={"next": target}).text
+        assert f'data-next="{expected}"' in page, target
+
+
+@pytest.mark.parametrize("token_set", [False, True])
+def test_cross_site_requests_cannot_change_anything(client_for, embedded_settings, guarded, token_set):
+    settings = guarded if token_set else embedded_settings
+    client = client_for(settings)
+    if token_set:
+        client.post("/api/session", json={"token": TOKEN})  # a signed-in browser: its cookie would be sent
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        response = client.post("/api/runs", json=VALID, headers=headers)
+        assert response.status_code == 403 and response.json()["detail"] == "cross-site request refused", headers
+        assert client.delete("/api/session", headers=headers).status_code == 403
+    assert queue_files(settings) == []
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://testserver"}, {}):
+        assert client.post("/api/runs", json=VALID, headers=headers).status_code == 201, headers
+    assert client.get("/api/runs", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # reading: CORS rules
+
+
+def test_a_body_above_the_limit_is_413(client_for, embedded_settings):
+    client = client_for(embedded_settings.model_copy(update={"max_request_bytes": 4096}))
+    response = client.post("/api/runs", content=b'{"name": "' + b"x" * 10_000 + b'"}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert client.post("/api/runs", json=VALID).status_code == 201
+
+
+def test_an_unexpected_error_is_a_500_without_a_traceback(embedded_settings, caplog):
+    app = create_app(embedded_settings)
+
+    @app.get("/api/explode")
+    def explode():
+        raise RuntimeError("secret internals: /etc/missmod/password")
+
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/api/explode")
+    assert response.status_code == 500
+    body = response.text
+    assert "reference" in body and "secret internals" not in body and "Traceback" not in body
+    reference = response.json()["detail"].split("reference ")[1].split(" ")[0]
+    assert any(reference in record.getMessage() for record in caplog.records)  # the server log has it
+
+
+def test_pages_carry_a_content_security_policy(client_for, embedded_settings):
+    client = client_for(embedded_settings)
+    page = client.get("/runs/new")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in client.get("/docs").headers  # FastAPI's page loads a CDN
+
+
+def test_listening_beyond_localhost_without_a_token_warns_loudly(embedded_settings, caplog):
+    with caplog.at_level(logging.WARNING, logger="missmod"):
+        with TestClient(create_app(embedded_settings.model_copy(update={"host": "0.0.0.0"}))):
+            pass
+    assert any("NO API_TOKEN" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="missmod"):
+        with TestClient(create_app(embedded_settings.model_copy(update={"host": "0.0.0.0", "api_token": SecretStr(TOKEN)}))):
+            pass
+    assert not any("NO API_TOKEN" in record.getMessage() for record in caplog.records)
+
+
+def test_a_short_token_is_refused_at_start_up():
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings(api_token="hunter2")
+
+
+# --- paths ------------------------------------------------------------------------------
+
+
+def test_inside_refuses_every_way_out(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("secret")
+    (root / "link-out").symlink_to(tmp_path / "secret")
+    (root / "link-in").symlink_to(root / "sub")
+    assert inside(root, "sub/file.pt") == (root / "sub" / "file.pt").resolve()
+    assert inside(root, "link-in/x") == (root / "sub" / "x").resolve()
+    for escape in ["../secret", "sub/../../secret", "/etc/passwd", "link-out", "link-out/..", "..", "",
+                   "sub\\..\\..\\secret", "a\x00b"]:
+        with pytest.raises(PathOutsideRoot):
+            inside(root, escape)
+
+
+def test_a_path_escape_through_the_artifact_api_is_refused(client_for, embedded_settings, tmp_path):
+    client = client_for(embedded_settings)
+    run_id = client.post("/api/runs", json=VALID).json()["id"]
+    run_dir = embedded_settings.artifact_dir / "runs" / str(run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"weights")
+    (run_dir / ".checkpoint.pt.123.tmp").write_bytes(b"half-written")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve me")
+    (run_dir / "link").symlink_to(secret)
+    (embedded_settings.artifact_dir / "runs" / "other.txt").write_text("another run's file")
+
+    listing = client.get(f"/api/runs/{run_id}/artifacts").json()
+    assert listing == [{"path": "checkpoint.pt", "size": 7}]
+    assert client.get(f"/api/runs/{run_id}/artifacts/checkpoint.pt").content == b"weights"
+    for attempt in ["..%2Fother.txt", "%2E%2E/other.txt", "..%2F..%2F..%2Fsecret.txt", "%2Fetc%2Fpasswd", "link",
+                    ".checkpoint.pt.123.tmp", "sub%5C..%5C..%5Cother.txt"]:
+        response = client.get(f"/api/runs/{run_id}/artifacts/{attempt}")
+        assert response.status_code in (400, 404), (attempt, response.status_code)
+        assert b"do not serve me" not in response.content and b"another run" not in response.content
+    assert client.get(f"/api/runs/{run_id}/artifacts/%2E%2E%2Fother.txt").status_code == 400
+
+
+def test_a_dataset_name_cannot_point_at_a_file(client_for, embedded_settings):
+    client = client_for(embedded_settings)
+    features = embedded_settings.data_dir / "features"
+    features.mkdir(parents=True)
+    for name in ["../../../etc/passwd", "/etc/passwd", "features/../x"]:
+        response = client.post("/api/runs", json={**VALID, "dataset": name})
+        assert response.status_code == 422 and ["body", "dataset"] in [e["loc"] for e in response.json()["detail"]]
+
+
+@pytest.mark.services
+def test_text_postgresql_cannot_store_is_a_422_not_a_500(service_settings, client_for):
+    client = client_for(service_settings)
+    response = client.post("/api/runs", json={**VALID, "name": "a\x00b"})
+    assert response.status_code == 422 and ["body", "name"] in [e["loc"] for e in response.json()["detail"]]
+    for parameter in ("method", "dataset"):
+        assert client.get("/api/runs", params={parameter: "a\x00b"}).status_code == 422
+    assert client.post("/api/runs", json={**VALID, "name": "tabs\tare control characters too"}).status_code == 422
+    assert client.get("/api/runs").json()["total"] == 0

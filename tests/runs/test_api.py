@@ -1,0 +1,214 @@
+"""The REST API over the real app, a real SQLite database and the real filesystem broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.db import session_factory
+from backend.runs import service
+from backend.runs.models import MetricPoint, Run
+from backend.runs.schemas import MetricsPage
+from tests.support import queued_run_ids
+
+VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
+         "missing_rate": 0.9, "epochs": 3, "seed": 0}
+
+
+@pytest.fixture
+def settings(embedded_settings):
+    return embedded_settings
+
+
+@pytest.fixture
+def client(client_for, settings):
+    return client_for(settings)
+
+
+def run_count(settings) -> int:
+    with session_factory(settings.database_url)() as session:
+        return session.scalar(select(func.count()).select_from(Run))
+
+
+INVALID = [
+    ("unknown method", {"method": "magic"}, "method"),
+    ("rate of one", {"missing_rate": 1.0}, "missing_rate"),
+    ("negative rate", {"missing_rate": -0.1}, "missing_rate"),
+    ("rate not a number", {"missing_rate": "lots"}, "missing_rate"),
+    ("fusion not valid for the method", {"method": "zero_padding", "fusion": "outer"}, "fusion"),
+    ("unknown fusion", {"fusion": "multiply"}, "fusion"),
+    ("modality the dataset does not have", {"missing_modality": "audio"}, "missing_modality"),
+    ("unknown dataset", {"dataset": "imagenet"}, "dataset"),
+    ("zero epochs", {"epochs": 0}, "epochs"),
+    ("negative seed", {"seed": -1}, "seed"),
+    ("non-positive learning rate", {"lr": 0}, "lr"),
+    ("batch of one", {"batch_size": 1}, "batch_size"),
+    ("unknown field", {"learning_rate": 0.1}, "learning_rate"),
+    ("name too long", {"name": "x" * 201}, "name"),
+]
+
+
+@pytest.mark.parametrize("case,change,field", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_422_naming_the_field_and_writes_nothing(client, settings, case, change, field):
+    response = client.post("/api/runs", json={**VALID, **change})
+    assert response.status_code == 422, response.text
+    locations = [error["loc"] for error in response.json()["detail"]]
+    assert ["body", field] in locations, locations
+    assert run_count(settings) == 0
+    assert queued_run_ids(settings) == []
+
+
+@pytest.mark.parametrize("missing", ["dataset", "method", "missing_modality", "missing_rate"])
+def test_required_fields_are_named_when_absent(client, settings, missing):
+    body = {k: v for k, v in VALID.items() if k != missing}
+    response = client.post("/api/runs", json=body)
+    assert response.status_code == 422
+    assert ["body", missing] in [e["loc"] for e in response.json()["detail"]]
+    assert run_count(settings) == 0
+
+
+def test_malformed_json_is_422_not_500(client, settings):
+    response = client.post("/api/runs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert run_count(settings) == 0
+
+
+def test_create_commits_the_run_and_sends_its_id(client, settings):
+    response = client.post("/api/runs", json={**VALID, "name": "first"})
+    assert response.status_code == 201
+    run = response.json()
+    assert run["state"] == "queued" and run["name"] == "first"
+    assert run["spec"]["missing_rate"] == 0.9 and run["spec"]["lr"] == 0.001  # defaults filled in
+    assert queued_run_ids(settings) == [run["id"]]  # the task id is the run id
+    assert client.get(f"/api/runs/{run['id']}").json()["state"] == "queued"
+
+
+def test_default_name_describes_the_spec(client):
+    run = client.post("/api/runs", json=VALID).json()
+    assert run["name"] == "mle-add digits bottom@0.9 s0"
+
+
+def test_list_filters_and_paginates(client):
+    for method in ["mle", "lower_bound", "mle"]:
+        assert client.post("/api/runs", json={**VALID, "method": method}).status_code == 201
+    page = client.get("/api/runs", params={"limit": 2}).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    assert page["items"][0]["id"] > page["items"][1]["id"]  # newest first
+    second = client.get("/api/runs", params={"limit": 2, "offset": 2}).json()
+    assert len(second["items"]) == 1
+    only_mle = client.get("/api/runs", params={"method": "mle"}).json()
+    assert only_mle["total"] == 2 and {r["method"] for r in only_mle["items"]} == {"mle"}
+    assert client.get("/api/runs", params={"state": "running"}).json()["total"] == 0
+    assert client.get("/api/runs", params={"dataset": "synthetic"}).json()["total"] == 0
+    assert client.get("/api/runs", params={"state": "bogus"}).status_code == 422
+    assert client.get("/api/runs", params={"limit": 0}).status_code == 422
+
+
+def test_unknown_run_is_404(client):
+    for path in ["/api/runs/999", "/api/runs/999/metrics", "/api/runs/999/confusion", "/api/runs/999/stream"]:
+        assert client.get(path).status_code == 404, path
+    assert client.post("/api/runs/999/cancel").status_code == 404
+
+
+def test_cancel_queued_run_is_immediate_and_final(client, settings):
+    run = client.post("/api/runs", json=VALID).json()
+    cancelled = client.post(f"/api/runs/{run['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.post(f"/api/runs/{run['id']}/cancel").status_code == 409
+    # a worker that still receives the id does not run it
+    with session_factory(settings.database_url)() as session:
+        assert service.start_run(session, run["id"], "test") is None
+
+
+def test_metrics_cursor_returns_only_new_points_and_no_duplicates(client, settings):
+    run = client.post("/api/runs", json=VALID).json()
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        service.start_run(session, run["id"], "test")
+        service.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
+    page = client.get(f"/api/runs/{run['id']}/metrics").json()
+    assert MetricsPage.model_validate(page).state == "running"  # the documented shape
+    assert [(p["epoch"], p["name"]) for p in page["points"]] == [(1, "train_loss"), (1, "val_accuracy")]
+    with sessions() as session:
+        service.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored
+        service.record_epoch(session, run["id"], 2, {"train_loss": 1.0, "val_accuracy": float("nan")})
+        assert session.scalar(select(func.count()).select_from(MetricPoint)) == 4
+    newer = client.get(f"/api/runs/{run['id']}/metrics", params={"after": page["cursor"]}).json()
+    assert [(p["epoch"], p["name"], p["value"]) for p in newer["points"]] == [
+        (2, "train_loss", 1.0), (2, "val_accuracy", None)]  # NaN is sent as null, never a 500
+    assert client.get(f"/api/runs/{run['id']}").json()["epochs_completed"] == 2
+
+
+def read_events(response) -> list[tuple[str, dict]]:
+    events, name, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+        elif line == "" and name:
+            events.append((name, json.loads("\n".join(data))))
+            name, data = None, []
+    return events
+
+
+def test_stream_sends_points_then_state_then_end(client, settings):
+    run = client.post("/api/runs", json=VALID).json()
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        service.start_run(session, run["id"], "test")
+        service.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5})
+        service.record_epoch(session, run["id"], 2, {"val_accuracy": 0.7})
+        service.finish_run(session, run["id"], cancelled=False, test_accuracy=0.66, val_accuracy=0.7, best_epoch=2,
+                           classes=["a", "b"], confusion=[[1, 0], [1, 1]], info={})
+    with client.stream("GET", f"/api/runs/{run['id']}/stream") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_events(response)
+    names = [name for name, _ in events]
+    assert names == ["metrics", "run", "end"]
+    assert [p["value"] for p in events[0][1]["points"]] == [0.5, 0.7]
+    assert events[1][1]["state"] == "succeeded" and events[1][1]["test_accuracy"] == 0.66
+    # a reconnecting client sends its last cursor and receives nothing twice
+    cursor = events[0][1]["cursor"]
+    with client.stream("GET", f"/api/runs/{run['id']}/stream", headers={"Last-Event-ID": str(cursor)}) as response:
+        assert [n for n, _ in read_events(response)] == ["run", "end"]
+    confusion = client.get(f"/api/runs/{run['id']}/confusion").json()
+    assert confusion == {"epoch": 2, "classes": ["a", "b"], "counts": [[1, 0], [1, 1]], "counted": "samples"}
+
+
+def test_catalog_lists_datasets_and_methods(client):
+    datasets = {d["name"]: d for d in client.get("/api/datasets").json()}
+    assert datasets["digits"]["modalities"] == ["top", "bottom"]
+    assert datasets["digits"]["n_samples"] == 1797 and len(datasets["digits"]["classes"]) == 10
+    assert datasets["synthetic"]["modalities"] == ["x", "y"]
+    methods = {m["name"]: m for m in client.get("/api/methods").json()}
+    assert methods["mle"]["fusions"] == ["add", "concat", "outer"]
+    assert methods["zero_padding"]["fusions"] == ["add", "concat"]
+
+
+def test_health_reports_database_and_broker(client):
+    body = client.get("/api/health").json()
+    assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
+    assert body["database_backend"] == "sqlite" and body["broker_transport"] == "filesystem"
+
+
+def test_openapi_documents_the_run_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ["/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/metrics", "/api/runs/{run_id}/cancel",
+                 "/api/runs/{run_id}/stream", "/api/datasets", "/api/health"]:
+        assert path in paths
+    assert client.get("/docs").status_code == 200
+
+
+def test_pages_render(client):
+    run = client.post("/api/runs", json={**VALID, "name": "<b>bold</b>"}).json()
+    for path in ["/", "/runs/new", f"/runs/{run['id']}"]:
+        response = client.get(path)
+        assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    page = client.get(f"/runs/{run['id']}").text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    assert client.get("/runs/12345").status_code == 404
+    plotly = client.get("/vendor/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000

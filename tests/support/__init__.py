@@ -1,0 +1,123 @@
+"""Helpers the tests share that are not fixtures: where the repository and the services are,
+waiting on conditions (never on fixed sleeps), child processes with their logs, and what the
+embedded broker holds. Fixtures live in tests/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from backend.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("MISSMOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+POSTGRES_ADMIN_URL = os.environ.get("MISSMOD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+CHROMIUM = os.environ.get("MISSMOD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process build the same Settings (every field)."""
+    from pydantic import SecretStr
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+
+def queued_run_ids(settings: Settings) -> list[int]:
+    """The ids waiting in the embedded (filesystem) broker's queue, in the order they were sent."""
+    import json
+
+    messages = sorted((settings.broker_dir / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return [int(json.loads(p.read_text())["headers"]["id"]) for p in messages]
+
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+
+def wait_in_page(page, expression: str, timeout: float = 30) -> None:
+    """Poll a JavaScript expression with page.evaluate until it is truthy. Not
+    page.wait_for_function: it evaluates its predicate repeatedly inside the page, which the
+    pages' Content-Security-Policy (no 'unsafe-eval') refuses."""
+    wait_for(lambda: page.evaluate(expression), timeout, interval=0.1, what=expression)
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+class Process:
+    """A child process with its output in a log file, stopped at teardown."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float) -> None:
+        def seen():
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            return needle in self.log()
+
+        wait_for(seen, timeout, what=f"{needle!r} in {self.log_path.name}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+
+
+
+# The test runs train tiny MLPs, fastest on one thread. With torch's default (a thread per
+# core) on a small machine shared with other test runs, its threads spin against each other
+# and a run that takes 0.3 s alone takes 5-15 s.
+WORKER_TEST_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+class ServerURL(str):
+    """The base URL of a started API, and its process (for the tests that stop it)."""
+
+    def __new__(cls, url: str, process: "Process"):
+        instance = super().__new__(cls, url)
+        instance.process = process
+        return instance
+
+

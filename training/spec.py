@@ -1,0 +1,205 @@
+"""The one configuration object of a training run, and the catalogue of methods.
+
+`TrainSpec` is validated on its own (ranges, known method, fusion allowed for the method);
+whether the dataset exists and fits the spec (modality names, subjects) is checked against
+the dataset catalogue by `spec_errors_for_dataset`, because that depends on what is on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .two_view import DatasetInfo
+
+# The fusions φ(f, g) the model implements (training/fusion.py). Named here, not imported
+# from there: that module imports torch, and the API and the worker's parent process import this
+# one without loading torch (CUDA must be touched only inside the task).
+FUSIONS = ("add", "concat", "outer")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    title: str
+    fusions: tuple[str, ...]
+    description: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo(
+            "mle",
+            "Maximum likelihood (ours)",
+            FUSIONS,
+            "Eq. 2: −log Q(z|x,y) on complete samples (eq. 4) plus −log Q(z|x) on samples "
+            "whose y is missing (eq. 5, marginalising y over the complete data).",
+        ),
+        MethodInfo(
+            "lower_bound",
+            "Lower bound (discard incomplete)",
+            FUSIONS,
+            "Eq. 4 on the complete samples only; samples with a missing modality are dropped.",
+        ),
+        MethodInfo(
+            "zero_padding",
+            "Zero padding",
+            ("add", "concat"),
+            "The missing modality's feature is set to zero, then eq. 4 on all samples. "
+            "Not with outer product: φ(f, 0) = 0 would make the missing samples useless.",
+        ),
+        MethodInfo(
+            "hgr",
+            "HGR maximal correlation",
+            FUSIONS,
+            "Soft-HGR: maximal correlation between φ(f(x), g(y)) and the label features on complete "
+            "samples, and between f(x) and the label features on samples whose y is missing; "
+            "predicts with the H-score rule.",
+        ),
+        MethodInfo(
+            "ae1",
+            "Autoencoder imputation (AE1)",
+            FUSIONS,
+            "A network x → y trained on the complete samples imputes the missing y; then eq. 4 on all samples.",
+        ),
+        MethodInfo(
+            "ae2",
+            "Autoencoder imputation with self-training (AE2)",
+            FUSIONS,
+            "AE1, with the imputer re-fitted in rounds on the complete samples plus the previous "
+            "round's imputations; then eq. 4 on all samples.",
+        ),
+    )
+}
+
+MethodName = Literal["mle", "lower_bound", "zero_padding", "hgr", "ae1", "ae2"]
+EncoderName = Literal["mlp", "small_cnn", "resnet34", "resnet50", "vgg16"]
+IMAGE_ENCODERS = ("small_cnn", "resnet34", "resnet50", "vgg16")
+PRETRAINABLE_ENCODERS = ("resnet34", "resnet50", "vgg16")
+# Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
+INPUT_IMPUTING_METHODS = ("ae1", "ae2")
+FusionName = Literal["add", "concat", "outer"]
+ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
+
+
+class TrainSpec(BaseModel):
+    """Everything that determines a run. Same spec and seed on CPU → same result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=200, description="Dataset name, see GET /api/datasets")
+    method: MethodName
+    fusion: FusionName = "add"
+    missing_modality: str = Field(
+        min_length=1, max_length=100, description="The modality y that may be missing; the other one is x"
+    )
+    missing_rate: float = Field(ge=0.0, lt=1.0, description="Fraction of training samples whose y is removed")
+    other_missing_rate: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Fraction of training samples that lose x instead (both modalities partly missing); "
+        "0 is the paper's setting",
+    )
+    epochs: int = Field(30, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate")
+    batch_size: int = Field(64, ge=2, le=65_536)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    feature_dim: int = Field(64, ge=1, le=1024, description="k: size of f(x) and g(y)")
+    hidden_dim: int = Field(128, ge=1, le=8192, description="Width of the MLP encoders")
+    reference_set: ReferenceSetChoice = Field(
+        "auto",
+        description="S in eq. 5: every complete training sample, or the complete samples of the batch; "
+        "auto picks all when that is cheap",
+    )
+    split_by: Literal["group", "subject"] = Field(
+        "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
+    )
+    evaluate_missing: bool = Field(
+        False, description="Also report test accuracy with the missing modality removed from every test sample"
+    )
+    imputer_epochs: int = Field(30, ge=1, le=10_000, description="ae1/ae2: epochs to fit the x → y imputer")
+    self_training_rounds: int = Field(3, ge=1, le=100, description="ae2: rounds of imputer self-training")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    encoder: EncoderName = Field(
+        "mlp",
+        description="Encoders f and g: mlp (feature vectors), or a CNN trained end to end on images such as "
+        "video frames and spectrograms: small_cnn (CPU-sized), resnet34, resnet50, vgg16 (torchvision)",
+    )
+    pretrained: bool = Field(
+        False, description="Start resnet34/resnet50/vgg16 from ImageNet weights (read from the host's torch cache)"
+    )
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder_fits_the_method(cls, encoder: str, info: ValidationInfo) -> str:
+        if encoder == "mlp":
+            return encoder
+        method = info.data.get("method")
+        if method in INPUT_IMPUTING_METHODS:
+            raise ValueError(f"method {method!r} imputes the missing modality in input space, which is meant for "
+                             f"feature vectors (paper §3.4): extract features with a frozen backbone and use encoder "
+                             f"'mlp' on them")
+        if info.data.get("reference_set") == "all_complete":
+            raise ValueError(f"encoder {encoder!r} cannot use reference_set 'all_complete' (it would run g over every "
+                             f"complete training image at each step); use 'batch' or 'auto'")
+        return encoder
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_needs_a_backbone(cls, pretrained: bool, info: ValidationInfo) -> bool:
+        encoder = info.data.get("encoder")
+        if pretrained and encoder is not None and encoder not in PRETRAINABLE_ENCODERS:
+            raise ValueError(f"encoder {encoder!r} has no pretrained weights (only {', '.join(PRETRAINABLE_ENCODERS)})")
+        return pretrained
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion_allowed_for_method(cls, fusion: str, info: ValidationInfo) -> str:
+        method = info.data.get("method")
+        if method in METHODS and fusion not in METHODS[method].fusions:
+            allowed = ", ".join(METHODS[method].fusions)
+            raise ValueError(f"fusion {fusion!r} is not available for method {method!r} (allowed: {allowed})")
+        return fusion
+
+    @field_validator("other_missing_rate")
+    @classmethod
+    def _some_samples_stay_complete(cls, rate: float, info: ValidationInfo) -> float:
+        missing_rate = info.data.get("missing_rate")
+        if missing_rate is not None and missing_rate + rate >= 1.0:
+            raise ValueError(f"missing_rate + other_missing_rate must be below 1 (complete samples are needed), "
+                             f"got {missing_rate} + {rate}")
+        return rate
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+def spec_errors_for_dataset(spec: TrainSpec, info: DatasetInfo | None) -> list[FieldError]:
+    """What is wrong with `spec` for this dataset (None: no such dataset)."""
+    if info is None:
+        return [FieldError("dataset", f"unknown dataset {spec.dataset!r}")]
+    if info.error:
+        return [FieldError("dataset", f"dataset {spec.dataset!r} cannot be used: {info.error}")]
+    errors = []
+    if spec.missing_modality not in info.modalities:
+        errors.append(FieldError(
+            "missing_modality",
+            f"dataset {spec.dataset!r} has no modality {spec.missing_modality!r} (it has: {', '.join(info.modalities)})",
+        ))
+    if spec.split_by == "subject" and not info.has_subjects:
+        errors.append(FieldError("split_by", f"dataset {spec.dataset!r} has no subjects to split by"))
+    shapes = ", ".join(f"{m} {tuple(s)}" for m, s in info.shapes.items())
+    if spec.encoder in IMAGE_ENCODERS and any(len(s) != 3 for s in info.shapes.values()):
+        errors.append(FieldError("encoder", f"encoder {spec.encoder!r} takes images (channels, height, width); "
+                                            f"dataset {spec.dataset!r} has {shapes}: use 'mlp'"))
+    if spec.encoder == "mlp" and info.source == "video":
+        errors.append(FieldError("encoder", f"dataset {spec.dataset!r} holds raw frames and spectrograms: choose "
+                                            f"an image encoder ({', '.join(IMAGE_ENCODERS)}), or extract features "
+                                            f"with a frozen backbone and train 'mlp' on those"))
+    return errors
