@@ -100,6 +100,9 @@ def client_for():
     clients = []
 
     def make(settings: Settings) -> TestClient:
+        # TestClient's requests name the host "testserver": trusted here as a real deployment
+        # trusts its own name (TRUSTED_HOSTS).
+        settings = settings.model_copy(update={"trusted_hosts": [*settings.trusted_hosts, "testserver"]})
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

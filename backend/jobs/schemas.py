@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..api.params import CleanInput
 
-class FeatureExtractionCreate(BaseModel):
+
+class FeatureExtractionCreate(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     backbone: Literal["resnet34", "resnet50", "vgg16"]

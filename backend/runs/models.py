@@ -28,6 +28,9 @@ TERMINAL_STATES = frozenset({RunState.succeeded, RunState.failed, RunState.cance
 
 class Run(Base):
     __tablename__ = "runs"
+    # A deleted run's id is never given to another run (SQLite reuses the highest id otherwise;
+    # PostgreSQL's sequence never does).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
-from ..api.params import DisplayName
+from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
 
@@ -25,7 +25,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-class SweepBase(BaseModel):
+class SweepBase(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     name: DisplayName | None = Field(None, description="The sweep's name; default: derived from the grid")
@@ -140,7 +140,7 @@ class RetriedRuns(BaseModel):
 # --- presets ----------------------------------------------------------------------------
 
 
-class PresetRequest(BaseModel):
+class PresetRequest(CleanInput):
     """Run a paper preset on any dataset; `visual`/`audio` say which of its modalities plays
     the paper's visual and audio modality."""
 
