@@ -8,9 +8,11 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import Offset, SweepId
+from ..live import client_address
 from ..runs import service as runs_service
 from ..runs.validation import DatasetCatalog
 from . import service
@@ -175,13 +177,17 @@ def get_trend(sweep_id: SweepId, session: SessionDep) -> TrendOut:
     return trend_out(sweep_id, missing_rate_trend(table))
 
 
-@router.get("/{sweep_id}/stream", responses=NOT_FOUND,
+@router.get("/{sweep_id}/stream",
+            responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
+def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
-    _get_or_404(session, sweep_id)
-    return EventSourceResponse(sweep_events(request.app.state.sessions, sweep_id, settings.stream_poll_interval,
-                                            request), ping=15)
+    # A session of its own, closed before the stream starts (see backend/live.py).
+    with request.app.state.sessions() as session:
+        _get_or_404(session, sweep_id)
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 # --- presets ----------------------------------------------------------------------------
