@@ -17,6 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from training.datasets import configure_features
+
 from .api import health, session
 from .api.params import printable
 from .catalog import routes as catalog_routes
@@ -59,6 +61,7 @@ def _warn_if_not_migrated(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.make_dirs()
+    configure_features(settings.feature_limits())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

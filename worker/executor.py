@@ -27,6 +27,7 @@ from backend.runs import service
 from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
 
+from training.datasets import configure_features
 from training.spec import TrainSpec
 from training.train import TrainingCallback, train
 
@@ -171,6 +172,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     """`worker` names who runs it (Celery node name and pid); the host and pid by default.
     Returns what happened, for the log and the tests."""
     worker = worker or f"{socket.gethostname()}/{os.getpid()}"
+    configure_features(settings.feature_limits())
     sessions = session_factory(settings.database_url)
     try:
         with sessions() as session:

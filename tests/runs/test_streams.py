@@ -1,0 +1,154 @@
+"""Many live streams against one real server process: they hold no database connection while
+they wait, so the rest of the API keeps answering, and every stream still gets every point.
+Above the caps a new stream is refused with 503 and Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+
+from backend.db import session_factory
+from backend.runs import service
+
+VALID = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 40}
+STREAMS = 200
+EPOCHS = 40
+METRICS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy")
+HELD_SECONDS = 20.0
+
+
+def write_epochs(settings, run_id: int, epochs: int, seconds: float, done: threading.Event) -> None:
+    """What a worker writes, with the worker's own service functions: an epoch's points at a
+    time, spread over `seconds`, then the final state."""
+    sessions = session_factory(settings.database_url)
+    for epoch in range(1, epochs + 1):
+        with sessions() as session:
+            service.record_epoch(session, run_id, epoch, {name: epoch / 100 for name in METRICS})
+        done.wait(seconds / epochs)
+    with sessions() as session:
+        service.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=epochs,
+                           classes=["0", "1"], confusion=[[1, 0], [0, 1]], info={})
+
+
+async def watch(client: httpx.AsyncClient, path: str) -> dict:
+    """Reads one stream to its end: the points it got and its last event."""
+    points, last, event = [], None, None
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200, response.status_code
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event == "metrics":
+                points += json.loads(line.split(":", 1)[1])["points"]
+            elif line == "" and event:
+                last, event = event, None
+                if last == "end":
+                    break
+    return {"points": points, "last": last}
+
+
+async def probe(client: httpx.AsyncClient, stop: asyncio.Event) -> list[tuple[str, float, int]]:
+    """The API's answer times while the streams are held."""
+    answers = []
+    while not stop.is_set():
+        for path in ("/api/health", "/api/runs"):
+            started = time.perf_counter()
+            response = await client.get(path)
+            answers.append((path, time.perf_counter() - started, response.status_code))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+    return answers
+
+
+@pytest.mark.timeout(300)
+def test_two_hundred_streams_leave_the_api_responsive_and_each_gets_every_point(embedded_settings, start_server):
+    settings = embedded_settings.model_copy(update={"max_streams_per_client": 1000})
+    base = start_server(settings)
+    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=10).json()["id"]
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
+        timeout = httpx.Timeout(120, connect=30)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as streams, \
+                httpx.AsyncClient(base_url=base, timeout=30) as api:
+            watchers = [asyncio.create_task(watch(streams, f"/api/runs/{run_id}/stream")) for _ in range(STREAMS)]
+            stop = asyncio.Event()
+            prober = asyncio.create_task(probe(api, stop))
+            finished = threading.Event()
+            writer = asyncio.get_running_loop().run_in_executor(
+                None, write_epochs, settings, run_id, EPOCHS, HELD_SECONDS, finished)
+            results = await asyncio.gather(*watchers)
+            await writer
+            stop.set()
+            return results, await prober
+
+    results, answers = asyncio.run(scenario())
+    expected = {(epoch, name) for epoch in range(1, EPOCHS + 1) for name in METRICS}
+    for result in results:
+        assert result["last"] == "end"
+        got = [(p["epoch"], p["name"]) for p in result["points"]]
+        assert len(got) == len(expected) and set(got) == expected  # every point, once
+    assert len(answers) >= 20  # probed throughout the 20 s
+    slowest = max(seconds for _, seconds, _ in answers)
+    assert all(status == 200 for _, _, status in answers), answers
+    assert slowest < 1.0, sorted(answers, key=lambda answer: -answer[1])[:5]
+    assert "QueuePool limit" not in base.process.log()
+
+
+def test_streams_above_the_caps_are_refused_with_retry_after(embedded_settings, start_server):
+    settings = embedded_settings.model_copy(update={"max_streams_per_client": 3, "max_streams": 1000})
+    base = start_server(settings)
+    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=10).json()["id"]
+    path = f"/api/runs/{run_id}/stream"
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            held = [await client.send(client.build_request("GET", path), stream=True) for _ in range(3)]
+            assert [r.status_code for r in held] == [200] * 3
+            refused = await client.get(path)
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+            assert "maximum of 3" in refused.json()["detail"]
+            assert (await client.get("/api/runs")).status_code == 200
+            await held[0].aclose()
+            # its slot comes back once the server sees the client gone
+            for _ in range(100):
+                again = await client.send(client.build_request("GET", path), stream=True)
+                if again.status_code == 200:
+                    await again.aclose()
+                    break
+                await again.aclose()
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the slot of a closed stream never came back")
+            for response in held[1:]:
+                await response.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_total_cap_answers_503(embedded_settings, start_server):
+    settings = embedded_settings.model_copy(update={"max_streams_per_client": 100, "max_streams": 2})
+    base = start_server(settings)
+    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=10).json()["id"]
+    sweep_id = httpx.post(f"{base}/api/sweeps", json={**VALID, "seed": [0, 1]}, timeout=10).json()["id"]
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            held = [await client.send(client.build_request("GET", f"/api/runs/{run_id}/stream"), stream=True),
+                    await client.send(client.build_request("GET", f"/api/sweeps/{sweep_id}/stream"), stream=True)]
+            assert [r.status_code for r in held] == [200, 200]
+            for path in (f"/api/runs/{run_id}/stream", f"/api/sweeps/{sweep_id}/stream"):
+                refused = await client.get(path)
+                assert refused.status_code == 503 and "retry-after" in refused.headers
+                assert "this server holds its maximum of 2" in refused.json()["detail"]
+            for response in held:
+                await response.aclose()
+
+    asyncio.run(scenario())
