@@ -54,6 +54,11 @@ class TrainingCallback:
         """Checked after every epoch: True ends training early (cancel)."""
         return False
 
+    def should_abort(self) -> bool:
+        """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
+        with nothing more reported (the run was deleted, or given to another worker)."""
+        return False
+
 
 @dataclass
 class TrainResult:
@@ -65,6 +70,10 @@ class TrainResult:
     confusion_matrix: list[list[int]] | None  # test set, best epoch; rows true, columns predicted
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingAborted(Exception):
+    """The callback asked to abandon the run mid-epoch (should_abort)."""
 
 
 class SpecError(ValueError):
@@ -201,6 +210,8 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
+            if self.callback.should_abort():
+                raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
             index = torch.as_tensor(rows, device=train.z.device)
             batch = Batch(*(t[index].to(self.device, non_blocking=True)

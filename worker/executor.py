@@ -29,7 +29,7 @@ from backend.settings import Settings
 
 from training.datasets import configure_features
 from training.spec import TrainSpec
-from training.train import TrainingCallback, train
+from training.train import TrainingAborted, TrainingCallback, train
 
 log = logging.getLogger("missmod.worker")
 
@@ -73,6 +73,7 @@ class DatabaseRecorder(TrainingCallback):
         self.stop_requested = stop_requested
         self.database_patience = database_patience
         self.cancel_requested = False
+        self.run_lost: Callable[[], bool] = lambda: False
         self._stage_written_at = 0.0
 
     def _write(self, write: Callable[[Any], Any]) -> Any:
@@ -108,6 +109,11 @@ class DatabaseRecorder(TrainingCallback):
     def should_stop(self) -> bool:
         return self.cancel_requested or self.stop_requested()
 
+    def should_abort(self) -> bool:
+        # Set by the heartbeat once the run is no longer this worker's (deleted, or taken for
+        # dead): stopping mid-epoch within a heartbeat, not at the end of a long epoch.
+        return self.run_lost()
+
 
 class Heartbeat:
     """Marks the run alive every `interval` seconds from a thread, so a long epoch still
@@ -116,6 +122,7 @@ class Heartbeat:
     def __init__(self, sessions: sessionmaker, run_id: int, interval: float, worker: str | None = None):
         self.sessions, self.run_id, self.interval, self.worker = sessions, run_id, interval, worker
         self._stop = threading.Event()
+        self.lost = threading.Event()  # the run is no longer this worker's: deleted, or taken for dead
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
 
     def _loop(self) -> None:
@@ -123,8 +130,9 @@ class Heartbeat:
             try:
                 with self.sessions() as session:
                     if not service.beat(session, self.run_id, self.worker):
-                        log.warning("run %s is no longer held by %s; it stops at the end of this epoch",
+                        log.warning("run %s is no longer held by %s (deleted, or taken for dead); it stops now",
                                     self.run_id, self.worker)
+                        self.lost.set()
                         return
             except Exception as error:  # a missed beat is not fatal; the next one may land
                 log.warning("heartbeat of run %s failed: %s", self.run_id, error)
@@ -189,12 +197,16 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     recorder = DatabaseRecorder(sessions, run_id, worker, stop_requested, database_patience=settings.heartbeat_timeout)
     try:
         spec = TrainSpec.model_validate(spec_data)
-        with Heartbeat(sessions, run_id, settings.heartbeat_interval, worker):
+        with Heartbeat(sessions, run_id, settings.heartbeat_interval, worker) as heartbeat:
+            recorder.run_lost = heartbeat.lost.is_set
             result = train(spec, recorder, data_dir=settings.data_dir,
                            checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
     except service.LeaseLost:
         log.warning("run %s was given to another worker while this one (%s) was taken for dead; stopped without "
                     "writing", run_id, worker)
+        return "lease lost"
+    except TrainingAborted:
+        log.warning("run %s stopped mid-epoch: it was deleted or is no longer held by %s", run_id, worker)
         return "lease lost"
     except DATABASE_ERRORS as error:
         # Its heartbeat stops with it: the reconcile step queues the run again once the database is back.

@@ -283,3 +283,38 @@ def test_text_postgresql_cannot_store_is_a_422_not_a_500(service_settings, clien
         assert client.get("/api/runs", params={parameter: "a\x00b"}).status_code == 422
     assert client.post("/api/runs", json={**VALID, "name": "tabs\tare control characters too"}).status_code == 422
     assert client.get("/api/runs").json()["total"] == 0
+
+
+# --- input JSON cannot hold: NaN, infinities, lone surrogates ---------------------------------
+
+RUN_JSON = '{"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1'
+HOSTILE_BODIES = [  # (path, method, JSON text, the field at fault)
+    ("/api/runs", "POST", RUN_JSON + ', "lr": NaN}', "lr"),
+    ("/api/runs", "POST", RUN_JSON.replace("0.5", "Infinity") + "}", "missing_rate"),
+    ("/api/runs", "POST", RUN_JSON + ', "weight_decay": -Infinity}', "weight_decay"),
+    ("/api/runs", "POST", RUN_JSON + ', "name": "a\\udcffb"}', "name"),
+    ("/api/runs", "POST", RUN_JSON.replace('"digits"', '"\\ud800"') + "}", "dataset"),
+    ("/api/sweeps", "POST", RUN_JSON.replace("0.5", "[0.5, NaN]") + "}", "missing_rate"),
+    ("/api/sweeps", "POST", RUN_JSON.replace("0.5", "[0.1, 0.5]") + ', "lr": [0.1, Infinity]}', "lr"),
+    ("/api/sweeps/preview", "POST", RUN_JSON.replace('"mle"', '["mle", "\\udcff"]') + "}", "method"),
+    ("/api/sweeps/preview", "POST", RUN_JSON + ', "name": "\\udcff"}', "name"),
+    ("/api/runs/1", "PATCH", '{"note": "\\ud800"}', "note"),
+    ("/api/runs/1", "PATCH", '{"tags": ["ok", "\\udfff"]}', "tags"),
+    ("/api/presets/table1/preview", "POST", '{"dataset": "digits", "epochs": NaN}', "epochs"),
+]
+
+
+@pytest.mark.parametrize("path, method, body, field", HOSTILE_BODIES)
+def test_non_finite_numbers_and_lone_surrogates_are_a_422_naming_the_field(client_for, embedded_settings,
+                                                                            path, method, body, field):
+    client = client_for(embedded_settings)
+    assert client.post("/api/runs", json=VALID).status_code == 201
+    response = client.request(method, path, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, (response.status_code, response.text)
+    assert ["body", field] in [error["loc"][:2] for error in response.json()["detail"]], response.text
+    assert client.get("/api/runs").json()["total"] == 1  # nothing half-written
+
+
+def test_a_token_with_a_lone_surrogate_is_a_422_at_sign_in(client):
+    response = client.post("/api/session", content=b'{"token": "\\udcff"}', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "token"]
