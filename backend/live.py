@@ -15,7 +15,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import HTTPException, status
 
@@ -77,13 +76,14 @@ class StreamSlot:
 
 
 class Subscriber:
-    """One client's stream: the events the poller hands it, in order."""
+    """One client's stream: the events the poller hands it, in order, already encoded (the
+    same bytes go to every client at the same point of the stream)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
 
-    def send(self, event: dict[str, Any]) -> None:
+    def send(self, event: bytes) -> None:
         if self.closed:
             return
         if self.queue.qsize() >= QUEUE_LIMIT:
@@ -98,7 +98,7 @@ class Subscriber:
             self.closed = True
             self.queue.put_nowait(_CLOSE)
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[bytes]:
         while True:
             event = await self.queue.get()
             if event is _CLOSE:

@@ -54,7 +54,13 @@ def live() -> list[Row]:
     return live_latency.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live}
+def streams() -> list[Row]:
+    from . import live_streams
+
+    return live_streams.measure()
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams}
 
 
 def machine() -> str:

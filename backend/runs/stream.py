@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
+from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from ..live import Subscriber, cancel_task, log
@@ -68,10 +69,14 @@ def read_runs(sessions: sessionmaker, cursors: dict[int, int]) -> dict[int, Foun
         return found
 
 
-def _points_event(points: list) -> dict:
+def encode(event: str, data: str, id: str | None = None) -> bytes:
+    return ServerSentEvent(data=data, event=event, id=id).encode()
+
+
+def _points_event(points: list) -> bytes:
     cursor = points[-1].id
     body = {"cursor": cursor, "points": [{"epoch": p.epoch, "name": p.name, "value": p.value} for p in points]}
-    return {"event": "metrics", "id": str(cursor), "data": json.dumps(body)}
+    return encode("metrics", json.dumps(body), str(cursor))
 
 
 class RunHub:
@@ -120,34 +125,47 @@ class RunHub:
             more_waiting = False
             for run_id, run in found.items():
                 more_waiting |= run.full
-                events: dict[int, dict] = {}  # metrics events by how many points they hold: built once
+                # What a poll sends a client, encoded once for all the clients it is the same for
+                # (most are at the same cursor): keyed by (new points, run changed, ended).
+                chunks: dict[tuple[int, bool, bool], bytes] = {}
                 for subscriber in list(self.watching.get(run_id, ())):
-                    self._deliver(subscriber, run, events)
+                    self._deliver(subscriber, run, chunks)
             if not more_waiting:
                 try:
                     await asyncio.wait_for(self._someone_joined.wait(), self.poll_interval)
                 except TimeoutError:
                     pass
 
-    def _deliver(self, subscriber: RunSubscriber, run: Found, events: dict[int, dict]) -> None:
+    def _deliver(self, subscriber: RunSubscriber, run: Found, chunks: dict[tuple[int, bool, bool], bytes]) -> None:
         if run.run_json is None:
-            subscriber.send({"event": "gone", "data": json.dumps({"run_id": subscriber.run_id})})
+            subscriber.send(encode("gone", json.dumps({"run_id": subscriber.run_id})))
             subscriber.close()
             self.unsubscribe(subscriber)
             return
         # The batch was read after the slowest watcher's cursor: each gets what it has not seen.
         points = run.points
-        if points and points[-1].id > subscriber.cursor:
-            new = points if points[0].id > subscriber.cursor else [p for p in points if p.id > subscriber.cursor]
-            if len(new) not in events:
-                events[len(new)] = _points_event(new)
-            subscriber.send(events[len(new)])
+        if not points or points[-1].id <= subscriber.cursor:
+            new = []
+        elif points[0].id > subscriber.cursor:
+            new = points  # the usual case: every client at the same cursor
+        else:
+            new = [p for p in points if p.id > subscriber.cursor]
+        run_changed = run.run_json != subscriber.last_run_json
+        ended = not run.full and run.state in TERMINAL_STATES
+        key = (len(new), run_changed, ended)
+        if key != (0, False, False):
+            if key not in chunks:
+                parts = [_points_event(new)] if new else []
+                if run_changed:
+                    parts.append(encode("run", run.run_json))
+                if ended:
+                    parts.append(encode("end", json.dumps({"state": run.state})))
+                chunks[key] = b"".join(parts)
+            subscriber.send(chunks[key])
+        if new:
             subscriber.cursor = new[-1].id
-        if run.run_json != subscriber.last_run_json:
-            subscriber.last_run_json = run.run_json
-            subscriber.send({"event": "run", "data": run.run_json})
-        if not run.full and run.state in TERMINAL_STATES:
-            subscriber.send({"event": "end", "data": json.dumps({"state": run.state})})
+        subscriber.last_run_json = run.run_json
+        if ended:
             subscriber.close()
             self.unsubscribe(subscriber)
 

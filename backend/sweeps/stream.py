@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
+from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from ..live import Subscriber, cancel_task, log
@@ -97,6 +98,10 @@ class SweepWatcher:
             return events
 
 
+def _encoded(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(ServerSentEvent(**event).encode() for event in events)
+
+
 class SweepTopic:
     """The one poller of a sweep watched by any number of clients of this process."""
 
@@ -115,10 +120,9 @@ class SweepTopic:
     def join(self, subscriber: Subscriber) -> None:
         self.subscribers.add(subscriber)
         if self.runs is not None:
-            subscriber.send({"event": "runs", "data": json.dumps({"full": True, "runs": self.runs, "removed": []})})
-            for event in (self.progress, self.summary):
-                if event is not None:
-                    subscriber.send(event)
+            events = [{"event": "runs", "data": json.dumps({"full": True, "runs": self.runs, "removed": []})},
+                      *(event for event in (self.progress, self.summary) if event is not None)]
+            subscriber.send(_encoded(events))
 
     async def poll_forever(self) -> None:
         while self.subscribers:
@@ -141,15 +145,17 @@ class SweepTopic:
             if any(event["event"] == "end" for event in events):
                 self._end(events)
                 return
-            for subscriber in list(self.subscribers):
-                for event in events:
-                    subscriber.send(event)
+            if events:
+                chunk = _encoded(events)  # once, for every client
+                for subscriber in list(self.subscribers):
+                    subscriber.send(chunk)
             await asyncio.sleep(self.hub.poll_interval)
 
     def _end(self, events: list[dict[str, Any]]) -> None:
+        chunk = _encoded(events)
         for subscriber in list(self.subscribers):
-            for event in events:
-                subscriber.send(event)
+            if chunk:
+                subscriber.send(chunk)
             subscriber.close()
         self.subscribers.clear()
         self.hub.topics.pop(self.sweep_id, None)
