@@ -100,28 +100,29 @@ async def _watch(client: httpx.AsyncClient, run_id: int) -> int:
     return -1
 
 
-async def _time_runs_list(client: httpx.AsyncClient, until: asyncio.Event | float) -> list[float]:
+def _time_runs_list(base: str, until: threading.Event | float) -> list[float]:
+    """`GET /api/runs` back to back, from a thread of its own (not the loop reading the streams)."""
     times = []
-    while (time.monotonic() < until) if isinstance(until, float) else not until.is_set():
-        started = time.perf_counter()
-        response = await client.get("/api/runs")
-        response.raise_for_status()
-        times.append(time.perf_counter() - started)
-        await asyncio.sleep(0.05)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while (time.monotonic() < until) if isinstance(until, float) else not until.is_set():
+            started = time.perf_counter()
+            client.get("/api/runs").raise_for_status()
+            times.append(time.perf_counter() - started)
+            time.sleep(0.05)
     return times
 
 
 async def _scenario(base: str, settings: Settings, run_ids: list[int], streams: int, seconds: float):
     limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(300, connect=60)) as sse, \
-            httpx.AsyncClient(base_url=base, timeout=30) as api:
-        baseline = await _time_runs_list(api, time.monotonic() + 3.0)
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(300, connect=60)) as sse:
+        baseline = await loop.run_in_executor(None, _time_runs_list, base, time.monotonic() + 3.0)
         watchers = [asyncio.create_task(_watch(sse, run_ids[i % len(run_ids)])) for i in range(streams)]
         await asyncio.sleep(2.0)  # the streams connect
-        stop, writing = asyncio.Event(), threading.Event()
-        timer = asyncio.create_task(_time_runs_list(api, stop))
+        stop, writing = threading.Event(), threading.Event()
+        timer = loop.run_in_executor(None, _time_runs_list, base, stop)
         epochs = max(1, round(seconds / EPOCH_INTERVAL))
-        await asyncio.get_running_loop().run_in_executor(None, _write_epochs, settings, run_ids, epochs, writing)
+        await loop.run_in_executor(None, _write_epochs, settings, run_ids, epochs, writing)
         received = await asyncio.gather(*watchers)
         stop.set()
         return baseline, await timer, received, epochs
