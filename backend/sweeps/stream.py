@@ -136,7 +136,8 @@ class SweepTopic:
             if events is None:
                 self._end([{"event": "gone", "data": json.dumps({"sweep_id": self.sweep_id})}])
                 return
-            self.runs = [run.model_dump(mode="json") for run in self.watcher.sent.values()]
+            if events or self.runs is None:  # an idle poll changes nothing (a sweep may hold thousands of runs)
+                self.runs = [run.model_dump(mode="json") for run in self.watcher.sent.values()]
             for event in events:
                 if event["event"] == "progress":
                     self.progress = event
@@ -158,7 +159,8 @@ class SweepTopic:
                 subscriber.send(chunk)
             subscriber.close()
         self.subscribers.clear()
-        self.hub.topics.pop(self.sweep_id, None)
+        if self.hub.topics.get(self.sweep_id) is self:  # not a newer poller of the same sweep
+            del self.hub.topics[self.sweep_id]
 
 
 class SweepHub:

@@ -153,3 +153,58 @@ def test_total_cap_answers_503(embedded_settings, start_server):
                 await response.aclose()
 
     asyncio.run(scenario())
+
+
+async def read_sweep_stream(client: httpx.AsyncClient, path: str, first_events: asyncio.Event | None = None) -> dict:
+    """A sweep stream's events to its `end`: the runs it was told of (full lists and changes)."""
+    runs, seen, event = {}, [], None
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+                seen.append(event)
+            elif line.startswith("data:") and event == "runs":
+                body = json.loads(line.split(":", 1)[1])
+                if body["full"]:
+                    runs.clear()
+                runs.update({run["id"]: run["state"] for run in body["runs"]})
+            elif line == "" and first_events is not None and "progress" in seen:
+                first_events.set()
+            if event == "end" and line == "":
+                break
+    return {"runs": runs, "events": seen}
+
+
+def test_clients_joining_a_sweep_stream_late_get_its_whole_state(embedded_settings, start_server):
+    """One poller serves every client of a sweep: one that joins after the first polls still
+    starts from the full list of runs, then follows the changes to the end."""
+    base = start_server(embedded_settings)
+    sweep = httpx.post(f"{base}/api/sweeps", json={**VALID, "epochs": 1, "seed": [0, 1, 2]}, timeout=10).json()
+    run_ids = sorted(run["id"] for run in httpx.get(f"{base}/api/runs", params={"sweep": sweep["id"]}).json()["items"])
+    sessions = session_factory(embedded_settings.database_url)
+
+    def finish(run_id):
+        with sessions() as session:
+            service.record_epoch(session, run_id, 1, {"val_accuracy": 0.5})
+            service.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
+                               classes=["0", "1"], confusion=None, info={})
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            path = f"/api/sweeps/{sweep['id']}/stream"
+            first_ready = asyncio.Event()
+            first = asyncio.create_task(read_sweep_stream(client, path, first_ready))
+            await asyncio.wait_for(first_ready.wait(), 30)
+            await asyncio.to_thread(finish, run_ids[0])
+            late_ready = asyncio.Event()
+            late = asyncio.create_task(read_sweep_stream(client, path, late_ready))
+            await asyncio.wait_for(late_ready.wait(), 30)
+            for run_id in run_ids[1:]:
+                await asyncio.to_thread(finish, run_id)
+            return await first, await late
+
+    first, late = asyncio.run(scenario())
+    for stream in (first, late):
+        assert stream["runs"] == {run_id: "succeeded" for run_id in run_ids}
+        assert stream["events"][0] == "runs" and stream["events"][-1] == "end" and "summary" in stream["events"]
