@@ -38,9 +38,9 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
         return JobOut.model_validate(existing)
     try:
         job = service.create_job(session, kind, dataset, params, queue)
-    except Exception as error:
+    except service.BrokerUnavailable as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the job was saved but could not be queued: {type(error).__name__}: {error}") from None
+                            f"the job was saved but could not be queued: {error}") from None
     return JobOut.model_validate(job)
 
 

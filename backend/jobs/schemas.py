@@ -33,6 +33,7 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
     worker: str | None
     attempts: int
+    worker_losses: int = Field(description="Times it was taken from a worker that died (requeued by reconcile)")
     cancel_requested: bool
     done: int = Field(description="Clips preprocessed (preprocess) or segments encoded (extract_features)")
     total: int

@@ -100,8 +100,8 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
 def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> list[int]:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
     get_sweep(session, sweep_id)
-    ids = list(session.scalars(select(Run.id).where(
-        Run.sweep_id == sweep_id, Run.state.in_([RunState.failed, RunState.cancelled])).order_by(Run.id)))
+    retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
+    ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
     for run_id in ids:
         runs.retry_run(session, run_id, queue, artifact_dir)
     return ids

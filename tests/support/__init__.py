@@ -37,12 +37,35 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 
-def queued_run_ids(settings: Settings) -> list[int]:
-    """The ids waiting in the embedded (filesystem) broker's queue, in the order they were sent."""
+def queued_task_ids(settings: Settings) -> list[str]:
+    """The task ids waiting in the embedded (filesystem) broker's queue, in the order they were
+    sent: a run's id, or `job-<id>` for a dataset job."""
     import json
 
     messages = sorted((settings.broker_dir / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns)
-    return [int(json.loads(p.read_text())["headers"]["id"]) for p in messages]
+    return [json.loads(p.read_text())["headers"]["id"] for p in messages]
+
+
+def queued_run_ids(settings: Settings) -> list[int]:
+    """The run ids waiting in the embedded broker's queue, in the order they were sent."""
+    return [int(task_id) for task_id in queued_task_ids(settings)]
+
+
+
+def read_events(response) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a Server-Sent Events response, read to its end."""
+    import json
+
+    events, name, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+        elif line == "" and name:
+            events.append((name, json.loads("\n".join(data))))
+            name, data = None, []
+    return events
 
 
 
