@@ -59,6 +59,18 @@ def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leas
         session.refresh(row)
 
 
+def queue_again_from_scratch(row: Leased) -> None:
+    """Reset the life-cycle columns of an ended row to those of a new one, awaiting the broker
+    (a retry; attempts keep counting). The caller resets its own result columns and commits."""
+    row.state = State.queued
+    row.cancel_requested = False
+    row.started_at = row.finished_at = row.heartbeat_at = None
+    row.worker = None
+    row.worker_losses = 0
+    row.awaiting_broker_since = utcnow()
+    row.error = row.error_detail = None
+
+
 def request_cancel(session: Session, row: Leased) -> Leased:
     """A queued row is cancelled at once; a running one is flagged, and its worker stops at its
     next write (the end of an epoch, the next clip), keeping what it finished."""

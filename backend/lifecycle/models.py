@@ -27,8 +27,7 @@ class Leased:
     """Mixin of an ORM model whose rows a worker executes under a lease (backend/lifecycle)."""
 
     noun: ClassVar[str]  # what one row is called in logs and errors ("run", "dataset job")
-
-    id: Mapped[int]
+    # (and an integer primary key `id`, declared by each model)
     state: Mapped[str] = mapped_column(String(20), index=True, default=State.queued)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
 from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import RunCreate
-
-log = logging.getLogger("missmod.runs")
 
 
 class RunNotFound(LookupError):
@@ -217,7 +214,7 @@ def remove_artifacts(artifact_dir: Path | None, run_ids: Iterable[int]) -> None:
             shutil.rmtree(run_artifact_dir(artifact_dir, run_id), ignore_errors=True)
 
 
-RETRYABLE_STATES = (RunState.failed, RunState.cancelled)
+RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and a sweep's retry) takes
 
 
 def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
@@ -231,15 +228,10 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
     session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     session.execute(delete(ConfusionMatrix).where(ConfusionMatrix.run_id == run_id))
     session.expire(run, ["confusion"])
-    run.state = RunState.queued
-    run.cancel_requested = False
-    run.started_at = run.finished_at = run.heartbeat_at = None
-    run.worker = None
-    run.worker_losses = 0
-    run.awaiting_broker_since = utcnow()
+    lifecycle.queue_again_from_scratch(run)
     run.epochs_completed = 0
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
-    run.info = run.error = run.error_detail = None
+    run.info = None
     session.commit()
     remove_artifacts(artifact_dir, [run_id])
     enqueue_committed(session, [run], queue)
