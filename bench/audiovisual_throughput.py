@@ -104,7 +104,7 @@ def backbone_step_rate(name: str, device: str, batch: int = 16, steps: int = 3) 
     from training.methods import Batch, MaximumLikelihood, ReferenceInputs
     from training.prepare import ModalityInput
     from training.spec import TrainSpec
-    from training.train import pick_device
+    from training.device import pick_device
 
     target = pick_device(device)
     spec = TrainSpec(dataset="ravdess", method="mle", missing_modality="visual", missing_rate=0.5, encoder=name)

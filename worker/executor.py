@@ -28,7 +28,7 @@ from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
 
 from training.spec import TrainSpec
-from training.train import TrainingCallback, train
+from training.train import StopReason, TrainingCallback, train
 
 log = logging.getLogger("missmod.worker")
 
@@ -106,6 +106,9 @@ class DatabaseRecorder(TrainingCallback):
 
     def should_stop(self) -> bool:
         return self.cancel_requested or self.stop_requested()
+
+    def stop_reason(self) -> StopReason:
+        return StopReason.cancelled if self.cancel_requested else StopReason.shutdown
 
 
 class Heartbeat:
@@ -207,8 +210,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
             log.error("run %s failed and the database is unreachable to say so", run_id)
         return "failed"
 
-    shutting_down = result.cancelled and not recorder.cancel_requested and result.epochs_completed < spec.epochs
-    if shutting_down:
+    if result.stopped is StopReason.shutdown:
         # Queued again in the database; its id is sent once this worker no longer consumes
         # (worker/shutdown.py), or by the reconcile step.
         with sessions() as session:
@@ -221,7 +223,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     def finish():
         with sessions() as session:
             service.finish_run(
-                session, run_id, cancelled=result.cancelled and recorder.cancel_requested,
+                session, run_id, cancelled=result.stopped is StopReason.cancelled,
                 test_accuracy=result.test_accuracy, val_accuracy=result.val_accuracy, best_epoch=result.best_epoch,
                 classes=result.classes, confusion=result.confusion_matrix, info=result.info, worker=worker,
             )
@@ -235,6 +237,6 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         log.error("run %s finished but the database stayed unreachable (%s); it will be resumed from its last "
                   "checkpoint and finish again", run_id, error)
         return "database unreachable"
-    state = "cancelled" if result.cancelled and recorder.cancel_requested else "succeeded"
+    state = "cancelled" if result.stopped is StopReason.cancelled else "succeeded"
     log.info("run %s %s: test accuracy %s at epoch %s", run_id, state, result.test_accuracy, result.best_epoch)
     return state
