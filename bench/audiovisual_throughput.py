@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.spec import DEVICES
+
 
 def ravdess_name(i: int) -> str:
     """The i-th of 24 actors × 6 emotions × 2 statements × 2 repetitions, RAVDESS-style."""
@@ -138,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=96, help="clips to preprocess (24 distinct ones, copied)")
     parser.add_argument("--backbones", nargs="*", default=["resnet34", "resnet50", "vgg16"])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     args = parser.parse_args()
     if not 24 <= args.clips <= 576:
         parser.error("--clips: between 24 (for the 70/15/15 split) and 576 (distinct RAVDESS names)")

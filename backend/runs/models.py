@@ -26,13 +26,18 @@ class RunState(StrEnum):
 TERMINAL_STATES = frozenset({RunState.succeeded, RunState.failed, RunState.cancelled})
 
 
+# The spec fields copied into typed columns of a run, which people filter, sort and group by
+# (and routes read, rather than the spec's JSON); the whole spec is the `spec` column.
+SPEC_COLUMNS = ("dataset", "method", "fusion", "missing_modality", "missing_rate", "seed")
+
+
 class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # Typed copies of the spec fields people filter and group by.
+    # Typed copies of the spec fields people filter and group by (SPEC_COLUMNS).
     dataset: Mapped[str] = mapped_column(String(200), index=True)
     method: Mapped[str] = mapped_column(String(50), index=True)
     fusion: Mapped[str] = mapped_column(String(20))

@@ -24,7 +24,7 @@ from ..db import utcnow
 from ..queue import RunQueue
 from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
-from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
+from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import RunCreate
 
 log = logging.getLogger("missmod.runs")
@@ -49,6 +49,10 @@ class InvalidCursor(ValueError):
 class BrokerUnavailable(RuntimeError):
     """The run was saved but its id could not be sent to the broker."""
 
+    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
+    # carry its address, goes to the server log only.
+    public_message = "the broker is unreachable: the run was saved as failed; try again shortly"
+
 
 class LeaseLost(RuntimeError):
     """The worker no longer holds the run: it was taken for dead and the run was queued again or
@@ -66,12 +70,7 @@ def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
     return Run(
         name=payload.name or default_run_name(payload),
         spec=payload.training_spec(),
-        dataset=payload.dataset,
-        method=payload.method,
-        fusion=payload.fusion,
-        missing_modality=payload.missing_modality,
-        missing_rate=payload.missing_rate,
-        seed=payload.seed,
+        **{column: getattr(payload, column) for column in SPEC_COLUMNS},
         state=RunState.queued,
         created_at=now,
         awaiting_broker_since=now,

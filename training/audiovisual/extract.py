@@ -30,10 +30,6 @@ class ExtractionStopped(Exception):
     pass
 
 
-def default_output_name(dataset: str, backbone: str, pretrained: bool) -> str:
-    return f"{dataset}-{backbone}-{'imagenet' if pretrained else 'random'}"
-
-
 def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bool = False,
                      video: VideoOptions | None = None, output_name: str | None = None, batch_size: int = 64,
                      device: str = "auto", progress_bar: bool = True,
@@ -45,6 +41,7 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
 
     from ..datasets import load_dataset, prepare_raw_dataset
     from ..datasets.features import NAME_PATTERN
+    from ..datasets.naming import features_dataset_name
     from ..encoders import BACKBONES, image_trunk, input_standardiser
     from ..device import pick_device
     from ..prepare import channel_statistics
@@ -52,7 +49,7 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
     video = video or VideoOptions()
-    name = output_name or default_output_name(dataset, backbone, pretrained)
+    name = output_name or features_dataset_name(dataset, backbone, pretrained)
     if not NAME_PATTERN.match(name):
         raise ValueError(f"output name {name!r}: use letters, digits, '_', '.', '-'")
     prepare_raw_dataset(dataset, data_dir, video, progress_bar=progress_bar)
