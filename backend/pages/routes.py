@@ -10,6 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from training.spec import FUSIONS
+
 from ..api.deps import SessionDep, SettingsDep
 from ..runs import service
 from ..sweeps import service as sweeps
@@ -25,7 +27,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request):
-    return templates.TemplateResponse(request, "runs.html", {"title": "Runs"})
+    return templates.TemplateResponse(request, "runs.html", {"title": "Runs", "fusions": FUSIONS})
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
