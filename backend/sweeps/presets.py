@@ -175,11 +175,6 @@ def get_preset(name: str) -> Preset:
     return preset
 
 
-def missing_capabilities(preset: Preset) -> list[str]:
-    """The preset's methods the training library does not have."""
-    return preset.missing_methods
-
-
 # backbone → the features dataset to train on, or None when it has not been extracted
 FeatureLookup = Callable[[str], str | None]
 
@@ -219,7 +214,7 @@ def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: i
     (`features`), or, when `dataset` is not raw video, the runs use its own inputs.
     Unavailable methods and extractors are left out when `only_available`, else recorded as
     missing (and nothing is expanded for them)."""
-    missing_methods = missing_capabilities(preset)
+    missing_methods = preset.missing_methods
     extractors = preset.features if is_video else []
     targets = {backbone: features(backbone) for backbone in extractors}
     missing_features = [backbone for backbone, target in targets.items() if target is None]
