@@ -177,7 +177,7 @@ def stream_run(
 def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's files (its checkpoint, …), with paths to download them by."""
     service.get_run(session, run_id)
-    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+    return [ArtifactOut.model_validate(a) for a in artifacts.list_artifacts(settings, run_id)]
 
 
 @router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,

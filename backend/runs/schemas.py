@@ -133,6 +133,8 @@ class MetricsPage(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     path: str = Field(description="Download it at /api/runs/{run_id}/artifacts/{path}")
     size: int = Field(description="Bytes")
 
