@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .api import health, session
+from .api import errors, health, session
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
 from .db import session_factory
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
         return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
 
+    errors.register(app)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)

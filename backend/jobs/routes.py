@@ -71,10 +71,7 @@ def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    try:
-        return JobOut.model_validate(service.get_job(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+    return JobOut.model_validate(service.get_job(session, job_id))
 
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut,
@@ -83,7 +80,5 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
     try:
         return JobOut.model_validate(service.request_cancel(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
     except service.JobFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None

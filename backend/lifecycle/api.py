@@ -20,6 +20,10 @@ Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, Ru
 class BrokerUnavailable(RuntimeError):
     """The row was saved but its id could not be sent to the broker."""
 
+    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
+    # carry its address, goes to the server log only.
+    public_message = "the broker is unreachable: the run was saved as failed; try again shortly"
+
 
 class AlreadyFinished(RuntimeError):
     """The run or job is already in a terminal state."""

@@ -19,6 +19,11 @@ BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 RunState = State
 
 
+# The spec fields copied into typed columns of a run, which people filter, sort and group by
+# (and routes read, rather than the spec's JSON); the whole spec is the `spec` column.
+SPEC_COLUMNS = ("dataset", "method", "fusion", "missing_modality", "missing_rate", "seed")
+
+
 class Run(Leased, Base):
     """A training run. Its state, holder, heartbeat and cancel flag are the columns of
     lifecycle.models.Leased: a worker executes it under a lease (backend/lifecycle)."""
@@ -29,7 +34,7 @@ class Run(Leased, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # Typed copies of the spec fields people filter and group by.
+    # Typed copies of the spec fields people filter and group by (SPEC_COLUMNS).
     dataset: Mapped[str] = mapped_column(String(200), index=True)
     method: Mapped[str] = mapped_column(String(50), index=True)
     fusion: Mapped[str] = mapped_column(String(20))

@@ -23,7 +23,7 @@ from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  #
 from ..queue import RunQueue
 from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
-from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
+from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import RunCreate
 
 
@@ -50,12 +50,7 @@ def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
     return Run(
         name=payload.name or default_run_name(payload),
         spec=payload.training_spec(),
-        dataset=payload.dataset,
-        method=payload.method,
-        fusion=payload.fusion,
-        missing_modality=payload.missing_modality,
-        missing_rate=payload.missing_rate,
-        seed=payload.seed,
+        **{column: getattr(payload, column) for column in SPEC_COLUMNS},
         state=RunState.queued,
         created_at=now,
         awaiting_broker_since=now,

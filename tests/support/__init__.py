@@ -90,8 +90,20 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 def wait_in_page(page, expression: str, timeout: float = 30) -> None:
     """Poll a JavaScript expression with page.evaluate until it is truthy. Not
     page.wait_for_function: it evaluates its predicate repeatedly inside the page, which the
-    pages' Content-Security-Policy (no 'unsafe-eval') refuses."""
-    wait_for(lambda: page.evaluate(expression), timeout, interval=0.1, what=expression)
+    pages' Content-Security-Policy (no 'unsafe-eval') refuses. A navigation that starts while
+    a poll runs destroys the page's context under it: that poll counts as "not yet" (tests that
+    cause a navigation should still wait for it, with page.expect_navigation or wait_for_url)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    def holds() -> bool:
+        try:
+            return bool(page.evaluate(expression))
+        except PlaywrightError as error:
+            if "Execution context was destroyed" in str(error):
+                return False
+            raise
+
+    wait_for(holds, timeout, interval=0.1, what=expression)
 
 
 

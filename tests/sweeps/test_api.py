@@ -18,7 +18,8 @@ from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
 from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
-from backend.sweeps.presets import PRESETS, Block, Preset, backbone_of, plan_preset, source_dataset
+from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
+from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
 from tests.support import queued_run_ids
 
@@ -342,9 +343,9 @@ def test_paper_tables_are_transcribed_whole():
 
 def test_table1_preset_is_the_papers_grid():
     preset = PRESETS["table1"]
-    assert preset.runs_per_seed() == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
+    assert preset.runs_per_seed == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
     assert preset.methods == ["lower_bound", "hgr", "zero_padding", "mle"]
-    assert PRESETS["table2"].runs_per_seed() == 54 and PRESETS["fig4"].runs_per_seed() == 20
+    assert PRESETS["table2"].runs_per_seed == 54 and PRESETS["fig4"].runs_per_seed == 20
 
 
 def available(preset_name: str) -> list[tuple[str, str]]:

@@ -301,7 +301,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.goto(f"{base}/runs/{broken}")
     page.wait_for_selector("#retry-run:not([hidden])")
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#retry-run")
+    with page.expect_navigation():  # the page reloads once the retry is accepted
+        page.click("#retry-run")
     wait_in_page(page, "document.getElementById('run-state').textContent === 'queued'")
     assert api.get(f"/api/runs/{broken}").json()["error"] is None
 
