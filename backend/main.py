@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from training.datasets import configure_features
 
-from .api import health, session
+from .api import errors, health, session
 from .api.params import printable
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
@@ -29,7 +29,7 @@ from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
-from .runs.reconcile import reconcile_periodically
+from .reconcile import reconcile_periodically
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walked them all in the middle of requests
         # (a metrics page's p95 was 4-5× its p50 because of it; bench/api_views.py).
         gc.freeze()
-        # The reconcile step, at start-up and then periodically (backend/runs/reconcile.py).
+        # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
             reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
         yield
@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
         return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
 
+    errors.register(app)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
