@@ -224,6 +224,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 session, run_id, cancelled=result.cancelled and recorder.cancel_requested,
                 test_accuracy=result.test_accuracy, val_accuracy=result.val_accuracy, best_epoch=result.best_epoch,
                 classes=result.classes, confusion=result.confusion_matrix, info=result.info, worker=worker,
+                test_predictions=result.test_predictions, test_labels=result.test_labels,
             )
 
     try:

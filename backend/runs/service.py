@@ -25,6 +25,7 @@ from ..queue import RunQueue
 from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
 from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
+from .predictions import pack_labels
 from .schemas import RunCreate
 
 log = logging.getLogger("missmod.runs")
@@ -578,9 +579,11 @@ def release_run(session: Session, run_id: int, worker: str) -> bool:
 
 def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy: float | None,
                val_accuracy: float | None, best_epoch: int | None, classes: list[str],
-               confusion: list[list[int]] | None, info: Mapping, worker: str | None = None) -> None:
+               confusion: list[list[int]] | None, info: Mapping, worker: str | None = None,
+               test_predictions: Sequence[int] | None = None, test_labels: Sequence[int] | None = None) -> None:
     """Store the final result. A cancelled run keeps its metrics and its best epoch so far
-    (none when it was cancelled before its first epoch)."""
+    (none when it was cancelled before its first epoch). The test predictions, with the
+    confusion matrix, let methods be compared test sample by test sample."""
     held = _hold(session, run_id, worker, state=RunState.cancelled if cancelled else RunState.succeeded,
                  finished_at=utcnow(), test_accuracy=test_accuracy, val_accuracy=val_accuracy,
                  best_epoch=best_epoch, info=dict(info))
@@ -588,7 +591,11 @@ def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy:
         session.rollback()
         return
     if confusion is not None and best_epoch is not None:
-        session.merge(ConfusionMatrix(run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion))
+        kept = test_predictions is not None and test_labels is not None
+        session.merge(ConfusionMatrix(
+            run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion,
+            test_predictions=pack_labels(test_predictions, len(classes)) if kept else None,
+            test_labels=pack_labels(test_labels, len(classes)) if kept else None))
     session.commit()
 
 

@@ -9,7 +9,7 @@ per combination by the run validation itself, not here: this schema only checks 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
@@ -188,6 +188,32 @@ class PresetPreview(BaseModel):
 # --- results ----------------------------------------------------------------------------
 
 
+class PairedOut(BaseModel):
+    """The cell against the reference cell of its column, seed by seed (docs/statistics.md)."""
+
+    reference: str = Field(description="Label of the reference row")
+    n: int = Field(description="Seeds both cells have")
+    diff: float | None = Field(description="Mean paired difference of test accuracy (fraction), cell − reference")
+    ci_low: float | None = Field(description="95% t interval of the mean difference over seeds; null below 2 seeds")
+    ci_high: float | None
+    wins: int = Field(description="Seeds where the cell beats the reference")
+    ties: int
+    losses: int
+    p_value: float | None = Field(description="p-value of the test in `test`")
+    p_adjusted: float | None = Field(description="p_value after Holm's correction over the table's comparisons")
+    significant: bool = Field(description="p_adjusted below alpha")
+    mark: Literal["win", "loss"] | None = Field(description="A significant win or loss, after the correction")
+    test: Literal["seeds", "samples"] = Field(
+        description="seeds: exact sign-flip test over seeds; samples: McNemar over test samples, pooled over seeds")
+    p_seeds: float | None = Field(description="Exact two-sided sign-flip permutation p-value over seeds")
+    p_samples: float | None = Field(description="Exact McNemar p-value over the test samples of every paired seed; "
+                                                "null when a run has no stored test predictions")
+    discordant: list[int] | None = Field(description="[only the reference right, only the cell right], "
+                                                     "test samples summed over seeds")
+    seeds_needed: int | None = Field(description="About how many seeds would detect the observed mean difference "
+                                                 "with 80% power at alpha (null: no difference)")
+
+
 class CellOut(BaseModel):
     mean: float | None = Field(description="Mean test accuracy (fraction) over the seeds that succeeded")
     std: float | None = Field(description="Sample standard deviation (n − 1); null below two seeds")
@@ -196,6 +222,10 @@ class CellOut(BaseModel):
     best: bool = Field(description="Highest mean of its column")
     paper: float | None = Field(description="The paper's reported accuracy (fraction) for this setting")
     run_ids: list[int]
+    seeds: list[int] = Field(default_factory=list, description="The seed of each run in run_ids")
+    is_reference: bool = Field(False, description="The reference of its column's paired comparisons")
+    paired: PairedOut | None = Field(None, description="Compared with its column's reference; null for the "
+                                                       "reference itself and cells with no seed in common")
 
 
 class ColumnOut(BaseModel):
@@ -224,12 +254,30 @@ class PaperOut(BaseModel):
     assumptions: list[str]
 
 
+class ComparisonOut(BaseModel):
+    """How the cells were compared, and what the comparison can show with this many seeds."""
+
+    reference: str | None = Field(description="As asked: a row label or a method; null: the best baseline "
+                                              "(best row of a method other than mle) of each column")
+    references: list[str | None] = Field(description="Per column, the label of its reference row")
+    test: Literal["seeds", "samples"]
+    alpha: float
+    tests: int = Field(description="Comparisons made (Holm's family)")
+    significant: int = Field(description="Comparisons significant after Holm's correction")
+    max_seeds: int = Field(description="The most seeds a comparison pairs")
+    smallest_p: float = Field(description="The smallest p-value the exact seed-level test can give with max_seeds")
+    seeds_for_alpha: int = Field(description="Seeds the exact seed-level test needs to reach alpha at all")
+    with_predictions: int = Field(description="Comparisons whose runs all stored their test predictions")
+    note: str = Field(description="What the comparison can and cannot show, in plain words")
+
+
 class TableOut(BaseModel):
     sweep_id: int
     metric: str = "test_accuracy"
     columns: list[ColumnOut]
     rows: list[RowOut]
     paper: PaperOut | None
+    comparison: ComparisonOut | None = None
 
 
 class TrendSeriesOut(BaseModel):
@@ -243,6 +291,11 @@ class TrendSeriesOut(BaseModel):
     stds: list[float | None]
     counts: list[int]
     source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
+    diffs: list[float | None] = Field(default_factory=list, description="Per point, the mean paired difference "
+                                                                        "to its column's reference")
+    p_adjusted: list[float | None] = Field(default_factory=list, description="Per point, Holm-adjusted p-value")
+    marks: list[Literal["win", "loss", "reference"] | None] = Field(
+        default_factory=list, description="Per point: a significant win or loss, or the reference itself")
 
 
 class TrendOut(BaseModel):
@@ -251,15 +304,43 @@ class TrendOut(BaseModel):
     series: list[TrendSeriesOut]
 
 
-def table_out(sweep_id: int, table, paper: dict | None) -> TableOut:
+class SweepSummary(BaseModel):
+    table: TableOut
+    trend: TrendOut
+
+
+def paired_out(paired) -> PairedOut | None:
+    if paired is None:
+        return None
+    return PairedOut(reference=paired.reference, n=paired.n, diff=paired.diff, ci_low=paired.ci_low,
+                     ci_high=paired.ci_high, wins=paired.wins, ties=paired.ties, losses=paired.losses,
+                     p_value=paired.p_value, p_adjusted=paired.p_adjusted, significant=paired.significant,
+                     mark=paired.mark, test=paired.test, p_seeds=paired.p_seeds, p_samples=paired.p_samples,
+                     discordant=list(paired.discordant) if paired.discordant else None,
+                     seeds_needed=paired.seeds_needed)
+
+
+def comparison_out(summary) -> ComparisonOut | None:
+    if summary is None:
+        return None
+    return ComparisonOut(reference=summary.reference, references=summary.references, test=summary.test,
+                         alpha=summary.alpha, tests=summary.tests, significant=summary.significant,
+                         max_seeds=summary.max_seeds, smallest_p=summary.smallest_p,
+                         seeds_for_alpha=summary.seeds_for_alpha, with_predictions=summary.with_predictions,
+                         note=summary.note)
+
+
+def table_out(sweep_id: int, table, paper: dict | None, comparison=None) -> TableOut:
     return TableOut(
         sweep_id=sweep_id,
         columns=[ColumnOut(missing_modality=c.missing_modality, missing_rate=c.missing_rate, role=c.role,
                            label=c.label) for c in table.columns],
         rows=[RowOut(label=r.label, method=r.method, fusion=r.fusion, extras=dict(r.extras),
                      cells=[CellOut(mean=c.mean, std=c.std, n=c.n, pending=c.pending, best=c.best, paper=c.paper,
-                                    run_ids=c.run_ids) for c in r.cells]) for r in table.rows],
+                                    run_ids=c.run_ids, seeds=c.seeds, is_reference=c.is_reference,
+                                    paired=paired_out(c.paired)) for c in r.cells]) for r in table.rows],
         paper=PaperOut(**paper) if paper else None,
+        comparison=comparison_out(comparison),
     )
 
 

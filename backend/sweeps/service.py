@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
-from ..runs.models import TERMINAL_STATES, Run, RunState
+from ..runs.models import TERMINAL_STATES, ConfusionMatrix, Run, RunState
+from ..runs.predictions import unpack_labels
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
+from .paired import PairedSummary, RunPredictions, Test, compare_table
 from .presets import PRESETS, backbone_of, source_dataset
 
 
@@ -157,6 +159,22 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     return lookup
 
 
-def sweep_table(session: Session, sweep: Sweep) -> tuple[ComparisonTable, list[RunResult]]:
+def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
+    """The stored test predictions of these runs (those that have them), unpacked."""
+    query = (select(ConfusionMatrix.run_id, ConfusionMatrix.classes, ConfusionMatrix.test_predictions,
+                    ConfusionMatrix.test_labels)
+             .where(ConfusionMatrix.run_id.in_(list(run_ids)), ConfusionMatrix.test_predictions.is_not(None),
+                    ConfusionMatrix.test_labels.is_not(None)))
+    return {run_id: RunPredictions(unpack_labels(predicted, len(classes)), unpack_labels(labels, len(classes)))
+            for run_id, classes, predicted, labels in session.execute(query)}
+
+
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
+                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+    """The comparison table with every cell compared, paired, to its column's reference
+    (raises paired.UnknownReference for a reference that names no row or method)."""
     results = sweep_results(session, sweep.id)
-    return comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results)), results
+    table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
+    finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    return table, results, summary

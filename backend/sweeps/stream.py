@@ -43,10 +43,10 @@ def _runs(session, sweep_id: int) -> list[SweepRunOut]:
 
 
 def _summary(session, sweep: Sweep) -> dict[str, Any]:
-    table, results = service.sweep_table(session, sweep)
+    table, results, comparison = service.sweep_table(session, sweep)  # the default reference and test
     dataset = results[0].spec.get("dataset") if results else None
     paper = service.paper_context(sweep, dataset)
-    return {"table": table_out(sweep.id, table, paper).model_dump(mode="json"),
+    return {"table": table_out(sweep.id, table, paper, comparison).model_dump(mode="json"),
             "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")}
 
 
