@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.spec import ABLATION_DEFAULTS
+
 # The fields a table lays out by itself; any other field that varies joins the row key.
 LAYOUT_FIELDS = frozenset({"method", "fusion", "missing_modality", "missing_rate", "seed"})
 # Fields that never change a result, so never split rows.
@@ -79,7 +81,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        extra = "".join(f", {name}={value}" for name, value in self.extras)
+        # An ablation left at the paper's setting is not named: "mle (add)", not "mle (add),
+        # mle_freeze_class_offset=False, …" beside the row that turns it on.
+        extra = "".join(f", {name}={value}" for name, value in self.extras
+                        if not (name in ABLATION_DEFAULTS and value == ABLATION_DEFAULTS[name]))
         return f"{self.method} ({self.fusion}){extra}"
 
 

@@ -328,6 +328,7 @@ def create_preset_sweep(name: str, request: PresetRequest, session: SessionDep, 
         raise RequestValidationError(refusal[0])
     options = {**request.model_dump(exclude={"name"}), "roles": preset_plan.roles, "left_out": preset_plan.left_out}
     # Not a product (fusions differ per method): the values each field takes, for reading back.
-    grid = {field: list(dict.fromkeys(c[field] for c in preset_plan.combinations))
+    # A field only some runs set (an ablation option) lists the values of those runs.
+    grid = {field: list(dict.fromkeys(c[field] for c in preset_plan.combinations if field in c))
             for field in dict.fromkeys(f for c in preset_plan.combinations for f in c)}
     return _create(session, queue, sweep_plan, name=sweep_name, grid=grid, preset=preset.name, preset_options=options)
