@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..runs.predictions import RunPredictions
 from .analysis import Cell, ComparisonTable, Row
 
 ALPHA = 0.05
@@ -145,24 +146,6 @@ def seeds_needed(differences: Sequence[float], alpha: float = ALPHA, power: floa
         if achieved >= power:
             return n
     return None
-
-
-# --- stored test predictions ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunPredictions:
-    """One run's predicted and true class per test sample (or video) at the selected epoch."""
-
-    predicted: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
-
-    def same_test_set(self, other: "RunPredictions") -> bool:
-        return len(self.labels) == len(other.labels) and bool(np.array_equal(self.labels, other.labels))
 
 
 # --- a table's comparisons ----------------------------------------------------------------
@@ -328,3 +311,44 @@ def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
     notes.append(f"{summary.significant} of {summary.tests} comparisons significant at {summary.alpha:g} after "
                  f"Holm's correction over the table ({'McNemar over test samples, pooled over seeds' if summary.test == 'samples' else 'exact sign-flip test over seeds'}).")
     return notes
+
+
+# --- runs side by side (the compare page) ------------------------------------------------------
+
+
+@dataclass
+class RunPair:
+    """A run against a reference run on the same test samples."""
+
+    run_id: int
+    comparable: bool
+    reason: str | None = None  # why not, when not comparable
+    samples: int | None = None
+    diff: float | None = None  # accuracy over the samples, run − reference
+    discordant: tuple[int, int] | None = None  # (only the reference right, only the run right)
+    p_value: float | None = None  # exact McNemar
+    p_adjusted: float | None = None  # Holm over the runs compared
+    significant: bool = False
+
+
+def compare_runs(reference: RunPredictions | None, others: Mapping[int, RunPredictions | None],
+                 alpha: float = ALPHA) -> list[RunPair]:
+    """McNemar's exact test of each run against the reference run, sample by sample, where both
+    kept their test predictions and saw the same test set (same dataset, seed and split); Holm's
+    correction over the runs compared."""
+    pairs = []
+    for run_id, mine in others.items():
+        if reference is None or mine is None:
+            pairs.append(RunPair(run_id, False, "no stored test predictions (a run finished before they were kept, "
+                                                "or not finished)"))
+        elif not mine.same_test_set(reference):
+            pairs.append(RunPair(run_id, False, "not the same test set (another dataset, seed or split)"))
+        else:
+            b, c = discordant_pairs(reference.correct, mine.correct)
+            pairs.append(RunPair(run_id, True, samples=len(mine.labels), diff=(c - b) / len(mine.labels),
+                                 discordant=(b, c), p_value=mcnemar_p(b, c)))
+    tested = [pair for pair in pairs if pair.comparable]
+    for pair, adjusted in zip(tested, holm([pair.p_value for pair in tested])):
+        pair.p_adjusted = adjusted
+        pair.significant = adjusted < alpha and pair.diff != 0
+    return pairs

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
-from ..runs.models import TERMINAL_STATES, ConfusionMatrix, Run, RunState
-from ..runs.predictions import unpack_labels
+from ..runs.models import TERMINAL_STATES, Run, RunState
+from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .paired import PairedSummary, RunPredictions, Test, compare_table
+from .paired import PairedSummary, Test, compare_table
 from .presets import PRESETS, backbone_of, source_dataset
 
 
@@ -160,13 +160,7 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
 
 
 def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
-    """The stored test predictions of these runs (those that have them), unpacked."""
-    query = (select(ConfusionMatrix.run_id, ConfusionMatrix.classes, ConfusionMatrix.test_predictions,
-                    ConfusionMatrix.test_labels)
-             .where(ConfusionMatrix.run_id.in_(list(run_ids)), ConfusionMatrix.test_predictions.is_not(None),
-                    ConfusionMatrix.test_labels.is_not(None)))
-    return {run_id: RunPredictions(unpack_labels(predicted, len(classes)), unpack_labels(labels, len(classes)))
-            for run_id, classes, predicted, labels in session.execute(query)}
+    return load_predictions(session, run_ids)
 
 
 def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,

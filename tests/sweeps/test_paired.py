@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from backend.runs.predictions import pack_labels, unpack_labels
+from backend.runs.predictions import RunPredictions, pack_labels, unpack_labels
 from backend.sweeps import paired
 from backend.sweeps.analysis import RunResult, comparison_table, missing_rate_trend
 from backend.sweeps.export import table_csv, table_latex
@@ -180,7 +180,7 @@ def test_mcnemar_over_stored_predictions_pooled_over_seeds():
             predicted = labels.copy()
             wrong = {"mle": 2, "zero_padding": 6, "lower_bound": 7}[row.method]
             predicted[:wrong] = (labels[:wrong] + 1) % 10  # the first `wrong` samples are missed
-            predictions[run_id] = paired.RunPredictions(predicted, labels)
+            predictions[run_id] = RunPredictions(predicted, labels)
     summary = paired.compare_table(table, test="samples", predictions=predictions)
     mle = cell(table, "mle").paired
     # Per seed mle alone is right on samples 2…5 (4), zero_padding alone on none: pooled (0, 20).
