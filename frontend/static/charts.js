@@ -37,6 +37,8 @@ const missmodCharts = (() => {
     div.dataset.ready = "true";
     for (const resolve of waiting.get(div) || []) resolve();
     waiting.delete(div);
+    // When the last chart waiting was drawn (bench/sweep_views.py reads it).
+    if (!pending.size) document.body.dataset.chartsDrawnAt = String(performance.now());
   }
 
   // Off-screen charts, one per idle period, in the order they were asked for.
