@@ -54,7 +54,13 @@ def live() -> list[Row]:
     return live_latency.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live}
+def pages() -> list[Row]:
+    from . import sweep_views
+
+    return sweep_views.measure(loads=3)
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "pages": pages}
 
 
 def machine() -> str:

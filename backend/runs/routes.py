@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import orjson
@@ -184,7 +185,7 @@ def get_paired(run_id: RunId, session: SessionDep,
     Runs are comparable when they saw the same test set: same dataset, seed and split."""
     ids = []
     for part in against.split(","):
-        if not part.strip().isdigit() or not 1 <= int(part) <= MAX_ID:
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
             raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
                                            "msg": f"{part.strip()!r} is not a run id"}])
         ids.append(int(part))

@@ -84,10 +84,24 @@ class SweepWatcher:
             results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
             if results_key != self.results_key:
                 self.results_key = results_key
-                events.append({"event": "summary", "data": json.dumps(_summary(session, sweep))})
+                events.append(SUMMARY_DUE)
             if progress["done"]:
                 events.append({"event": "end", "data": json.dumps(progress)})
             return events
+
+    def summary(self) -> dict[str, Any] | None:
+        """The `summary` event (the table with its paired comparisons, and the trend): computed
+        apart from poll(), so the run list and progress reach the page first."""
+        with self.sessions() as session:
+            sweep = session.get(Sweep, self.sweep_id)
+            if sweep is None:
+                return None
+            return {"event": "summary", "data": json.dumps(_summary(session, sweep))}
+
+
+# Stands in poll()'s events for the summary, computed by SweepWatcher.summary() once the events
+# before it are sent.
+SUMMARY_DUE: dict[str, Any] = {"event": "summary", "data": None}
 
 
 async def sweep_events(sessions: sessionmaker, sweep_id: int, poll_interval: float,
@@ -99,6 +113,10 @@ async def sweep_events(sessions: sessionmaker, sweep_id: int, poll_interval: flo
             yield {"event": "gone", "data": json.dumps({"sweep_id": sweep_id})}
             return
         for event in events:
+            if event is SUMMARY_DUE:
+                event = await run_in_threadpool(watcher.summary)
+                if event is None:
+                    continue
             yield event
         if any(event["event"] == "end" for event in events):
             return

@@ -148,7 +148,8 @@
         if (!chosen.has(id)) break;
         cursors.set(id, page.cursor);
         curves.append(id, `#${id} ${run.name}`, page.points.filter((p) => p.name === metric));
-        if (run.state === "succeeded" || run.state === "cancelled") await showConfusion(run);
+        // Not awaited: the matrices sit below the fold and are drawn when the browser is idle.
+        if (run.state === "succeeded" || run.state === "cancelled") showConfusion(run);
       } while (entry.again);
       loading.delete(id);
     })();
