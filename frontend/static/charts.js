@@ -3,20 +3,36 @@
 // allow about 16). Curves load once thinned by the server (extremes kept), then grow by
 // appending points (Plotly.extendTraces), never by redrawing.
 //
-// Drawing fast: plotly.js loads `async` (the page's data is fetched and its tables filled while
-// it parses), and a chart is drawn once plotly.js is there — at once when it is in view (or
-// near), the others one at a time when the browser is idle, so what is on screen comes first
-// and the rest never holds it up. A chart's div gets data-ready="true" once drawn.
+// Drawing fast: the page's head only preloads plotly.js (<link rel="preload" id="plotly-js">):
+// it downloads at once but is run — a long task for the browser — only when the page calls
+// load(), which the sweep page does once its first data is on screen and its next requests are
+// sent, so the server answers while the browser parses plotly.js. A chart is drawn once
+// plotly.js is there — at once when it is in the window, the others one at a time when the
+// browser is idle, so what is on screen comes first and the rest never holds it up. A chart's
+// div gets data-ready="true" once drawn.
 "use strict";
 
 const missmodCharts = (() => {
   const CONFIG = { responsive: true, displaylogo: false };
 
-  const plotlyReady = window.Plotly ? Promise.resolve() : new Promise((resolve, reject) => {
-    const tag = document.getElementById("plotly-js");
-    tag.addEventListener("load", () => resolve());
-    tag.addEventListener("error", () => reject(new Error("plotly.js could not be loaded")));
+  let startLoading;
+  const plotlyReady = new Promise((resolve, reject) => {
+    startLoading = () => {
+      if (window.Plotly) { resolve(); return; }
+      const script = document.createElement("script");
+      script.src = document.getElementById("plotly-js").href;
+      performance.mark("plotly-asked");  // these marks say where a page's time goes (devtools, bench)
+      script.addEventListener("load", () => { performance.mark("plotly-ready"); resolve(); });
+      script.addEventListener("error", () => reject(new Error("plotly.js could not be loaded")));
+      document.head.append(script);
+    };
   });
+  let loadAsked = false;
+  // Run plotly.js now (once); charts scheduled before wait for it.
+  function load() {
+    if (!loadAsked) { loadAsked = true; startLoading(); }
+    return plotlyReady;
+  }
 
   const pending = new Map(); // div → the latest draw asked for it, not yet run
   const inView = new Set();
@@ -26,7 +42,7 @@ const missmodCharts = (() => {
       if (entry.isIntersecting) { inView.add(entry.target); plotlyReady.then(() => run(entry.target)); }
       else inView.delete(entry.target);
     }
-  }, { rootMargin: "300px 0px" });
+  });
   let idleQueued = false;
 
   function run(div) {
@@ -73,14 +89,15 @@ const missmodCharts = (() => {
     delete div.dataset.ready;
   }
 
-  // Whether a chart is in the window or within 300 px of it, measured now.
+  // Whether a chart is in the window, measured now (the observer says so only a frame later).
   function nearView(div) {
     const box = div.getBoundingClientRect();
-    return box.width > 0 && box.bottom > -300 && box.top < window.innerHeight + 300;
+    return box.width > 0 && box.bottom > 0 && box.top < window.innerHeight;
   }
 
-  // Resolves once no chart in or near the window is waiting to be drawn.
+  // Resolves once no chart in the window is waiting to be drawn.
   async function inViewDrawn() {
+    load();
     for (;;) {
       const near = [...pending.keys()].filter(nearView);
       if (!near.length) return;
@@ -257,6 +274,6 @@ const missmodCharts = (() => {
     watchSize(div);
   }
 
-  return { CONFIG, colour, confusion, CurveChart, runMetrics, byName, trend, plotlyReady, schedule, purge,
+  return { CONFIG, colour, confusion, CurveChart, runMetrics, byName, trend, plotlyReady, load, schedule, purge,
            inViewDrawn };
 })();

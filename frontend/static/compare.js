@@ -128,7 +128,9 @@
       error.textContent = "Choose at least two runs: /compare?runs=1,2,3 (or tick them in the runs table).";
       error.hidden = false;
     }
-    const fetched = await Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`)));
+    const asked = Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`)));
+    missmodCharts.load();  // parsed while the runs are fetched
+    const fetched = await asked;
     const missing = ids.filter((id, i) => !fetched[i].ok);
     fetched.filter((r) => r.ok).forEach((r) => runs.set(r.body.id, r.body));
     if (missing.length) {

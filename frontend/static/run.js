@@ -27,8 +27,8 @@
     };
   }
 
-  // plotly.js loads async: the charts are made once it is there (see charts.js), and the run's
-  // history is fetched meanwhile. Until then points and the best epoch wait here.
+  // plotly.js runs once the run's history is asked for (see charts.js); the charts are made once
+  // it is there. Until then points and the best epoch wait here.
   let chartsMade = false;
   let heldPoints = [];
   let heldBestEpoch = null;
@@ -196,7 +196,9 @@
     });
   }
   (async () => {
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    const history = missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    missmodCharts.load();
+    const { ok, body } = await history;
     if (ok) {
       cursor = body.cursor;
       addPoints(body.points.sort((a, b) => a.epoch - b.epoch));

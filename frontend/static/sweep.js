@@ -77,6 +77,7 @@
     }
     if (fresh.length) body.append(...fresh);
     if (!choiceMade && runs.size) chooseDefaults();
+    if (!runsShown) performance.mark("runs-shown");
     runsShown = true;
   }
 
@@ -303,6 +304,7 @@
   function showSummary(summary) {
     showTable(summary.table);
     showTrend(summary.trend);
+    if (!summaryShown) performance.mark("summary-shown");
     summaryShown = true;
   }
 
@@ -344,6 +346,7 @@
   // further down are drawn when the browser is idle, or when scrolled to).
   async function markDrawn() {
     if (page.dataset.drawn || !summaryShown || !runsShown) return;
+    missmodCharts.load();
     await Promise.all([...loading.values()].map((entry) => entry.promise));
     await missmodCharts.inViewDrawn();
     if (page.dataset.drawn) return;
@@ -353,6 +356,10 @@
 
   resetCurves();
   const stream = new EventSource(`/api/sweeps/${sweepId}/stream`);
+  // plotly.js runs once the table and the run list are shown and the chosen runs' points are
+  // asked for (markDrawn), or after a second, whatever comes first: the points arrive while the
+  // browser parses it.
+  setTimeout(() => missmodCharts.load(), 1000);
   stream.addEventListener("runs", (event) => { showRuns(JSON.parse(event.data)); markDrawn(); });
   stream.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
   stream.addEventListener("summary", async (event) => { await summaryFor(JSON.parse(event.data)); markDrawn(); });
