@@ -1,7 +1,7 @@
 """confusion_matrices: test_predictions and test_labels (paired tests over test samples)
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0008'
-down_revision: Union[str, None] = '0004'
+down_revision: Union[str, None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
