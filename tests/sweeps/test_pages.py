@@ -328,7 +328,7 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
     """A run that ends with `wrong` of `samples` test samples misclassified (the first ones),
     written through the worker's own service calls, test predictions included. Each seed has a
     test set of its own (another split), as in training."""
-    from backend.runs import service as runs_service
+    from backend.runs import lease
 
     labels = [(i * (seed + 1)) % 10 for i in range(samples)]
     predicted = [(label + 1) % 10 if i < wrong else label for i, label in enumerate(labels)]
@@ -337,11 +337,11 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
         confusion[label][guess] += 1
     accuracy = 1 - wrong / samples
     with session_factory(settings.database_url)() as session:
-        runs_service.start_run(session, run_id, "test")
-        runs_service.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
-        runs_service.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
-                                classes=[str(c) for c in range(10)], confusion=confusion, info={},
-                                test_predictions=predicted, test_labels=labels)
+        lease.start_run(session, run_id, "test")
+        lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
+        lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
+                         classes=[str(c) for c in range(10)], confusion=confusion, info={},
+                         test_predictions=predicted, test_labels=labels)
 
 
 def shown_paired(page) -> dict[tuple[str, str], dict]:
