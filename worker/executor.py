@@ -85,7 +85,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
-                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
+                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
+                             test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
         return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "

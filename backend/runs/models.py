@@ -106,6 +106,11 @@ class ConfusionMatrix(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
+    # The predicted and the true class of every test sample (video, where groups exist) at that
+    # epoch, packed one byte per sample (backend/sweeps/paired.py: pack_labels), so methods can be
+    # compared sample by sample without retraining. NULL for runs finished before they were kept.
+    test_predictions: Mapped[str | None] = mapped_column(Text)
+    test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
 

@@ -3,6 +3,7 @@ a broker that cannot be reached is answered by the handlers of backend/api/error
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import orjson
@@ -15,9 +16,11 @@ from starlette.background import BackgroundTask
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
 from ..live import client_address
+from ..sweeps.paired import compare_runs
 from . import artifacts, service
 from .models import RunState
-from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
+from .predictions import load_predictions
+from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunPairOut, RunUpdate
 from .stream import run_events
 from .validation import DatasetCatalog, check_against_dataset
 
@@ -142,6 +145,32 @@ def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     grouped = (run.info or {}).get("accuracy_level") == "group"
     return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
                         counted="groups" if grouped else "samples")
+
+
+@router.get("/{run_id}/paired", response_model=list[RunPairOut],
+            responses={**NOT_FOUND, 422: {"description": "`against` is not a list of run ids"}})
+def get_paired(run_id: RunId, session: SessionDep,
+               against: str = Query(..., max_length=2000, description="Comma-separated ids of the runs to compare "
+                                                                     "with this one (at most 50)")) -> list[RunPairOut]:
+    """Each run of `against` compared with this one test sample by test sample (McNemar's exact
+    test on the stored test predictions, Holm's correction over the runs; see docs/statistics.md).
+    Runs are comparable when they saw the same test set: same dataset, seed and split."""
+    ids = []
+    for part in against.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                           "msg": f"{part.strip()!r} is not a run id"}])
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > 50:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                       "msg": f"{len(ids)} runs; at most 50"}])
+    service.get_run(session, run_id)  # 404 when there is no such run
+    kept = load_predictions(session, [run_id, *ids])
+    pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
+    return [RunPairOut(run_id=p.run_id, reference=run_id, comparable=p.comparable, reason=p.reason,
+                       samples=p.samples, diff=p.diff, discordant=list(p.discordant) if p.discordant else None,
+                       p_value=p.p_value, p_adjusted=p.p_adjusted, significant=p.significant) for p in pairs]
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,

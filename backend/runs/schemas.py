@@ -139,6 +139,21 @@ class ArtifactOut(BaseModel):
     size: int = Field(description="Bytes")
 
 
+class RunPairOut(BaseModel):
+    """A run against a reference run, test sample by test sample."""
+
+    run_id: int
+    reference: int = Field(description="The run it is compared with")
+    comparable: bool = Field(description="Both stored their test predictions and saw the same test set")
+    reason: str | None = Field(description="Why not comparable")
+    samples: int | None = Field(description="Test samples (videos, where accuracy is per video) compared")
+    diff: float | None = Field(description="Accuracy on them (fraction), this run − the reference")
+    discordant: list[int] | None = Field(description="[only the reference right, only this run right]")
+    p_value: float | None = Field(description="McNemar's exact two-sided p-value")
+    p_adjusted: float | None = Field(description="After Holm's correction over the runs compared")
+    significant: bool = Field(description="p_adjusted below 0.05")
+
+
 class ConfusionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
