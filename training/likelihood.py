@@ -1,6 +1,6 @@
 """Scores and conditional log-likelihoods of the paper's generalised softmax (§2.2.2).
 
-Notation (DESIGN.md §4): x is the modality always present, y the one that may be missing,
+Notation (docs/architecture.md §4): x is the modality always present, y the one that may be missing,
 z the label among K classes. Encoders give f(x), g(y) ∈ R^k; the label head gives
 h(z) = W·onehot(z) + b, stacked here as the matrix H whose row z is h(z) (shape K × dim φ).
 The score is s(x, y, z) = φ(f(x), g(y))ᵀ h(z).

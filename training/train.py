@@ -56,6 +56,11 @@ class TrainingCallback:
         """Checked after every epoch: True ends training early (cancel)."""
         return False
 
+    def should_abort(self) -> bool:
+        """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
+        with nothing more reported (the run was deleted, or given to another worker)."""
+        return False
+
     def stop_reason(self) -> "StopReason":
         """Why should_stop() said True: a cancel, unless the callback knows better (a worker
         shutting down stops a run that is to be resumed elsewhere)."""
@@ -90,6 +95,10 @@ class TrainResult:
     def cancelled(self) -> bool:
         """Ended before its last epoch was asked to (cancelled or shut down)."""
         return self.stopped is not StopReason.finished
+
+
+class TrainingAborted(Exception):
+    """The callback asked to abandon the run mid-epoch (should_abort)."""
 
 
 class SpecError(ValueError):
@@ -249,6 +258,8 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
+            if self.callback.should_abort():
+                raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
             index = torch.as_tensor(rows, device=train.z.device)
             batch = Batch(*(t[index].to(self.device, non_blocking=True)

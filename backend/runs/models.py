@@ -29,6 +29,9 @@ class Run(Leased, Base):
     lifecycle.models.Leased: a worker executes it under a lease (backend/lifecycle)."""
 
     __tablename__ = "runs"
+    # A deleted run's id is never given to another run (SQLite reuses the highest id otherwise;
+    # PostgreSQL's sequence never does).
+    __table_args__ = {"sqlite_autoincrement": True}
     noun = "run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -11,9 +11,11 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
+from ..live import client_address
 from ..sweeps.paired import compare_runs
 from . import artifacts, service
 from .models import RunState
@@ -181,25 +183,25 @@ def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
-@router.get("/{run_id}/stream", responses=NOT_FOUND,
+@router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
 def stream_run(
     run_id: RunId,
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    service.get_run(session, run_id)
+    # A session of its own, closed before the stream starts: a request-scoped one would hold a
+    # pooled connection for as long as the client watches (backend/live.py).
+    with request.app.state.sessions() as session:
+        service.get_run(session, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
-    return EventSourceResponse(
-        run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
-        ping=15,
-    )
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(run_events(request.app.state.run_hub, run_id, after, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 
 from training.spec import TrainSpec
 
-from ..api.params import has_control_characters
+from ..api.params import CleanInput, has_control_characters
 
 
-class RunCreate(TrainSpec):
+class RunCreate(CleanInput, TrainSpec):
     """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
@@ -87,7 +87,7 @@ class RunPage(BaseModel):
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
 
 
-class RunUpdate(BaseModel):
+class RunUpdate(CleanInput):
     """What a person may change on a run; fields left out stay as they are."""
 
     model_config = ConfigDict(extra="forbid")

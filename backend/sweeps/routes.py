@@ -8,9 +8,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import Offset, SweepId
+from ..live import client_address
 from ..runs.validation import DatasetCatalog, Refused
 from . import service
 from .analysis import missing_rate_trend
@@ -172,13 +174,17 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
 
 
-@router.get("/{sweep_id}/stream", responses=NOT_FOUND,
+@router.get("/{sweep_id}/stream",
+            responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
+def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
-    service.get_sweep(session, sweep_id)
-    return EventSourceResponse(sweep_events(request.app.state.sessions, sweep_id, settings.stream_poll_interval,
-                                            request), ping=15)
+    # A session of its own, closed before the stream starts (see backend/live.py).
+    with request.app.state.sessions() as session:
+        service.get_sweep(session, sweep_id)
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 # --- presets ----------------------------------------------------------------------------

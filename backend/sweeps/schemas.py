@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from ..api.params import DisplayName
+from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
 
@@ -30,7 +30,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-class SweepBase(BaseModel):
+class SweepBase(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     name: DisplayName | None = Field(None, description="The sweep's name; default: derived from the grid")
@@ -189,7 +189,7 @@ class RetriedRuns(BaseModel):
 # --- presets ----------------------------------------------------------------------------
 
 
-class PresetRequest(BaseModel):
+class PresetRequest(CleanInput):
     """Run a paper preset on any dataset; `visual`/`audio` say which of its modalities plays
     the paper's visual and audio modality."""
 

@@ -550,6 +550,41 @@ def all_pages_by_cursor(client, params: dict, limit: int) -> list[int]:
             return seen
 
 
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(client, settings):
+    """Modality names come from data files: a name a spreadsheet reads as a formula is quoted
+    (OWASP's rule for =, +, -, @, tab, carriage return), numbers stay numbers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    hostile = {"=HYPERLINK(\"http://evil.example\",\"x\")": rng.normal(size=(60, 4)) + labels[:, None],
+               "@SUM(1+1)*cmd|' /C calc'!A0": rng.normal(size=(60, 4))}
+    features = settings.data_dir / "features"
+    features.mkdir(parents=True)
+    np.savez(features / "hostile.npz", label=labels, **hostile)
+    for modality in hostile:
+        response = client.post("/api/sweeps", json={"dataset": "hostile", "method": "mle",
+                                                    "missing_modality": modality, "missing_rate": [0.5, 0.7]})
+        assert response.status_code == 201, response.text
+        sweep_id = response.json()["id"]
+        for run_id in queued_run_ids(settings)[-2:]:
+            finish(settings, run_id, 0.5)
+        rows = list(csv.reader(io.StringIO(client.get(f"/api/sweeps/{sweep_id}/table?format=csv").text)))
+        cells = [cell for row in rows for cell in row]
+        assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in cells), rows[0]
+        assert not any(cell.startswith("-") and not cell.lstrip("-").replace(".", "").isdigit() for cell in cells)
+        assert rows[0][2] == "'" + f"{modality} 50% mean" and rows[1][2] == "50.0000"
+
+
+def test_csv_neutralising_rule():
+    from backend.sweeps.export import neutralise
+
+    for dangerous in ["=1+1", "+1+cmd", "-1+2-cmd|x", "@SUM(A1)", "\tx", "\r=x"]:
+        assert neutralise(dangerous) == "'" + dangerous
+    for harmless in ["mle", "-1.5", "+2", "12", "", "a=b", 3, None]:
+        assert neutralise(harmless) == harmless
+
+
 def test_why_preset_runs_the_ablations_of_mle_beside_zero_padding_and_compares_with_it(client, settings):
     sweep = client.post("/api/presets/mle_vs_zero_padding/sweeps",
                         json={"dataset": "digits", "seeds": 2, "epochs": 2}).json()
