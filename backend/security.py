@@ -24,9 +24,10 @@ from urllib.parse import quote, urlsplit
 
 from itsdangerous import BadSignature, TimestampSigner
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .api.problems import problem_response
 from .settings import Settings
 
 SESSION_COOKIE = "missmod_session"
@@ -37,7 +38,8 @@ OPEN_PREFIXES = ("/static/",)
 # Our pages load only our own scripts; Plotly sets inline styles, and draws into data: images.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-# /docs and /redoc are FastAPI's, loaded from a CDN with inline scripts: no CSP of ours there.
+# /docs and /redoc are FastAPI's pages (their scripts are ours, backend/api/openapi.py, but the
+# pages start them with inline scripts): no CSP of ours there.
 PAGES_WITHOUT_CSP = ("/docs", "/redoc")
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                   (b"referrer-policy", b"same-origin")]
@@ -114,7 +116,7 @@ class AccessGuard:
         headers = Headers(scope=scope)
         path = scope["path"]
         if scope["method"] not in SAFE_METHODS and is_cross_site(headers):
-            await JSONResponse({"detail": "cross-site request refused"}, status_code=403)(scope, receive, send)
+            await problem_response(403, "cross-site request refused")(scope, receive, send)
             return
         if self.sessions is not None and not self._is_open(path) \
                 and not self.sessions.request_is_authenticated(headers, _cookies(headers)):
@@ -142,8 +144,8 @@ class AccessGuard:
             target = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
             response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         else:
-            response = JSONResponse({"detail": "authentication required: send 'Authorization: Bearer <API_TOKEN>'"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            response = problem_response(401, "authentication required: send 'Authorization: Bearer <API_TOKEN>'",
+                                        headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
 
