@@ -104,7 +104,8 @@ ALWAYS = {500: "Unexpected error (a reference to the server log)",
           503: "The database (or the broker) is unreachable; try again shortly (Retry-After)"}
 UNAUTHORIZED = {401: "API_TOKEN is set and the request does not carry it (`Authorization: Bearer <token>`)"}
 CROSS_SITE = {403: "A state-changing request sent by a page of another site"}
-TOO_LARGE = {413: "The request body is larger than MAX_REQUEST_BYTES"}
+BODY_ERRORS = {400: "The request body is not valid JSON",
+               413: "The request body is larger than MAX_REQUEST_BYTES"}
 INVALID = {422: "An input is invalid: `detail` lists each field at fault (`loc`, `msg`)"}
 NOT_FOUND = {404: "Not found"}
 
@@ -121,7 +122,7 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     if method not in ("get", "head", "options"):
         extra.update(CROSS_SITE)
     if "requestBody" in operation:
-        extra.update(TOO_LARGE)
+        extra.update(BODY_ERRORS)
     if operation.get("parameters") or "requestBody" in operation:
         extra.update(INVALID)
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):

@@ -32,6 +32,10 @@ class RunResult:
     seed: int
     test_accuracy: float | None
     spec: dict[str, Any]
+    external: bool = False  # trained elsewhere: a row of its own, marked, never averaged with ours
+
+
+EXTERNAL_MARK = " [external]"
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,12 @@ class Row:
     fusion: str
     extras: tuple[tuple[str, Any], ...]  # other varying fields, e.g. (("lr", 0.01),)
     cells: list[Cell]
+    external: bool = False
 
     @property
     def label(self) -> str:
         extra = "".join(f", {name}={value}" for name, value in self.extras)
-        return f"{self.method} ({self.fusion}){extra}"
+        return f"{self.method} ({self.fusion}){extra}{EXTERNAL_MARK if self.external else ''}"
 
 
 @dataclass
@@ -90,7 +95,9 @@ PaperLookup = Callable[[Row, Column], float | None]
 
 
 def varying_fields(results: Sequence[RunResult]) -> list[str]:
-    """Spec fields (other than the layout's) whose value differs between the runs."""
+    """Spec fields (other than the layout's) whose value differs between the runs (missmod's own:
+    an external run's free-form settings do not split missmod's rows)."""
+    results = [r for r in results if not r.external]
     names = list(dict.fromkeys(name for r in results for name in r.spec))
     return [name for name in names
             if name not in LAYOUT_FIELDS and name not in NEUTRAL_FIELDS
@@ -111,11 +118,11 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
 
     rows: dict[tuple, Row] = {}
     for r in results:
-        extras = tuple((name, r.spec.get(name)) for name in extras_names)
-        key = (r.method, r.fusion, repr(extras))
+        extras = tuple((name, r.spec.get(name)) for name in extras_names if not r.external or name in r.spec)
+        key = (r.method, r.fusion, repr(extras), r.external)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns])
+            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns], external=r.external)
         cell = row.cells[column_index[(r.missing_modality, r.missing_rate)]]
         if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
             cell.values.append(r.test_accuracy)
@@ -148,6 +155,7 @@ class TrendSeries:
     stds: list[float | None]
     counts: list[int]
     source: str = "sweep"  # or "paper"
+    external: bool = False
 
 
 def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
@@ -165,7 +173,7 @@ def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
             series.append(TrendSeries(
                 label=row.label, method=row.method, fusion=row.fusion, missing_modality=modality, role=role,
                 rates=[rate for rate, _ in ours], means=[cell.mean for _, cell in ours],
-                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours],
+                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours], external=row.external,
             ))
             reported = [(rate, cell.paper) for rate, cell in cells if cell.paper is not None]
             if reported:

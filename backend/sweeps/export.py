@@ -21,16 +21,46 @@ def _percent(value: float | None, digits: int) -> str:
     return "" if value is None else f"{100 * value:.{digits}f}"
 
 
+# OWASP's rule against CSV (formula) injection: a spreadsheet runs a cell that starts with one of
+# these as a formula, and names come from data files (modalities, classes) and from users.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def neutralise(cell: object) -> object:
+    """A text cell a spreadsheet would take for a formula, quoted so it stays text."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _is_number(cell):
+        return "'" + cell
+    return cell
+
+
+class SafeCSVWriter:
+    """csv.writer whose every cell goes through `neutralise`: the one way this app writes CSV."""
+
+    def __init__(self, out: io.StringIO):
+        self._writer = csv.writer(out, lineterminator="\n")
+
+    def writerow(self, row) -> None:
+        self._writer.writerow([neutralise(cell) for cell in row])
+
+
 def table_csv(table: ComparisonTable) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SafeCSVWriter(out)
     extras = [name for name, _ in table.rows[0].extras] if table.rows else []
     header = ["method", "fusion", *extras]
     for column in table.columns:
         header += [f"{column.label} mean", f"{column.label} std", f"{column.label} n"]
     writer.writerow(header)
     for row in table.rows:
-        line = [row.method, row.fusion, *(value for _, value in row.extras)]
+        line = [row.label if row.external else row.method, row.fusion, *(value for _, value in row.extras)]
         for cell in row.cells:
             line += [_percent(cell.mean, 4), _percent(cell.std, 4), cell.n]
         writer.writerow(line)

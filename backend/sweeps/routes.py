@@ -53,7 +53,8 @@ def _get_or_404(session, sweep_id: int):
 
 def _sweep_out(session, sweep) -> SweepOut:
     progress = service.progress_of(session, [sweep.id])[sweep.id]
-    return SweepOut(id=sweep.id, name=sweep.name, created_at=sweep.created_at, grid=sweep.grid, preset=sweep.preset,
+    return SweepOut(id=sweep.id, name=sweep.name, created_at=sweep.created_at, finished_at=sweep.finished_at,
+                    grid=sweep.grid, preset=sweep.preset,
                     preset_options=sweep.preset_options, progress=SweepProgress(**progress))
 
 
@@ -109,13 +110,19 @@ def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, 
 
 
 @router.get("", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
+                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                                           description="`next_cursor` of the previous page")) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    sweeps, total = service.list_sweeps(session, limit, offset)
+    if cursor and offset:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
+                                       "msg": "give either offset or cursor, not both"}])
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=int(cursor) if cursor else None)
     progress = service.progress_of(session, [s.id for s in sweeps])
-    items = [SweepOut(id=s.id, name=s.name, created_at=s.created_at, grid=s.grid, preset=s.preset,
-                      preset_options=s.preset_options, progress=SweepProgress(**progress[s.id])) for s in sweeps]
-    return SweepPage(items=items, total=total, limit=limit, offset=offset)
+    items = [SweepOut(id=s.id, name=s.name, created_at=s.created_at, finished_at=s.finished_at, grid=s.grid,
+                      preset=s.preset, preset_options=s.preset_options, progress=SweepProgress(**progress[s.id]))
+             for s in sweeps]
+    return SweepPage(items=items, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)

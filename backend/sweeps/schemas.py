@@ -115,6 +115,8 @@ class SweepOut(BaseModel):
     id: int
     name: str
     created_at: datetime
+    finished_at: datetime | None = Field(None, description="When its last run finished; null while any is queued "
+                                                           "or running")
     grid: dict[str, Any]
     preset: str | None
     preset_options: dict[str, Any] | None
@@ -131,6 +133,7 @@ class SweepPage(BaseModel):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
 
 
 class RetriedRuns(BaseModel):
@@ -211,6 +214,7 @@ class RowOut(BaseModel):
     fusion: str
     extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
     cells: list[CellOut]
+    external: bool = Field(False, description="Runs trained elsewhere (POST /api/runs/external); the label says so")
 
 
 class PaperOut(BaseModel):
@@ -243,6 +247,7 @@ class TrendSeriesOut(BaseModel):
     stds: list[float | None]
     counts: list[int]
     source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
+    external: bool = Field(False, description="Runs trained elsewhere; the label says so")
 
 
 class TrendOut(BaseModel):
@@ -256,7 +261,7 @@ def table_out(sweep_id: int, table, paper: dict | None) -> TableOut:
         sweep_id=sweep_id,
         columns=[ColumnOut(missing_modality=c.missing_modality, missing_rate=c.missing_rate, role=c.role,
                            label=c.label) for c in table.columns],
-        rows=[RowOut(label=r.label, method=r.method, fusion=r.fusion, extras=dict(r.extras),
+        rows=[RowOut(label=r.label, method=r.method, fusion=r.fusion, extras=dict(r.extras), external=r.external,
                      cells=[CellOut(mean=c.mean, std=c.std, n=c.n, pending=c.pending, best=c.best, paper=c.paper,
                                     run_ids=c.run_ids) for c in r.cells]) for r in table.rows],
         paper=PaperOut(**paper) if paper else None,
