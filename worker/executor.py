@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
+from backend import notify
 from backend.db import session_factory
-from backend.runs import service
+from backend.runs import outcomes, service
 from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
 
@@ -166,6 +167,18 @@ def holder_is_dead_here(me: str) -> Callable[[str], bool]:
     return is_dead
 
 
+def announce_end(sessions: sessionmaker, settings: Settings, run_id: int) -> None:
+    """After the run's end is committed: its sweep may be finished, and the webhook hears of a
+    failure or a finished sweep. Sent before this process (one per run) ends, within a bound;
+    nothing here can fail the run."""
+    try:
+        with sessions() as session:
+            outcomes.announce_ended(session, settings, [run_id])
+        notify.flush(settings)
+    except Exception as error:
+        log.warning("run %s: could not announce its end: %s", run_id, error)
+
+
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid); the host and pid by default.
@@ -181,6 +194,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         raise DatabaseUnavailable(f"{type(error).__name__}: {error.orig if hasattr(error, 'orig') else error}") from None
     if claim.run is None:
         log.info("run %s not started here: %s", run_id, claim.reason)
+        if claim.reason.startswith(("failed", "cancelled")):  # ended by this claim
+            announce_end(sessions, settings, run_id)
         return f"skipped: {claim.reason}"
 
     log.info("run %s %s on %s: %s", run_id, claim.reason, worker, spec_data)
@@ -205,6 +220,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 service.fail_run(session, run_id, f"{type(error).__name__}: {error}", traceback.format_exc(), worker)
         except DATABASE_ERRORS:
             log.error("run %s failed and the database is unreachable to say so", run_id)
+            return "failed"
+        announce_end(sessions, settings, run_id)
         return "failed"
 
     shutting_down = result.cancelled and not recorder.cancel_requested and result.epochs_completed < spec.epochs
@@ -237,4 +254,5 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         return "database unreachable"
     state = "cancelled" if result.cancelled and recorder.cancel_requested else "succeeded"
     log.info("run %s %s: test accuracy %s at epoch %s", run_id, state, result.test_accuracy, result.best_epoch)
+    announce_end(sessions, settings, run_id)
     return state

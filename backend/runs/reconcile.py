@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..queue import RunQueue
 from ..settings import Settings
-from . import service
+from . import outcomes, service
 
 log = logging.getLogger("missmod.reconcile")
 
@@ -23,6 +23,8 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: RunQueue) 
     with sessions() as session:
         report = service.reconcile(session, queue, heartbeat_timeout=settings.heartbeat_timeout,
                                    max_retries=settings.run_max_retries)
+        if report.failed or report.cancelled:
+            outcomes.announce_ended(session, settings, [*report.failed, *report.cancelled])
     if report:
         log.warning("reconciled: queued again %s, failed %s, cancelled %s, sent to the broker %s",
                     report.requeued, report.failed, report.cancelled, report.sent)
