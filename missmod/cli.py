@@ -76,19 +76,20 @@ def print_json(data: Any) -> None:
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # plain text: a run named "[bold]" or a "[external]" mark is not markup
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     Console().print(table)
 
 
 def print_runs(runs: Sequence[Run], title: str | None = None) -> None:
-    print_table(title, ["id", "name", "state", "method", "fusion", "dataset", "missing", "epochs", "test acc"],
-                [[r.id, r.name + (" [external]" if r.external else ""), r.state, r.method, r.fusion, r.dataset,
-                  f"{r.missing_modality}@{r.missing_rate:g}", r.epochs_completed, _percent(r.test_accuracy)]
+    print_table(title, ["id", "name", "state", "method", "fusion", "dataset", "missing", "epochs", "test acc", ""],
+                [[r.id, r.name, r.state, r.method, r.fusion, r.dataset, f"{r.missing_modality}@{r.missing_rate:g}",
+                  r.epochs_completed, _percent(r.test_accuracy), "[external]" if r.external else ""]
                  for r in runs])
 
 
@@ -338,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="missmod", parents=[common],
                                      description="Submit, follow and compare missmod runs and sweeps.")
-    parser.set_defaults(url=None, token=None, json=False)
     groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,presets,datasets,methods}")
 
     def command(group, name: str, handler, help: str) -> argparse.ArgumentParser:
@@ -426,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Not parser defaults: the sub-commands share these options' actions, and a default set on
+    # one parser would overwrite a value given before the sub-command.
+    for name, default in (("url", None), ("token", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     try:
         with Client(args.url, args.token) as client:
             return args.handler(client, args)
