@@ -38,8 +38,8 @@ OPEN_PREFIXES = ("/static/",)
 # Our pages load only our own scripts; Plotly sets inline styles, and draws into data: images.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-# /docs and /redoc are FastAPI's pages (their scripts are ours, backend/api/openapi.py, but the
-# pages start them with inline scripts): no CSP of ours there.
+# /docs and /redoc set a CSP of their own (backend/api/openapi.py): their pages start their
+# scripts inline, which the dashboard's policy refuses.
 PAGES_WITHOUT_CSP = ("/docs", "/redoc")
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                   (b"referrer-policy", b"same-origin")]

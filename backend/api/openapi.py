@@ -30,6 +30,12 @@ from .problems import PROBLEM_MEDIA_TYPE, FieldIssue, Problem
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/static/api-docs"
 BEARER_SCHEME = "bearerAuth"
+# The docs pages start their scripts inline (FastAPI's pages), so the dashboard's CSP does not fit
+# them; this one still lets nothing leave the server: ReDoc's side menu, for one, shows a logo
+# from cdn.redoc.ly, which a page offline would ask for in vain.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 STABILITY = """
 **Stability.** Everything under `/api/` is version 1 of this API. Within it, changes only add:
@@ -172,19 +178,23 @@ def install_docs(app: FastAPI) -> None:
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="api-docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
+    def with_csp(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        return with_csp(get_swagger_ui_html(
             openapi_url=openapi_url, title=f"{app.title} API",
             swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg",
             # No online validator badge: it would call validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
-        )
+        ))
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} API",
-                              redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+        return with_csp(get_redoc_html(openapi_url=openapi_url, title=f"{app.title} API",
+                                       redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+                                       redoc_favicon_url="/static/favicon.svg", with_google_fonts=False))
