@@ -149,14 +149,16 @@
     const live = [...selected.values()].filter((r) => !missmod.terminal(r.state)).length;
     if (!window.confirm(`Delete ${ids.length} run${ids.length === 1 ? "" : "s"} with their metrics?` +
                         (live ? ` ${live} still queued or running will be stopped.` : "") + " This cannot be undone.")) return;
-    await Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`, { method: "DELETE" })));
+    await missmod.api("/api/runs/bulk-delete", { method: "POST", body: JSON.stringify({ ids }) });
     selected.clear();
     load();
   });
   document.getElementById("retry-selected").addEventListener("click", async () => {
     const retryable = [...selected.values()].filter((r) => r.state === "failed" || r.state === "cancelled");
     if (!window.confirm(`Queue ${retryable.length} failed or cancelled run(s) again? Their old metrics are cleared.`)) return;
-    for (const run of retryable) await missmod.api(`/api/runs/${run.id}/retry`, { method: "POST" });
+    // One request for them all (POST /api/runs/bulk-retry).
+    const ids = retryable.map((run) => run.id);
+    if (ids.length) await missmod.api("/api/runs/bulk-retry", { method: "POST", body: JSON.stringify({ ids }) });
     selected.clear();
     load();
   });

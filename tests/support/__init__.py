@@ -61,7 +61,15 @@ def wait_in_page(page, expression: str, timeout: float = 30) -> None:
     """Poll a JavaScript expression with page.evaluate until it is truthy. Not
     page.wait_for_function: it evaluates its predicate repeatedly inside the page, which the
     pages' Content-Security-Policy (no 'unsafe-eval') refuses."""
-    wait_for(lambda: page.evaluate(expression), timeout, interval=0.1, what=expression)
+    def holds():
+        try:
+            return page.evaluate(expression)
+        except Exception as error:  # the page is navigating (a reload after an action): ask again
+            if "Execution context was destroyed" in str(error):
+                return False
+            raise
+
+    wait_for(holds, timeout, interval=0.1, what=expression)
 
 
 
