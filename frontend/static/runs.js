@@ -52,11 +52,13 @@
     const link = missmod.el("a", run.name, { href: `/runs/${run.id}` });
     const state = missmod.el("span", run.state, { class: "state", "data-state": run.state });
     const tags = document.createElement("span");
+    // A run trained elsewhere (POST /api/runs/external) is marked wherever it is listed.
+    if (run.external) tags.append(missmod.el("span", "external", { class: "tag external", title: "trained elsewhere" }));
     tags.append(...run.tags.map((t) => missmod.el("span", t, { class: "tag" })));
     const cells = [
       first, link, state, run.dataset, run.method, run.fusion,
       `${run.missing_modality} ${(100 * run.missing_rate).toFixed(0)}%`, run.seed,
-      `${run.epochs_completed}/${run.spec.epochs}`, missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
+      `${run.epochs_completed}/${run.spec.epochs ?? run.epochs_completed}`, missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
     ];
     for (const cell of cells) {
       const td = document.createElement("td");
