@@ -21,8 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("missmod")
 
@@ -87,8 +89,48 @@ async def _internal_error(request: Request, error: Exception) -> JSONResponse:
                             reference=reference)
 
 
+class PlainErrorsAsProblems:
+    """An error answered in plain text by a layer outside the app's exception handlers (the body
+    size limit's 413, sent before the request reaches the app) leaves as problem details too."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        text = b""
+
+        async def send_problem(message: Message) -> None:
+            nonlocal held, text
+            if message["type"] == "http.response.start":
+                content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
+                if message["status"] >= 400 and content_type.startswith("text/plain"):
+                    held = message
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                text += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in
+                           (b"content-type", b"content-length")]
+                response = problem_response(held["status"], text.decode("utf-8", "replace"))
+                body = response.body
+                await send({**held, "headers": [*headers, (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                                                (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_problem)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Every error the app raises leaves as problem details."""
+    build_middleware_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: PlainErrorsAsProblems(build_middleware_stack())
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for database_error in (OperationalError, InterfaceError, PoolTimeoutError):

@@ -32,6 +32,10 @@ def test_errors_are_problem_details_keeping_detail(client, embedded_settings, cl
     assert body["detail"][0]["loc"] == ["body", "missing_rate"]  # as before: the field at fault
     cross_site = client.post("/api/runs", json=SPEC, headers={"Sec-Fetch-Site": "cross-site"})
     assert cross_site.status_code == 403 and cross_site.json()["detail"] == "cross-site request refused"
+    small = client_for(embedded_settings.model_copy(update={"max_request_bytes": 100}))
+    too_large = small.post("/api/runs", content=b" " * 1000, headers={"content-type": "application/json"})
+    assert too_large.status_code == 413 and too_large.headers["content-type"] == PROBLEM  # sent outside the app
+    assert too_large.json()["status"] == 413
     guarded = client_for(embedded_settings.model_copy(update={"api_token": SecretStr("t" * 32)}))
     refused = guarded.get("/api/runs")
     assert refused.status_code == 401 and refused.headers["content-type"] == PROBLEM
