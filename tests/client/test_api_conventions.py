@@ -141,3 +141,42 @@ def test_every_list_pages_by_cursor(client):
     assert [s["id"] for s in first["items"] + second["items"]] == [3, 2, 1]
     jobs = client.get("/api/jobs", params={"limit": 2})
     assert jobs.json() == [] and "x-next-cursor" not in jobs.headers  # a plain list, as before
+
+
+def test_dataset_jobs_page_by_a_cursor_in_headers(client, embedded_settings):
+    from backend.db import session_factory
+    from backend.jobs.models import DatasetJob
+
+    with session_factory(embedded_settings.database_url)() as session:
+        session.add_all([DatasetJob(kind="preprocess", dataset=f"set{i}", params={}) for i in range(3)])
+        session.commit()
+    first = client.get("/api/jobs", params={"limit": 2})
+    assert [job["dataset"] for job in first.json()] == ["set2", "set1"]  # the body: a plain list, as before
+    cursor = first.headers["x-next-cursor"]
+    assert first.headers["link"].endswith('; rel="next"') and f"cursor={cursor}" in first.headers["link"]
+    second = client.get("/api/jobs", params={"limit": 2, "cursor": cursor})
+    assert [job["dataset"] for job in second.json()] == ["set0"] and "x-next-cursor" not in second.headers
+
+
+def test_the_clients_models_name_only_fields_the_api_returns():
+    """The client keeps models of its own (it must import nothing of the server); they must not
+    drift from the API's schemas."""
+    from backend.runs.schemas import MetricPointOut, RunOut
+    from backend.sweeps.schemas import SweepCreated
+    from missmod.models import Point, Run, Sweep
+
+    for ours, theirs in ((Run, RunOut), (Sweep, SweepCreated), (Point, MetricPointOut)):
+        assert set(ours.model_fields) <= set(theirs.model_fields), (ours, set(ours.model_fields) - set(theirs.model_fields))
+
+
+def test_the_console_script_is_the_cli():
+    import importlib
+    import tomllib
+
+    from tests.support import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, function = project["project"]["scripts"]["missmod"].partition(":")
+    assert getattr(importlib.import_module(module), function).__module__ == "missmod.cli"
+    assert "missmod*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "pandas" in project["project"]["optional-dependencies"]
