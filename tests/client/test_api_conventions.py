@@ -62,7 +62,10 @@ def test_openapi_ids_security_and_documented_errors(client):
     assert "HTTPValidationError" not in schema["components"]["schemas"]
 
 
-def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(client):
+@pytest.mark.parametrize("backend", ["embedded_settings", pytest.param("service_settings", marks=pytest.mark.services)])
+def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(backend, request, client_for):
+    """On SQLite and PostgreSQL, whose JSON functions differ."""
+    client = client_for(request.getfixturevalue(backend))
     ids = [client.post("/api/runs", json={**SPEC, "lr": lr, "seed": seed}).json()["id"]
            for seed, lr in enumerate([0.01, 0.003, 0.03, 0.001, 0.02])]
     named = client.post("/api/runs", json={**SPEC, "name": "=HYPERLINK(\"http://evil\")", "encoder": "mlp"}).json()
@@ -75,6 +78,15 @@ def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(client):
     assert [r["id"] for r in listed(where="lr>=0.01", sort="lr")["items"]] == [ids[0], ids[4], ids[2]]
     assert [r["id"] for r in listed(where=["lr<0.01", "seed>=3"])["items"]] == [ids[3]]
     assert listed(where="pretrained=false")["total"] == 6 and listed(where="external=true")["total"] == 0
+    external = client.post("/api/runs/external", json={
+        "dataset": "digits", "method": "theirs", "missing_modality": "bottom", "missing_rate": 0.9, "spec": {"lr": 0.5},
+        "metrics": [{"epoch": 1, "name": "val_loss", "value": 0.9}, {"epoch": 2, "name": "val_loss", "value": 0.2}],
+        "test_accuracy": 0.9}).json()
+    assert [r["id"] for r in listed(where="metrics.val_loss<0.5")["items"]] == [external["id"]]
+    assert listed(where="metrics.val_loss>0.5")["total"] == 0  # the last epoch's value counts, not an earlier one
+    assert listed(where="pretrained=false")["total"] == 6  # defaults apply to missmod's runs, not external ones
+    assert [r["id"] for r in listed(where="lr>0.1")["items"]] == [external["id"]]
+    client.post("/api/runs/bulk-delete", json={"ids": [external["id"]]})
     # sorted by a spec field, paged by cursor: every run once, in order
     seen, cursor = [], None
     while True:
