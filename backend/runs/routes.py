@@ -68,20 +68,22 @@ RUN_CSV_COLUMNS = ["id", "name", "state", "external", "dataset", "method", "fusi
                    "sweep_id", "tags", "created_at", "finished_at"]
 
 
-def _runs_csv(session, filters: service.RunFilters, sort: str) -> Iterator[str]:
-    """Every matching run, a page of rows at a time (a long list is never held whole)."""
+def _runs_csv(sessions, filters: service.RunFilters, sort: str) -> Iterator[str]:
+    """Every matching run, a page of rows at a time (a long list is never held whole). Its own
+    session: the rows are read while the response streams, after the request's session closed."""
     spec_columns = [name for name in query.SPEC_FIELDS if name not in RUN_CSV_COLUMNS]
     out = io.StringIO()
     writer = SafeCSVWriter(out)
     writer.writerow([*RUN_CSV_COLUMNS, *spec_columns])
     cursor = None
     while True:
-        runs, _, cursor = service.list_runs(session, filters, sort=sort, limit=CSV_PAGE, cursor=cursor)
-        for run in runs:
-            out_run = RunOut.model_validate(run).model_dump(mode="json")
-            out_run["tags"] = " ".join(out_run["tags"])
-            writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
-                             *((run.spec or {}).get(c) for c in spec_columns)])
+        with sessions() as session:
+            runs, _, cursor = service.list_runs(session, filters, sort=sort, limit=CSV_PAGE, cursor=cursor)
+            for run in runs:
+                out_run = RunOut.model_validate(run).model_dump(mode="json")
+                out_run["tags"] = " ".join(out_run["tags"])
+                writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
+                                 *((run.spec or {}).get(c) for c in spec_columns)])
         yield out.getvalue()
         out.seek(0)
         out.truncate()
@@ -130,6 +132,7 @@ def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, se
 
 @router.get("", response_model=RunPage, responses=CSV)
 def list_runs(
+    request: Request,
     session: SessionDep,
     state: list[RunState] | None = Query(None, description="Repeat for several: `?state=failed&state=cancelled`"),
     dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
@@ -176,7 +179,7 @@ def list_runs(
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
                                  tag=tag, search=q, where=tuple(conditions), external=external)
     if format == "csv":
-        return StreamingResponse(_runs_csv(session, filters, sort), media_type="text/csv; charset=utf-8",
+        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort), media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
     try:
         runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
