@@ -179,7 +179,8 @@ def list_runs(
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
                                  tag=tag, search=q, where=tuple(conditions), external=external)
     if format == "csv":
-        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort), media_type="text/csv; charset=utf-8",
+        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort),
+                                 media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
     try:
         runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
