@@ -11,9 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from .api import health, session
+from .api import errors, health, session
 from .api.openapi import install_docs, operation_id
-from .api.problems import DATABASE_UNAVAILABLE, install_problem_handlers  # noqa: F401  (re-exported)
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
 from .db import session_factory
@@ -21,7 +20,7 @@ from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
-from .runs.reconcile import reconcile_periodically
+from .reconcile import reconcile_periodically
 from .security import AccessGuard
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
@@ -58,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walked them all in the middle of requests
         # (a metrics page's p95 was 4-5× its p50 because of it; bench/api_views.py).
         gc.freeze()
-        # The reconcile step, at start-up and then periodically (backend/runs/reconcile.py).
+        # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
             reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
         yield
@@ -81,8 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.run_queue = RunQueue(settings)
     app.add_middleware(AccessGuard, settings=settings)
 
-    install_problem_handlers(app)
-
+    errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)

@@ -61,6 +61,7 @@ OPERATION_IDS = {
     "sign_out": "session-delete",
     "list_datasets": "datasets-list",
     "list_methods": "methods-list",
+    "list_choices": "choices-list",
     "create_run": "runs-create",
     "log_external_run": "runs-log-external",
     "list_runs": "runs-list",

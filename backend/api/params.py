@@ -42,3 +42,9 @@ def _printable(text: str | None) -> str | None:
 # A name shown on a page and stored in the database (runs, sweeps).
 
 DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
+
+
+def id_cursor(cursor: str | None) -> int | None:
+    """A list's `cursor` that is the last id of the previous page, bounded to what an id can be
+    (a larger one, which this server never hands out, means "from the start")."""
+    return None if not cursor else min(int(cursor), MAX_ID)

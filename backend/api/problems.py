@@ -1,4 +1,5 @@
-"""Errors as RFC 9457 problem details (`application/problem+json`), in one place.
+"""The format of every error: RFC 9457 problem details (`application/problem+json`). Which
+error answers what is decided in backend/api/errors.py.
 
 Every error the API answers has the members `type`, `title` and `status` of RFC 9457 beside
 `detail`, which keeps the shape scripts already read: a sentence for most errors, and for a 422
@@ -10,29 +11,20 @@ body of an error still does.
 
 from __future__ import annotations
 
-import logging
-import uuid
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-log = logging.getLogger("missmod")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A validation problem says which field is at fault; every other problem is the plain HTTP
 # meaning of its status ("about:blank", RFC 9457 §4.2.1).
 VALIDATION_PROBLEM = "urn:missmod:problem:validation"
-DATABASE_UNAVAILABLE = "the database is unreachable (or not migrated); try again shortly"
 
 
 class FieldIssue(BaseModel):
@@ -66,27 +58,6 @@ def problem_response(status: int, detail: Any, *, request: Request | None = None
         body["instance"] = request.url.path
     body.update(extensions)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
-
-
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    return problem_response(error.status_code, error.detail, request=request, headers=getattr(error, "headers", None))
-
-
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    return problem_response(422, error.errors(), request=request, type=VALIDATION_PROBLEM)
-
-
-async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
-    return problem_response(503, DATABASE_UNAVAILABLE, request=request, headers={"Retry-After": "5"})
-
-
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-    # The traceback goes to the server log only, under a reference the user can quote.
-    reference = uuid.uuid4().hex[:12]
-    log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
-    return problem_response(500, f"internal error (reference {reference} in the server log)", request=request,
-                            reference=reference)
 
 
 class PlainErrorsAsProblems:
@@ -125,14 +96,3 @@ class PlainErrorsAsProblems:
             await send(message)
 
         await self.app(scope, receive, send_problem)
-
-
-def install_problem_handlers(app: FastAPI) -> None:
-    """Every error the app raises leaves as problem details."""
-    build_middleware_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: PlainErrorsAsProblems(build_middleware_stack())
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
-        app.add_exception_handler(database_error, _database_unavailable)
-    app.add_exception_handler(Exception, _internal_error)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from training.datasets import UnknownDatasetError, dataset_info
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
+from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId, id_cursor
 from . import service
 from .models import JobKind
 from .schemas import FeatureExtractionCreate, JobOut
@@ -38,9 +38,9 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
         return JobOut.model_validate(existing)
     try:
         job = service.create_job(session, kind, dataset, params, queue)
-    except Exception as error:
+    except service.BrokerUnavailable as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the job was saved but could not be queued: {type(error).__name__}: {error}") from None
+                            f"the job was saved but could not be queued: {error}") from None
     return JobOut.model_validate(job)
 
 
@@ -79,7 +79,7 @@ def list_jobs(request: Request, response: Response,
                                          description="The X-Next-Cursor header of the previous page")) -> list[JobOut]:
     """Dataset jobs, newest first. The body stays a plain list (scripts read it so); the next
     page's cursor comes in the X-Next-Cursor and Link headers."""
-    jobs = service.list_jobs(session, dataset, limit + 1, before_id=int(cursor) if cursor else None)
+    jobs = service.list_jobs(session, dataset, limit + 1, before_id=id_cursor(cursor))
     if len(jobs) > limit:
         jobs = jobs[:limit]
         next_cursor = str(jobs[-1].id)
@@ -90,10 +90,7 @@ def list_jobs(request: Request, response: Response,
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    try:
-        return JobOut.model_validate(service.get_job(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+    return JobOut.model_validate(service.get_job(session, job_id))
 
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut,
@@ -102,7 +99,5 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
     try:
         return JobOut.model_validate(service.request_cancel(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
     except service.JobFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None

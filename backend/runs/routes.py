@@ -1,4 +1,5 @@
-"""REST routes of runs. Thin: validation at the edge, logic in service.py."""
+"""REST routes of runs. Thin: validation at the edge, logic in service.py; a run not found or
+a broker that cannot be reached is answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .models import RunState
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
                       RunIds, RunOut, RunPage, RunUpdate)
 from .stream import run_events
-from .validation import DatasetCatalog, dataset_errors
+from .validation import DatasetCatalog, check_against_dataset
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -31,35 +32,11 @@ CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
 
 
-def _check_against_dataset(payload: RunCreate, settings) -> None:
-    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
-    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
-    if errors:
-        raise RequestValidationError(errors)
-
-
-def _broker_unavailable(error: Exception) -> HTTPException:
-    # The broker's own message can carry its address; the server log has it, the client does not.
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                         "the broker is unreachable: the run was saved as failed; try again shortly")
-
-
-def _get_or_404(session, run_id: int):
-    try:
-        return service.get_run(session, run_id)
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=BROKER_DOWN)
 def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Create a run and queue it for a worker."""
-    _check_against_dataset(payload, settings)
-    try:
-        run = service.create_run(session, payload, queue)
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
-    return RunOut.model_validate(run)
+    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
+    return RunOut.model_validate(service.create_run(session, payload, queue))
 
 
 CSV_PAGE = 500
@@ -124,10 +101,7 @@ def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep
 @router.post("/bulk-retry", response_model=BulkResult, responses=BROKER_DOWN)
 def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
     """Queue many failed or cancelled runs again; the others are listed as refused."""
-    try:
-        return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings.artifact_dir))
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
+    return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings.artifact_dir))
 
 
 @router.get("", response_model=RunPage, responses=CSV)
@@ -194,23 +168,20 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def get_run(run_id: RunId, session: SessionDep) -> RunOut:
-    return RunOut.model_validate(_get_or_404(session, run_id))
+    return RunOut.model_validate(service.get_run(session, run_id))
 
 
 @router.patch("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut:
     """Rename a run, set its note, or replace its tags."""
-    try:
-        return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
     if not service.delete_runs(session, [run_id], settings.artifact_dir):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+        raise service.RunNotFound(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -221,12 +192,8 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
     and checkpoint are cleared."""
     try:
         return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses={**NOT_FOUND, **CSV})
@@ -243,7 +210,7 @@ def get_metrics(
                                                                "column per metric (ignores the other parameters)"),
 ) -> Response:
     """Metric points `{epoch, name, value}` in the order they were recorded."""
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     if format == "csv":
         return Response(_metrics_csv(session, run_id), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
@@ -280,7 +247,7 @@ def _metrics_csv(session, run_id: int) -> str:
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
@@ -295,12 +262,10 @@ def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Run
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
         run = service.request_cancel(session, run_id)
-        outcomes.announce_ended(session, settings, [run_id])
-        return RunOut.model_validate(run)
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    outcomes.announce_ended(session, settings, [run_id])  # a queued run ends at once: its sweep may be done
+    return RunOut.model_validate(run)
 
 
 @router.get("/{run_id}/stream", responses=NOT_FOUND,
@@ -315,7 +280,7 @@ def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    _get_or_404(session, run_id)
+    service.get_run(session, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     return EventSourceResponse(
@@ -327,8 +292,8 @@ def stream_run(
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
 def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's files (its checkpoint, …), with paths to download them by."""
-    _get_or_404(session, run_id)
-    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+    service.get_run(session, run_id)
+    return [ArtifactOut.model_validate(a) for a in artifacts.list_artifacts(settings, run_id)]
 
 
 @router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
@@ -336,7 +301,7 @@ def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) ->
 def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
                       ) -> FileResponse:
-    _get_or_404(session, run_id)
+    service.get_run(session, run_id)
     try:
         file = artifacts.artifact_file(settings, run_id, path)
     except artifacts.PathOutsideRoot:
