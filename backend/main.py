@@ -11,19 +11,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from training.datasets import configure_features
+
 from .api import errors, health, session
 from .api.openapi import install_docs, operation_id
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
+from .live import StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
-from .security import AccessGuard
+from .runs.stream import RunHub
+from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
+from .sweeps.stream import SweepHub
 
 log = logging.getLogger("missmod")
 
@@ -48,6 +53,7 @@ def _warn_if_not_migrated(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.make_dirs()
+    configure_features(settings.feature_limits())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
+        await app.state.run_hub.close()
+        await app.state.sweep_hub.close()
         app.state.run_queue.close()
 
     app = FastAPI(
@@ -78,7 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.run_queue = RunQueue(settings)
-    app.add_middleware(AccessGuard, settings=settings)
+    # The live streams' pollers and caps (backend/live.py).
+    app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
+    app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
+    app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
 
     errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -22,6 +23,7 @@ from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
+from .params import printable
 from .problems import VALIDATION_PROBLEM, PlainErrorsAsProblems, problem_response
 
 log = logging.getLogger("missmod")
@@ -50,7 +52,9 @@ def _broker_unavailable(request: Request, error: BrokerUnavailable) -> JSONRespo
 
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     # `detail` keeps FastAPI's list of {"type", "loc", "msg", "input"}: forms and scripts read it.
-    return problem_response(422, error.errors(), request=request, type=VALIDATION_PROBLEM)
+    # The echoed input is made serialisable: a NaN or a lone surrogate sent by the client would
+    # otherwise turn the 422 into a 500.
+    return problem_response(422, printable(jsonable_encoder(error.errors())), request=request, type=VALIDATION_PROBLEM)
 
 
 def _refused(request: Request, error: Refused) -> JSONResponse:

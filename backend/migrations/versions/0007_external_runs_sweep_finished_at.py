@@ -2,7 +2,7 @@
 its last run finished: the sweep-finished notification is sent once)
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0008
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0007'
-down_revision: Union[str, None] = '0005'
+down_revision: Union[str, None] = '0008'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
