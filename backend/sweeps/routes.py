@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import Offset, SweepId
+from ..api.params import Offset, SweepId, id_cursor
 from ..live import client_address
 from ..runs.validation import DatasetCatalog, Refused
 from . import service
@@ -83,11 +84,17 @@ def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, 
 
 
 @router.get("", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
+                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                                           description="`next_cursor` of the previous page")) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    sweeps, total = service.list_sweeps(session, limit, offset)
+    if cursor and offset:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
+                                       "msg": "give either offset or cursor, not both"}])
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=id_cursor(cursor))
     progress = service.progress_of(session, [s.id for s in sweeps])
-    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset)
+    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset,
+                     next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)
