@@ -74,6 +74,10 @@ class Settings(BaseSettings):
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    webhook_url: str | None = Field(
+        None, max_length=2000, pattern=r"^https?://[^\s\x00-\x1f]+$",
+        description="Called (POST, JSON with a Slack-compatible `text`) when a run fails and when a sweep finishes; "
+                    "e.g. a Slack or Mattermost incoming webhook")
     gpu_lock_dir: Path | None = Field(
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
@@ -85,9 +89,9 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "webhook_url", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value):
+    def _empty_token_is_none(cls, value):  # also `WEBHOOK_URL=`
         return None if isinstance(value, str) and not value.strip() else value  # `API_TOKEN=` in .env.example
 
     @model_validator(mode="after")

@@ -60,7 +60,14 @@ def streams() -> list[Row]:
     return live_streams.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams}
+def pages() -> list[Row]:
+    from . import sweep_views
+
+    return sweep_views.measure(loads=3)
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams,
+            "pages": pages}
 
 
 def machine() -> str:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.runs import lease
+from backend import notify
+from backend.db import session_factory
+from backend.runs import lease, outcomes
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
 from backend.settings import Settings
@@ -85,10 +87,30 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
-                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
+                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
+                             test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
         return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
                                                                      "(checkpoint kept)")
 
-    return execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+        announce_end(settings, run_id)
+    return outcome
+
+
+# What execute_leased returns when the run reached its end here.
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def announce_end(settings: Settings, run_id: int) -> None:
+    """After the run's end is committed: its sweep may be finished, and the webhook hears of a
+    failure or a finished sweep (backend/runs/outcomes.py). Sent before this process (one per
+    run) ends, within a bound; nothing here can fail the run."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            outcomes.announce_ended(session, settings, [run_id])
+        notify.flush(settings)
+    except Exception as error:
+        log.warning("run %s: could not announce its end: %s", run_id, error)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        false)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
@@ -44,6 +45,10 @@ class Run(Leased, Base):
     missing_modality: Mapped[str] = mapped_column(String(100))
     missing_rate: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
+
+    # Trained elsewhere and logged through POST /api/runs/external: never queued, never retried,
+    # and never averaged with missmod's own runs (its own row in a sweep's table, marked).
+    external: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset
@@ -106,6 +111,11 @@ class ConfusionMatrix(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
+    # The predicted and the true class of every test sample (video, where groups exist) at that
+    # epoch, packed one byte per sample (backend/sweeps/paired.py: pack_labels), so methods can be
+    # compared sample by sample without retraining. NULL for runs finished before they were kept.
+    test_predictions: Mapped[str | None] = mapped_column(Text)
+    test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
 

@@ -51,10 +51,10 @@ def _runs(session, sweep_id: int) -> list[SweepRunOut]:
 
 
 def _summary(session, sweep: Sweep) -> dict[str, Any]:
-    table, results = service.sweep_table(session, sweep)
+    table, results, comparison = service.sweep_table(session, sweep)  # the default reference and test
     dataset = results[0].dataset if results else None
     paper = service.paper_context(sweep, dataset)
-    return {"table": table_out(sweep.id, table, paper).model_dump(mode="json"),
+    return {"table": table_out(sweep.id, table, paper, comparison).model_dump(mode="json"),
             "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")}
 
 
@@ -92,10 +92,24 @@ class SweepWatcher:
             results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
             if results_key != self.results_key:
                 self.results_key = results_key
-                events.append({"event": "summary", "data": json.dumps(_summary(session, sweep))})
+                events.append(SUMMARY_DUE)
             if progress["done"]:
                 events.append({"event": "end", "data": json.dumps(progress)})
             return events
+
+    def summary(self) -> dict[str, Any] | None:
+        """The `summary` event (the table with its paired comparisons, and the trend): computed
+        apart from poll(), so the run list and progress reach the page first."""
+        with self.sessions() as session:
+            sweep = session.get(Sweep, self.sweep_id)
+            if sweep is None:
+                return None
+            return {"event": "summary", "data": json.dumps(_summary(session, sweep))}
+
+
+# Stands in poll()'s events for the summary, computed by SweepWatcher.summary() once the events
+# before it are sent.
+SUMMARY_DUE: dict[str, Any] = {"event": "summary", "data": None}
 
 
 def _encoded(events: list[dict[str, Any]]) -> bytes:
@@ -136,6 +150,7 @@ class SweepTopic:
             if events is None:
                 self._end([{"event": "gone", "data": json.dumps({"sweep_id": self.sweep_id})}])
                 return
+            events = await self._with_summary(events)
             if events or self.runs is None:  # an idle poll changes nothing (a sweep may hold thousands of runs)
                 self.runs = [run.model_dump(mode="json") for run in self.watcher.sent.values()]
             for event in events:
@@ -151,6 +166,17 @@ class SweepTopic:
                 for subscriber in list(self.subscribers):
                     subscriber.send(chunk)
             await asyncio.sleep(self.hub.poll_interval)
+
+    async def _with_summary(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """poll() leaves a placeholder where the summary goes: computed here, once for every client."""
+        resolved = []
+        for event in events:
+            if event is SUMMARY_DUE:
+                event = await run_in_threadpool(self.watcher.summary)
+                if event is None:
+                    continue
+            resolved.append(event)
+        return resolved
 
     def _end(self, events: list[dict[str, Any]]) -> None:
         chunk = _encoded(events)
