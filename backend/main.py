@@ -23,10 +23,12 @@ from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
+from .runs import system_routes
 from .runs.reconcile import reconcile_periodically
 from .security import AccessGuard
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
+from .workers import routes as worker_routes
 
 log = logging.getLogger("missmod")
 
@@ -101,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(system_routes.router)
+    app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
     app.include_router(job_routes.router)

@@ -6,7 +6,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        false)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
@@ -54,6 +55,9 @@ class Run(Base):
     # (the sender could die in between): the reconcile step sends it again after a while.
     awaiting_broker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # It ran out of memory while sharing its GPU with other runs (RUNS_PER_GPU > 1): it is trained
+    # next on a slot of its own, its worker's other slots waiting meanwhile (worker/slots.py).
+    needs_own_slot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset
