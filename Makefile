@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve worker migrate test bench setup clean
+.PHONY: run serve worker migrate test bench bench-gpu setup clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test: setup
 
 bench: setup
 	$(PY) -m bench
+
+## On a GPU host (under 5 minutes, one table): ResNet-50 fp32 vs mixed precision, the input pipeline,
+## GPU utilisation and memory, small runs sharing the GPU with 1, 2, 4 slots. `--device cpu --tiny`: dry mode.
+bench-gpu: setup
+	$(PY) bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf var .pytest_cache
