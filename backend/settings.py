@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
 
+    @field_validator("threads_per_run", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value):

@@ -19,8 +19,11 @@ FORMAT_VERSION = 1
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
-    """Fields that change the training; `device` does not, so a run may resume on another GPU."""
-    relevant = {k: v for k, v in spec_fields.items() if k != "device"}
+    """Fields that change the training; `device` and `compile` do not, so a run may resume on
+    another GPU. `precision` at its default is left out, so checkpoints written before the field
+    existed still match."""
+    relevant = {k: v for k, v in spec_fields.items()
+                if k not in ("device", "compile") and not (k == "precision" and v == "auto")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -83,6 +83,8 @@ PRETRAINABLE_ENCODERS = ("resnet34", "resnet50", "vgg16")
 INPUT_IMPUTING_METHODS = ("ae1", "ae2")
 FusionName = Literal["add", "concat", "outer"]
 ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class TrainSpec(BaseModel):
@@ -130,6 +132,15 @@ class TrainSpec(BaseModel):
     )
     pretrained: bool = Field(
         False, description="Start resnet34/resnet50/vgg16 from ImageNet weights (read from the host's torch cache)"
+    )
+    precision: PrecisionName = Field(
+        "auto",
+        description="Numeric precision of the training steps: auto = mixed precision for CNN encoders on a GPU "
+        "(bf16 where the GPU has it, else fp16 with a gradient scaler), fp32 for MLP encoders and on the CPU; the "
+        "likelihood (eq. 4/5) is always computed in fp32",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the encoders (the first epoch pays for compiling; helps long GPU runs)"
     )
 
     @field_validator("encoder")

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import traceback
+from datetime import datetime, timezone
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,22 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from backend.db import session_factory
+from backend.queue import RunQueue
 from backend.runs import service
 from backend.runs.artifacts import run_artifact_dir
+from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.workers import service as workers
 
 from training.spec import TrainSpec
 from training.train import TrainingCallback, train
 
+from . import slots
+from .system_metrics import SystemSampler, visible_gpu
+
 log = logging.getLogger("missmod.worker")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # The database cannot be reached (down, restarting, network): transient, unlike a failing run.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -73,6 +82,7 @@ class DatabaseRecorder(TrainingCallback):
         self.database_patience = database_patience
         self.cancel_requested = False
         self._stage_written_at = 0.0
+        self.system: SystemSampler | None = None  # set while the run trains
 
     def _write(self, write: Callable[[Any], Any]) -> Any:
         def attempt():
@@ -100,9 +110,20 @@ class DatabaseRecorder(TrainingCallback):
         self.cancel_requested = self._write(
             lambda session: service.record_stage(session, self.run_id, progress, self.worker))
 
+    def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
+        if self.system is not None:
+            self.system.epoch_trained(samples, seconds)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.cancel_requested = self._write(
             lambda session: service.record_epoch(session, self.run_id, epoch, metrics, self.worker))
+        if self.system is not None:
+            figures = self.system.epoch_figures()
+            try:  # after the epoch's points: a lost sample must never cost a run its metrics
+                with self.sessions() as session:
+                    record_system_points(session, self.run_id, epoch, figures)
+            except Exception as error:
+                log.warning("system metrics of run %s, epoch %s, not recorded: %s", self.run_id, epoch, error)
 
     def should_stop(self) -> bool:
         return self.cancel_requested or self.stop_requested()
@@ -166,6 +187,21 @@ def holder_is_dead_here(me: str) -> Callable[[str], bool]:
     return is_dead
 
 
+def _requeue_on_own_slot(sessions, settings: Settings, run_id: int, worker: str, error: BaseException) -> str:
+    """Out of memory beside other runs: queued again, to train next with the GPU to itself."""
+    log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
+    with sessions() as session:
+        if not workers.requeue_on_own_slot(session, run_id, worker, f"{type(error).__name__}: {error}"):
+            return "lease lost"
+        queue = RunQueue(settings)
+        try:
+            # This run's id only (the reconcile step sends it if this fails).
+            service.send_awaiting(session, queue, queued_before=EPOCH, also=frozenset({run_id}))
+        finally:
+            queue.close()
+    return "queued again on its own slot"
+
+
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid); the host and pid by default.
@@ -185,9 +221,13 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
 
     log.info("run %s %s on %s: %s", run_id, claim.reason, worker, spec_data)
     recorder = DatabaseRecorder(sessions, run_id, worker, stop_requested, database_patience=settings.heartbeat_timeout)
+    shares_the_gpu = settings.runs_per_gpu > 1 and not claim.run.needs_own_slot
     try:
         spec = TrainSpec.model_validate(spec_data)
-        with Heartbeat(sessions, run_id, settings.heartbeat_interval, worker):
+        with Heartbeat(sessions, run_id, settings.heartbeat_interval, worker), \
+                SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as sampler:
+            recorder.system = sampler
+            slots.simulate_out_of_memory_if_asked(shares_the_gpu)
             result = train(spec, recorder, data_dir=settings.data_dir,
                            checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
     except service.LeaseLost:
@@ -199,10 +239,15 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         log.error("run %s stopped: the database stayed unreachable (%s)", run_id, error)
         return "database unreachable"
     except Exception as error:
+        if slots.is_out_of_memory(error) and shares_the_gpu:
+            return _requeue_on_own_slot(sessions, settings, run_id, worker, error)
         log.exception("run %s failed", run_id)
+        message = f"{type(error).__name__}: {error}"
+        if slots.is_out_of_memory(error):
+            message += " (out of memory with no other run beside it: lower batch_size, or a larger GPU)"
         try:
             with sessions() as session:
-                service.fail_run(session, run_id, f"{type(error).__name__}: {error}", traceback.format_exc(), worker)
+                service.fail_run(session, run_id, message, traceback.format_exc(), worker)
         except DATABASE_ERRORS:
             log.error("run %s failed and the database is unreachable to say so", run_id)
         return "failed"

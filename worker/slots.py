@@ -107,6 +107,28 @@ class SlotLock:
             os.close(lock)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA allocation that failed, or a CPU one (the allocator's own message)."""
+    import torch
+
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+
+
+# A test hook: with this set in a worker's environment, a run that shares its GPU (or CPU) with
+# other runs fails with out-of-memory as it starts, the way a large run does beside others.
+SIMULATE_OOM_ENV = "MISSMOD_TEST_OUT_OF_MEMORY_WHILE_SHARED"
+
+
+def simulate_out_of_memory_if_asked(shares_the_gpu: bool) -> None:
+    if shares_the_gpu and os.environ.get(SIMULATE_OOM_ENV):
+        import torch
+
+        raise torch.OutOfMemoryError(f"simulated: the run shares its device with other runs ({SIMULATE_OOM_ENV})")
+
+
 # Set by worker/celery_app.py from the settings, in the main process, before the pool forks.
 THREADS_PER_RUN: int | None = None
 

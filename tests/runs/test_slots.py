@@ -96,3 +96,19 @@ def test_a_worker_that_stops_leaves_the_list(embedded_settings, client_for, star
     assert client.get("/api/workers").json() == []
     with session_factory(embedded_settings.database_url)() as session:
         assert workers_service.live_workers(session, embedded_settings.heartbeat_timeout) == []
+
+
+def test_a_run_out_of_memory_beside_others_is_requeued_on_a_slot_of_its_own(embedded_settings, client_for,
+                                                                            start_worker):
+    client = client_for(embedded_settings)
+    # The test hook: a run that shares the worker with other slots runs out of memory as it starts.
+    start_worker(embedded_settings, {"RUNS_PER_GPU": "2", "MISSMOD_TEST_OUT_OF_MEMORY_WHILE_SHARED": "1"})
+    run = client.post("/api/runs", json={**SPEC, "epochs": 3}).json()
+    done = wait_for(lambda: (r := client.get(f"/api/runs/{run['id']}").json())["state"] in
+                    ("succeeded", "failed") and r, 120, interval=0.2, what="the run to end")
+    assert done["state"] == "succeeded", done["error"]  # not failed: queued again, then trained alone
+    assert done["needs_own_slot"] is True and done["attempts"] == 2 and done["worker_losses"] == 0
+    assert done["error"] is None
+    points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
+    assert sorted({p["epoch"] for p in points}) == [1, 2, 3]
+
