@@ -122,10 +122,15 @@ def alone_and_together(epochs: int) -> tuple[float, list[float]]:
         return alone, _training_seconds(port, ids)
 
 
-def pipeline_from_cache(n_segments: int, batch: int = 64, seconds: float = 3.0) -> tuple[float, float]:
+def pipeline_from_cache(n_segments: int, batch: int = 64, seconds: float = 3.0,
+                        threads: int | None = None) -> tuple[float, float]:
     """(segments/s loading the training split from the memory-mapped cache once,
-    segments/s delivering batches every epoch after that) at the paper's input sizes."""
+    segments/s delivering batches every epoch after that) at the paper's input sizes, with
+    `threads` torch threads (the run's budget; default: torch's own)."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from training.audiovisual.config import PreprocessConfig
     from training.batches import BatchGatherer
@@ -191,16 +196,39 @@ def cpu_mixed_precision_ratio(steps: int = 3) -> tuple[float, float]:
     return seconds["fp32"], seconds["bf16"]
 
 
-def measure(quick: bool = False) -> list[Row]:
+PARTS = ("pipeline", "preset", "alone", "precision")
+
+
+def measure(quick: bool = False, parts: tuple[str, ...] = PARTS) -> list[Row]:
+    import torch
+
     rows: list[Row] = []
     consumption = resnet50_pair_consumption()
-    load_rate, delivered = pipeline_from_cache(2048 if quick else 8192, seconds=1.5 if quick else 4.0)
-    rows.append(Row("input pipeline: segments/s from the cache (paper sizes, per epoch)", delivered, "segments/s",
-                    consumption, delivered / consumption, ">= 2", delivered / consumption >= 2,
-                    note=f"vs a ResNet-50 pair's consumption ≈ {consumption:,.0f} segments/s ({CONSUMPTION_SOURCE}); "
-                         f"batches of 64 gathered from CPU memory, {os.cpu_count()} cores; the one-time load of the "
-                         f"split from the memory-mapped cache ran at {load_rate:,.0f} segments/s"))
+    if "pipeline" in parts:
+        threads = torch.get_num_threads()
+        n, seconds = (2048, 1.5) if quick else (8192, 4.0)
+        all_load, all_cores = pipeline_from_cache(n, seconds=seconds, threads=os.cpu_count())
+        load_rate, delivered = pipeline_from_cache(n, seconds=seconds, threads=1)
+        torch.set_num_threads(threads)
+        rows.append(Row("input pipeline: segments/s from the cache (paper sizes, per epoch, 1 thread)", delivered,
+                        "segments/s", consumption, delivered / consumption, ">= 2", delivered / consumption >= 2,
+                        note=f"vs a ResNet-50 pair's consumption ≈ {consumption:,.0f} segments/s ({CONSUMPTION_SOURCE}); "
+                             f"batches of 64 gathered from CPU memory by one torch thread; with {os.cpu_count()} "
+                             f"threads {all_cores:,.0f} segments/s (load average {os.getloadavg()[0]:.1f}); the one-time "
+                             f"load of the split from the memory-mapped cache ran at {load_rate:,.0f} segments/s"))
+    if "preset" in parts:
+        rows.extend(_preset_rows(quick))
+    if "alone" in parts:
+        rows.extend(_alone_rows(quick))
+    if "precision" in parts:
+        fp32, bf16 = cpu_mixed_precision_ratio(2 if quick else 4)
+        rows.append(Row("small-CNN step, bf16 autocast over fp32, CPU (informative)", bf16, "s/step", fp32,
+                        bf16 / fp32, note="CPU autocast; on a GPU, bench/gpu.py measures the step that matters"))
+    return rows
 
+
+def _preset_rows(quick: bool) -> list[Row]:
+    rows: list[Row] = []
     seeds, epochs, max_runs = (1, 8, 12) if quick else (1, 20, None)
     one, n_runs = preset_runs_per_minute(1, seeds, epochs, max_runs)
     two, _ = preset_runs_per_minute(2, seeds, epochs, max_runs)
@@ -208,19 +236,19 @@ def measure(quick: bool = False) -> list[Row]:
     rows.append(Row(f"Table 1 preset on digits ({shown}, {epochs} epochs), 2 slots vs 1", two, "runs/min",
                     one, two / one, ">= 1.6", two / one >= 1.6,
                     note=f"{one:.1f} runs/min with 1 slot ({os.cpu_count()} threads), {two:.1f} with 2 slots "
-                         f"(1 thread each: the thread budget), one worker"))
+                         f"(1 thread each: the thread budget), one worker; load average {os.getloadavg()[0]:.1f}"))
+    return rows
 
+
+def _alone_rows(quick: bool) -> list[Row]:
+    rows: list[Row] = []
     run_epochs = 10 if quick else 40
     alone, together = alone_and_together(run_epochs)
     worst = max(together)
     rows.append(Row(f"one digits run ({run_epochs} epochs) alone vs two at once, 2 slots", worst, "s", alone,
                     worst / alone, "<= 2", worst / alone <= 2,
                     note=f"alone {alone:.1f} s; together {together[0]:.1f} s and {together[1]:.1f} s "
-                         f"(each run's own training time)"))
-
-    fp32, bf16 = cpu_mixed_precision_ratio(2 if quick else 4)
-    rows.append(Row("small-CNN step, bf16 autocast over fp32, CPU (informative)", bf16, "s/step", fp32, bf16 / fp32,
-                    note="CPU autocast; on a GPU, bench/gpu.py measures the step that matters"))
+                         f"(each run's own training time; load average {os.getloadavg()[0]:.1f})"))
     return rows
 
 
@@ -229,7 +257,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer runs and epochs (a few minutes)")
-    print_table(measure(parser.parse_args().quick))
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
+    args = parser.parse_args()
+    print_table(measure(args.quick, tuple(args.parts)))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ pinned buffers alternate; before one is refilled, the copy that read it is waite
 event), so a batch can never be overwritten while in flight. The images are standardised on
 the device (training/encoders.py: Standardise), where float32 is made.
 
-On the CPU, and for tensors already on the device (feature vectors), a batch is plain indexing,
-exactly as before.
+On the CPU, and for tensors already on the device (feature vectors), a batch is the rows
+gathered in place (the same values, bit for bit, as indexing them).
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ class BatchGatherer:
 
     def __call__(self, rows) -> tuple[torch.Tensor, ...]:
         if not self.pinned:
+            # index_select, not t[index]: the same rows, but advanced indexing took 6× as long on
+            # image batches on the CPU (17,700 vs 102,000 segments/s of 112² frames, one thread).
             index = torch.as_tensor(rows, device=self.tensors[0].device)
-            return tuple(t[index].to(self.device, non_blocking=True) for t in self.tensors)
+            return tuple(torch.index_select(t, 0, index).to(self.device, non_blocking=True) for t in self.tensors)
         turn, self._turn = self._turn, 1 - self._turn
         if self._events[turn] is not None:
             self._events[turn].synchronize()  # the copy that last read these buffers is done
@@ -45,7 +47,7 @@ class BatchGatherer:
         batch = []
         for i, (tensor, buffer) in enumerate(zip(self.tensors, self._buffers[turn])):
             if buffer is None:  # already on the device
-                batch.append(tensor[index.to(tensor.device)])
+                batch.append(torch.index_select(tensor, 0, index.to(tensor.device)))
                 continue
             if n > len(buffer):  # a stratified batch may exceed the nominal size
                 buffer = torch.empty((n, *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
