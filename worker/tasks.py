@@ -20,31 +20,38 @@ from backend.workers import service as workers
 from backend.workers.models import SlotState
 
 from . import shutdown
+from .lease_holder import DatabaseUnavailable
 from .registry import slot_doing
 from .slots import SlotLock
 
 log = logging.getLogger("missmod.worker")
 
 # How long to wait before giving an id back to the broker when the database cannot be reached
-# (the run cannot be claimed); without a pause the same id would bounce back at once.
+# (the run or job cannot be claimed); without a pause the same id would bounce back at once.
 DATABASE_RETRY_SECONDS = 5.0
+
+
+def _execute(task, execute, row_id: int, noun: str) -> None:
+    """Run `execute` (a run's or a job's) so that SIGTERM stops it at its next step and gives it
+    back, and a database that cannot be reached gives its id back to the broker."""
+    try:
+        with shutdown.stop_after_this_step_on_sigterm():
+            execute(int(row_id), get_settings(), worker=f"{task.request.hostname}/{os.getpid()}",
+                    stop_requested=shutdown.requested)
+    except DatabaseUnavailable as error:
+        # Nothing was claimed: the id goes back to the broker rather than being dropped.
+        log.warning("%s %s: the database is unreachable (%s); its id goes back to the broker", noun, row_id, error)
+        time.sleep(DATABASE_RETRY_SECONDS)
+        raise Reject(str(error), requeue=True) from None
 
 
 @shared_task(name=TRAIN_RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def train_run(self, run_id: int) -> None:
-    from .executor import DatabaseUnavailable, execute_run  # preloaded by the worker (worker/preload.py)
+    from .executor import execute_run  # preloaded by the worker (worker/preload.py)
 
     settings = get_settings()
-    node = self.request.hostname
-    sessions = session_factory(settings.database_url)
-    try:
-        with shutdown.stop_after_epoch_on_sigterm(), _in_a_slot(sessions, settings, node, int(run_id)):
-            execute_run(int(run_id), settings, worker=f"{node}/{os.getpid()}", stop_requested=shutdown.requested)
-    except DatabaseUnavailable as error:
-        # Nothing was claimed: the id goes back to the broker rather than being dropped.
-        log.warning("run %s: the database is unreachable (%s); its id goes back to the broker", run_id, error)
-        time.sleep(DATABASE_RETRY_SECONDS)
-        raise Reject(str(error), requeue=True) from None
+    with _in_a_slot(session_factory(settings.database_url), settings, self.request.hostname, int(run_id)):
+        _execute(self, execute_run, run_id, "run")
 
 
 def _own_slot_needed(sessions, run_id: int) -> bool:
@@ -77,4 +84,4 @@ def _in_a_slot(sessions, settings, node: str, run_id: int) -> Iterator[None]:
 def dataset_job(self, job_id: int) -> None:
     from .dataset_jobs import execute_job  # imports torch, in the child process only
 
-    execute_job(int(job_id), get_settings(), worker=f"{self.request.hostname}/{os.getpid()}")
+    _execute(self, execute_job, job_id, "dataset job")
