@@ -350,7 +350,9 @@ class Trainer:
         for epoch in range(first_epoch, self.spec.epochs + 1):
             with EpochClock(self.device) as clock:
                 train_loss, samples = self.train_epoch(train, references)
-            self.callback.on_epoch_trained(epoch, samples, clock.seconds)
+            # Callbacks written before this hook (duck-typed ones too) simply do not have it.
+            if (on_epoch_trained := getattr(self.callback, "on_epoch_trained", None)) is not None:
+                on_epoch_trained(epoch, samples, clock.seconds)
             val, test, test_without_y = self.evaluate(train)
             if best is None or val.accuracy > best.val_accuracy:
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y)

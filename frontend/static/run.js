@@ -127,8 +127,14 @@
   async function showSystem() {
     if (Date.now() - systemLoadedAt < 1000) return;
     systemLoadedAt = Date.now();
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/system`);
-    if (!ok || !body.metrics.length) return;
+    let answer;
+    try {
+      answer = await missmod.api(`/api/runs/${runId}/system`);
+    } catch (_) {
+      return; // the API is away (restarting): the next epoch's points bring the panel up to date
+    }
+    const { ok, body } = answer;
+    if (!ok || !body || !Array.isArray(body.metrics) || !body.metrics.length) return;
     const rows = body.metrics.map((m) => {
       const value = body.latest[m.name];
       const shown = m.unit === "MiB" ? `${(value / 1024).toFixed(2)} GiB` : m.unit === "%" ? `${value.toFixed(0)}%`
