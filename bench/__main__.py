@@ -55,13 +55,26 @@ def live() -> list[Row]:
     return live_latency.measure()
 
 
+def streams() -> list[Row]:
+    from . import live_streams
+
+    return live_streams.measure()
+
+
+def pages() -> list[Row]:
+    from . import sweep_views
+
+    return sweep_views.measure(loads=3)
+
+
 def slots() -> list[Row]:
     from . import slots_throughput
 
     return slots_throughput.measure(quick=QUICK)
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "slots": slots}
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams,
+            "pages": pages, "slots": slots}
 QUICK = False
 
 

@@ -12,20 +12,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backend import notify
+from backend.db import session_factory
 from backend.lifecycle.api import mark_sent
 from backend.queue import RunQueue
-from backend.runs import lease
+from backend.runs import lease, outcomes
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
 from backend.settings import Settings
 from backend.workers import service as workers
 
+from training.datasets import configure_features
 from training.spec import TrainSpec
-from training.train import StopReason, TrainingCallback, train
+from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
 from . import slots
-from .lease_holder import Done, Ending, LeaseHolder, execute_leased
+from .lease_holder import Abandoned, Done, Ending, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
@@ -73,6 +76,11 @@ class DatabaseRecorder(TrainingCallback):
     def should_stop(self) -> bool:
         return self.holder.should_stop()
 
+    def should_abort(self) -> bool:
+        # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
+        # within a heartbeat, not at the end of a long epoch.
+        return self.holder.lost.is_set()
+
     def stop_reason(self) -> StopReason:
         return StopReason.cancelled if self.holder.cancel_requested else StopReason.shutdown
 
@@ -104,6 +112,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
+    configure_features(settings.feature_limits())
 
     def work(run: Run, holder: LeaseHolder) -> Done:
         spec = TrainSpec.model_validate(dict(run.spec))
@@ -114,6 +123,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 slots.simulate_out_of_memory_if_asked(shares_the_gpu)
                 result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+        except TrainingAborted:
+            raise Abandoned(f"run {run_id}") from None
         except Exception as error:
             if not slots.is_out_of_memory(error):
                 raise
@@ -124,10 +135,30 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
-                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
+                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
+                             test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
         return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
                                                                      "(checkpoint kept)")
 
-    return execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+        announce_end(settings, run_id)
+    return outcome
+
+
+# What execute_leased returns when the run reached its end here.
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def announce_end(settings: Settings, run_id: int) -> None:
+    """After the run's end is committed: its sweep may be finished, and the webhook hears of a
+    failure or a finished sweep (backend/runs/outcomes.py). Sent before this process (one per
+    run) ends, within a bound; nothing here can fail the run."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            outcomes.announce_ended(session, settings, [run_id])
+        notify.flush(settings)
+    except Exception as error:
+        log.warning("run %s: could not announce its end: %s", run_id, error)

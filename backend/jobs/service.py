@@ -48,10 +48,14 @@ def get_job(session: Session, job_id: int) -> DatasetJob:
     return job
 
 
-def list_jobs(session: Session, dataset: str | None = None, limit: int = 50) -> list[DatasetJob]:
+def list_jobs(session: Session, dataset: str | None = None, limit: int = 50,
+              before_id: int | None = None) -> list[DatasetJob]:
+    """Newest first; `before_id`: only older jobs than that one (the next page)."""
     query = select(DatasetJob)
     if dataset:
         query = query.where(DatasetJob.dataset == dataset)
+    if before_id is not None:
+        query = query.where(DatasetJob.id < before_id)
     return list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit)))
 
 

@@ -1,7 +1,7 @@
 """workers and their slots (the workers page), runs.needs_own_slot, system_metric_points
 
 Revision ID: 000a
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision: str = '000a'
-down_revision: Union[str, None] = '0005'
+down_revision: Union[str, None] = '0007'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
