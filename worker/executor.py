@@ -19,7 +19,7 @@ from backend.settings import Settings
 from training.spec import TrainSpec
 from training.train import StopReason, TrainingCallback, train
 
-from .lease_holder import Done, Ending, LeaseHolder, execute_leased
+from .lease_holder import Done, LeaseHolder, execute_leased
 
 log = logging.getLogger("missmod.worker")
 
@@ -55,7 +55,7 @@ class DatabaseRecorder(TrainingCallback):
         return self.holder.should_stop()
 
     def stop_reason(self) -> StopReason:
-        return StopReason.cancelled if self.holder.cancel_requested else StopReason.shutdown
+        return self.holder.stop_reason()
 
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
@@ -72,13 +72,13 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         log.info("run %s: %s", run_id, spec.model_dump())
         result = train(spec, DatabaseRecorder(holder), data_dir=settings.data_dir,
                        checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
                              confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
-        return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
-                                                                     "(checkpoint kept)")
+        return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
     return execute_leased(Run, run_id, settings, work, worker, stop_requested)

@@ -15,7 +15,6 @@ from backend.queue import DATASET_JOB_TASK, TRAIN_RUN_TASK
 from backend.settings import get_settings
 
 from . import shutdown
-from .lease_holder import DatabaseUnavailable
 
 log = logging.getLogger("missmod.worker")
 
@@ -27,6 +26,8 @@ DATABASE_RETRY_SECONDS = 5.0
 def _execute(task, execute, row_id: int, noun: str) -> None:
     """Run `execute` (a run's or a job's) so that SIGTERM stops it at its next step and gives it
     back, and a database that cannot be reached gives its id back to the broker."""
+    from .lease_holder import DatabaseUnavailable  # the training library: in the task's process only
+
     try:
         with shutdown.stop_after_this_step_on_sigterm():
             execute(int(row_id), get_settings(), worker=f"{task.request.hostname}/{os.getpid()}",
