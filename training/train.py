@@ -56,6 +56,11 @@ class TrainingCallback:
         """Checked after every epoch: True ends training early (cancel)."""
         return False
 
+    def should_abort(self) -> bool:
+        """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
+        with nothing more reported (the run was deleted, or given to another worker)."""
+        return False
+
     def stop_reason(self) -> "StopReason":
         """Why should_stop() said True: a cancel, unless the callback knows better (a worker
         shutting down stops a run that is to be resumed elsewhere)."""
@@ -80,11 +85,20 @@ class TrainResult:
     confusion_matrix: list[list[int]] | None  # test set, best epoch; rows true, columns predicted
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    # Test set, best epoch: the predicted and the true class of every sample (video, where groups
+    # exist), in the split's order, which is the same for every method with the same seed: what
+    # paired tests over test samples compare.
+    test_predictions: list[int] | None = None
+    test_labels: list[int] | None = None
 
     @property
     def cancelled(self) -> bool:
         """Ended before its last epoch was asked to (cancelled or shut down)."""
         return self.stopped is not StopReason.finished
+
+
+class TrainingAborted(Exception):
+    """The callback asked to abandon the run mid-epoch (should_abort)."""
 
 
 class SpecError(ValueError):
@@ -135,16 +149,24 @@ class Evaluation:
     sample_accuracy: float
     loss: float  # mean −log Q(z|·) per sample
     confusion: np.ndarray
+    predicted: np.ndarray | None = None  # per group (sample), in group order
+    labels: np.ndarray | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy, "loss": self.loss,
-                "confusion": self.confusion.tolist()}
+                "confusion": self.confusion.tolist(),
+                "predicted": None if self.predicted is None else self.predicted.tolist(),
+                "labels": None if self.labels is None else self.labels.tolist()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "Evaluation | None":
         if state is None:
             return None
-        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]))
+        # Checkpoints written before predictions were kept have none: the run then reports none.
+        predicted, labels = state.get("predicted"), state.get("labels")
+        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]),
+                   None if predicted is None else np.array(predicted, dtype=np.int64),
+                   None if labels is None else np.array(labels, dtype=np.int64))
 
 
 @dataclass
@@ -180,7 +202,8 @@ def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluatio
     predicted = probs.argmax(1)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (group_label, predicted), 1)
-    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion)
+    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion,
+                      predicted.astype(np.int64), group_label)
 
 
 def in_chunks(predict, *tensors: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
@@ -235,6 +258,8 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
+            if self.callback.should_abort():
+                raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
             index = torch.as_tensor(rows, device=train.z.device)
             batch = Batch(*(t[index].to(self.device, non_blocking=True)
@@ -364,6 +389,8 @@ class Trainer:
             test_accuracy=best.test.accuracy, val_accuracy=best.val_accuracy, best_epoch=best.epoch,
             epochs_completed=epochs_completed, stopped=stopped, confusion_matrix=best.test.confusion.tolist(),
             classes=self.prepared.classes, info=info,
+            test_predictions=None if best.test.predicted is None else best.test.predicted.tolist(),
+            test_labels=None if best.test.labels is None else best.test.labels.tolist(),
         )
 
 

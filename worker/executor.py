@@ -16,10 +16,11 @@ from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
 from backend.settings import Settings
 
+from training.datasets import configure_features
 from training.spec import TrainSpec
-from training.train import StopReason, TrainingCallback, train
+from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
-from .lease_holder import Done, LeaseHolder, execute_leased
+from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
 
 log = logging.getLogger("missmod.worker")
 
@@ -54,6 +55,11 @@ class DatabaseRecorder(TrainingCallback):
     def should_stop(self) -> bool:
         return self.holder.should_stop()
 
+    def should_abort(self) -> bool:
+        # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
+        # within a heartbeat, not at the end of a long epoch.
+        return self.holder.lost.is_set()
+
     def stop_reason(self) -> StopReason:
         return self.holder.stop_reason()
 
@@ -66,17 +72,22 @@ def checkpoint_path(settings: Settings, run_id: int) -> Path:
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
+    configure_features(settings.feature_limits())
 
     def work(run: Run, holder: LeaseHolder) -> Done:
         spec = TrainSpec.model_validate(dict(run.spec))
         log.info("run %s: %s", run_id, spec.model_dump())
-        result = train(spec, DatabaseRecorder(holder), data_dir=settings.data_dir,
-                       checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+        try:
+            result = train(spec, DatabaseRecorder(holder), data_dir=settings.data_dir,
+                           checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+        except TrainingAborted:
+            raise Abandoned(f"run {run_id}") from None
 
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
-                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
+                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
+                             test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
         return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")

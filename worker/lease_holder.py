@@ -39,6 +39,11 @@ T = TypeVar("T")
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
+class Abandoned(Exception):
+    """The work stopped at once, mid-step, because its row is gone (deleted) or another worker's
+    (the heartbeat found it so: `LeaseHolder.lost`)."""
+
+
 class DatabaseUnavailable(RuntimeError):
     """The run or job could not be claimed because the database is unreachable."""
 
@@ -96,6 +101,7 @@ class LeaseHolder:
         self.stop_requested = stop_requested
         self.database_patience = database_patience
         self.cancel_requested = False
+        self.lost = threading.Event()  # set by the heartbeat: the row is gone or another worker's
         self._progress_written_at = 0.0
 
     @property
@@ -151,8 +157,9 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 if not self.holder.beat():
-                    log.warning("%s is no longer held by %s; it stops at its next write", self.holder.name,
-                                self.holder.worker)
+                    log.warning("%s is no longer held by %s (deleted, or taken for dead); it stops now",
+                                self.holder.name, self.holder.worker)
+                    self.holder.lost.set()
                     return
             except Exception as error:  # a missed beat is not fatal; the next one may land
                 log.warning("heartbeat of %s failed: %s", self.holder.name, error)
@@ -201,6 +208,9 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
     except LeaseLost:
         log.warning("%s was given to another worker while this one (%s) was taken for dead; stopped without "
                     "writing", name, worker)
+        return "lease lost"
+    except Abandoned:
+        log.warning("%s stopped mid-epoch: it was deleted, or is no longer held by %s", name, worker)
         return "lease lost"
     except DATABASE_ERRORS as error:
         # Its heartbeat stops with it: the reconcile step queues it again once the database is back.

@@ -29,6 +29,9 @@ class Run(Leased, Base):
     lifecycle.models.Leased: a worker executes it under a lease (backend/lifecycle)."""
 
     __tablename__ = "runs"
+    # A deleted run's id is never given to another run (SQLite reuses the highest id otherwise;
+    # PostgreSQL's sequence never does).
+    __table_args__ = {"sqlite_autoincrement": True}
     noun = "run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,6 +106,11 @@ class ConfusionMatrix(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
+    # The predicted and the true class of every test sample (video, where groups exist) at that
+    # epoch, packed one byte per sample (backend/sweeps/paired.py: pack_labels), so methods can be
+    # compared sample by sample without retraining. NULL for runs finished before they were kept.
+    test_predictions: Mapped[str | None] = mapped_column(Text)
+    test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
 

@@ -3,6 +3,7 @@ a broker that cannot be reached is answered by the handlers of backend/api/error
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import orjson
@@ -10,12 +11,16 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
+from ..live import client_address
+from ..sweeps.paired import compare_runs
 from . import artifacts, service
 from .models import RunState
-from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
+from .predictions import load_predictions
+from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunPairOut, RunUpdate
 from .stream import run_events
 from .validation import DatasetCatalog, check_against_dataset
 
@@ -142,6 +147,32 @@ def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
                         counted="groups" if grouped else "samples")
 
 
+@router.get("/{run_id}/paired", response_model=list[RunPairOut],
+            responses={**NOT_FOUND, 422: {"description": "`against` is not a list of run ids"}})
+def get_paired(run_id: RunId, session: SessionDep,
+               against: str = Query(..., max_length=2000, description="Comma-separated ids of the runs to compare "
+                                                                     "with this one (at most 50)")) -> list[RunPairOut]:
+    """Each run of `against` compared with this one test sample by test sample (McNemar's exact
+    test on the stored test predictions, Holm's correction over the runs; see docs/statistics.md).
+    Runs are comparable when they saw the same test set: same dataset, seed and split."""
+    ids = []
+    for part in against.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                           "msg": f"{part.strip()!r} is not a run id"}])
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > 50:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                       "msg": f"{len(ids)} runs; at most 50"}])
+    service.get_run(session, run_id)  # 404 when there is no such run
+    kept = load_predictions(session, [run_id, *ids])
+    pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
+    return [RunPairOut(run_id=p.run_id, reference=run_id, comparable=p.comparable, reason=p.reason,
+                       samples=p.samples, diff=p.diff, discordant=list(p.discordant) if p.discordant else None,
+                       p_value=p.p_value, p_adjusted=p.p_adjusted, significant=p.significant) for p in pairs]
+
+
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
 def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
@@ -152,25 +183,25 @@ def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
-@router.get("/{run_id}/stream", responses=NOT_FOUND,
+@router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
 def stream_run(
     run_id: RunId,
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    service.get_run(session, run_id)
+    # A session of its own, closed before the stream starts: a request-scoped one would hold a
+    # pooled connection for as long as the client watches (backend/live.py).
+    with request.app.state.sessions() as session:
+        service.get_run(session, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
-    return EventSourceResponse(
-        run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
-        ping=15,
-    )
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(run_events(request.app.state.run_hub, run_id, after, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)

@@ -18,9 +18,11 @@ from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
 from ..runs.models import TERMINAL_STATES, Run, RunState
+from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
+from .paired import PairedSummary, Test, compare_table
 from .presets import PRESETS
 
 
@@ -174,6 +176,16 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     return lookup
 
 
-def sweep_table(session: Session, sweep: Sweep) -> tuple[ComparisonTable, list[RunResult]]:
+def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
+    return load_predictions(session, run_ids)
+
+
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
+                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+    """The comparison table with every cell compared, paired, to its column's reference
+    (raises paired.UnknownReference for a reference that names no row or method)."""
     results = sweep_results(session, sweep.id)
-    return comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results)), results
+    table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
+    finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    return table, results, summary
