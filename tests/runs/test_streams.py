@@ -13,7 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from backend.db import session_factory
-from backend.runs import service
+from backend.runs import lease
 
 VALID = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 40}
 STREAMS = 200
@@ -28,10 +28,10 @@ def write_epochs(settings, run_id: int, epochs: int, seconds: float, done: threa
     sessions = session_factory(settings.database_url)
     for epoch in range(1, epochs + 1):
         with sessions() as session:
-            service.record_epoch(session, run_id, epoch, {name: epoch / 100 for name in METRICS})
+            lease.record_epoch(session, run_id, epoch, {name: epoch / 100 for name in METRICS})
         done.wait(seconds / epochs)
     with sessions() as session:
-        service.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=epochs,
+        lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=epochs,
                            classes=["0", "1"], confusion=[[1, 0], [0, 1]], info={})
 
 
@@ -78,8 +78,8 @@ def test_two_hundred_streams_leave_the_api_responsive_and_each_gets_every_point(
             finished = threading.Event()
             writer = asyncio.get_running_loop().run_in_executor(
                 None, write_epochs, settings, run_id, EPOCHS, HELD_SECONDS, finished)
-            results = await asyncio.gather(*watchers)
-            await writer
+            # together: a writer that fails ends the test instead of leaving the streams waiting
+            _, *results = await asyncio.gather(writer, *watchers)
             return results
 
     stop, answers = threading.Event(), []
@@ -188,8 +188,8 @@ def test_clients_joining_a_sweep_stream_late_get_its_whole_state(embedded_settin
 
     def finish(run_id):
         with sessions() as session:
-            service.record_epoch(session, run_id, 1, {"val_accuracy": 0.5})
-            service.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
+            lease.record_epoch(session, run_id, 1, {"val_accuracy": 0.5})
+            lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
                                classes=["0", "1"], confusion=None, info={})
 
     async def scenario():
