@@ -24,11 +24,13 @@ from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
+from .runs import system_routes
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
 from .sweeps.stream import SweepHub
+from .workers import routes as worker_routes
 
 log = logging.getLogger("missmod")
 
@@ -98,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(system_routes.router)
+    app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
     app.include_router(job_routes.router)

@@ -53,8 +53,9 @@ def claim_gpu(gpus: list[str], lock_dir: Path) -> tuple[str, int] | None:
 
 
 def worker_command(node: str, extra: list[str]) -> list[str]:
+    # No --concurrency: the app takes it from RUNS_PER_GPU (worker/celery_app.py).
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-            "--concurrency", "1", "--hostname", node, *extra]
+            "--hostname", node, *extra]
 
 
 def main(argv: list[str]) -> None:

@@ -46,6 +46,9 @@ class Run(Leased, Base):
     missing_rate: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
 
+    # It ran out of memory while sharing its GPU with other runs (RUNS_PER_GPU > 1): it is trained
+    # next on a slot of its own, its worker's other slots waiting meanwhile (worker/slots.py).
+    needs_own_slot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Trained elsewhere and logged through POST /api/runs/external: never queued, never retried,
     # and never averaged with missmod's own runs (its own row in a sweep's table, marked).
     external: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

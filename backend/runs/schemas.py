@@ -56,6 +56,8 @@ class RunOut(BaseModel):
     worker: str | None
     attempts: int = Field(description="Times a worker started it")
     worker_losses: int = Field(description="Times its worker died and it was queued again (or failed)")
+    needs_own_slot: bool = Field(False, description="It ran out of memory beside other runs on its GPU: it is "
+                                                    "trained with the GPU to itself")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")

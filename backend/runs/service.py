@@ -28,6 +28,7 @@ from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import ExternalRunCreate, RunCreate
+from .system import SystemMetricPoint
 
 
 class RunNotFound(LookupError):
@@ -262,6 +263,7 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
         raise RunNotRetryable(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
     session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     session.execute(delete(ConfusionMatrix).where(ConfusionMatrix.run_id == run_id))
+    session.execute(delete(SystemMetricPoint).where(SystemMetricPoint.run_id == run_id))
     session.expire(run, ["confusion"])
     lifecycle.queue_again_from_scratch(run)
     run.epochs_completed = 0
