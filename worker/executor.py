@@ -28,7 +28,7 @@ from training.spec import TrainSpec
 from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
 from . import slots
-from .lease_holder import Abandoned, Done, Ending, LeaseHolder, execute_leased
+from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
@@ -82,7 +82,7 @@ class DatabaseRecorder(TrainingCallback):
         return self.holder.lost.is_set()
 
     def stop_reason(self) -> StopReason:
-        return StopReason.cancelled if self.holder.cancel_requested else StopReason.shutdown
+        return self.holder.stop_reason()
 
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
@@ -106,7 +106,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
         finally:
             queue.close()
     # Given back: the lease holder finds the run no longer running here and leaves it queued.
-    return Done(Ending.shutdown, lambda session, cancelled: None, reached="out of memory beside other runs")
+    return Done(StopReason.shutdown, lambda session, cancelled: None, reached="out of memory beside other runs")
 
 
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
@@ -139,8 +139,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                              test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
-        return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
-                                                                     "(checkpoint kept)")
+        return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
     outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
     if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):

@@ -20,7 +20,6 @@ from backend.workers import service as workers
 from backend.workers.models import SlotState
 
 from . import shutdown
-from .lease_holder import DatabaseUnavailable
 from .registry import slot_doing
 from .slots import SlotLock
 
@@ -34,6 +33,8 @@ DATABASE_RETRY_SECONDS = 5.0
 def _execute(task, execute, row_id: int, noun: str) -> None:
     """Run `execute` (a run's or a job's) so that SIGTERM stops it at its next step and gives it
     back, and a database that cannot be reached gives its id back to the broker."""
+    from .lease_holder import DatabaseUnavailable  # the training library: in the task's process only
+
     try:
         with shutdown.stop_after_this_step_on_sigterm():
             execute(int(row_id), get_settings(), worker=f"{task.request.hostname}/{os.getpid()}",

@@ -299,10 +299,15 @@ def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Run
     return RunOut.model_validate(run)
 
 
+def _run_exists(sessions, run_id: int) -> None:
+    with sessions() as session:
+        service.get_run(session, run_id)
+
+
 @router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
-def stream_run(
+async def stream_run(
     run_id: RunId,
     request: Request,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
@@ -311,8 +316,7 @@ def stream_run(
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     # A session of its own, closed before the stream starts: a request-scoped one would hold a
     # pooled connection for as long as the client watches (backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_run(session, run_id)
+    await request.app.state.stream_slots.look_up(_run_exists, request.app.state.sessions, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     slot = request.app.state.stream_slots.take(client_address(request))

@@ -181,14 +181,18 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
 
 
+def _sweep_exists(sessions, sweep_id: int) -> None:
+    with sessions() as session:
+        service.get_sweep(session, sweep_id)
+
+
 @router.get("/{sweep_id}/stream",
             responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
+async def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
     # A session of its own, closed before the stream starts (see backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_sweep(session, sweep_id)
+    await request.app.state.stream_slots.look_up(_sweep_exists, request.app.state.sessions, sweep_id)
     slot = request.app.state.stream_slots.take(client_address(request))
     return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
                                background=BackgroundTask(slot.release))

@@ -17,8 +17,13 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 
+# SQLite rebuilds the runs table to add a column: it must keep AUTOINCREMENT (run ids never
+# reused, migration 0006), which the rebuilt table would otherwise lose.
+RUNS_TABLE = {'table_kwargs': {'sqlite_autoincrement': True}}
+
+
 def upgrade() -> None:
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('runs', **RUNS_TABLE) as batch_op:
         batch_op.add_column(sa.Column('external', sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table('sweeps') as batch_op:
         batch_op.add_column(sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True))
@@ -27,5 +32,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('sweeps') as batch_op:
         batch_op.drop_column('finished_at')
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('runs', **RUNS_TABLE) as batch_op:
         batch_op.drop_column('external')
