@@ -116,6 +116,8 @@ class MetricPointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     epoch: int
+    step: int = Field(0, description="Global optimiser step: where the epoch ended for per-epoch points; per-step "
+                                     "points are named `step/...`")
     name: str
     value: float | None
 
@@ -129,6 +131,22 @@ class MetricsPage(BaseModel):
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
     state: str
     downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
+
+
+class SeriesColumns(BaseModel):
+    epoch: list[int]
+    step: list[int]
+    value: list[float | None]
+
+
+class MetricsColumns(BaseModel):
+    """GET /api/runs/{id}/metrics?format=columns"""
+
+    series: dict[str, SeriesColumns] = Field(description="Per metric name, its points as three arrays in x order")
+    cursor: int
+    state: str
+    downsampled: bool
+    total: int = Field(description="Points read (before thinning)")
 
 
 class ArtifactOut(BaseModel):

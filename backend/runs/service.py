@@ -8,7 +8,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from itertools import groupby
 from pathlib import Path
 
 from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..queue import RunQueue
+from . import ingest
 from .artifacts import run_artifact_dir
 from .downsample import downsample_min_max
 from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
@@ -268,7 +267,7 @@ def remove_artifacts(artifact_dir: Path | None, run_ids: Iterable[int]) -> None:
 def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
     result in the same cell), from scratch. Its old points and matrix are removed first:
-    points are written insert-or-ignore per (run, epoch, name), so stale ones would shadow the
+    points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
     new; and its files, since a worker resumes a run from the checkpoint it finds there."""
     run = get_run(session, run_id)
     if run.state not in (RunState.failed, RunState.cancelled):
@@ -305,11 +304,11 @@ def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir: Path | N
 
 # Points are read as plain rows, not ORM objects: a long run has tens of thousands, and
 # building an object per point was most of the time of a metrics request.
-POINT_COLUMNS = (MetricPoint.id, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+POINT_COLUMNS = (MetricPoint.id, MetricPoint.epoch, MetricPoint.name, MetricPoint.value, MetricPoint.step)
 
 
 def metrics_after(session: Session, run_id: int, after: int = 0, limit: int = 10_000) -> list[Row]:
-    """Points (id, epoch, name, value) recorded after the cursor `after` (a point id), in the
+    """Points (id, epoch, name, value, step) recorded after the cursor `after` (a point id), in the
     order they landed."""
     query = (
         select(*POINT_COLUMNS)
@@ -326,7 +325,7 @@ def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple
     """Every series of the run cut to about `max_points` points (extremes kept), the cursor of
     the newest point (a live stream appends from there), and how many points there were."""
     points = session.connection().execute(
-        select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch)
+        select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch, MetricPoint.step)
     ).all()
     cursor = max((p.id for p in points), default=0)
     kept: list[Row] = []
@@ -504,43 +503,29 @@ def _hold(session: Session, run_id: int, worker: str | None, **values) -> bool |
     return cancel
 
 
-# Metric points are written with one cached statement per dialect, executed for many rows:
-# the worker's write path is hot (every epoch of every run), and building a new multi-row
-# INSERT each time cost more than the database did.
-_POINT_INSERTS = {
-    name: dialect.insert(MetricPoint).on_conflict_do_nothing(index_elements=["run_id", "epoch", "name"])
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
-
-
-def _finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
-                  worker: str | None = None, **run_values) -> bool:
-    """Write points (idempotently) and a heartbeat in one transaction; returns whether a
-    cancel was requested. With `worker`, only while that worker holds the run (LeaseLost)."""
+def record_batch(session: Session, run_id: int, points: Sequence[ingest.Point], worker: str | None = None,
+                 **run_values) -> bool:
+    """Write a batch of points (insert-or-ignore: exactly once) and a heartbeat in one
+    transaction; returns whether a cancel was requested. With `worker`, only while that worker
+    holds the run (LeaseLost)."""
     cancel = _hold(session, run_id, worker, **run_values)
-    now = utcnow()
-    rows = [{"run_id": run_id, "epoch": epoch, "name": name, "value": _finite_or_none(value), "recorded_at": now}
-            for name, value in metrics.items()]
-    if rows:
-        connection = session.connection()
-        insert = _POINT_INSERTS.get(connection.dialect.name)
-        if insert is None:
-            raise NotImplementedError(f"metric points need an insert-or-ignore for {connection.dialect.name}")
-        connection.execute(insert, rows)
+    ingest.insert_points(session.connection(), run_id, points)
     session.commit()
     return bool(cancel)
 
 
+def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
+                  worker: str | None = None, *, step: int = 0, **run_values) -> bool:
+    """Points of one epoch (at global step `step`) and a heartbeat in one transaction; returns
+    whether a cancel was requested."""
+    return record_batch(session, run_id, ingest.points_of(epoch, step, metrics), worker, **run_values)
+
+
 def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
-                 worker: str | None = None) -> bool:
+                 worker: str | None = None, *, step: int = 0) -> bool:
     """One finished epoch: its points, the progress and a heartbeat, committed together.
     Returns whether a cancel was requested."""
-    return record_points(session, run_id, epoch, metrics, worker, epochs_completed=epoch)
+    return record_points(session, run_id, epoch, metrics, worker, step=step, epochs_completed=epoch)
 
 
 def record_stage(session: Session, run_id: int, progress: Mapping, worker: str | None = None) -> bool:
