@@ -133,8 +133,10 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
         raise _broker_unavailable(error) from None
 
 
-# Bodies of finished runs' metrics, by ETag: served without reading the database again.
+# Bodies of finished runs' metrics, by ETag: served without reading the database again; and
+# every recently read run's series, grown by its new points (a running run is read once).
 _finished_metrics = series.BodyCache()
+_series_cache = series.SeriesCache()
 
 
 def _metrics_etag(run, request: Request) -> str | None:
@@ -182,7 +184,11 @@ def get_metrics(
     def body() -> bytes:
         payload: dict = {"state": run.state}
         if format == "columns":
-            read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
+            if after:
+                read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
+            else:
+                key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
+                read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
             payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
             payload["total"] = total
             return orjson.dumps(payload)

@@ -6,7 +6,8 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator,
+                      model_validator)
 
 from training.spec import TrainSpec
 
@@ -66,6 +67,16 @@ class RunOut(BaseModel):
     sweep_id: int | None
     tags: list[str]
     note: str | None
+    progress: dict[str, Any] | None = Field(
+        None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
+                          "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
+                          "end), `run_eta_seconds` (the run's end), `at` (when measured); null otherwise")
+
+    @model_validator(mode="after")
+    def _progress_only_while_running(self) -> "RunOut":
+        if self.state != "running":
+            self.progress = None
+        return self
 
     @field_serializer("test_accuracy", "val_accuracy")
     def _finite(self, value: float | None) -> float | None:

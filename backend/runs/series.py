@@ -166,6 +166,60 @@ def columnar(series: dict[str, Series], max_points: int | None = None,
     return out, thinned
 
 
+def _merged(old: Series, new: Series) -> Series:
+    merged = Series(np.concatenate([old.epoch, new.epoch]), np.concatenate([old.step, new.step]),
+                    np.concatenate([old.value, new.value]))
+    if len(old) and len(new) and (new.epoch[0], new.step[0]) < (old.epoch[-1], old.step[-1]):
+        merged = merged.take(np.lexsort((merged.step, merged.epoch)))
+    return merged
+
+
+@dataclass
+class _Cached:
+    series: dict[str, Series]
+    cursor: int
+    total: int
+
+
+class SeriesCache:
+    """Each recently read run's series, kept in memory by this server process and grown by
+    reading only the points after its cursor: a running run's 100,000 points are read once, then
+    a few new ones per request. Safe because one run's points are written by one worker at a
+    time, batch after batch, so they commit in id order (the live stream's cursor relies on the
+    same). The key must change whenever the run's points can change other than by appending: a
+    retry deletes them (the run's attempt and start time change)."""
+
+    def __init__(self, max_points: int = 2_000_000):
+        self.max_points = max_points
+        self._entries: OrderedDict[object, _Cached] = OrderedDict()
+        self._points = 0
+        self._lock = Lock()
+
+    def read(self, connection: Connection, run_id: int, key: object) -> tuple[dict[str, Series], int, int]:
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is None:
+            series, cursor, total = read_series(connection, run_id)
+            cached = _Cached(series, cursor, total)
+        else:
+            new, cursor, count = read_series(connection, run_id, after=cached.cursor)
+            if count:
+                series = dict(cached.series)
+                for name, one in new.items():
+                    series[name] = _merged(series[name], one) if name in series else one
+                cached = _Cached(dict(sorted(series.items())), cursor, cached.total + count)
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            self._points -= previous.total if previous else 0
+            if cached.total <= self.max_points:
+                self._entries[key] = cached
+                self._points += cached.total
+            while self._points > self.max_points:
+                _, dropped = self._entries.popitem(last=False)
+                self._points -= dropped.total
+        return cached.series, cached.cursor, cached.total
+
+
 class BodyCache:
     """Response bodies of finished runs, by ETag (least recently used first out, bounded in
     bytes). A finished run's points never change (a retry changes its ETag), so its metrics

@@ -175,6 +175,11 @@ def test_columns_thinning_and_etag_of_a_finished_run(embedded_settings, client_f
     assert client.get(path, params={"downsample": "mean"}).status_code == 422
     after = client.get(path, params={"format": "columns", "after": body["cursor"] - 3}).json()
     assert after["total"] == 3 and after["cursor"] == body["cursor"]
+    with sessions() as session:  # the series read above (and kept by the server) grow by the new points
+        service.record_batch(session, run["id"], [Point(11, 1001, "step/train_loss", 0.5), Point(11, 1001, "new", 1.0)])
+    grown = client.get(path, params={"format": "columns"}).json()
+    assert grown["total"] == 1012 and grown["series"]["step/train_loss"]["step"][-2:] == [1000, 1001]
+    assert grown["series"]["new"]["value"] == [1.0] and grown["cursor"] == body["cursor"] + 2
 
     with sessions() as session:
         service.finish_run(session, run["id"], cancelled=True, test_accuracy=0.9, val_accuracy=0.9, best_epoch=7,
