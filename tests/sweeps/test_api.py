@@ -473,7 +473,7 @@ def test_unknown_preset_is_404(client):
 
 
 def test_stream_sends_runs_progress_summary_then_end(client, settings):
-    from .test_api import read_events
+    from tests.runs.test_api import read_events
 
     sweep = client.post("/api/sweeps", json={**GRID, "seed": 0}).json()
     for run_id in sweep["run_ids"]:
@@ -501,7 +501,7 @@ def test_openapi_documents_the_sweep_routes(client):
 def test_sweeps_on_postgresql_and_redis(service_settings, client_for):
     """The production shape: the same sweep path on PostgreSQL (JSON paths, cascades, keyset
     with NULLs) with ids sent over Redis."""
-    from .test_api import read_events
+    from tests.runs.test_api import read_events
 
     client = client_for(service_settings)
     sweep = client.post("/api/sweeps", json=GRID).json()
