@@ -18,9 +18,14 @@ import torch
 FORMAT_VERSION = 1
 
 
+# Fields that do not change the training: `device` (a run may resume on another GPU), and how
+# often it is logged (a checkpoint written before log_every_steps existed still matches).
+NOT_IN_FINGERPRINT = frozenset({"device", "log_every_steps"})
+
+
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
-    """Fields that change the training; `device` does not, so a run may resume on another GPU."""
-    relevant = {k: v for k, v in spec_fields.items() if k != "device"}
+    """Fields that change the training (all but NOT_IN_FINGERPRINT)."""
+    relevant = {k: v for k, v in spec_fields.items() if k not in NOT_IN_FINGERPRINT}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

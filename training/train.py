@@ -25,6 +25,7 @@ from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
 from .spec import TrainSpec, spec_errors_for_dataset
+from .step_log import StepLog
 
 # With S = every complete training sample, each step runs g over all of S. Affordable for
 # feature vectors and small data; above this many complete samples `auto` uses the batch.
@@ -46,6 +47,10 @@ class TrainingCallback:
     def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
         """Progress of a stage that is not counted in epochs (preprocessing a raw dataset: clips);
         should_stop() is asked after each call."""
+
+    def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
+        """Every `log_every_steps` optimiser steps and at each epoch's last step: per-step metrics
+        (named step/...) at global step `step`, and where the epoch is (training/step_log.py)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
@@ -179,6 +184,7 @@ class Trainer:
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
+        self.eval_seconds: float | None = None  # the last evaluation's duration, for the run's ETA
 
     def reference_inputs(self, train: TrainingSet) -> tuple[str, ReferenceInputs]:
         complete = train.complete
@@ -197,10 +203,23 @@ class Trainer:
         kinds = [complete, np.flatnonzero(has_x & ~has_y), np.flatnonzero(~has_x & has_y)]
         return stratified_batches(kinds, self.spec.batch_size, self.batch_rng)
 
-    def train_epoch(self, train: TrainingSet, references: ReferenceInputs) -> float:
+    def batches_per_epoch(self, train: TrainingSet) -> int:
+        """How many batches epoch_batches gives, without drawing them (that would move its RNG)."""
+        if not self.method.trains_on_missing:
+            return self.steps_per_epoch
+        has_x, has_y = train.has_x.cpu().numpy(), train.has_y.cpu().numpy()
+        n_complete = int((has_x & has_y).sum())
+        n_batches = math.ceil(int((has_x | has_y).sum()) / self.spec.batch_size)
+        return min(n_batches, n_complete) if n_complete else n_batches
+
+    def train_epoch(self, train: TrainingSet, references: ReferenceInputs, epoch: int = 1) -> float:
         self.model.train()
         loss_sum, seen = 0.0, 0
-        for rows in self.epoch_batches(train):
+        batches = self.epoch_batches(train)
+        log = StepLog(self.callback.on_step, epoch=epoch, epochs=self.spec.epochs, steps=len(batches),
+                      every=self.spec.log_every_steps, optimiser=self.optimiser,
+                      terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
+        for step, rows in enumerate(batches, 1):
             # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
             index = torch.as_tensor(rows, device=train.z.device)
             batch = Batch(*(t[index].to(self.device, non_blocking=True)
@@ -209,8 +228,10 @@ class Trainer:
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
-            loss_sum += loss.item() * len(rows)
+            value = loss.item()
+            loss_sum += value * len(rows)
             seen += len(rows)
+            log.after_step(step, value, len(rows))
         return loss_sum / seen
 
     @torch.no_grad()
@@ -281,7 +302,7 @@ class Trainer:
             "method": self.method.name,
             "reference_set": reference_set,
             "reference_set_size": len(references.y) if references.y is not None else None,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.batches_per_epoch(train),
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         })
@@ -293,8 +314,10 @@ class Trainer:
 
         epochs_completed, cancelled = first_epoch - 1, False
         for epoch in range(first_epoch, self.spec.epochs + 1):
-            train_loss = self.train_epoch(train, references)
+            train_loss = self.train_epoch(train, references, epoch)
+            evaluation_started = time.perf_counter()
             val, test, test_without_y = self.evaluate(train)
+            self.eval_seconds = time.perf_counter() - evaluation_started
             if best is None or val.accuracy > best[0]:
                 best = (val.accuracy, epoch, test, test_without_y)
             epochs_completed = epoch
