@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from backend.db import session_factory
+from backend.db import session_factory, utcnow
 from backend.runs import service
+from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.artifacts import run_artifact_dir
 from backend.settings import Settings
 
@@ -57,12 +58,17 @@ def retry_while_database_down(action: Callable[[], Any], patience: float) -> Any
 
 
 class DatabaseRecorder(TrainingCallback):
-    """Commits each epoch's metrics as soon as it ends, so the dashboard can show them, and
-    picks up a cancel request in the same transaction. Stops the loop after the epoch's
-    checkpoint when the process is asked to shut down (`stop_requested`)."""
+    """Writes the run's points as they come: per-step points and the progress inside the epoch
+    through a batching writer (backend/runs/ingest.py: a batch every FLUSH_INTERVAL seconds),
+    and each epoch's points with everything still buffered as soon as the epoch ends, before
+    its checkpoint is written, so no point before a checkpoint can be lost. Picks up a cancel
+    request in the same transactions. Stops the loop after the epoch's checkpoint when the
+    process is asked to shut down (`stop_requested`)."""
 
     # A stage's progress (clips preprocessed) is written at most this often, and at its end.
     STAGE_PROGRESS_INTERVAL = 0.5
+    # Per-step points wait at most this long before they are written (the loss moves on the page).
+    FLUSH_INTERVAL = 0.5
 
     def __init__(self, sessions: sessionmaker, run_id: int, worker: str | None = None,
                  stop_requested: Callable[[], bool] = lambda: False, database_patience: float = 0.0):
@@ -72,7 +78,9 @@ class DatabaseRecorder(TrainingCallback):
         self.stop_requested = stop_requested
         self.database_patience = database_patience
         self.cancel_requested = False
+        self.steps_per_epoch = 0
         self._stage_written_at = 0.0
+        self.points = BatchingWriter(self._write_batch, interval=self.FLUSH_INTERVAL)
 
     def _write(self, write: Callable[[Any], Any]) -> Any:
         def attempt():
@@ -81,7 +89,14 @@ class DatabaseRecorder(TrainingCallback):
 
         return retry_while_database_down(attempt, self.database_patience)
 
+    def _write_batch(self, points: list[Point], run_values: dict[str, Any]) -> bool:
+        cancel = self._write(lambda session: service.record_batch(session, self.run_id, points, self.worker,
+                                                                  **run_values))
+        self.cancel_requested = self.cancel_requested or bool(cancel)
+        return cancel
+
     def on_start(self, info: dict[str, Any]) -> None:
+        self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
         self._write(lambda session: service.record_info(session, self.run_id, info, self.worker))
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
@@ -100,9 +115,14 @@ class DatabaseRecorder(TrainingCallback):
         self.cancel_requested = self._write(
             lambda session: service.record_stage(session, self.run_id, progress, self.worker))
 
+    def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
+        self.points.add(points_of(epoch, step, metrics), progress={**progress, "at": utcnow().isoformat()})
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.cancel_requested = self._write(
-            lambda session: service.record_epoch(session, self.run_id, epoch, metrics, self.worker))
+        # The epoch's points carry the step it ended at; written with every per-step point still
+        # buffered, in one transaction, before the loop writes the epoch's checkpoint.
+        self.points.add(points_of(epoch, epoch * self.steps_per_epoch, metrics))
+        self.points.flush(epochs_completed=epoch)
 
     def should_stop(self) -> bool:
         return self.cancel_requested or self.stop_requested()
