@@ -48,13 +48,19 @@ def api() -> list[Row]:
     return api_views.measure()
 
 
+def curves() -> list[Row]:
+    from . import long_curves
+
+    return long_curves.measure(POSTGRES)
+
+
 def live() -> list[Row]:
     from . import live_latency
 
     return live_latency.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live}
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live}
 
 
 def machine() -> str:
