@@ -133,10 +133,12 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
         raise _broker_unavailable(error) from None
 
 
-# Bodies of finished runs' metrics, by ETag: served without reading the database again; and
-# every recently read run's series, grown by its new points (a running run is read once).
+# Bodies of finished runs' metrics, by ETag: served without reading the database again; every
+# recently read run's series, grown by its new points (a running run is read once); and a
+# running run's thinned columns until its next point lands.
 _finished_metrics = series.BodyCache()
 _series_cache = series.SeriesCache()
+_metrics_bodies = series.BodyCache()  # a running run's, by its newest point
 
 
 def _metrics_etag(run, request: Request) -> str | None:
@@ -186,12 +188,20 @@ def get_metrics(
         if format == "columns":
             if after:
                 read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
-            else:
-                key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
-                read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
-            payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
-            payload["total"] = total
-            return orjson.dumps(payload)
+                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
+                payload["total"] = total
+                return orjson.dumps(payload)
+            key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
+            read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
+
+            def thinned() -> bytes:
+                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
+                payload["total"] = total
+                return orjson.dumps(payload)
+
+            if etag:
+                return thinned()
+            return _metrics_bodies.get_or_make(f"{key}|{payload['cursor']}|{run.state}|{request.url.query}", thinned)
         if max_points is not None:
             points, payload["cursor"], total = service.metrics_for_display(session, run_id, max_points)
             payload["downsampled"] = len(points) < total

@@ -221,15 +221,17 @@ class SeriesCache:
 
 
 class BodyCache:
-    """Response bodies of finished runs, by ETag (least recently used first out, bounded in
-    bytes). A finished run's points never change (a retry changes its ETag), so its metrics
-    are read and encoded once per server process, not once per request."""
+    """Response bodies by a key that changes whenever they would (least recently used first out,
+    bounded in bytes): a finished run's by its ETag (its points never change; a retry changes
+    the tag), a running run's by its newest point too, so the clients of one run share one
+    thinning per batch the worker writes instead of one per request."""
 
     def __init__(self, max_bytes: int = 64 * 2**20):
         self.max_bytes = max_bytes
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
         self._lock = Lock()
+        self._making: dict[str, Lock] = {}
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -239,10 +241,20 @@ class BodyCache:
             return body
 
     def get_or_make(self, key: str, make: Callable[[], bytes]) -> bytes:
+        """The cached body, or `make()`'s; concurrent requests for a missing key wait for the
+        one making it instead of all making it."""
         body = self.get(key)
-        if body is None:
-            body = make()
-            self.put(key, body)
+        if body is not None:
+            return body
+        with self._lock:
+            making = self._making.setdefault(key, Lock())
+        with making:
+            body = self.get(key)
+            if body is None:
+                body = make()
+                self.put(key, body)
+        with self._lock:
+            self._making.pop(key, None)
         return body
 
     def put(self, key: str, body: bytes) -> None:

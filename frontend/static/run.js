@@ -54,7 +54,7 @@
     return result;
   }
 
-  // SVG up to a few thousand points per series (the history comes thinned to 4,000: SVG draws
+  // SVG up to a few thousand points per series (the history comes thinned to 1,500: SVG draws
   // that faster than WebGL starts, above all on a machine without a GPU); a series that grows
   // longer while the page is open is redrawn with WebGL (scattergl), which draws 100,000 points
   // at once. Three charts stay far below the browser's limit of WebGL contexts.
@@ -73,11 +73,12 @@
 
   // Each chart drawn once with all its traces (a chart redraws whole on every trace added).
   function redraw() {
-    for (const chart of Object.values(charts)) {
+    const drawn = Object.values(charts).map((chart) => {
       const names = [...chart.traces.keys()];
-      Plotly.react(chart.div, names.map(trace), layout(chart), PLOT_CONFIG);
-    }
+      return Plotly.react(chart.div, names.map(trace), layout(chart), PLOT_CONFIG);
+    });
     page.dataset.axis = axis;
+    return Promise.all(drawn);
   }
 
   function setHistory(columnsByName) {
@@ -86,7 +87,7 @@
       series.set(name, columns);
       chart.traces.set(name, chart.traces.size);
     }
-    redraw();
+    return redraw();
   }
 
   // New points (a stream's batch): appended to their series, then to the traces (never redrawn).
@@ -299,13 +300,15 @@
       }
     });
   }
+  // About two points per pixel of a chart's width: min/max thinning keeps every stretch's extremes.
+  const HISTORY_POINTS = 1500;
   // The history as columns, each series thinned by the server to what a chart can show (its
   // extremes kept); a finished run's answer is cached by the browser (ETag) and by the server.
   (async () => {
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?format=columns&max_points=4000`);
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?format=columns&max_points=${HISTORY_POINTS}`);
     if (ok) cursor = body.cursor;
-    setHistory(ok ? Object.entries(body.series) : []);
-    page.dataset.historyLoaded = "true";
+    await setHistory(ok ? Object.entries(body.series) : []);
+    page.dataset.historyLoaded = "true";  // and drawn
     openStream();
   })();
 })();
