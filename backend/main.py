@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .api import health, session
+from .api import errors, health, session
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
 from .db import session_factory
@@ -23,7 +23,7 @@ from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
-from .runs.reconcile import reconcile_periodically
+from .reconcile import reconcile_periodically
 from .security import AccessGuard
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walked them all in the middle of requests
         # (a metrics page's p95 was 4-5× its p50 because of it; bench/api_views.py).
         gc.freeze()
-        # The reconcile step, at start-up and then periodically (backend/runs/reconcile.py).
+        # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
             reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
         yield
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
         return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
 
+    errors.register(app)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)

@@ -8,16 +8,37 @@ the dataset catalogue by `spec_errors_for_dataset`, because that depends on what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .two_view import DatasetInfo
 
-# The fusions φ(f, g) the model implements (training/fusion.py). Named here, not imported
-# from there: that module imports torch, and the API and the worker's parent process import this
-# one without loading torch (CUDA must be touched only inside the task).
-FUSIONS = ("add", "concat", "outer")
+# --- the choices a spec offers: each listed once, here --------------------------------------
+# The API's schemas and catalogue (GET /api/choices, /api/methods), the sweeps and presets, the
+# command line and the forms all read these. Named here rather than next to their code
+# (fusion.py, encoders.py): those modules import torch, and the API and the worker's parent
+# process import this one without loading torch (CUDA must be touched only inside the task).
+
+# The fusions φ(f, g) the model implements (training/fusion.py).
+FusionName = Literal["add", "concat", "outer"]
+FUSIONS: tuple[str, ...] = get_args(FusionName)
+# torchvision backbones (training/encoders.py): trained end to end, or frozen feature extractors.
+BackboneName = Literal["resnet34", "resnet50", "vgg16"]
+BACKBONES: tuple[str, ...] = get_args(BackboneName)
+# Encoders f and g: the MLP for feature vectors, CNNs for images (C, H, W).
+EncoderName = Literal["mlp", "small_cnn", BackboneName]
+ENCODERS: tuple[str, ...] = get_args(EncoderName)
+IMAGE_ENCODERS = tuple(e for e in ENCODERS if e != "mlp")
+PRETRAINABLE_ENCODERS = BACKBONES  # ImageNet weights exist for these
+ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
+REFERENCE_SETS: tuple[str, ...] = get_args(ReferenceSetChoice)
+SplitBy = Literal["group", "subject"]
+SPLITS: tuple[str, ...] = get_args(SplitBy)
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(DeviceChoice)
+# The paper's names for its two modalities; a preset maps them onto a dataset's modalities.
+PAPER_MODALITIES = ("visual", "audio")
 
 
 @dataclass(frozen=True)
@@ -74,15 +95,10 @@ METHODS: dict[str, MethodInfo] = {
         ),
     )
 }
-
-MethodName = Literal["mle", "lower_bound", "zero_padding", "hgr", "ae1", "ae2"]
-EncoderName = Literal["mlp", "small_cnn", "resnet34", "resnet50", "vgg16"]
-IMAGE_ENCODERS = ("small_cnn", "resnet34", "resnet50", "vgg16")
-PRETRAINABLE_ENCODERS = ("resnet34", "resnet50", "vgg16")
+# The method names are the keys above, listed nowhere else.
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
 INPUT_IMPUTING_METHODS = ("ae1", "ae2")
-FusionName = Literal["add", "concat", "outer"]
-ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
 
 
 class TrainSpec(BaseModel):
@@ -114,7 +130,7 @@ class TrainSpec(BaseModel):
         description="S in eq. 5: every complete training sample, or the complete samples of the batch; "
         "auto picks all when that is cheap",
     )
-    split_by: Literal["group", "subject"] = Field(
+    split_by: SplitBy = Field(
         "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
     )
     evaluate_missing: bool = Field(
@@ -122,7 +138,7 @@ class TrainSpec(BaseModel):
     )
     imputer_epochs: int = Field(30, ge=1, le=10_000, description="ae1/ae2: epochs to fit the x → y imputer")
     self_training_rounds: int = Field(3, ge=1, le=100, description="ae2: rounds of imputer self-training")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
     encoder: EncoderName = Field(
         "mlp",
         description="Encoders f and g: mlp (feature vectors), or a CNN trained end to end on images such as "

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
+
+from training.spec import FUSIONS
 
 from ..api.deps import SessionDep, SettingsDep
 from ..runs import service
@@ -25,7 +27,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request):
-    return templates.TemplateResponse(request, "runs.html", {"title": "Runs"})
+    return templates.TemplateResponse(request, "runs.html", {"title": "Runs", "fusions": FUSIONS})
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -36,11 +38,8 @@ def new_run_page(request: Request):
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep):
     if not 1 <= run_id <= 2**31 - 1:
-        raise HTTPException(404, f"run {run_id} not found")
-    try:
-        run = service.get_run(session, run_id)
-    except service.RunNotFound:
-        raise HTTPException(404, f"run {run_id} not found") from None
+        raise service.RunNotFound(run_id)
+    run = service.get_run(session, run_id)  # not found: backend/api/errors.py answers
     return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run})
 
 
@@ -56,10 +55,7 @@ def new_sweep_page(request: Request):
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
 def sweep_page(request: Request, sweep_id: int, session: SessionDep):
-    try:
-        sweep = sweeps.get_sweep(session, sweep_id)
-    except sweeps.SweepNotFound:
-        raise HTTPException(404, f"sweep {sweep_id} not found") from None
+    sweep = sweeps.get_sweep(session, sweep_id)
     preset = PRESETS.get(sweep.preset or "")
     return templates.TemplateResponse(request, "sweep.html", {"title": sweep.name, "sweep": sweep, "preset": preset})
 

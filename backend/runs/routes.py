@@ -1,4 +1,5 @@
-"""REST routes of runs. Thin: validation at the edge, logic in service.py."""
+"""REST routes of runs. Thin: validation at the edge, logic in service.py; a run not found or
+a broker that cannot be reached is answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from . import artifacts, series, service
 from .models import RunState
 from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
 from .stream import run_events
-from .validation import DatasetCatalog, dataset_errors
+from .validation import DatasetCatalog, check_against_dataset
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -26,35 +27,11 @@ NOT_FOUND = {404: {"description": "No run with this id"}}
 BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
 
 
-def _check_against_dataset(payload: RunCreate, settings) -> None:
-    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
-    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
-    if errors:
-        raise RequestValidationError(errors)
-
-
-def _broker_unavailable(error: Exception) -> HTTPException:
-    # The broker's own message can carry its address; the server log has it, the client does not.
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                         "the broker is unreachable: the run was saved as failed; try again shortly")
-
-
-def _get_or_404(session, run_id: int):
-    try:
-        return service.get_run(session, run_id)
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=BROKER_DOWN)
 def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Create a run and queue it for a worker."""
-    _check_against_dataset(payload, settings)
-    try:
-        run = service.create_run(session, payload, queue)
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
-    return RunOut.model_validate(run)
+    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
+    return RunOut.model_validate(service.create_run(session, payload, queue))
 
 
 @router.get("", response_model=RunPage)
@@ -98,23 +75,20 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def get_run(run_id: RunId, session: SessionDep) -> RunOut:
-    return RunOut.model_validate(_get_or_404(session, run_id))
+    return RunOut.model_validate(service.get_run(session, run_id))
 
 
 @router.patch("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut:
     """Rename a run, set its note, or replace its tags."""
-    try:
-        return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
     if not service.delete_runs(session, [run_id], settings.artifact_dir):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+        raise service.RunNotFound(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -125,12 +99,8 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
     and checkpoint are cleared."""
     try:
         return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
 
 
 # Bodies of finished runs' metrics, by ETag: served without reading the database again; every
@@ -177,7 +147,7 @@ def get_metrics(
     (`columns`). Per-epoch points carry the step the epoch ended at; per-step points are
     named `step/...`. A finished run's answer has an ETag: send it back in If-None-Match to get
     304 when nothing changed."""
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     etag = _metrics_etag(run, request)
     headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {"Cache-Control": "no-store"}
     if etag and if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
@@ -223,7 +193,7 @@ def get_metrics(
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
@@ -238,8 +208,6 @@ def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
         return RunOut.model_validate(service.request_cancel(session, run_id))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
@@ -256,7 +224,7 @@ def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    _get_or_404(session, run_id)
+    service.get_run(session, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     return EventSourceResponse(
@@ -268,8 +236,8 @@ def stream_run(
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
 def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's files (its checkpoint, …), with paths to download them by."""
-    _get_or_404(session, run_id)
-    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+    service.get_run(session, run_id)
+    return [ArtifactOut.model_validate(a) for a in artifacts.list_artifacts(settings, run_id)]
 
 
 @router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
@@ -277,7 +245,7 @@ def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) ->
 def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
                       ) -> FileResponse:
-    _get_or_404(session, run_id)
+    service.get_run(session, run_id)
     try:
         file = artifacts.artifact_file(settings, run_id, path)
     except artifacts.PathOutsideRoot:

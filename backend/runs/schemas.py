@@ -15,7 +15,7 @@ from ..api.params import has_control_characters
 
 
 class RunCreate(TrainSpec):
-    """A training spec plus how the run is shown."""
+    """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
 
@@ -28,7 +28,8 @@ class RunCreate(TrainSpec):
         return name
 
     def training_spec(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name"})
+        """The spec as the run row stores it and the worker reads it back (TrainSpec's fields)."""
+        return self.model_dump(include=set(TrainSpec.model_fields))
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -161,6 +162,8 @@ class MetricsColumns(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     path: str = Field(description="Download it at /api/runs/{run_id}/artifacts/{path}")
     size: int = Field(description="Bytes")
 

@@ -32,6 +32,7 @@ class RunResult:
     seed: int
     test_accuracy: float | None
     spec: dict[str, Any]
+    dataset: str = ""
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,21 @@
 
 A sweep body has the fields of a run (RunCreate), and any of them may hold a list of values
 instead of one value; the sweep is the product of the lists. The fields are generated from
-RunCreate, so a field added to the training spec can be swept at once. Values are checked
-per combination by the run validation itself, not here: this schema only checks the shape.
+the training spec's fields, with their types and ranges, so a field added to the spec can be
+swept at once and a value no run could take is refused here, naming the field. What depends
+on the other fields (a fusion the method lacks, a modality the dataset lacks) is checked per
+combination by the run validation itself.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from ..api.params import DisplayName
 from ..runs.schemas import RunCreate
@@ -64,7 +69,29 @@ class SweepBase(BaseModel):
         return {name: _as_list(getattr(self, name)) for name in SWEEPABLE_FIELDS if name in self.model_fields_set}
 
 
-def _sweep_field(name: str, schema: dict[str, Any]) -> tuple[Any, Any]:
+def _values_of(spec_field: FieldInfo) -> TypeAdapter:
+    """The spec field's type with its constraints (ranges, lengths), for one value of the grid."""
+    one = Annotated[spec_field.annotation, *spec_field.metadata] if spec_field.metadata else spec_field.annotation
+    return TypeAdapter(list[one])
+
+
+def _typed_values(adapter: TypeAdapter):
+    def validate(value: Any) -> Any:
+        values = _as_list(value)
+        if any(isinstance(v, (list, dict)) for v in values):
+            return value  # the shape check (_values_or_list) says what is wrong
+        try:
+            typed = adapter.validate_python(values)
+        except ValidationError as error:
+            # Named by the field alone (not field.index), so the forms show it next to the field.
+            first = error.errors(include_url=False)[0]
+            raise PydanticCustomError(first["type"], "{reason}", {"reason": first["msg"]}) from None
+        return typed if isinstance(value, list) else typed[0]
+
+    return validate
+
+
+def _sweep_field(name: str, spec_field: FieldInfo, schema: dict[str, Any]) -> tuple[Any, Any]:
     one = {k: v for k, v in schema.items() if k not in ("title", "default", "description")}
     description = schema.get("description", "")
     return (Any, Field(None, description=f"{description + '. ' if description else ''}"
@@ -77,12 +104,18 @@ SweepCreate = create_model(
     "SweepCreate",
     __base__=SweepBase,
     __doc__="The fields of a run; any of them may be a list, and the sweep is the product of the lists.",
-    **{name: _sweep_field(name, _RUN_PROPERTIES[name]) for name in SWEEPABLE_FIELDS},
+    __validators__={
+        f"_typed_{name}": field_validator(name, mode="after")(_typed_values(_values_of(RunCreate.model_fields[name])))
+        for name in SWEEPABLE_FIELDS
+    },
+    **{name: _sweep_field(name, RunCreate.model_fields[name], _RUN_PROPERTIES[name]) for name in SWEEPABLE_FIELDS},
 )
 
 
 class InvalidCombinations(BaseModel):
     """Combinations the run validation refuses for one reason."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     loc: list[str | int]
     msg: str
@@ -119,6 +152,22 @@ class SweepOut(BaseModel):
     preset: str | None
     preset_options: dict[str, Any] | None
     progress: SweepProgress
+
+    @classmethod
+    def of(cls, sweep: Any, progress: dict[str, Any]) -> "SweepOut":
+        """From the sweep row's attributes, with its progress (counted apart: one query serves a
+        whole page of sweeps)."""
+        return cls.model_validate(_WithProgress(sweep, progress))
+
+
+class _WithProgress:
+    """A sweep row seen with its progress as one more attribute."""
+
+    def __init__(self, sweep: Any, progress: dict[str, Any]):
+        self._sweep, self.progress = sweep, progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sweep, name)
 
 
 class SweepCreated(SweepOut):
@@ -159,6 +208,8 @@ class PresetRequest(BaseModel):
 
 
 class PresetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     figure: str
     title: str
@@ -172,6 +223,11 @@ class PresetOut(BaseModel):
     missing_methods: list[str]
     assumptions: list[str]
     reported: str | None = Field(description="The paper table whose numbers are shown beside the sweep's")
+
+    @field_validator("reported", mode="before")
+    @classmethod
+    def _table_title(cls, reported: Any) -> Any:
+        return getattr(reported, "title", reported)  # a preset's PaperTable is named by its title
 
 
 class PresetPreview(BaseModel):
@@ -189,6 +245,8 @@ class PresetPreview(BaseModel):
 
 
 class CellOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     mean: float | None = Field(description="Mean test accuracy (fraction) over the seeds that succeeded")
     std: float | None = Field(description="Sample standard deviation (n − 1); null below two seeds")
     n: int = Field(description="Seeds that succeeded")
@@ -199,6 +257,8 @@ class CellOut(BaseModel):
 
 
 class ColumnOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     missing_modality: str
     missing_rate: float
     role: str | None = Field(description="The paper's name for the modality (visual/audio), in a preset sweep")
@@ -206,11 +266,18 @@ class ColumnOut(BaseModel):
 
 
 class RowOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     label: str
     method: str
     fusion: str
     extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
     cells: list[CellOut]
+
+    @field_validator("extras", mode="before")
+    @classmethod
+    def _pairs(cls, extras: Any) -> Any:
+        return dict(extras)  # analysis keeps them as (name, value) pairs, hashable
 
 
 class PaperOut(BaseModel):
@@ -225,6 +292,8 @@ class PaperOut(BaseModel):
 
 
 class TableOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     sweep_id: int
     metric: str = "test_accuracy"
     columns: list[ColumnOut]
@@ -233,6 +302,8 @@ class TableOut(BaseModel):
 
 
 class TrendSeriesOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     label: str
     method: str
     fusion: str
@@ -252,23 +323,17 @@ class TrendOut(BaseModel):
 
 
 def table_out(sweep_id: int, table, paper: dict | None) -> TableOut:
-    return TableOut(
-        sweep_id=sweep_id,
-        columns=[ColumnOut(missing_modality=c.missing_modality, missing_rate=c.missing_rate, role=c.role,
-                           label=c.label) for c in table.columns],
-        rows=[RowOut(label=r.label, method=r.method, fusion=r.fusion, extras=dict(r.extras),
-                     cells=[CellOut(mean=c.mean, std=c.std, n=c.n, pending=c.pending, best=c.best, paper=c.paper,
-                                    run_ids=c.run_ids) for c in r.cells]) for r in table.rows],
-        paper=PaperOut(**paper) if paper else None,
-    )
+    return TableOut(sweep_id=sweep_id, columns=table.columns, rows=table.rows, paper=paper)
 
 
 def trend_out(sweep_id: int, series) -> TrendOut:
-    return TrendOut(sweep_id=sweep_id, series=[TrendSeriesOut(**vars(s)) for s in series])
+    return TrendOut(sweep_id=sweep_id, series=series)
 
 
 class SweepRunOut(BaseModel):
     """A run as the sweep page lists it."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from training.datasets.naming import backbone_of, source_dataset
+
 from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
@@ -19,11 +21,20 @@ from ..runs.models import TERMINAL_STATES, Run, RunState
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .presets import PRESETS, backbone_of, source_dataset
+from .presets import PRESETS
 
 
 class SweepNotFound(LookupError):
     pass
+
+
+class SweepNotAllQueued(runs.BrokerUnavailable):
+    public_message = ("the sweep was saved but its runs could not all be queued: the broker is unreachable; "
+                      "the runs not queued are marked failed (retry them from the sweep page)")
+
+
+class RetryNotAllQueued(runs.BrokerUnavailable):
+    public_message = "the broker is unreachable: the runs not queued are marked failed; try again shortly"
 
 
 def _plural(field: str) -> str:
@@ -51,7 +62,10 @@ def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: st
     rows = [runs.new_run(payload, sweep_id=sweep.id) for payload in plan.runs]
     session.add_all(rows)
     session.commit()
-    runs.enqueue_committed(session, rows, queue)
+    try:
+        runs.enqueue_committed(session, rows, queue)
+    except runs.BrokerUnavailable as error:
+        raise SweepNotAllQueued(*error.args) from error
     return sweep, rows
 
 
@@ -100,10 +114,13 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
 def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> list[int]:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
     get_sweep(session, sweep_id)
-    ids = list(session.scalars(select(Run.id).where(
-        Run.sweep_id == sweep_id, Run.state.in_([RunState.failed, RunState.cancelled])).order_by(Run.id)))
-    for run_id in ids:
-        runs.retry_run(session, run_id, queue, artifact_dir)
+    retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
+    ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
+    try:
+        for run_id in ids:
+            runs.retry_run(session, run_id, queue, artifact_dir)
+    except runs.BrokerUnavailable as error:
+        raise RetryNotAllQueued(*error.args) from error
     return ids
 
 
@@ -112,7 +129,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: 
 
 def sweep_results(session: Session, sweep_id: int) -> list[RunResult]:
     query = (select(Run.id, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate, Run.seed,
-                    Run.test_accuracy, Run.spec)
+                    Run.test_accuracy, Run.spec, Run.dataset)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [RunResult(*row) for row in session.execute(query)]
 
@@ -142,7 +159,7 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     if preset is None or preset.reported is None:
         return None
     roles = modality_roles(sweep)
-    datasets = {r.spec.get("dataset") for r in results}
+    datasets = {r.dataset for r in results}
     common_dataset = next(iter(datasets)) if len(datasets) == 1 else None
 
     def lookup(row: Row, column: Column) -> float | None:

@@ -36,15 +36,15 @@ def _fingerprint(session, sweep_id: int) -> tuple:
 
 def _runs(session, sweep_id: int) -> list[SweepRunOut]:
     query = (select(Run.id, Run.name, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate,
-                    Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer(), Run.test_accuracy, Run.best_epoch)
+                    Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer().label("epochs"), Run.test_accuracy,
+                    Run.best_epoch)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
-    fields = list(SweepRunOut.model_fields)
-    return [SweepRunOut(**dict(zip(fields, row))) for row in session.execute(query)]
+    return [SweepRunOut.model_validate(row) for row in session.execute(query)]
 
 
 def _summary(session, sweep: Sweep) -> dict[str, Any]:
     table, results = service.sweep_table(session, sweep)
-    dataset = results[0].spec.get("dataset") if results else None
+    dataset = results[0].dataset if results else None
     paper = service.paper_context(sweep, dataset)
     return {"table": table_out(sweep.id, table, paper).model_dump(mode="json"),
             "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")}

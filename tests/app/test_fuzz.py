@@ -19,7 +19,7 @@ pytestmark = pytest.mark.fuzz
 
 EXAMPLES_PER_OPERATION_AND_MODE = 25
 OPERATIONS_WITHOUT_INPUTS = {"GET /api/health", "DELETE /api/session", "GET /api/datasets", "GET /api/methods",
-                             "GET /api/presets"}
+                             "GET /api/presets", "GET /api/choices"}
 
 
 @pytest.mark.parametrize("backend", ["embedded_settings", pytest.param("service_settings", marks=pytest.mark.services)])

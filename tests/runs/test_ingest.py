@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from backend.db import session_factory
 from backend.migrate import upgrade
-from backend.runs import service
+from backend.runs import lease
 from backend.runs.downsample import downsample_min_max
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import MetricPoint
@@ -86,11 +86,11 @@ def test_batches_are_written_exactly_once_even_when_replayed(database_url, clien
         session.add(run)
         session.commit()
         run_id = run.id
-        assert service.start_run(session, run_id, "w1") is not None
+        assert lease.start_run(session, run_id, "w1") is not None
 
     def write(points, values):
         with sessions() as session:
-            return service.record_batch(session, run_id, points, "w1", **values)
+            return lease.record_batch(session, run_id, points, "w1", **values)
 
     def play(writer, epochs):
         for epoch in range(1, epochs + 1):
@@ -113,9 +113,9 @@ def test_batches_are_written_exactly_once_even_when_replayed(database_url, clien
         assert steps == list(range(1, 81))
         run = session.get(Run, run_id)
         assert run.epochs_completed == 4 and run.progress == {"step": 80}
-    with pytest.raises(service.LeaseLost):  # a worker that lost the run writes nothing
+    with pytest.raises(lease.LeaseLost):  # a worker that lost the run writes nothing
         with sessions() as session:
-            service.record_batch(session, run_id, points_of(9, 999, {"x": 1.0}), "w2")
+            lease.record_batch(session, run_id, points_of(9, 999, {"x": 1.0}), "w2")
 
 
 def test_min_max_thinning_keeps_what_the_reference_keeps():
@@ -144,12 +144,12 @@ def test_columns_thinning_and_etag_of_a_finished_run(embedded_settings, client_f
     run = client.post("/api/runs", json=SPEC).json()
     sessions = session_factory(embedded_settings.database_url)
     with sessions() as session:
-        service.start_run(session, run["id"], "test")
+        lease.start_run(session, run["id"], "test")
         points = [Point(1 + s // 100, s, "step/train_loss", 1.0 / s) for s in range(1, 1001)]
         points[500] = Point(points[500].epoch, points[500].step, "step/train_loss", None)
-        service.record_batch(session, run["id"], points)
+        lease.record_batch(session, run["id"], points)
         for epoch in range(1, 11):
-            service.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 7) * 0.4},
+            lease.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 7) * 0.4},
                                  step=epoch * 100)
     path = f"/api/runs/{run['id']}/metrics"
 
@@ -176,13 +176,13 @@ def test_columns_thinning_and_etag_of_a_finished_run(embedded_settings, client_f
     after = client.get(path, params={"format": "columns", "after": body["cursor"] - 3}).json()
     assert after["total"] == 3 and after["cursor"] == body["cursor"]
     with sessions() as session:  # the series read above (and kept by the server) grow by the new points
-        service.record_batch(session, run["id"], [Point(11, 1001, "step/train_loss", 0.5), Point(11, 1001, "new", 1.0)])
+        lease.record_batch(session, run["id"], [Point(11, 1001, "step/train_loss", 0.5), Point(11, 1001, "new", 1.0)])
     grown = client.get(path, params={"format": "columns"}).json()
     assert grown["total"] == 1012 and grown["series"]["step/train_loss"]["step"][-2:] == [1000, 1001]
     assert grown["series"]["new"]["value"] == [1.0] and grown["cursor"] == body["cursor"] + 2
 
     with sessions() as session:
-        service.finish_run(session, run["id"], cancelled=True, test_accuracy=0.9, val_accuracy=0.9, best_epoch=7,
+        lease.finish_run(session, run["id"], cancelled=True, test_accuracy=0.9, val_accuracy=0.9, best_epoch=7,
                            classes=["a"], confusion=[[1]], info={})
     first = client.get(path, params={"format": "columns", "max_points": 100})
     etag = first.headers["etag"]

@@ -12,12 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import service as runs_service
+from backend.runs import lease as runs_lease
+from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
 from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
-from backend.sweeps.presets import PRESETS, Block, Preset, backbone_of, plan_preset, source_dataset
+from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
+from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
 from tests.support import queued_run_ids
 
@@ -44,13 +46,13 @@ def counts(settings) -> tuple[int, int]:
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     """What the worker writes for a run that ends, through the worker's own service calls."""
     with session_factory(settings.database_url)() as session:
-        runs_service.start_run(session, run_id, "test")
-        runs_service.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
+        runs_lease.start_run(session, run_id, "test")
+        runs_lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
         if state == "failed":
-            runs_service.fail_run(session, run_id, "RuntimeError: boom")
+            runs_lease.fail_run(session, run_id, "RuntimeError: boom")
         else:
-            runs_service.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
-                                    best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
+            runs_lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
+                                  best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
 
 
 # --- creating ---------------------------------------------------------------------------
@@ -295,7 +297,7 @@ def test_a_varied_training_setting_splits_rows_instead_of_being_averaged(client,
 def test_delete_sweep_deletes_its_runs_and_their_points(client, settings):
     sweep = client.post("/api/sweeps", json=GRID).json()
     finish(settings, sweep["run_ids"][0], 0.9)
-    folder = runs_service.run_artifact_dir(settings.artifact_dir, sweep["run_ids"][0])
+    folder = run_artifact_dir(settings.artifact_dir, sweep["run_ids"][0])
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"...")
     other = client.post("/api/runs", json={**GRID, "method": "mle", "missing_rate": 0.5, "seed": 0}).json()
@@ -341,9 +343,9 @@ def test_paper_tables_are_transcribed_whole():
 
 def test_table1_preset_is_the_papers_grid():
     preset = PRESETS["table1"]
-    assert preset.runs_per_seed() == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
+    assert preset.runs_per_seed == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
     assert preset.methods == ["lower_bound", "hgr", "zero_padding", "mle"]
-    assert PRESETS["table2"].runs_per_seed() == 54 and PRESETS["fig4"].runs_per_seed() == 20
+    assert PRESETS["table2"].runs_per_seed == 54 and PRESETS["fig4"].runs_per_seed == 20
 
 
 def available(preset_name: str) -> list[tuple[str, str]]:
@@ -473,7 +475,7 @@ def test_unknown_preset_is_404(client):
 
 
 def test_stream_sends_runs_progress_summary_then_end(client, settings):
-    from tests.runs.test_api import read_events
+    from tests.support import read_events
 
     sweep = client.post("/api/sweeps", json={**GRID, "seed": 0}).json()
     for run_id in sweep["run_ids"]:
@@ -501,7 +503,7 @@ def test_openapi_documents_the_sweep_routes(client):
 def test_sweeps_on_postgresql_and_redis(service_settings, client_for):
     """The production shape: the same sweep path on PostgreSQL (JSON paths, cascades, keyset
     with NULLs) with ids sent over Redis."""
-    from tests.runs.test_api import read_events
+    from tests.support import read_events
 
     client = client_for(service_settings)
     sweep = client.post("/api/sweeps", json=GRID).json()

@@ -269,7 +269,7 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
 
 def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
     """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
-    from backend.runs import service
+    from backend.runs import lease
 
     base = start_server(embedded_settings)
     api = client_for(embedded_settings)
@@ -277,8 +277,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     kept, doomed, broken = (api.post("/api/runs", json={**spec, "seed": s, "name": n}).json()["id"]
                             for s, n in [(0, "kept"), (1, "doomed"), (2, "broken")])
     with session_factory(embedded_settings.database_url)() as session:
-        service.start_run(session, broken, "test")
-        service.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
+        lease.start_run(session, broken, "test")
+        lease.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
 
     # tags and a note on the run page; user text stays text
     page.goto(f"{base}/runs/{kept}")
@@ -301,7 +301,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.goto(f"{base}/runs/{broken}")
     page.wait_for_selector("#retry-run:not([hidden])")
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#retry-run")
+    with page.expect_navigation():  # the page reloads once the retry is accepted
+        page.click("#retry-run")
     wait_in_page(page, "document.getElementById('run-state').textContent === 'queued'")
     assert api.get(f"/api/runs/{broken}").json()["error"] is None
 
