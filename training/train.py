@@ -312,7 +312,7 @@ class Trainer:
             train = TrainingSet(saved["x"], saved["y"], train.z, saved["has_x"], saved["has_y"])
         return train, BestEpoch.from_state(state["best"])
 
-    def setup_info(self, reference_set: str, references: ReferenceInputs) -> dict[str, Any]:
+    def setup_info(self, train: TrainingSet, reference_set: str, references: ReferenceInputs) -> dict[str, Any]:
         """How this run trains, for its record (on_start, then the result's info)."""
         return {
             "method": self.method.name,
@@ -352,7 +352,7 @@ class Trainer:
             first_epoch = 1
             self.save(0, train, None)
         reference_set, references = self.reference_inputs(train)
-        info.update(self.setup_info(reference_set, references))
+        info.update(self.setup_info(train, reference_set, references))
         self.callback.on_start(info)
 
         epochs_completed, stopped = first_epoch - 1, StopReason.finished
