@@ -250,7 +250,9 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         batches = self.epoch_batches(train)
-        log = StepLog(self.callback.on_step, epoch=epoch, epochs=self.spec.epochs, steps=len(batches),
+        # A callback written before per-step metrics (not a TrainingCallback subclass) has no on_step.
+        report = getattr(self.callback, "on_step", None) or TrainingCallback().on_step
+        log = StepLog(report, epoch=epoch, epochs=self.spec.epochs, steps=len(batches),
                       every=self.spec.log_every_steps, optimiser=self.optimiser,
                       terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
         for step, rows in enumerate(batches, 1):
