@@ -49,7 +49,8 @@ class DatabaseRecorder(TrainingCallback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
-        self.holder.record(info=dict(info))
+        # A resumed run's progress is the previous attempt's until its first step is logged.
+        self.holder.record(info=dict(info), progress=None)
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
