@@ -68,7 +68,9 @@ def test_a_small_cnn_run_shows_its_loss_moving_within_its_first_epoch(page, embe
     page.wait_for_function("() => document.getElementById('run-page').dataset.axis === 'step'")
     x = page.evaluate("() => Array.from(document.getElementById('chart-loss').data"
                       ".find(t => t.name === 'step/train_loss').x)")
-    assert x[:2] == [2, 4] and x == sorted(x)
+    stored_now = [(p["epoch"], p["step"]) for p in page.request.get(f"{server}/api/runs/{run_id}/metrics").json()["points"]
+                  if p["name"] == "step/train_loss"]
+    assert x[:2] == [2, 4] and x == sorted(x), (x, stored_now)
 
     deadline = time.monotonic() + 300
     while page.text_content("#run-state") not in ("succeeded", "failed", "cancelled"):
