@@ -6,31 +6,33 @@ import asyncio
 import contextlib
 import gc
 import logging
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from training.datasets import configure_features
 
 from .api import errors, health, session
+from .api.openapi import install_docs, operation_id
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
+from .live import StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
-from .security import AccessGuard
+from .runs import system_routes
+from .runs.stream import RunHub
+from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
+from .sweeps.stream import SweepHub
+from .workers import routes as worker_routes
 
 log = logging.getLogger("missmod")
-
-DATABASE_UNAVAILABLE = "the database is unreachable (or not migrated); try again shortly"
 
 
 def _warn_if_open_to_the_network(settings: Settings) -> None:
@@ -53,6 +55,7 @@ def _warn_if_not_migrated(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.make_dirs()
+    configure_features(settings.feature_limits())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
+        await app.state.run_hub.close()
+        await app.state.sweep_hub.close()
         app.state.run_queue.close()
 
     app = FastAPI(
@@ -77,34 +82,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=settings.max_request_bytes,  # 413 above; a run spec is a few hundred bytes
+        generate_unique_id_function=operation_id,
+        docs_url=None, redoc_url=None,  # served from local files by install_docs
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.run_queue = RunQueue(settings)
-    app.add_middleware(AccessGuard, settings=settings)
+    # The live streams' pollers and caps (backend/live.py).
+    app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
+    app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
+    app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeoutError)
-    async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
-        return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # The traceback goes to the server log only, under a reference the user can quote.
-        reference = uuid.uuid4().hex[:12]
-        log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
-        return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
-
-    errors.register(app)
+    errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(system_routes.router)
+    app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
     app.include_router(job_routes.router)
     app.include_router(pages.router)
+    install_docs(app)
     app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
     return app

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .spec import ABLATION_DEFAULTS
+
 FORMAT_VERSION = 1
 
 
@@ -24,8 +26,12 @@ NOT_IN_FINGERPRINT = frozenset({"device", "log_every_steps"})
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
-    """Fields that change the training (all but NOT_IN_FINGERPRINT)."""
-    relevant = {k: v for k, v in spec_fields.items() if k not in NOT_IN_FINGERPRINT}
+    """Fields that change the training; `device` and `compile` do not, so a run may resume on
+    another GPU, and fields added later do not at their default (the fingerprint of a spec is as
+    it was): the ablations' and `precision: auto`."""
+    relevant = {k: v for k, v in spec_fields.items()
+                if k not in NOT_IN_FINGERPRINT and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
+                and not (k == "precision" and v == "auto")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

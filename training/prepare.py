@@ -179,7 +179,7 @@ def prepare_data(data: TwoViewData, spec: TrainSpec, device: torch.device) -> Pr
         train=train,
         val=evaluation_set(split.val),
         test=evaluation_set(split.test),
-        log_prior=log_label_prior(train.z, len(data.classes)).to(device),
+        log_prior=log_label_prior(train.z, len(data.classes), spec.label_prior).to(device),
         classes=list(data.classes),
         info=_data_info(data, spec, split, missing, x_name, y_name, inputs.device),
         x_input=x_input,

@@ -37,6 +37,9 @@ SplitBy = Literal["group", "subject"]
 SPLITS: tuple[str, ...] = get_args(SplitBy)
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(DeviceChoice)
+# Numeric precision of the training steps (training/precision.py).
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
 # The paper's names for its two modalities; a preset maps them onto a dataset's modalities.
 PAPER_MODALITIES = ("visual", "audio")
 
@@ -130,6 +133,21 @@ class TrainSpec(BaseModel):
         description="S in eq. 5: every complete training sample, or the complete samples of the batch; "
         "auto picks all when that is cheap",
     )
+    mle_stop_reference_gradient: bool = Field(
+        False,
+        description="mle only, an ablation: eq. 5 sends no gradient into g through the reference set S "
+        "(g(y') detached); f and h still learn from it",
+    )
+    mle_freeze_class_offset: bool = Field(
+        False,
+        description="mle only, an ablation (add, concat): no gradient through the class offset "
+        "c_z = LSE_{y'∈S} g(y')ᵀh(z) that eq. 5 adds to the x-only logits",
+    )
+    label_prior: Literal["empirical", "uniform"] = Field(
+        "empirical",
+        description="R_Z in eq. 4 and 5 (every method): the training labels' frequencies, as in the paper, "
+        "or uniform (an ablation)",
+    )
     split_by: SplitBy = Field(
         "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
     )
@@ -146,6 +164,15 @@ class TrainSpec(BaseModel):
     )
     pretrained: bool = Field(
         False, description="Start resnet34/resnet50/vgg16 from ImageNet weights (read from the host's torch cache)"
+    )
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="Numeric precision of the training steps: auto = mixed precision for CNN encoders on a GPU "
+        "(bf16 where the GPU has it, else fp16 with a gradient scaler), fp32 for MLP encoders and on the CPU; the "
+        "likelihood (eq. 4/5) is always computed in fp32",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the encoders (the first epoch pays for compiling; helps long GPU runs)"
     )
     # 10: a ResNet-50 epoch on RAVDESS or eNTERFACE'05 (about 30,000 training segments) is ~470
     # steps at the default batch of 64, so ~47 points an epoch (still 23 at a batch of 128).
@@ -188,6 +215,18 @@ class TrainSpec(BaseModel):
             raise ValueError(f"fusion {fusion!r} is not available for method {method!r} (allowed: {allowed})")
         return fusion
 
+    @field_validator("mle_stop_reference_gradient", "mle_freeze_class_offset")
+    @classmethod
+    def _ablations_of_mle(cls, value: bool, info: ValidationInfo) -> bool:
+        method = info.data.get("method")
+        if value and method is not None and method != "mle":
+            raise ValueError(f"an ablation of mle's eq. 5, which method {method!r} does not use: set it only with "
+                             f"method 'mle'")
+        if value and info.field_name == "mle_freeze_class_offset" and info.data.get("fusion") == "outer":
+            raise ValueError("with outer product the score is not separable, so eq. 5 has no class offset of its "
+                             "own to freeze: use add or concat")
+        return value
+
     @field_validator("other_missing_rate")
     @classmethod
     def _some_samples_stay_complete(cls, rate: float, info: ValidationInfo) -> float:
@@ -196,6 +235,17 @@ class TrainSpec(BaseModel):
             raise ValueError(f"missing_rate + other_missing_rate must be below 1 (complete samples are needed), "
                              f"got {missing_rate} + {rate}")
         return rate
+
+
+# The ablation options, with the value that means the paper's method (and the code as it was
+# before they existed). At that value they are left out of a checkpoint's fingerprint
+# (training/checkpoint.py), so a run interrupted across an upgrade still resumes, and out of a
+# comparison table's row labels.
+ABLATION_DEFAULTS: dict[str, object] = {
+    "mle_stop_reference_gradient": False,
+    "mle_freeze_class_offset": False,
+    "label_prior": "empirical",
+}
 
 
 @dataclass(frozen=True)

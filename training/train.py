@@ -28,6 +28,7 @@ from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
 from .spec import TrainSpec, spec_errors_for_dataset
 from .step_log import StepLog
+from .speed import EpochClock, TrainingSpeed
 
 # With S = every complete training sample, each step runs g over all of S. Affordable for
 # feature vectors and small data; above this many complete samples `auto` uses the batch.
@@ -57,8 +58,17 @@ class TrainingCallback:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
+    def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
+        """Before on_epoch_end: the epoch's training steps took `seconds` for `samples` samples
+        (evaluation excluded), for samples per second."""
+
     def should_stop(self) -> bool:
         """Checked after every epoch: True ends training early (cancel)."""
+        return False
+
+    def should_abort(self) -> bool:
+        """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
+        with nothing more reported (the run was deleted, or given to another worker)."""
         return False
 
     def stop_reason(self) -> "StopReason":
@@ -85,11 +95,20 @@ class TrainResult:
     confusion_matrix: list[list[int]] | None  # test set, best epoch; rows true, columns predicted
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    # Test set, best epoch: the predicted and the true class of every sample (video, where groups
+    # exist), in the split's order, which is the same for every method with the same seed: what
+    # paired tests over test samples compare.
+    test_predictions: list[int] | None = None
+    test_labels: list[int] | None = None
 
     @property
     def cancelled(self) -> bool:
         """Ended before its last epoch was asked to (cancelled or shut down)."""
         return self.stopped is not StopReason.finished
+
+
+class TrainingAborted(Exception):
+    """The callback asked to abandon the run mid-epoch (should_abort)."""
 
 
 class SpecError(ValueError):
@@ -140,16 +159,24 @@ class Evaluation:
     sample_accuracy: float
     loss: float  # mean −log Q(z|·) per sample
     confusion: np.ndarray
+    predicted: np.ndarray | None = None  # per group (sample), in group order
+    labels: np.ndarray | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy, "loss": self.loss,
-                "confusion": self.confusion.tolist()}
+                "confusion": self.confusion.tolist(),
+                "predicted": None if self.predicted is None else self.predicted.tolist(),
+                "labels": None if self.labels is None else self.labels.tolist()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "Evaluation | None":
         if state is None:
             return None
-        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]))
+        # Checkpoints written before predictions were kept have none: the run then reports none.
+        predicted, labels = state.get("predicted"), state.get("labels")
+        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]),
+                   None if predicted is None else np.array(predicted, dtype=np.int64),
+                   None if labels is None else np.array(labels, dtype=np.int64))
 
 
 @dataclass
@@ -185,7 +212,8 @@ def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluatio
     predicted = probs.argmax(1)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (group_label, predicted), 1)
-    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion)
+    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion,
+                      predicted.astype(np.int64), group_label)
 
 
 def in_chunks(predict, *tensors: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
@@ -213,8 +241,10 @@ class Trainer:
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
         train = prepared.train
-        self.model: TwoViewModel = self.method.build_model(prepared.x_input, prepared.y_input,
-                                                           len(prepared.classes)).to(device)
+        self.speed = TrainingSpeed.for_run(spec, device)
+        self.model: TwoViewModel = self.speed.prepare_model(
+            self.method.build_model(prepared.x_input, prepared.y_input, len(prepared.classes)).to(device))
+        self._gather, self._gathering = None, None
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
@@ -246,8 +276,11 @@ class Trainer:
         n_batches = math.ceil(int((has_x | has_y).sum()) / self.spec.batch_size)
         return min(n_batches, n_complete) if n_complete else n_batches
 
-    def train_epoch(self, train: TrainingSet, references: ReferenceInputs, epoch: int = 1) -> float:
+    def train_epoch(self, train: TrainingSet, references: ReferenceInputs, epoch: int = 1) -> tuple[float, int]:
+        """The epoch's mean training loss, and how many samples it trained on."""
         self.model.train()
+        if self._gathering is not train:  # the method may replace the training set (imputation)
+            self._gather, self._gathering = self.speed.gatherer(train, self.spec.batch_size), train
         loss_sum, seen = 0.0, 0
         batches = self.epoch_batches(train)
         # A callback written before per-step metrics (not a TrainingCallback subclass) has no on_step.
@@ -256,22 +289,25 @@ class Trainer:
                       every=self.spec.log_every_steps, optimiser=self.optimiser,
                       terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
         for step, rows in enumerate(batches, 1):
-            # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
-            index = torch.as_tensor(rows, device=train.z.device)
-            batch = Batch(*(t[index].to(self.device, non_blocking=True)
-                            for t in (train.x, train.y, train.z, train.has_x, train.has_y)))
-            loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
+            if self.callback.should_abort():
+                raise TrainingAborted("abandoned mid-epoch at the caller's request")
+            # Gathered where the data lives (the CPU for images, through pinned memory to a GPU).
+            batch = Batch(*self._gather(rows))
+            with self.speed.autocast():
+                loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
+            self.speed.step(loss, self.optimiser)
             value = loss.item()
             loss_sum += value * len(rows)
             seen += len(rows)
             log.after_step(step, value, len(rows))
-        return loss_sum / seen
+        return loss_sum / seen, seen
 
     @torch.no_grad()
     def evaluate(self, train: TrainingSet) -> tuple[Evaluation, Evaluation, Evaluation | None]:
+        with self.speed.autocast():
+            return self._evaluate(train)
+
+    def _evaluate(self, train: TrainingSet) -> tuple[Evaluation, Evaluation, Evaluation | None]:
         self.model.eval()
         self.method.fit_statistics(self.model, train)
         log_prior = self.prepared.log_prior
@@ -326,6 +362,7 @@ class Trainer:
             # test_accuracy and the confusion matrix are per group (video) when groups hold several
             # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
             "accuracy_level": "group" if self.prepared.test.grouped else "sample",
+            **self.speed.describe(),
         }
 
     def epoch_metrics(self, train_loss: float, val: Evaluation, test: Evaluation,
@@ -359,7 +396,11 @@ class Trainer:
 
         epochs_completed, stopped = first_epoch - 1, StopReason.finished
         for epoch in range(first_epoch, self.spec.epochs + 1):
-            train_loss = self.train_epoch(train, references, epoch)
+            with EpochClock(self.device) as clock:
+                train_loss, samples = self.train_epoch(train, references, epoch)
+            # Callbacks written before this hook (duck-typed ones too) simply do not have it.
+            if (on_epoch_trained := getattr(self.callback, "on_epoch_trained", None)) is not None:
+                on_epoch_trained(epoch, samples, clock.seconds)
             evaluation_started = time.perf_counter()
             val, test, test_without_y = self.evaluate(train)
             self.eval_seconds = time.perf_counter() - evaluation_started
@@ -389,6 +430,8 @@ class Trainer:
             test_accuracy=best.test.accuracy, val_accuracy=best.val_accuracy, best_epoch=best.epoch,
             epochs_completed=epochs_completed, stopped=stopped, confusion_matrix=best.test.confusion.tolist(),
             classes=self.prepared.classes, info=info,
+            test_predictions=None if best.test.predicted is None else best.test.predicted.tolist(),
+            test_labels=None if best.test.labels is None else best.test.labels.tolist(),
         )
 
 

@@ -2,7 +2,8 @@
 a heartbeat, and the final result. Plain code, callable without Celery. The lease — claim,
 heartbeat, cancel, retries while the database is down, giving the run back on shutdown — is
 worker/lease_holder.py's, shared with dataset jobs; this module adds what is a run's own: the
-training callback and where the checkpoint lives."""
+training callback (with the run's system metrics), where the checkpoint lives, and what a run
+that runs out of memory beside other runs does: it goes back to the queue for a slot of its own."""
 
 from __future__ import annotations
 
@@ -11,17 +12,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.db import utcnow
-from backend.runs import lease
+from backend import notify
+from backend.db import session_factory, utcnow
+from backend.lifecycle.api import mark_sent
+from backend.queue import RunQueue
+from backend.runs import lease, outcomes
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
+from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.workers import service as workers
 
+from training.datasets import configure_features
 from training.spec import TrainSpec
-from training.train import StopReason, TrainingCallback, train
+from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
-from .lease_holder import Done, Ending, LeaseHolder, execute_leased
+from . import slots
+from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
+from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
 
@@ -37,9 +46,10 @@ class DatabaseRecorder(TrainingCallback):
     # Per-step points wait at most this long before they are written (the loss moves on the page).
     FLUSH_INTERVAL = 0.5
 
-    def __init__(self, holder: LeaseHolder):
+    def __init__(self, holder: LeaseHolder, system: SystemSampler | None = None):
         self.holder = holder
         self.run_id, self.worker = holder.row_id, holder.worker
+        self.system = system
         self.steps_per_epoch = 0
         self.points = BatchingWriter(self._write_batch, interval=self.FLUSH_INTERVAL)
 
@@ -66,17 +76,33 @@ class DatabaseRecorder(TrainingCallback):
     def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
         self.points.add(points_of(epoch, step, metrics), progress={**progress, "at": utcnow().isoformat()})
 
+    def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
+        if self.system is not None:
+            self.system.epoch_trained(samples, seconds)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         # The epoch's points carry the step it ended at; written with every per-step point still
         # buffered, in one transaction, before the loop writes the epoch's checkpoint.
         self.points.add(points_of(epoch, epoch * self.steps_per_epoch, metrics))
         self.points.flush(epochs_completed=epoch)
+        if self.system is not None:
+            figures = self.system.epoch_figures()
+            try:  # after the epoch's points: a lost sample must never cost a run its metrics
+                with self.holder.sessions() as session:
+                    record_system_points(session, self.run_id, epoch, figures)
+            except Exception as error:
+                log.warning("system metrics of run %s, epoch %s, not recorded: %s", self.run_id, epoch, error)
 
     def should_stop(self) -> bool:
         return self.holder.should_stop()
 
+    def should_abort(self) -> bool:
+        # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
+        # within a heartbeat, not at the end of a long epoch.
+        return self.holder.lost.is_set()
+
     def stop_reason(self) -> StopReason:
-        return StopReason.cancelled if self.holder.cancel_requested else StopReason.shutdown
+        return self.holder.stop_reason()
 
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
@@ -84,22 +110,74 @@ def checkpoint_path(settings: Settings, run_id: int) -> Path:
     return run_artifact_dir(settings.artifact_dir, run_id) / "checkpoint.pt"
 
 
+def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error: BaseException) -> Done:
+    """Out of memory beside other runs: back to the queue marked `needs_own_slot`, and its id sent
+    now (the reconcile step sends it if this fails); it trains next with the GPU to itself."""
+    run_id = holder.row_id
+    log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
+    if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker,
+                                                                f"{type(error).__name__}: {error}")):
+        queue = RunQueue(settings)
+        try:
+            queue.enqueue(run_id)
+            holder.write(lambda session: mark_sent(session, Run, [run_id]))
+        except Exception as send_error:
+            log.warning("run %s: its id could not be sent now (%s); the reconcile step sends it", run_id, send_error)
+        finally:
+            queue.close()
+    # Given back: the lease holder finds the run no longer running here and leaves it queued.
+    return Done(StopReason.shutdown, lambda session, cancelled: None, reached="out of memory beside other runs")
+
+
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 stop_requested: Callable[[], bool] = lambda: False) -> str:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
+    configure_features(settings.feature_limits())
 
     def work(run: Run, holder: LeaseHolder) -> Done:
         spec = TrainSpec.model_validate(dict(run.spec))
         log.info("run %s: %s", run_id, spec.model_dump())
-        result = train(spec, DatabaseRecorder(holder), data_dir=settings.data_dir,
-                       checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+        shares_the_gpu = settings.runs_per_gpu > 1 and not run.needs_own_slot
+        try:
+            with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
+                slots.simulate_out_of_memory_if_asked(shares_the_gpu)
+                result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
+                               checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+        except TrainingAborted:
+            raise Abandoned(f"run {run_id}") from None
+        except Exception as error:
+            if not slots.is_out_of_memory(error):
+                raise
+            if shares_the_gpu:
+                return _queue_again_on_its_own_slot(settings, holder, error)
+            raise RuntimeError(f"{type(error).__name__}: {error} (out of memory with no other run beside it: lower "
+                               f"batch_size, or use a larger GPU)") from error
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
-                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker)
+                             confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
+                             test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
 
-        return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
-                                                                     "(checkpoint kept)")
+        return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
-    return execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+        announce_end(settings, run_id)
+    return outcome
+
+
+# What execute_leased returns when the run reached its end here.
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def announce_end(settings: Settings, run_id: int) -> None:
+    """After the run's end is committed: its sweep may be finished, and the webhook hears of a
+    failure or a finished sweep (backend/runs/outcomes.py). Sent before this process (one per
+    run) ends, within a bound; nothing here can fail the run."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            outcomes.announce_ended(session, settings, [run_id])
+        notify.flush(settings)
+    except Exception as error:
+        log.warning("run %s: could not announce its end: %s", run_id, error)

@@ -9,8 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from training.spec import BackboneName, DeviceChoice
 
+from ..api.params import CleanInput
 
-class FeatureExtractionCreate(BaseModel):
+
+
+class FeatureExtractionCreate(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     backbone: BackboneName

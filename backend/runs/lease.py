@@ -5,6 +5,7 @@ jobs: with `worker` named, a worker that lost the run gets LeaseLost and writes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy.orm import Session
@@ -13,6 +14,7 @@ from ..lifecycle import lease
 from ..lifecycle.lease import Claim, LeaseLost  # noqa: F401  (the worker catches LeaseLost from here)
 from . import ingest
 from .models import ConfusionMatrix, Run
+from .predictions import pack_labels
 
 
 def claim_run(session: Session, run_id: int, worker: str, **claim_options) -> Claim:
@@ -62,10 +64,15 @@ def record_info(session: Session, run_id: int, info: Mapping, worker: str | None
 
 def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy: float | None,
                val_accuracy: float | None, best_epoch: int | None, classes: list[str],
-               confusion: list[list[int]] | None, info: Mapping, worker: str | None = None) -> None:
+               confusion: list[list[int]] | None, info: Mapping, worker: str | None = None,
+               test_predictions: Sequence[int] | None = None, test_labels: Sequence[int] | None = None) -> None:
     """Store the final result. A cancelled run keeps its metrics and its best epoch so far
-    (none when it was cancelled before its first epoch)."""
-    matrix = ([ConfusionMatrix(run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion)]
+    (none when it was cancelled before its first epoch). The test predictions, kept with the
+    confusion matrix, let methods be compared test sample by test sample."""
+    kept = test_predictions is not None and test_labels is not None
+    matrix = ([ConfusionMatrix(run_id=run_id, epoch=best_epoch, classes=list(classes), counts=confusion,
+                               test_predictions=pack_labels(test_predictions, len(classes)) if kept else None,
+                               test_labels=pack_labels(test_labels, len(classes)) if kept else None)]
               if confusion is not None and best_epoch is not None else [])
     lease.finish(session, Run, run_id, worker, cancelled=cancelled, rows=matrix, test_accuracy=test_accuracy,
                  val_accuracy=val_accuracy, best_epoch=best_epoch, info=dict(info))

@@ -6,15 +6,14 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator, model_validator
 
 from training.spec import TrainSpec
 
-from ..api.params import has_control_characters
+from ..api.params import CleanInput, has_control_characters
 
 
-class RunCreate(TrainSpec):
+class RunCreate(CleanInput, TrainSpec):
     """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
@@ -57,6 +56,8 @@ class RunOut(BaseModel):
     worker: str | None
     attempts: int = Field(description="Times a worker started it")
     worker_losses: int = Field(description="Times its worker died and it was queued again (or failed)")
+    needs_own_slot: bool = Field(False, description="It ran out of memory beside other runs on its GPU: it is "
+                                                    "trained with the GPU to itself")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
@@ -68,6 +69,7 @@ class RunOut(BaseModel):
     sweep_id: int | None
     tags: list[str]
     note: str | None
+    external: bool = Field(False, description="Trained elsewhere and logged through POST /api/runs/external")
     progress: dict[str, Any] | None = Field(
         None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
                           "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
@@ -98,7 +100,7 @@ class RunPage(BaseModel):
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
 
 
-class RunUpdate(BaseModel):
+class RunUpdate(CleanInput):
     """What a person may change on a run; fields left out stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
@@ -141,6 +143,9 @@ class MetricPointOut(BaseModel):
 class MetricsPage(BaseModel):
     points: list[MetricPointOut]
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
+    next_cursor: int | None = Field(
+        None, description="Pass as `after` for the next page; null when this page holds every point recorded so "
+                          "far (a live run records more: poll with `cursor`, or stream)")
     state: str
     downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
 
@@ -168,6 +173,21 @@ class ArtifactOut(BaseModel):
     size: int = Field(description="Bytes")
 
 
+class RunPairOut(BaseModel):
+    """A run against a reference run, test sample by test sample."""
+
+    run_id: int
+    reference: int = Field(description="The run it is compared with")
+    comparable: bool = Field(description="Both stored their test predictions and saw the same test set")
+    reason: str | None = Field(description="Why not comparable")
+    samples: int | None = Field(description="Test samples (videos, where accuracy is per video) compared")
+    diff: float | None = Field(description="Accuracy on them (fraction), this run − the reference")
+    discordant: list[int] | None = Field(description="[only the reference right, only this run right]")
+    p_value: float | None = Field(description="McNemar's exact two-sided p-value")
+    p_adjusted: float | None = Field(description="After Holm's correction over the runs compared")
+    significant: bool = Field(description="p_adjusted below 0.05")
+
+
 class ConfusionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -177,3 +197,100 @@ class ConfusionOut(BaseModel):
     counted: Literal["samples", "groups"] = Field(
         "samples", description="What a count counts: test samples, or groups (videos) when the run's accuracy is "
                                "per group (its segments' probabilities averaged)")
+
+
+# --- runs trained elsewhere ---------------------------------------------------------------
+
+Printable = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_EXTERNAL_POINTS = 100_000
+
+
+class ExternalPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=0, le=10_000_000, description="Epoch (or step) the value was measured at")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    value: float | None = Field(description="null (or a non-finite number) for a diverged value")
+
+
+class ExternalConfusion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[Printable] = Field(min_length=1, max_length=1000)
+    counts: list[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
+        description="Rows: true class; columns: predicted class (K × K)")
+
+    @model_validator(mode="after")
+    def _square(self) -> "ExternalConfusion":
+        k = len(self.classes)
+        if len(self.counts) != k or any(len(row) != k for row in self.counts):
+            raise ValueError(f"counts must be {k} × {k}, one row and one column per class")
+        return self
+
+
+class ExternalRunCreate(BaseModel):
+    """A run trained by another codebase: its setting (as a run spec names it), its metrics per
+    epoch or step, and its final result. The setting is free-form (a method missmod does not
+    have is fine); the run is recorded as succeeded and marked external everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Printable
+    method: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    fusion: Annotated[str, StringConstraints(min_length=1, max_length=20, pattern=r"^[^\x00-\x1f\x7f]+$")] = "add"
+    missing_modality: Annotated[str, StringConstraints(min_length=1, max_length=100,
+                                                       pattern=r"^[^\x00-\x1f\x7f]+$")]
+    missing_rate: float = Field(ge=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    name: Printable | None = Field(None, description="Default: derived from the setting")
+    source: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
+        None, description="Where it was trained (a repository, a paper, a script)")
+    spec: dict[str, Any] = Field(default_factory=dict, description="Any other settings, kept with the run")
+    metrics: list[ExternalPoint] = Field(default_factory=list, max_length=MAX_EXTERNAL_POINTS)
+    test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Fraction, as missmod's runs report it")
+    val_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    best_epoch: int | None = Field(None, ge=0, le=10_000_000,
+                                   description="The epoch the result is from; default the last epoch of `metrics`")
+    confusion: ExternalConfusion | None = None
+    sweep_id: int | None = Field(None, ge=1, le=2**31 - 1,
+                                 description="Show it in this sweep's comparison table and trend (marked external)")
+
+    @field_validator("spec")
+    @classmethod
+    def _small_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        try:
+            text = json.dumps(spec, allow_nan=False)
+        except ValueError:
+            raise ValueError("values must be JSON (no NaN or infinity)") from None
+        if len(text) > 20_000:
+            raise ValueError("at most 20,000 characters of settings")
+        if any(has_control_characters(str(key)) for key in spec):
+            raise ValueError("keys must not contain control characters")
+        return spec
+
+    def run_spec(self) -> dict[str, Any]:
+        """What is stored as the run's spec: the free-form settings under the named ones."""
+        named = self.model_dump(include={"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"})
+        return {**{k: v for k, v in self.spec.items() if isinstance(k, str)}, **named}
+
+
+# --- bulk actions ---------------------------------------------------------------------------
+
+
+class RunIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=10_000)
+
+
+class RefusedRun(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkResult(BaseModel):
+    done: list[int] = Field(description="The runs the action was applied to")
+    not_found: list[int]
+    refused: list[RefusedRun] = Field(description="Runs the action does not apply to (e.g. already finished)")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.spec import ABLATION_DEFAULTS
+
 # The fields a table lays out by itself; any other field that varies joins the row key.
 LAYOUT_FIELDS = frozenset({"method", "fusion", "missing_modality", "missing_rate", "seed"})
 # Fields that never change a result, so never split rows.
@@ -33,6 +35,10 @@ class RunResult:
     test_accuracy: float | None
     spec: dict[str, Any]
     dataset: str = ""
+    external: bool = False  # trained elsewhere: a row of its own, marked, never averaged with ours
+
+
+EXTERNAL_MARK = " [external]"
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,12 @@ class Column:
 class Cell:
     values: list[float] = field(default_factory=list)  # one per succeeded seed
     run_ids: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed of each value: cells are paired by it
     pending: int = 0  # runs of this cell not finished yet
     best: bool = False
     paper: float | None = None  # the paper's number (fraction), where the preset matches its setting
+    paired: Any = None  # paired.Paired against its column's reference, once compared
+    is_reference: bool = False  # the reference of its column's paired comparisons
 
     @property
     def n(self) -> int:
@@ -74,11 +83,15 @@ class Row:
     fusion: str
     extras: tuple[tuple[str, Any], ...]  # other varying fields, e.g. (("lr", 0.01),)
     cells: list[Cell]
+    external: bool = False
 
     @property
     def label(self) -> str:
-        extra = "".join(f", {name}={value}" for name, value in self.extras)
-        return f"{self.method} ({self.fusion}){extra}"
+        # An ablation left at the paper's setting is not named: "mle (add)", not "mle (add),
+        # mle_freeze_class_offset=False, …" beside the row that turns it on.
+        extra = "".join(f", {name}={value}" for name, value in self.extras
+                        if not (name in ABLATION_DEFAULTS and value == ABLATION_DEFAULTS[name]))
+        return f"{self.method} ({self.fusion}){extra}{EXTERNAL_MARK if self.external else ''}"
 
 
 @dataclass
@@ -91,7 +104,9 @@ PaperLookup = Callable[[Row, Column], float | None]
 
 
 def varying_fields(results: Sequence[RunResult]) -> list[str]:
-    """Spec fields (other than the layout's) whose value differs between the runs."""
+    """Spec fields (other than the layout's) whose value differs between the runs (missmod's own:
+    an external run's free-form settings do not split missmod's rows)."""
+    results = [r for r in results if not r.external]
     names = list(dict.fromkeys(name for r in results for name in r.spec))
     return [name for name in names
             if name not in LAYOUT_FIELDS and name not in NEUTRAL_FIELDS
@@ -112,15 +127,16 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
 
     rows: dict[tuple, Row] = {}
     for r in results:
-        extras = tuple((name, r.spec.get(name)) for name in extras_names)
-        key = (r.method, r.fusion, repr(extras))
+        extras = tuple((name, r.spec.get(name)) for name in extras_names if not r.external or name in r.spec)
+        key = (r.method, r.fusion, repr(extras), r.external)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns])
+            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns], external=r.external)
         cell = row.cells[column_index[(r.missing_modality, r.missing_rate)]]
         if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
             cell.values.append(r.test_accuracy)
             cell.run_ids.append(r.run_id)
+            cell.seeds.append(r.seed)
         elif r.state in ("queued", "running"):
             cell.pending += 1
     table = ComparisonTable(columns=columns, rows=list(rows.values()))
@@ -149,6 +165,12 @@ class TrendSeries:
     stds: list[float | None]
     counts: list[int]
     source: str = "sweep"  # or "paper"
+    external: bool = False
+    # Per point, against the reference of its column (once the table was compared, paired.py):
+    # the mean paired difference, the Holm-adjusted p-value, and "win", "loss", "reference" or None.
+    diffs: list[float | None] = field(default_factory=list)
+    p_adjusted: list[float | None] = field(default_factory=list)
+    marks: list[str | None] = field(default_factory=list)
 
 
 def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
@@ -166,7 +188,11 @@ def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
             series.append(TrendSeries(
                 label=row.label, method=row.method, fusion=row.fusion, missing_modality=modality, role=role,
                 rates=[rate for rate, _ in ours], means=[cell.mean for _, cell in ours],
-                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours],
+                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours], external=row.external,
+                diffs=[cell.paired.diff if cell.paired else None for _, cell in ours],
+                p_adjusted=[cell.paired.p_adjusted if cell.paired else None for _, cell in ours],
+                marks=["reference" if cell.is_reference else cell.paired.mark if cell.paired else None
+                       for _, cell in ours],
             ))
             reported = [(rate, cell.paper) for rate, cell in cells if cell.paper is not None]
             if reported:

@@ -26,3 +26,6 @@ class Sweep(Base):
     # The preset request: which real modality plays the paper's "visual" and "audio", seeds,
     # epochs, and what was left out because the training library lacks it.
     preset_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When its last run finished; cleared when a run of it is queued again. Set by one
+    # conditional update, so the sweep-finished notification goes out once.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,15 +7,19 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import Offset, SweepId
+from ..api.params import Offset, SweepId, id_cursor
+from ..live import client_address
 from ..runs.validation import DatasetCatalog, Refused
 from . import service
 from .analysis import missing_rate_trend
 from .export import table_csv, table_latex
 from .grid import SweepPlan, expand_grid, plan_sweep
+from .paired import UnknownReference
 from .presets import PRESETS, PresetRequestPlan, get_preset, plan_preset_request
 from .schemas import (
     InvalidCombinations,
@@ -28,6 +32,7 @@ from .schemas import (
     SweepOut,
     SweepPage,
     SweepPreview,
+    SweepSummary,
     TableOut,
     TrendOut,
     table_out,
@@ -79,11 +84,17 @@ def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, 
 
 
 @router.get("", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
+                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                                           description="`next_cursor` of the previous page")) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    sweeps, total = service.list_sweeps(session, limit, offset)
+    if cursor and offset:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
+                                       "msg": "give either offset or cursor, not both"}])
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=id_cursor(cursor))
     progress = service.progress_of(session, [s.id for s in sweeps])
-    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset)
+    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset,
+                     next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)
@@ -106,41 +117,81 @@ def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, sett
     return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings.artifact_dir))
 
 
+ReferenceParam = Query(None, max_length=200, description=(
+    "The reference of the paired comparisons: a row label (e.g. `zero_padding (add)`) or a method (its best "
+    "row in each column); default: the best baseline (best row of a method other than mle) of each column"))
+TestParam = Query("seeds", description=(
+    "What marks a cell significant: `seeds` (exact sign-flip test over seeds) or `samples` (McNemar over the "
+    "stored test predictions, pooled over seeds; runs without them use the seed-level test)"))
+
+
+def _compared_table(session, sweep, reference: str | None, test: str):
+    try:
+        return service.sweep_table(session, sweep, reference=reference, test=test)
+    except UnknownReference as error:
+        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
+                                       "msg": str(error)}]) from None
+
+
 @router.get("/{sweep_id}/table", response_model=TableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
 def get_table(sweep_id: SweepId, session: SessionDep,
-              format: Literal["json", "csv", "latex"] = Query("json")) -> TableOut | Response:
+              format: Literal["json", "csv", "latex"] = Query("json"),
+              reference: str | None = ReferenceParam,
+              test: Literal["seeds", "samples"] = TestParam) -> TableOut | Response:
     """The comparison table in the paper's layout: rows method (fusion), columns missing
     modality × rate, cells mean ± std (n − 1) of the test accuracy over the seeds that
-    succeeded, best per column marked. CSV and LaTeX print percentages."""
+    succeeded, best per column marked, and each cell compared seed by seed with its column's
+    reference (`paired`: mean difference, 95% interval, wins/ties/losses, p-values, Holm's
+    correction over the table; see docs/statistics.md). CSV and LaTeX print percentages and
+    carry the same comparisons."""
     sweep = service.get_sweep(session, sweep_id)
-    table, results = service.sweep_table(session, sweep)
+    table, results, comparison = _compared_table(session, sweep, reference, test)
     if format == "json":
         dataset = results[0].dataset if results else None
-        return table_out(sweep_id, table, service.paper_context(sweep, dataset))
+        return table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison)
     if format == "csv":
         body, media_type, suffix = table_csv(table), "text/csv; charset=utf-8", "csv"
     else:
-        body, media_type, suffix = table_latex(table, sweep.name), "application/x-latex; charset=utf-8", "tex"
+        body, media_type, suffix = table_latex(table, sweep.name, comparison), "application/x-latex; charset=utf-8", "tex"
     return Response(body, media_type=media_type,
                     headers={"Content-Disposition": f'attachment; filename="sweep-{sweep_id}-table.{suffix}"'})
 
 
 @router.get("/{sweep_id}/trend", response_model=TrendOut, responses=NOT_FOUND)
-def get_trend(sweep_id: SweepId, session: SessionDep) -> TrendOut:
+def get_trend(sweep_id: SweepId, session: SessionDep, reference: str | None = ReferenceParam,
+              test: Literal["seeds", "samples"] = TestParam) -> TrendOut:
     """Test accuracy against missing rate: one series per method (fusion) and missing
-    modality, mean and std over seeds; the paper's numbers as extra series in a preset sweep."""
-    table, _ = service.sweep_table(session, service.get_sweep(session, sweep_id))
+    modality, mean and std over seeds, each point's paired difference to its column's
+    reference and its mark (significant win or loss); the paper's numbers as extra series in a
+    preset sweep."""
+    table, _, _ = _compared_table(session, service.get_sweep(session, sweep_id), reference, test)
     return trend_out(sweep_id, missing_rate_trend(table))
 
 
-@router.get("/{sweep_id}/stream", responses=NOT_FOUND,
+@router.get("/{sweep_id}/summary", response_model=SweepSummary, responses=NOT_FOUND)
+def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = ReferenceParam,
+                test: Literal["seeds", "samples"] = TestParam) -> SweepSummary:
+    """The table and the trend in one response (what the sweep page draws), with the paired
+    comparisons against the reference asked for."""
+    sweep = service.get_sweep(session, sweep_id)
+    table, results, comparison = _compared_table(session, sweep, reference, test)
+    dataset = results[0].dataset if results else None
+    return SweepSummary(table=table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison),
+                        trend=trend_out(sweep_id, missing_rate_trend(table)))
+
+
+@router.get("/{sweep_id}/stream",
+            responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
+def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
-    service.get_sweep(session, sweep_id)
-    return EventSourceResponse(sweep_events(request.app.state.sessions, sweep_id, settings.stream_poll_interval,
-                                            request), ping=15)
+    # A session of its own, closed before the stream starts (see backend/live.py).
+    with request.app.state.sessions() as session:
+        service.get_sweep(session, sweep_id)
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 # --- presets ----------------------------------------------------------------------------

@@ -11,14 +11,14 @@ combination by the run validation itself.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
                       field_validator, model_validator)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from ..api.params import DisplayName
+from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
 
@@ -30,7 +30,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-class SweepBase(BaseModel):
+class SweepBase(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     name: DisplayName | None = Field(None, description="The sweep's name; default: derived from the grid")
@@ -148,6 +148,8 @@ class SweepOut(BaseModel):
     id: int
     name: str
     created_at: datetime
+    finished_at: datetime | None = Field(None, description="When its last run finished; null while any is queued "
+                                                           "or running")
     grid: dict[str, Any]
     preset: str | None
     preset_options: dict[str, Any] | None
@@ -180,6 +182,7 @@ class SweepPage(BaseModel):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
 
 
 class RetriedRuns(BaseModel):
@@ -189,7 +192,7 @@ class RetriedRuns(BaseModel):
 # --- presets ----------------------------------------------------------------------------
 
 
-class PresetRequest(BaseModel):
+class PresetRequest(CleanInput):
     """Run a paper preset on any dataset; `visual`/`audio` say which of its modalities plays
     the paper's visual and audio modality."""
 
@@ -244,6 +247,34 @@ class PresetPreview(BaseModel):
 # --- results ----------------------------------------------------------------------------
 
 
+class PairedOut(BaseModel):
+    """The cell against the reference cell of its column, seed by seed (docs/statistics.md)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    reference: str = Field(description="Label of the reference row")
+    n: int = Field(description="Seeds both cells have")
+    diff: float | None = Field(description="Mean paired difference of test accuracy (fraction), cell − reference")
+    ci_low: float | None = Field(description="95% t interval of the mean difference over seeds; null below 2 seeds")
+    ci_high: float | None
+    wins: int = Field(description="Seeds where the cell beats the reference")
+    ties: int
+    losses: int
+    p_value: float | None = Field(description="p-value of the test in `test`")
+    p_adjusted: float | None = Field(description="p_value after Holm's correction over the table's comparisons")
+    significant: bool = Field(description="p_adjusted below alpha")
+    mark: Literal["win", "loss"] | None = Field(description="A significant win or loss, after the correction")
+    test: Literal["seeds", "samples"] = Field(
+        description="seeds: exact sign-flip test over seeds; samples: McNemar over test samples, pooled over seeds")
+    p_seeds: float | None = Field(description="Exact two-sided sign-flip permutation p-value over seeds")
+    p_samples: float | None = Field(description="Exact McNemar p-value over the test samples of every paired seed; "
+                                                "null when a run has no stored test predictions")
+    discordant: list[int] | None = Field(description="[only the reference right, only the cell right], "
+                                                     "test samples summed over seeds")
+    seeds_needed: int | None = Field(description="About how many seeds would detect the observed mean difference "
+                                                 "with 80% power at alpha (null: no difference)")
+
+
 class CellOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -254,6 +285,10 @@ class CellOut(BaseModel):
     best: bool = Field(description="Highest mean of its column")
     paper: float | None = Field(description="The paper's reported accuracy (fraction) for this setting")
     run_ids: list[int]
+    seeds: list[int] = Field(default_factory=list, description="The seed of each run in run_ids")
+    is_reference: bool = Field(False, description="The reference of its column's paired comparisons")
+    paired: PairedOut | None = Field(None, description="Compared with its column's reference; null for the "
+                                                       "reference itself and cells with no seed in common")
 
 
 class ColumnOut(BaseModel):
@@ -273,6 +308,7 @@ class RowOut(BaseModel):
     fusion: str
     extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
     cells: list[CellOut]
+    external: bool = Field(False, description="Runs trained elsewhere (POST /api/runs/external); the label says so")
 
     @field_validator("extras", mode="before")
     @classmethod
@@ -291,6 +327,25 @@ class PaperOut(BaseModel):
     assumptions: list[str]
 
 
+class ComparisonOut(BaseModel):
+    """How the cells were compared, and what the comparison can show with this many seeds."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    reference: str | None = Field(description="As asked: a row label or a method; null: the best baseline "
+                                              "(best row of a method other than mle) of each column")
+    references: list[str | None] = Field(description="Per column, the label of its reference row")
+    test: Literal["seeds", "samples"]
+    alpha: float
+    tests: int = Field(description="Comparisons made (Holm's family)")
+    significant: int = Field(description="Comparisons significant after Holm's correction")
+    max_seeds: int = Field(description="The most seeds a comparison pairs")
+    smallest_p: float = Field(description="The smallest p-value the exact seed-level test can give with max_seeds")
+    seeds_for_alpha: int = Field(description="Seeds the exact seed-level test needs to reach alpha at all")
+    with_predictions: int = Field(description="Comparisons whose runs all stored their test predictions")
+    note: str = Field(description="What the comparison can and cannot show, in plain words")
+
+
 class TableOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -299,6 +354,7 @@ class TableOut(BaseModel):
     columns: list[ColumnOut]
     rows: list[RowOut]
     paper: PaperOut | None
+    comparison: ComparisonOut | None = None
 
 
 class TrendSeriesOut(BaseModel):
@@ -314,6 +370,12 @@ class TrendSeriesOut(BaseModel):
     stds: list[float | None]
     counts: list[int]
     source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
+    external: bool = Field(False, description="Runs trained elsewhere; the label says so")
+    diffs: list[float | None] = Field(default_factory=list, description="Per point, the mean paired difference "
+                                                                        "to its column's reference")
+    p_adjusted: list[float | None] = Field(default_factory=list, description="Per point, Holm-adjusted p-value")
+    marks: list[Literal["win", "loss", "reference"] | None] = Field(
+        default_factory=list, description="Per point: a significant win or loss, or the reference itself")
 
 
 class TrendOut(BaseModel):
@@ -322,8 +384,14 @@ class TrendOut(BaseModel):
     series: list[TrendSeriesOut]
 
 
-def table_out(sweep_id: int, table, paper: dict | None) -> TableOut:
-    return TableOut(sweep_id=sweep_id, columns=table.columns, rows=table.rows, paper=paper)
+class SweepSummary(BaseModel):
+    table: TableOut
+    trend: TrendOut
+
+
+def table_out(sweep_id: int, table, paper: dict | None, comparison=None) -> TableOut:
+    """`comparison`: the paired.PairedSummary of the table's cells (their `paired` is set)."""
+    return TableOut(sweep_id=sweep_id, columns=table.columns, rows=table.rows, paper=paper, comparison=comparison)
 
 
 def trend_out(sweep_id: int, series) -> TrendOut:

@@ -18,9 +18,11 @@ from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
 from ..runs.models import TERMINAL_STATES, Run, RunState
+from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
+from .paired import PairedSummary, Test, compare_table
 from .presets import PRESETS
 
 
@@ -93,10 +95,16 @@ def progress_from_counts(counts: Counter) -> dict[str, Any]:
     return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total}
 
 
-def list_sweeps(session: Session, limit: int = 50, offset: int = 0) -> tuple[list[Sweep], int]:
+def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
+                before_id: int | None = None) -> tuple[list[Sweep], int, str | None]:
+    """A page of sweeps, newest first, the total, and the cursor of the next page (None at the
+    end): the id of the page's last sweep, the next page starting below it."""
     total = session.scalar(select(func.count(Sweep.id))) or 0
-    sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)))
-    return sweeps, int(total)
+    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit + 1)
+    query = query.where(Sweep.id < before_id) if before_id is not None else query.offset(offset)
+    sweeps = list(session.scalars(query))
+    next_cursor = str(sweeps[limit - 1].id) if len(sweeps) > limit else None
+    return sweeps[:limit], int(total), next_cursor
 
 
 def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir: Path | None = None) -> None:
@@ -129,7 +137,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: 
 
 def sweep_results(session: Session, sweep_id: int) -> list[RunResult]:
     query = (select(Run.id, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate, Run.seed,
-                    Run.test_accuracy, Run.spec, Run.dataset)
+                    Run.test_accuracy, Run.spec, Run.dataset, Run.external)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [RunResult(*row) for row in session.execute(query)]
 
@@ -174,6 +182,16 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     return lookup
 
 
-def sweep_table(session: Session, sweep: Sweep) -> tuple[ComparisonTable, list[RunResult]]:
+def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
+    return load_predictions(session, run_ids)
+
+
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
+                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+    """The comparison table with every cell compared, paired, to its column's reference
+    (raises paired.UnknownReference for a reference that names no row or method)."""
     results = sweep_results(session, sweep.id)
-    return comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results)), results
+    table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
+    finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    return table, results, summary

@@ -72,7 +72,11 @@
   }
 
   // Each chart drawn once with all its traces (a chart redraws whole on every trace added).
+  // plotly.js is loaded once the run's history is asked for (charts.js): the charts are made
+  // with the history, and nothing is drawn before.
+  let chartsMade = false;
   function redraw() {
+    if (!chartsMade) return Promise.resolve();
     const drawn = Object.values(charts).map((chart) => {
       const names = [...chart.traces.keys()];
       return Plotly.react(chart.div, names.map(trace), layout(chart), PLOT_CONFIG);
@@ -87,6 +91,7 @@
       series.set(name, columns);
       chart.traces.set(name, chart.traces.size);
     }
+    chartsMade = true;
     return redraw();
   }
 
@@ -102,8 +107,6 @@
         continue;
       }
       const s = series.get(name);
-      s.epoch.push(...columns.epoch);
-      s.step.push(...columns.step);
       const before = s.value.length;
       for (let i = 0; i < columns.value.length; i++) {  // push(...x) would overflow the stack on big batches
         s.epoch.push(columns.epoch[i]);
@@ -200,6 +203,7 @@
       rows.push(["Bayes-optimal (test)", `both ${missmod.percent(b.xy)}, ${info.x_modality} ${missmod.percent(b.x)}, ${info.y_modality} ${missmod.percent(b.y)}`]);
     }
     if (info.device) rows.push(["Device", info.device]);
+    if (info.precision) rows.push(["Precision", info.precision]);
     if (info.seconds !== undefined) rows.push(["Training time", `${info.seconds.toFixed(1)} s`]);
     list.replaceChildren(...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
   }
@@ -232,6 +236,36 @@
     }
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
     if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
+  }
+
+  // System metrics (GPU utilisation and memory, CPU, memory, samples/s): one figure per epoch,
+  // read again when an epoch's points arrive (at most once a second).
+  const SYSTEM_LABELS = {
+    gpu_utilization: "GPU utilisation", gpu_memory_used: "GPU memory", gpu_memory_total: "GPU memory total",
+    cpu_percent: "CPU", rss: "Memory (RSS)", samples_per_second: "Samples/s", threads: "CPU threads",
+  };
+  let systemLoadedAt = 0;
+  async function showSystem() {
+    if (Date.now() - systemLoadedAt < 1000) return;
+    systemLoadedAt = Date.now();
+    let answer;
+    try {
+      answer = await missmod.api(`/api/runs/${runId}/system`);
+    } catch (_) {
+      return; // the API is away (restarting): the next epoch's points bring the panel up to date
+    }
+    const { ok, body } = answer;
+    if (!ok || !body || !Array.isArray(body.metrics) || !body.metrics.length) return;
+    const rows = body.metrics.map((m) => {
+      const value = body.latest[m.name];
+      const shown = m.unit === "MiB" ? `${(value / 1024).toFixed(2)} GiB` : m.unit === "%" ? `${value.toFixed(0)}%`
+        : `${value >= 100 ? value.toFixed(0) : value.toPrecision(3)} ${m.unit === "threads" ? "" : m.unit}`.trim();
+      return [SYSTEM_LABELS[m.name] || m.name, shown, m.description];
+    });
+    const list = document.getElementById("run-system-figures");
+    list.replaceChildren(...rows.flatMap(([k, v, title]) => [missmod.el("dt", k, { title }),
+                                                             missmod.el("dd", v, { "data-metric": k })]));
+    document.getElementById("run-system").hidden = false;
   }
 
   document.getElementById("cancel-run").addEventListener("click", async () => {
@@ -287,6 +321,7 @@
       const data = JSON.parse(event.data);
       cursor = Math.max(cursor, data.cursor);
       addPoints(data.points);
+      showSystem();
     });
     stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
     stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
@@ -305,10 +340,14 @@
   // The history as columns, each series thinned by the server to what a chart can show (its
   // extremes kept); a finished run's answer is cached by the browser (ETag) and by the server.
   (async () => {
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?format=columns&max_points=${HISTORY_POINTS}`);
+    const history = missmod.api(`/api/runs/${runId}/metrics?format=columns&max_points=${HISTORY_POINTS}`);
+    missmodCharts.load();
+    const { ok, body } = await history;
     if (ok) cursor = body.cursor;
+    await missmodCharts.plotlyReady;
     await setHistory(ok ? Object.entries(body.series) : []);
     page.dataset.historyLoaded = "true";  // and drawn
     openStream();
+    showSystem();
   })();
 })();

@@ -9,8 +9,11 @@ from sqlalchemy import inspect, text
 
 from backend.db import Base, make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
+from backend import browser_sessions  # noqa: F401
 from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
+from backend.runs import system as system_models  # noqa: F401
+from backend.workers import models as worker_models  # noqa: F401
 
 
 def assert_schema_matches_models(url: str) -> None:
@@ -20,7 +23,7 @@ def assert_schema_matches_models(url: str) -> None:
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
     assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "dataset_jobs",
-            "alembic_version"} <= tables
+            "workers", "worker_slots", "system_metric_points", "alembic_version"} <= tables
     engine.dispose()
 
 

@@ -262,3 +262,40 @@ def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client,
     short = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 1000}).json()
     assert not short["downsampled"] and len(short["points"]) == 600
     assert client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 2}).status_code == 422
+
+
+def test_a_deleted_runs_id_is_never_given_to_another_run(client):
+    first = client.post("/api/runs", json=SPEC).json()["id"]
+    newest = client.post("/api/runs", json=SPEC).json()["id"]
+    assert client.delete(f"/api/runs/{newest}").status_code == 204
+    following = client.post("/api/runs", json=SPEC).json()["id"]
+    assert following > newest > first  # a link or script holding `newest` never sees another run
+
+
+@pytest.mark.timeout(300)
+def test_deleting_a_running_run_stops_its_worker_mid_epoch(client, settings, start_worker):
+    """An epoch of this run lasts a minute or more (tiny batches over many samples); the worker
+    must stop within a heartbeat or two of the deletion, not at the end of the epoch."""
+    import numpy as np
+
+    from tests.support import wait_for
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    labels = rng.integers(0, 2, n)
+    features = settings.data_dir / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    np.savez(features / "long_epochs.npz", label=labels,
+             left=(rng.normal(size=(n, 8)) + labels[:, None]).astype(np.float32),
+             right=rng.normal(size=(n, 8)).astype(np.float32))
+    run = client.post("/api/runs", json={"dataset": "long_epochs", "method": "mle", "missing_modality": "right",
+                                         "missing_rate": 0.5, "epochs": 2, "batch_size": 2}).json()
+    worker = start_worker(settings)
+    # Training has begun once the run's info is written (on_start, after the data is prepared).
+    wait_for(lambda: (client.get(f"/api/runs/{run['id']}").json().get("info") or {}).get("n_train"), 120,
+             what="training to start")
+    assert client.delete(f"/api/runs/{run['id']}").status_code == 204
+    # The task is over (Celery logs its return) well before the epoch could have ended.
+    wait_for(lambda: "succeeded in" in worker.log(), 30, what="the worker's task to end")
+    assert "stopped mid-epoch" in worker.log()
+    assert client.get(f"/api/runs/{run['id']}").status_code == 404

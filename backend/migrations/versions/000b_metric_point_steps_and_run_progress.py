@@ -1,7 +1,7 @@
 """metric_points.step (per-step points, in the unique key) and runs.progress
 
 Revision ID: 000b
-Revises: 0005
+Revises: 000a
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision: str = '000b'
-down_revision: Union[str, None] = '0005'
+down_revision: Union[str, None] = '000a'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
