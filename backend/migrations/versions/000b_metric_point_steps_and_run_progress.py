@@ -16,6 +16,11 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 
+# SQLite rebuilds the runs table to add a column: it must keep AUTOINCREMENT (run ids never
+# reused, migration 0006), which the rebuilt table would otherwise lose.
+RUNS_TABLE = {'table_kwargs': {'sqlite_autoincrement': True}}
+
+
 def _backfill_steps() -> None:
     """Points written before steps existed are per-epoch points: their step is the global step at
     the end of their epoch, epoch × the run's steps per epoch (recorded in run.info). Imputer
@@ -38,12 +43,12 @@ def upgrade() -> None:
     _backfill_steps()
     with op.batch_alter_table('metric_points') as batch_op:
         batch_op.create_unique_constraint('uq_metric_points_run_epoch_step_name', ['run_id', 'epoch', 'step', 'name'])
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('runs', **RUNS_TABLE) as batch_op:
         batch_op.add_column(sa.Column('progress', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('runs', **RUNS_TABLE) as batch_op:
         batch_op.drop_column('progress')
     # Per-step points have no place in the older key (one point per run, epoch and name).
     op.execute("DELETE FROM metric_points WHERE name LIKE 'step/%'")
