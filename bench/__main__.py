@@ -49,6 +49,12 @@ def api() -> list[Row]:
     return api_views.measure()
 
 
+def curves() -> list[Row]:
+    from . import long_curves
+
+    return long_curves.measure(POSTGRES)
+
+
 def live() -> list[Row]:
     from . import live_latency
 
@@ -73,7 +79,7 @@ def slots() -> list[Row]:
     return slots_throughput.measure(quick=QUICK)
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams,
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "streams": streams,
             "pages": pages, "slots": slots}
 QUICK = False
 

@@ -20,12 +20,17 @@ from .spec import ABLATION_DEFAULTS
 FORMAT_VERSION = 1
 
 
+# Fields that do not change the training: `device` (a run may resume on another GPU), and how
+# often it is logged (a checkpoint written before log_every_steps existed still matches).
+NOT_IN_FINGERPRINT = frozenset({"device", "log_every_steps"})
+
+
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
     """Fields that change the training; `device` and `compile` do not, so a run may resume on
     another GPU, and fields added later do not at their default (the fingerprint of a spec is as
     it was): the ablations' and `precision: auto`."""
     relevant = {k: v for k, v in spec_fields.items()
-                if k not in ("device", "compile") and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
+                if k not in NOT_IN_FINGERPRINT and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
                 and not (k == "precision" and v == "auto")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

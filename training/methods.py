@@ -63,6 +63,10 @@ class Method:
 
     def __init__(self, spec: TrainSpec):
         self.spec = spec
+        # The terms of the last batch's loss, for the per-step metrics: name → (summed −log Q over
+        # the term's samples, how many samples), detached tensors (read only when logged, so
+        # recording them costs no device sync). Methods with one term leave it empty.
+        self.last_terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def build_model(self, x: ModalityInput, y: ModalityInput, n_classes: int) -> TwoViewModel:
         return two_view_model(self.spec, x, y, n_classes)
@@ -134,6 +138,7 @@ class MaximumLikelihood(Method):
         f_complete = model.f(batch.x[complete])
         g_complete = model.g(batch.y[complete])
         total = _summed_nll(log_posterior(pair_scores(f_complete, g_complete, H, model.fusion), log_prior), z[complete])
+        self.last_terms = {"loss_complete": (total.detach(), complete.sum())}  # eq. 4
         y_missing = batch.has_x & ~batch.has_y
         if y_missing.any():
             g_reference = g_complete if references.y is None else model.g(references.y)
@@ -141,7 +146,9 @@ class MaximumLikelihood(Method):
                 g_reference = g_reference.detach()
             scores = marginal_scores(model.f(batch.x[y_missing]), g_reference, H, model.fusion, missing="y",
                                      freeze_class_offset=freeze)
-            total = total + _summed_nll(log_posterior(scores, log_prior), z[y_missing])
+            term = _summed_nll(log_posterior(scores, log_prior), z[y_missing])
+            self.last_terms["loss_missing"] = (term.detach(), y_missing.sum())  # eq. 5
+            total = total + term
         x_missing = ~batch.has_x & batch.has_y
         if x_missing.any():
             f_reference = f_complete if references.x is None else model.f(references.x)
@@ -149,7 +156,9 @@ class MaximumLikelihood(Method):
                 f_reference = f_reference.detach()
             scores = marginal_scores(model.g(batch.y[x_missing]), f_reference, H, model.fusion, missing="x",
                                      freeze_class_offset=freeze)
-            total = total + _summed_nll(log_posterior(scores, log_prior), z[x_missing])
+            term = _summed_nll(log_posterior(scores, log_prior), z[x_missing])
+            self.last_terms["loss_missing_x"] = (term.detach(), x_missing.sum())  # eq. 5, x and y swapped
+            total = total + term
         return total / len(z)
 
 

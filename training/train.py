@@ -27,6 +27,7 @@ from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
 from .spec import TrainSpec, spec_errors_for_dataset
+from .step_log import StepLog
 from .speed import EpochClock, TrainingSpeed
 
 # With S = every complete training sample, each step runs g over all of S. Affordable for
@@ -49,6 +50,10 @@ class TrainingCallback:
     def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
         """Progress of a stage that is not counted in epochs (preprocessing a raw dataset: clips);
         should_stop() is asked after each call."""
+
+    def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
+        """Every `log_every_steps` optimiser steps and at each epoch's last step: per-step metrics
+        (named step/...) at global step `step`, and where the epoch is (training/step_log.py)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
@@ -243,6 +248,7 @@ class Trainer:
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
+        self.eval_seconds: float | None = None  # the last evaluation's duration, for the run's ETA
 
     def reference_inputs(self, train: TrainingSet) -> tuple[str, ReferenceInputs]:
         complete = train.complete
@@ -261,13 +267,28 @@ class Trainer:
         kinds = [complete, np.flatnonzero(has_x & ~has_y), np.flatnonzero(~has_x & has_y)]
         return stratified_batches(kinds, self.spec.batch_size, self.batch_rng)
 
-    def train_epoch(self, train: TrainingSet, references: ReferenceInputs) -> tuple[float, int]:
+    def batches_per_epoch(self, train: TrainingSet) -> int:
+        """How many batches epoch_batches gives, without drawing them (that would move its RNG)."""
+        if not self.method.trains_on_missing:
+            return self.steps_per_epoch
+        has_x, has_y = train.has_x.cpu().numpy(), train.has_y.cpu().numpy()
+        n_complete = int((has_x & has_y).sum())
+        n_batches = math.ceil(int((has_x | has_y).sum()) / self.spec.batch_size)
+        return min(n_batches, n_complete) if n_complete else n_batches
+
+    def train_epoch(self, train: TrainingSet, references: ReferenceInputs, epoch: int = 1) -> tuple[float, int]:
         """The epoch's mean training loss, and how many samples it trained on."""
         self.model.train()
         if self._gathering is not train:  # the method may replace the training set (imputation)
             self._gather, self._gathering = self.speed.gatherer(train, self.spec.batch_size), train
         loss_sum, seen = 0.0, 0
-        for rows in self.epoch_batches(train):
+        batches = self.epoch_batches(train)
+        # A callback written before per-step metrics (not a TrainingCallback subclass) has no on_step.
+        report = getattr(self.callback, "on_step", None) or TrainingCallback().on_step
+        log = StepLog(report, epoch=epoch, epochs=self.spec.epochs, steps=len(batches),
+                      every=self.spec.log_every_steps, optimiser=self.optimiser,
+                      terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
+        for step, rows in enumerate(batches, 1):
             if self.callback.should_abort():
                 raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Gathered where the data lives (the CPU for images, through pinned memory to a GPU).
@@ -275,8 +296,10 @@ class Trainer:
             with self.speed.autocast():
                 loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
             self.speed.step(loss, self.optimiser)
-            loss_sum += loss.item() * len(rows)
+            value = loss.item()
+            loss_sum += value * len(rows)
             seen += len(rows)
+            log.after_step(step, value, len(rows))
         return loss_sum / seen, seen
 
     @torch.no_grad()
@@ -327,13 +350,13 @@ class Trainer:
             train = TrainingSet(saved["x"], saved["y"], train.z, saved["has_x"], saved["has_y"])
         return train, BestEpoch.from_state(state["best"])
 
-    def setup_info(self, reference_set: str, references: ReferenceInputs) -> dict[str, Any]:
+    def setup_info(self, train: TrainingSet, reference_set: str, references: ReferenceInputs) -> dict[str, Any]:
         """How this run trains, for its record (on_start, then the result's info)."""
         return {
             "method": self.method.name,
             "reference_set": reference_set,
             "reference_set_size": len(references.y) if references.y is not None else None,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.batches_per_epoch(train),
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             # test_accuracy and the confusion matrix are per group (video) when groups hold several
@@ -368,17 +391,19 @@ class Trainer:
             first_epoch = 1
             self.save(0, train, None)
         reference_set, references = self.reference_inputs(train)
-        info.update(self.setup_info(reference_set, references))
+        info.update(self.setup_info(train, reference_set, references))
         self.callback.on_start(info)
 
         epochs_completed, stopped = first_epoch - 1, StopReason.finished
         for epoch in range(first_epoch, self.spec.epochs + 1):
             with EpochClock(self.device) as clock:
-                train_loss, samples = self.train_epoch(train, references)
+                train_loss, samples = self.train_epoch(train, references, epoch)
             # Callbacks written before this hook (duck-typed ones too) simply do not have it.
             if (on_epoch_trained := getattr(self.callback, "on_epoch_trained", None)) is not None:
                 on_epoch_trained(epoch, samples, clock.seconds)
+            evaluation_started = time.perf_counter()
             val, test, test_without_y = self.evaluate(train)
+            self.eval_seconds = time.perf_counter() - evaluation_started
             if best is None or val.accuracy > best.val_accuracy:
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y)
             epochs_completed = epoch

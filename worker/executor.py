@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from backend import notify
-from backend.db import session_factory
+from backend.db import session_factory, utcnow
 from backend.lifecycle.api import mark_sent
 from backend.queue import RunQueue
 from backend.runs import lease, outcomes
+from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
@@ -35,17 +36,31 @@ log = logging.getLogger("missmod.worker")
 
 
 class DatabaseRecorder(TrainingCallback):
-    """Commits each epoch's metrics as soon as it ends, so the dashboard can show them, and
-    picks up a cancel request in the same transaction. Stops the loop after the epoch's
-    checkpoint when the process is asked to shut down (the holder's `stop_requested`)."""
+    """Writes the run's points as they come: per-step points and the progress inside the epoch
+    through a batching writer (backend/runs/ingest.py: a batch every FLUSH_INTERVAL seconds),
+    and each epoch's points with everything still buffered as soon as the epoch ends, before
+    its checkpoint is written, so no point before a checkpoint can be lost. Picks up a cancel
+    request in the same transactions. Stops the loop after the epoch's checkpoint when the
+    process is asked to shut down (the holder's `stop_requested`)."""
+
+    # Per-step points wait at most this long before they are written (the loss moves on the page).
+    FLUSH_INTERVAL = 0.5
 
     def __init__(self, holder: LeaseHolder, system: SystemSampler | None = None):
         self.holder = holder
         self.run_id, self.worker = holder.row_id, holder.worker
         self.system = system
+        self.steps_per_epoch = 0
+        self.points = BatchingWriter(self._write_batch, interval=self.FLUSH_INTERVAL)
+
+    def _write_batch(self, points: list[Point], run_values: dict[str, Any]) -> None:
+        self.holder.write_and_check(
+            lambda session: lease.record_batch(session, self.run_id, points, self.worker, **run_values))
 
     def on_start(self, info: dict[str, Any]) -> None:
-        self.holder.record(info=dict(info))
+        self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
+        # A resumed run's progress is the previous attempt's until its first step is logged.
+        self.holder.record(info=dict(info), progress=None)
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
@@ -58,13 +73,18 @@ class DatabaseRecorder(TrainingCallback):
         if self.holder.progress_due(done, total):
             self.holder.record(info={"stage": stage, "stage_done": done, "stage_total": total, **details})
 
+    def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
+        self.points.add(points_of(epoch, step, metrics), progress={**progress, "at": utcnow().isoformat()})
+
     def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
         if self.system is not None:
             self.system.epoch_trained(samples, seconds)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.holder.write_and_check(
-            lambda session: lease.record_epoch(session, self.run_id, epoch, metrics, self.worker))
+        # The epoch's points carry the step it ended at; written with every per-step point still
+        # buffered, in one transaction, before the loop writes the epoch's checkpoint.
+        self.points.add(points_of(epoch, epoch * self.steps_per_epoch, metrics))
+        self.points.flush(epochs_completed=epoch)
         if self.system is not None:
             figures = self.system.epoch_figures()
             try:  # after the epoch's points: a lost sample must never cost a run its metrics

@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
 from ..lifecycle import lease
 from ..lifecycle.lease import Claim, LeaseLost  # noqa: F401  (the worker catches LeaseLost from here)
-from .models import ConfusionMatrix, MetricPoint, Run
+from . import ingest
+from .models import ConfusionMatrix, Run
 from .predictions import pack_labels
 
 
@@ -28,43 +27,29 @@ def start_run(session: Session, run_id: int, worker: str, **claim_options) -> Ru
     return claim_run(session, run_id, worker, **claim_options).row
 
 
-# Metric points are written with one cached statement per dialect, executed for many rows:
-# the worker's write path is hot (every epoch of every run), and building a new multi-row
-# INSERT each time cost more than the database did.
-_POINT_INSERTS = {
-    name: dialect.insert(MetricPoint).on_conflict_do_nothing(index_elements=["run_id", "epoch", "name"])
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
-
-
-def _finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
-                  worker: str | None = None, **run_values) -> bool:
-    """Write points (idempotently) and a heartbeat in one transaction; returns whether a
-    cancel was requested."""
+def record_batch(session: Session, run_id: int, points: Sequence[ingest.Point], worker: str | None = None,
+                 **run_values) -> bool:
+    """Write a batch of points (insert-or-ignore on (run, epoch, step, name): exactly once,
+    backend/runs/ingest.py) and a heartbeat with `run_values` (the progress) in one
+    transaction; returns whether a cancel was requested."""
     cancel = lease.hold(session, Run, run_id, worker, **run_values)
-    now = utcnow()
-    rows = [{"run_id": run_id, "epoch": epoch, "name": name, "value": _finite_or_none(value), "recorded_at": now}
-            for name, value in metrics.items()]
-    if rows:
-        connection = session.connection()
-        insert = _POINT_INSERTS.get(connection.dialect.name)
-        if insert is None:
-            raise NotImplementedError(f"metric points need an insert-or-ignore for {connection.dialect.name}")
-        connection.execute(insert, rows)
+    ingest.insert_points(session.connection(), run_id, points)
     session.commit()
     return bool(cancel)
 
 
+def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
+                  worker: str | None = None, *, step: int = 0, **run_values) -> bool:
+    """Points of one epoch (at global step `step`) and a heartbeat in one transaction; returns
+    whether a cancel was requested."""
+    return record_batch(session, run_id, ingest.points_of(epoch, step, metrics), worker, **run_values)
+
+
 def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
-                 worker: str | None = None) -> bool:
-    """One finished epoch: its points, the progress and a heartbeat, committed together.
-    Returns whether a cancel was requested."""
-    return record_points(session, run_id, epoch, metrics, worker, epochs_completed=epoch)
+                 worker: str | None = None, *, step: int = 0) -> bool:
+    """One finished epoch: its points (at the step it ended), the progress and a heartbeat,
+    committed together. Returns whether a cancel was requested."""
+    return record_points(session, run_id, epoch, metrics, worker, step=step, epochs_completed=epoch)
 
 
 def record_stage(session: Session, run_id: int, progress: Mapping, worker: str | None = None) -> bool:

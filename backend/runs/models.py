@@ -58,6 +58,9 @@ class Run(Leased, Base):
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Where the worker is inside the current epoch (step, steps, samples/s, ETA), written with
+    # each batch of points; shown while the run is running (RunOut.progress).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # Deleting a sweep deletes its runs (the API can detach them first to keep them).
     sweep_id: Mapped[int | None] = mapped_column(
@@ -87,18 +90,21 @@ class RunTag(Base):
 
 
 class MetricPoint(Base):
-    """One value of one metric at the end of one epoch. Unique per (run, epoch, name), so a
-    redelivered task that replays an epoch cannot add a second point."""
+    """One value of one metric: at the end of an epoch, or (series named `step/...`) every few
+    optimiser steps. `step` is the global optimiser step (the end-of-epoch step for per-epoch
+    points, 0 before training). Unique per (run, epoch, step, name), so a redelivered task that
+    replays an epoch (its per-step points too) cannot add a second point."""
 
     __tablename__ = "metric_points"
     __table_args__ = (
-        UniqueConstraint("run_id", "epoch", "name", name="uq_metric_points_run_epoch_name"),
+        UniqueConstraint("run_id", "epoch", "step", "name", name="uq_metric_points_run_epoch_step_name"),
         Index("ix_metric_points_run_id_id", "run_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float | None] = mapped_column(Float)  # NULL: not finite (a diverged loss)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

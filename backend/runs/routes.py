@@ -3,6 +3,7 @@ a broker that cannot be reached is answered by the handlers of backend/api/error
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from ..live import client_address
 from ..sweeps.export import SafeCSVWriter
 from ..sweeps.models import Sweep
 from ..sweeps.paired import compare_runs
-from . import artifacts, outcomes, query, service
+from . import artifacts, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
@@ -201,45 +202,105 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPage, responses={**NOT_FOUND, **CSV})
+# Bodies of finished runs' metrics, by ETag: served without reading the database again; every
+# recently read run's series, grown by its new points (a running run is read once); and a
+# running run's thinned columns until its next point lands.
+_finished_metrics = series.BodyCache()
+_series_cache = series.SeriesCache()
+_metrics_bodies = series.BodyCache()  # a running run's, by its newest point
+
+
+def _metrics_etag(run, request: Request) -> str | None:
+    """A finished run's points no longer change (a retry starts a new attempt, whose finish
+    changes this tag), so its metrics can be revalidated (304) and cached; a running run's can
+    not."""
+    if not run.is_terminal or run.finished_at is None:
+        return None
+    query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
+    digest = hashlib.blake2b(query.encode(), digest_size=6).hexdigest()
+    return f'"m{run.id}-{run.attempts}-{run.finished_at.timestamp():.6f}-{run.state}-{digest}"'
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsPage, responses={
+    **NOT_FOUND, **CSV, 304: {"description": "A finished run's metrics, unchanged since the ETag sent in If-None-Match"}})
 def get_metrics(
     run_id: RunId,
+    request: Request,
     session: SessionDep,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Cursor from a previous page; 0 for all points"),
-    limit: int = Query(10_000, ge=1, le=100_000),
+    limit: int = Query(10_000, ge=1, le=100_000, description="At most this many points (format=json only)"),
     max_points: int | None = Query(
         None, ge=10, le=100_000,
-        description="For display: thin each series to about this many points, keeping each stretch's minimum "
-                    "and maximum (ignores `after` and `limit`); stream from the returned cursor for new points"),
-    format: Literal["json", "csv"] = Query("json", description="csv: every point, one row per epoch and one "
-                                                               "column per metric (ignores the other parameters)"),
+        description="For display: thin each series to about this many points, keeping its shape (see "
+                    "`downsample`); with format=json it ignores `after` and `limit`. Stream from the returned "
+                    "cursor for new points"),
+    format: Literal["json", "columns", "csv"] = Query(
+        "json", description="`json`: a list of {epoch, step, name, value} (the default); `columns`: per metric one "
+                            "array of epochs, one of steps and one of values (`series`), much smaller; `csv`: every "
+                            "point, one row per epoch and one column per metric (ignores the other parameters)"),
+    downsample: series.Downsampling = Query(
+        "minmax", description="How `max_points` thins a series (format=columns): `minmax` keeps each stretch's "
+                              "minimum and maximum, `lttb` the points that best keep the line's shape"),
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Metric points `{epoch, name, value}` in the order they were recorded."""
+    """Metric points in the order they were recorded (`points`), or as columns per metric
+    (`columns`). Per-epoch points carry the step the epoch ended at; per-step points are
+    named `step/...`. A finished run's answer has an ETag: send it back in If-None-Match to get
+    304 when nothing changed."""
     run = service.get_run(session, run_id)
     if format == "csv":
         return Response(_metrics_csv(session, run_id), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
-    body: dict = {"state": run.state}
-    if max_points is not None:
-        points, body["cursor"], total = service.metrics_for_display(session, run_id, max_points)
-        body["downsampled"] = len(points) < total
-    else:
-        points = service.metrics_after(session, run_id, after, limit)
-        body["cursor"], body["downsampled"] = (points[-1].id if points else after), False
-        body["next_cursor"] = body["cursor"] if len(points) == limit else None
-    # A long run's page holds tens of thousands of points: they are written straight to JSON by
-    # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
-    # pydantic object per point and the json module, which were most of the request's time
-    # (bench/api_views.py). The shape is MetricsPage.
-    body["points"] = [{"epoch": epoch, "name": name, "value": value} for _, epoch, name, value in points]
-    return Response(orjson.dumps(body), media_type="application/json")
+    etag = _metrics_etag(run, request)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {"Cache-Control": "no-store"}
+    if etag and if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+
+    def body() -> bytes:
+        payload: dict = {"state": run.state}
+        if format == "columns":
+            if after:
+                read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
+                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
+                payload["total"] = total
+                return orjson.dumps(payload)
+            key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
+            read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
+
+            def thinned() -> bytes:
+                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
+                payload["total"] = total
+                return orjson.dumps(payload)
+
+            if etag:
+                return thinned()
+            return _metrics_bodies.get_or_make(f"{key}|{payload['cursor']}|{run.state}|{request.url.query}", thinned)
+        if max_points is not None:
+            points, payload["cursor"], total = service.metrics_for_display(session, run_id, max_points)
+            payload["downsampled"] = len(points) < total
+        else:
+            points = service.metrics_after(session, run_id, after, limit)
+            payload["cursor"], payload["downsampled"] = (points[-1].id if points else after), False
+            payload["next_cursor"] = payload["cursor"] if len(points) == limit else None
+        # A long run's page holds tens of thousands of points: they are written straight to JSON by
+        # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
+        # pydantic object per point and the json module, which were most of the request's time
+        # (bench/api_views.py). The shape is MetricsPage.
+        payload["points"] = [{"epoch": epoch, "step": step, "name": name, "value": value}
+                             for _, epoch, name, value, step in points]
+        return orjson.dumps(payload)
+
+    content = _finished_metrics.get_or_make(etag, body) if etag else body()
+    return Response(content, media_type="application/json", headers=headers)
 
 
 def _metrics_csv(session, run_id: int) -> str:
-    points = service.metrics_after(session, run_id, 0, 10_000_000)
-    names = list(dict.fromkeys(name for _, _, name, _ in points))
+    # One row per epoch: the per-epoch metrics (per-step ones, named step/..., have many values
+    # an epoch; format=columns gives them).
+    points = [p for p in service.metrics_after(session, run_id, 0, 10_000_000) if not p.name.startswith("step/")]
+    names = list(dict.fromkeys(p.name for p in points))
     by_epoch: dict[int, dict[str, float | None]] = {}
-    for _, epoch, name, value in points:
+    for _, epoch, name, value, _ in points:
         by_epoch.setdefault(epoch, {})[name] = value
     out = io.StringIO()
     writer = SafeCSVWriter(out)

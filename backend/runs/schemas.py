@@ -70,6 +70,16 @@ class RunOut(BaseModel):
     tags: list[str]
     note: str | None
     external: bool = Field(False, description="Trained elsewhere and logged through POST /api/runs/external")
+    progress: dict[str, Any] | None = Field(
+        None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
+                          "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
+                          "end), `run_eta_seconds` (the run's end), `at` (when measured); null otherwise")
+
+    @model_validator(mode="after")
+    def _progress_only_while_running(self) -> "RunOut":
+        if self.state != "running":
+            self.progress = None
+        return self
 
     @field_serializer("test_accuracy", "val_accuracy")
     def _finite(self, value: float | None) -> float | None:
@@ -120,6 +130,8 @@ class MetricPointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     epoch: int
+    step: int = Field(0, description="Global optimiser step: where the epoch ended for per-epoch points; per-step "
+                                     "points are named `step/...`")
     name: str
     value: float | None
 
@@ -136,6 +148,22 @@ class MetricsPage(BaseModel):
                           "far (a live run records more: poll with `cursor`, or stream)")
     state: str
     downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
+
+
+class SeriesColumns(BaseModel):
+    epoch: list[int]
+    step: list[int]
+    value: list[float | None]
+
+
+class MetricsColumns(BaseModel):
+    """GET /api/runs/{id}/metrics?format=columns"""
+
+    series: dict[str, SeriesColumns] = Field(description="Per metric name, its points as three arrays in x order")
+    cursor: int
+    state: str
+    downsampled: bool
+    total: int = Field(description="Points read (before thinning)")
 
 
 class ArtifactOut(BaseModel):

@@ -254,7 +254,7 @@ RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and 
 def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
     result in the same cell), from scratch. Its old points and matrix are removed first:
-    points are written insert-or-ignore per (run, epoch, name), so stale ones would shadow the
+    points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
     new; and its files, since a worker resumes a run from the checkpoint it finds there."""
     run = get_run(session, run_id)
     if run.external:
@@ -336,11 +336,11 @@ def bulk_delete(session: Session, run_ids: Sequence[int], artifact_dir: Path | N
 
 # Points are read as plain rows, not ORM objects: a long run has tens of thousands, and
 # building an object per point was most of the time of a metrics request.
-POINT_COLUMNS = (MetricPoint.id, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+POINT_COLUMNS = (MetricPoint.id, MetricPoint.epoch, MetricPoint.name, MetricPoint.value, MetricPoint.step)
 
 
 def metrics_after(session: Session, run_id: int, after: int = 0, limit: int = 10_000) -> list[Row]:
-    """Points (id, epoch, name, value) recorded after the cursor `after` (a point id), in the
+    """Points (id, epoch, name, value, step) recorded after the cursor `after` (a point id), in the
     order they landed."""
     query = (
         select(*POINT_COLUMNS)
@@ -357,7 +357,7 @@ def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple
     """Every series of the run cut to about `max_points` points (extremes kept), the cursor of
     the newest point (a live stream appends from there), and how many points there were."""
     points = session.connection().execute(
-        select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch)
+        select(*POINT_COLUMNS).where(MetricPoint.run_id == run_id).order_by(MetricPoint.name, MetricPoint.epoch, MetricPoint.step)
     ).all()
     cursor = max((p.id for p in points), default=0)
     kept: list[Row] = []

@@ -1,5 +1,6 @@
 // Run page: curves grow live from the run's Server-Sent Events stream (points are appended,
-// never redrawn); the confusion matrix appears when the run ends.
+// never redrawn), against the epoch or the optimiser step (a switch); progress inside the epoch
+// (step, samples/s, ETA) while it runs; the confusion matrix appears when the run ends.
 "use strict";
 
 (() => {
@@ -8,64 +9,165 @@
   const charts = {
     accuracy: { div: document.getElementById("chart-accuracy"), traces: new Map(), title: "Accuracy", range: [0, 1] },
     loss: { div: document.getElementById("chart-loss"), traces: new Map(), title: "Loss" },
+    rate: { div: document.getElementById("chart-rate"), traces: new Map(), title: "Learning rate and samples/s",
+            y2: "samples/s" },
   };
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
+  // Per series, its points as columns ({epoch, step, value}), as GET …/metrics?format=columns gives
+  // them; the traces' x is derived from them for the chosen axis.
+  const series = new Map();
+  let axis = "epoch";
+  let stepsPerEpoch = Number(page.dataset.stepsPerEpoch) || null;
+  let bestEpoch = null;
   let confusionShown = false;
 
+  // Per-step series are named step/…; the learning rate and throughput get their own chart.
+  const isStepSeries = (name) => name.startsWith("step/");
   function chartFor(name) {
+    if (name === "step/lr" || name === "step/samples_per_second") return charts.rate;
     return name.endsWith("accuracy") ? charts.accuracy : charts.loss;
   }
 
+  // On the epoch axis a per-step point sits at its fraction of the epochs (step / steps per
+  // epoch), so the step curve and the per-epoch points line up.
+  function xOf(name, s) {
+    if (axis === "step") return s.step;
+    if (isStepSeries(name) && stepsPerEpoch) return s.step.map((step) => step / stepsPerEpoch);
+    return s.epoch;
+  }
+
   function layout(chart) {
-    return {
-      margin: { t: 40, r: 10, b: 45, l: 50 },
-      xaxis: { title: { text: "epoch" }, rangemode: "tozero" },
-      yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : { rangemode: "tozero" },
+    const x = axis === "step" ? bestEpoch && stepsPerEpoch ? bestEpoch * stepsPerEpoch : null : bestEpoch;
+    const result = {
+      margin: { t: 40, r: chart.y2 ? 60 : 10, b: 45, l: 55 },
+      xaxis: { title: { text: axis === "step" ? "step" : "epoch" }, rangemode: "tozero" },
+      yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : chart.y2 ? { title: { text: "learning rate" },
+        exponentformat: "e" } : { rangemode: "tozero" },
+      yaxis2: chart.y2 ? { title: { text: chart.y2 }, overlaying: "y", side: "right", rangemode: "tozero" } : undefined,
       legend: { orientation: "h", x: 1, xanchor: "right", y: 1.02, yanchor: "bottom" },
       title: { text: chart.title, x: 0.02, xanchor: "left" },
-      shapes: [],
+      shapes: x === null ? [] : [{ type: "line", x0: x, x1: x, yref: "paper", y0: 0, y1: 1,
+                                   line: { dash: "dot", width: 1, color: "#888" } }],
+      uirevision: axis, // keep the user's zoom until the axis changes
+    };
+    if (!chart.y2) delete result.yaxis2;
+    return result;
+  }
+
+  // SVG up to a few thousand points per series (the history comes thinned to 1,500: SVG draws
+  // that faster than WebGL starts, above all on a machine without a GPU); a series that grows
+  // longer while the page is open is redrawn with WebGL (scattergl), which draws 100,000 points
+  // at once. Three charts stay far below the browser's limit of WebGL contexts.
+  const WEBGL_ABOVE = 8000;
+  function trace(name) {
+    const s = series.get(name);
+    const step = isStepSeries(name);
+    return {
+      type: s.value.length > WEBGL_ABOVE ? "scattergl" : "scatter", mode: step ? "lines" : "lines+markers",
+      // Copies: the series keep growing by push, and Plotly's extendTraces grows the trace's own arrays.
+      name, x: xOf(name, s).slice(), y: s.value.slice(),
+      marker: { size: 4 }, line: { width: step ? 1.2 : 2 },
+      yaxis: name === "step/samples_per_second" ? "y2" : "y",
     };
   }
 
-  // plotly.js runs once the run's history is asked for (see charts.js); the charts are made once
-  // it is there. Until then points and the best epoch wait here.
+  // Each chart drawn once with all its traces (a chart redraws whole on every trace added).
+  // plotly.js is loaded once the run's history is asked for (charts.js): the charts are made
+  // with the history, and nothing is drawn before.
   let chartsMade = false;
-  let heldPoints = [];
-  let heldBestEpoch = null;
-  missmodCharts.plotlyReady.then(() => {
-    for (const chart of Object.values(charts)) Plotly.newPlot(chart.div, [], layout(chart), PLOT_CONFIG);
+  function redraw() {
+    if (!chartsMade) return Promise.resolve();
+    const drawn = Object.values(charts).map((chart) => {
+      const names = [...chart.traces.keys()];
+      return Plotly.react(chart.div, names.map(trace), layout(chart), PLOT_CONFIG);
+    });
+    page.dataset.axis = axis;
+    return Promise.all(drawn);
+  }
+
+  function setHistory(columnsByName) {
+    for (const [name, columns] of columnsByName) {
+      const chart = chartFor(name);
+      series.set(name, columns);
+      chart.traces.set(name, chart.traces.size);
+    }
     chartsMade = true;
-    addPoints(heldPoints);
-    heldPoints = [];
-    if (heldBestEpoch !== null) markBestEpoch(heldBestEpoch);
-  });
+    return redraw();
+  }
+
+  // New points (a stream's batch): appended to their series, then to the traces (never redrawn).
+  function addColumns(columnsByName) {
+    let switchToWebgl = false;
+    for (const [name, columns] of columnsByName) {
+      const chart = chartFor(name);
+      if (!series.has(name)) {
+        series.set(name, columns);
+        chart.traces.set(name, chart.traces.size);
+        Plotly.addTraces(chart.div, trace(name));
+        continue;
+      }
+      const s = series.get(name);
+      const before = s.value.length;
+      for (let i = 0; i < columns.value.length; i++) {  // push(...x) would overflow the stack on big batches
+        s.epoch.push(columns.epoch[i]);
+        s.step.push(columns.step[i]);
+        s.value.push(columns.value[i]);
+      }
+      if (before <= WEBGL_ABOVE && s.value.length > WEBGL_ABOVE) switchToWebgl = true;
+      else Plotly.extendTraces(chart.div, { x: [xOf(name, columns)], y: [columns.value] }, [chart.traces.get(name)]);
+    }
+    if (switchToWebgl) redraw();
+  }
 
   function addPoints(points) {
-    if (!chartsMade) { heldPoints.push(...points); return; }
     const byName = new Map();
     for (const p of points) {
-      if (!byName.has(p.name)) byName.set(p.name, { x: [], y: [] });
-      byName.get(p.name).x.push(p.epoch);
-      byName.get(p.name).y.push(p.value);
+      if (!byName.has(p.name)) byName.set(p.name, { epoch: [], step: [], value: [] });
+      const s = byName.get(p.name);
+      s.epoch.push(p.epoch);
+      s.step.push(p.step || 0);
+      s.value.push(p.value);
     }
-    for (const [name, series] of byName) {
-      const chart = chartFor(name);
-      if (!chart.traces.has(name)) {
-        chart.traces.set(name, chart.traces.size);
-        Plotly.addTraces(chart.div, { x: [], y: [], name, mode: "lines+markers", type: "scatter", marker: { size: 4 } });
-      }
-      Plotly.extendTraces(chart.div, { x: [series.x], y: [series.y] }, [chart.traces.get(name)]);
-    }
+    addColumns(byName);
   }
 
   function markBestEpoch(epoch) {
-    if (!chartsMade) { heldBestEpoch = epoch; return; }
+    if (bestEpoch === epoch) return;
+    bestEpoch = epoch;
     for (const chart of Object.values(charts)) {
-      Plotly.relayout(chart.div, {
-        shapes: [{ type: "line", x0: epoch, x1: epoch, yref: "paper", y0: 0, y1: 1,
-                   line: { dash: "dot", width: 1, color: "#888" } }],
-      });
+      if (chart.div.data) Plotly.relayout(chart.div, { shapes: layout(chart).shapes });
     }
+  }
+
+  for (const radio of document.querySelectorAll('input[name="x-axis"]')) {
+    radio.addEventListener("change", () => {
+      if (radio.checked && radio.value !== axis) {
+        axis = radio.value;
+        redraw();
+      }
+    });
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
+    const s = Math.max(0, Math.round(seconds));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    return h ? `${h} h ${String(m).padStart(2, "0")} min` : m ? `${m} min ${String(r).padStart(2, "0")} s` : `${r} s`;
+  }
+
+  // Inside an epoch: step k of n, samples/s, and the time left in the epoch and in the run.
+  function showStepProgress(run) {
+    const box = document.getElementById("run-step-progress");
+    const p = run.progress;
+    box.hidden = !(run.state === "running" && p);
+    if (box.hidden) return;
+    document.getElementById("run-step").textContent = `step ${p.step} of ${p.steps} (epoch ${p.epoch} of ${p.epochs})`;
+    document.getElementById("run-speed").textContent = p.samples_per_second === null || p.samples_per_second === undefined
+      ? "–" : `${Math.round(p.samples_per_second).toLocaleString()} samples/s`;
+    document.getElementById("run-eta-epoch").textContent = duration(p.eta_seconds);
+    document.getElementById("run-eta-run").textContent = duration(p.run_eta_seconds);
+    const done = p.epochs ? ((p.epoch - 1) + p.step / p.steps) / p.epochs : 0;
+    document.getElementById("run-step-bar").style.width = `${(100 * Math.min(1, done)).toFixed(1)}%`;
   }
 
   async function showConfusion() {
@@ -126,6 +228,12 @@
       document.getElementById("run-error-detail").textContent = run.error_detail || "";
     }
     showInfo(run.info, run);
+    showStepProgress(run);
+    const steps = run.info && run.info.steps_per_epoch;
+    if (steps && steps !== stepsPerEpoch) {
+      stepsPerEpoch = steps;
+      if (axis === "epoch" && [...series.keys()].some(isStepSeries)) redraw();
+    }
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
     if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
   }
@@ -227,14 +335,18 @@
       }
     });
   }
+  // About two points per pixel of a chart's width: min/max thinning keeps every stretch's extremes.
+  const HISTORY_POINTS = 1500;
+  // The history as columns, each series thinned by the server to what a chart can show (its
+  // extremes kept); a finished run's answer is cached by the browser (ETag) and by the server.
   (async () => {
-    const history = missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    const history = missmod.api(`/api/runs/${runId}/metrics?format=columns&max_points=${HISTORY_POINTS}`);
     missmodCharts.load();
     const { ok, body } = await history;
-    if (ok) {
-      cursor = body.cursor;
-      addPoints(body.points.sort((a, b) => a.epoch - b.epoch));
-    }
+    if (ok) cursor = body.cursor;
+    await missmodCharts.plotlyReady;
+    await setHistory(ok ? Object.entries(body.series) : []);
+    page.dataset.historyLoaded = "true";  // and drawn
     openStream();
     showSystem();
   })();

@@ -58,7 +58,7 @@
     const cells = [
       first, link, state, run.dataset, run.method, run.fusion,
       `${run.missing_modality} ${(100 * run.missing_rate).toFixed(0)}%`, run.seed,
-      `${run.epochs_completed}/${run.spec.epochs ?? run.epochs_completed}`, missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
+      epochsCell(run), missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
     ];
     for (const cell of cells) {
       const td = document.createElement("td");
@@ -66,6 +66,21 @@
       tr.append(td);
     }
     return tr;
+  }
+
+  // Epochs done, and for a running run a thin bar of how far it is, steps inside the epoch included.
+  function epochsCell(run) {
+    const text = `${run.epochs_completed}/${run.spec.epochs ?? run.epochs_completed}`;
+    const p = run.progress;
+    if (run.state !== "running" || !p || !p.steps || !p.epochs) return text;
+    const cell = document.createElement("span");
+    const done = Math.min(1, ((p.epoch - 1) + p.step / p.steps) / p.epochs);
+    const bar = missmod.el("div", null, { class: "run-bar", title: `epoch ${p.epoch}, step ${p.step} of ${p.steps}` });
+    const fill = document.createElement("span");
+    fill.style.width = `${(100 * done).toFixed(1)}%`;
+    bar.append(fill);
+    cell.append(document.createTextNode(text), bar);
+    return cell;
   }
 
   function showSelection() {

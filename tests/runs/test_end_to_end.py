@@ -18,6 +18,8 @@ from backend.db import utcnow
 from tests.support import wait_for
 
 METRICS = {"train_loss", "val_loss", "val_accuracy", "test_accuracy"}
+# Logged every log_every_steps (default 10) optimiser steps and at each epoch's last step.
+STEP_METRICS = {"step/train_loss", "step/loss_complete", "step/loss_missing", "step/lr", "step/samples_per_second"}
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 4, "seed": 0}
 
@@ -36,10 +38,19 @@ def check_trained_run(client, run_id: int, epochs: int) -> None:
     assert run["test_accuracy"] > 0.5 and 1 <= run["best_epoch"] <= epochs
     assert run["started_at"] and run["finished_at"] and run["heartbeat_at"] and run["worker"]
     assert run["info"]["reference_set"] == "all_complete"
-    points = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
+    everything = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
+    points = [p for p in everything if not p["name"].startswith("step/")]
     counts = Counter((p["epoch"], p["name"]) for p in points)
     assert set(counts) == {(e, m) for e in range(1, epochs + 1) for m in METRICS}
     assert set(counts.values()) == {1}  # exactly one point per epoch per metric
+    steps = run["info"]["steps_per_epoch"]
+    assert all(p["step"] == p["epoch"] * steps for p in points)  # where each epoch ended
+    # Per-step points: exactly one per logged step and metric, none lost (also across a resume).
+    logged = [(e - 1) * steps + k for e in range(1, epochs + 1) for k in range(1, steps + 1) if k % 10 == 0 or k == steps]
+    step_counts = Counter((p["step"], p["name"]) for p in everything if p["name"].startswith("step/"))
+    assert set(step_counts) == {(s, m) for s in logged for m in STEP_METRICS if m != "step/loss_missing" or
+                                run["spec"]["missing_rate"] > 0}
+    assert set(step_counts.values()) == {1}
     chosen = {p["name"]: p["value"] for p in points if p["epoch"] == run["best_epoch"]}
     assert chosen["test_accuracy"] == run["test_accuracy"]
     confusion = client.get(f"/api/runs/{run_id}/confusion").json()
@@ -88,7 +99,7 @@ def test_cancel_stops_a_running_run_and_keeps_its_metrics(embedded_settings, cli
     assert final["state"] == "cancelled"
     assert 2 <= final["epochs_completed"] < 2000
     points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
-    assert len(points) == 4 * final["epochs_completed"]
+    assert len([p for p in points if not p["name"].startswith("step/")]) == 4 * final["epochs_completed"]
     assert client.get(f"/api/runs/{run['id']}/confusion").status_code == 200  # best epoch so far is kept
 
 

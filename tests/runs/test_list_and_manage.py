@@ -258,7 +258,7 @@ def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client,
     for name in ("val_accuracy", "train_loss"):
         series = [p for p in thin["points"] if p["name"] == name]
         assert 10 < len(series) <= 50 and series[0]["epoch"] == 1 and series[-1]["epoch"] == 300
-    assert {"epoch": 150, "name": "val_accuracy", "value": 0.9} in thin["points"]
+    assert {"epoch": 150, "step": 0, "name": "val_accuracy", "value": 0.9} in thin["points"]  # step: 0, none given
     short = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 1000}).json()
     assert not short["downsampled"] and len(short["points"]) == 600
     assert client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 2}).status_code == 422
