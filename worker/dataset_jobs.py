@@ -16,6 +16,8 @@ from backend.jobs import service
 from backend.jobs.models import JobKind
 from backend.settings import Settings
 
+from .artifacts import register_features
+
 log = logging.getLogger("missmod.worker")
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress writes
@@ -75,7 +77,8 @@ def execute_job(job_id: int, settings: Settings, worker: str | None = None) -> N
             path = extract_features(dataset, settings.data_dir, params["backbone"], params["pretrained"],
                                     settings.video_options(), params.get("name"), params["batch_size"],
                                     params["device"], progress_bar=False, progress=progress)
-            result = {"features_dataset": path.stem, "path": str(path)}
+            # Uploaded to the artifact store and registered: trainable through every host's API.
+            result = register_features(settings, sessions, path, job_id)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
     except (PreprocessingStopped, ExtractionStopped):

@@ -16,7 +16,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -24,11 +23,13 @@ from sqlalchemy.orm import sessionmaker
 
 from backend.db import session_factory
 from backend.runs import service
-from backend.runs.artifacts import run_artifact_dir
+from backend.runs.artifacts import RunCheckpoints
 from backend.settings import Settings
 
 from training.spec import TrainSpec
 from training.train import TrainingCallback, train
+
+from .artifacts import fetch_dataset, run_checkpoints, save_confusion
 
 log = logging.getLogger("missmod.worker")
 
@@ -137,9 +138,10 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def checkpoint_path(settings: Settings, run_id: int) -> Path:
-    """Where a run's checkpoint lives; a redelivered run continues from it."""
-    return run_artifact_dir(settings.artifact_dir, run_id) / "checkpoint.pt"
+def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_after_attempt: int = 0) -> RunCheckpoints:
+    """Where this attempt of a run writes its checkpoints, in the shared artifact store; a
+    redelivered run (on any host) continues from the newest earlier attempt's."""
+    return run_checkpoints(settings, run_id, attempt, resume_after_attempt)
 
 
 def holder_is_dead_here(me: str) -> Callable[[str], bool]:
@@ -177,6 +179,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
             claim = service.claim_run(session, run_id, worker, heartbeat_timeout=settings.heartbeat_timeout,
                                       max_retries=settings.run_max_retries, holder_is_dead=holder_is_dead_here(worker))
             spec_data = dict(claim.run.spec) if claim.run is not None else None
+            attempt = (claim.run.attempts, claim.run.resume_after_attempt) if claim.run is not None else (0, 0)
     except DATABASE_ERRORS as error:
         raise DatabaseUnavailable(f"{type(error).__name__}: {error.orig if hasattr(error, 'orig') else error}") from None
     if claim.run is None:
@@ -188,8 +191,9 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     try:
         spec = TrainSpec.model_validate(spec_data)
         with Heartbeat(sessions, run_id, settings.heartbeat_interval, worker):
+            fetch_dataset(settings, sessions, spec.dataset)  # made by a job on another host: fetched once
             result = train(spec, recorder, data_dir=settings.data_dir,
-                           checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+                           checkpoint_path=checkpoint_path(settings, run_id, *attempt), video=settings.video_options())
     except service.LeaseLost:
         log.warning("run %s was given to another worker while this one (%s) was taken for dead; stopped without "
                     "writing", run_id, worker)
@@ -235,6 +239,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         log.error("run %s finished but the database stayed unreachable (%s); it will be resumed from its last "
                   "checkpoint and finish again", run_id, error)
         return "database unreachable"
+    save_confusion(settings, run_id, result.best_epoch, result.classes, result.confusion_matrix)
     state = "cancelled" if result.cancelled and recorder.cancel_requested else "succeeded"
     log.info("run %s %s: test accuracy %s at epoch %s", run_id, state, result.test_accuracy, result.best_epoch)
     return state

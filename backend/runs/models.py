@@ -28,6 +28,7 @@ TERMINAL_STATES = frozenset({RunState.succeeded, RunState.failed, RunState.cance
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -53,6 +54,13 @@ class Run(Base):
     # Set while the run is queued in the database but its id may not have reached the broker
     # (the sender could die in between): the reconcile step sends it again after a while.
     awaiting_broker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when sending its id failed (the broker is down): the run stays queued, the page says it
+    # waits for the broker, and the reconcile step sends it at its next pass. Why it failed.
+    broker_error: Mapped[str | None] = mapped_column(Text)
+    # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Checkpoints of attempts up to this one are not resumed from (a retry starts over).
+    resume_after_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
@@ -79,6 +87,11 @@ class Run(Base):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def awaiting_broker(self) -> bool:
+        """Queued, saved, but its id could not be sent yet: the broker is down."""
+        return self.state == RunState.queued and self.broker_error is not None
 
     @property
     def tags(self) -> list[str]:

@@ -7,11 +7,13 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
+from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
+from ..catalog import registry
 from . import artifacts, service
 from .models import RunState
 from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
@@ -22,20 +24,16 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
-BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
+AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could not be reached: the run waits for "
+                                         "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
 
-def _check_against_dataset(payload: RunCreate, settings) -> None:
+def _check_against_dataset(payload: RunCreate, settings, session) -> None:
     """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
-    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
+    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
+                                                    registry.lookup(session)))
     if errors:
         raise RequestValidationError(errors)
-
-
-def _broker_unavailable(error: Exception) -> HTTPException:
-    # The broker's own message can carry its address; the server log has it, the client does not.
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                         "the broker is unreachable: the run was saved as failed; try again shortly")
 
 
 def _get_or_404(session, run_id: int):
@@ -45,14 +43,23 @@ def _get_or_404(session, run_id: int):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=BROKER_DOWN)
-def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
-    """Create a run and queue it for a worker."""
-    _check_against_dataset(payload, settings)
-    try:
-        run = service.create_run(session, payload, queue)
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
+             responses={**AWAITING_BROKER, **idempotency.REPLAYED})
+def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+               settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> RunOut:
+    """Create a run and queue it for a worker. 201 when its id reached the broker; 202 when the
+    broker is down and the run waits for it (it is saved, nothing to retry)."""
+    key = idempotency.checked_key(idempotency_key)
+    _check_against_dataset(payload, settings, session)
+    run, created = idempotency.create_once(session, key, lambda k: service.run_by_idempotency_key(session, k),
+                                           lambda: service.create_run(session, payload, queue, key))
+    if not created:
+        if run.spec != payload.training_spec() or (payload.name and payload.name != run.name):
+            raise idempotency.reused_for_another_request(key)
+        response.status_code = status.HTTP_200_OK
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    elif run.awaiting_broker:
+        response.status_code = status.HTTP_202_ACCEPTED
     return RunOut.model_validate(run)
 
 
@@ -112,24 +119,22 @@ def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
-    if not service.delete_runs(session, [run_id], settings.artifact_dir):
+    if not service.delete_runs(session, [run_id], settings):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{run_id}/retry", response_model=RunOut,
-             responses={**NOT_FOUND, **BROKER_DOWN, 409: {"description": "The run is not failed or cancelled"}})
+             responses={**NOT_FOUND, 409: {"description": "The run is not failed or cancelled"}})
 def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
-    and checkpoint are cleared."""
+    and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
     try:
-        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
+        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
     except service.RunNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except service.BrokerUnavailable as error:
-        raise _broker_unavailable(error) from None
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
@@ -216,12 +221,24 @@ def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) ->
             responses={**NOT_FOUND, 400: {"description": "The path leaves the run's directory"}})
 def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
-                      ) -> FileResponse:
+                      ) -> Response:
+    """From the artifact store, whichever host wrote it."""
     _get_or_404(session, run_id)
+    store = artifacts.artifact_store(settings)
     try:
-        file = artifacts.artifact_file(settings, run_id, path)
+        key = artifacts.artifact_key(run_id, path)
+        local = store.local_path(key)
+        if local is None:
+            size = store.size(key)
+        elif not local.is_file() or local.is_symlink():
+            raise FileNotFoundError(path)
     except artifacts.PathOutsideRoot:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
     except FileNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
-    return FileResponse(file, media_type="application/octet-stream", filename=file.name)
+    filename = path.rpartition("/")[2].replace('"', "")
+    if local is not None:
+        return FileResponse(local, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(store.iter_chunks(key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(size),
+                                      "Content-Disposition": f'attachment; filename="{filename}"'})

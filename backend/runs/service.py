@@ -9,12 +9,10 @@ import binascii
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import groupby
-from pathlib import Path
 
 from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..queue import RunQueue
-from .artifacts import run_artifact_dir
+from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
 from .downsample import downsample_min_max
 from .models import ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import RunCreate
@@ -47,7 +45,8 @@ class InvalidCursor(ValueError):
 
 
 class BrokerUnavailable(RuntimeError):
-    """The run was saved but its id could not be sent to the broker."""
+    """The run was saved but its id could not be sent to the broker. No longer raised at submit:
+    such a run stays queued, awaiting the broker (enqueue_committed); kept for callers that catch it."""
 
 
 class LeaseLost(RuntimeError):
@@ -59,7 +58,7 @@ def default_run_name(spec: RunCreate) -> str:
     return f"{spec.method}-{spec.fusion} {spec.dataset} {spec.missing_modality}@{spec.missing_rate:g} s{spec.seed}"
 
 
-def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
+def new_run(payload: RunCreate, sweep_id: int | None = None, idempotency_key: str | None = None) -> Run:
     """The row of a validated spec, not yet added to a session. It counts as awaiting the
     broker until its id is sent: if the sender dies in between, the reconcile step sends it."""
     now = utcnow()
@@ -76,50 +75,61 @@ def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
         created_at=now,
         awaiting_broker_since=now,
         sweep_id=sweep_id,
+        idempotency_key=idempotency_key,
     )
 
 
 def _mark_sent(session: Session, run_ids: Sequence[int]) -> None:
     if run_ids:
         session.execute(update(Run).where(Run.id.in_(list(run_ids)), Run.awaiting_broker_since.is_not(None))
-                        .values(awaiting_broker_since=None))
+                        .values(awaiting_broker_since=None, broker_error=None))
         session.commit()
 
 
-def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> None:
-    """Send the ids of runs already committed, in order. If the broker cannot be reached, the
-    runs not sent are marked failed (not left queued forever) and BrokerUnavailable is raised."""
+def broker_failure(error: Exception) -> str:
+    # What the page shows; the broker's own message can carry its address (kept in the log).
+    return f"the broker could not be reached ({type(error).__name__})"
+
+
+def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> bool:
+    """Send the ids of runs already committed, in order; True when all were sent. If the broker
+    cannot be reached, the runs not sent stay queued, marked awaiting the broker with the reason
+    (the outbox): nothing is lost or failed, and the reconcile step sends them once it is back."""
     sent: list[int] = []
     for index, run in enumerate(runs):
         try:
             queue.enqueue(run.id)
         except Exception as error:  # the broker is down or misconfigured
-            log.error("could not send run %s to the broker: %s", run.id, error)
+            log.error("could not send run %s to the broker (%d runs wait for it): %s", run.id, len(runs) - index,
+                      error)
             _mark_sent(session, sent)
             unsent = [r.id for r in runs[index:]]
-            session.execute(
-                update(Run).where(Run.id.in_(unsent), Run.state == RunState.queued)
-                .values(state=RunState.failed, finished_at=utcnow(), awaiting_broker_since=None,
-                        error=f"could not send the run to the broker: {type(error).__name__}")
-            )
+            session.execute(update(Run).where(Run.id.in_(unsent), Run.state == RunState.queued)
+                            .values(broker_error=broker_failure(error)))
             session.commit()
-            for r in runs[index:]:
+            for r in runs:
                 session.refresh(r)
-            raise BrokerUnavailable(str(error)) from error
+            return False
         sent.append(run.id)
     _mark_sent(session, sent)
     for run in runs:
         session.refresh(run)
+    return True
 
 
-def create_run(session: Session, payload: RunCreate, queue: RunQueue) -> Run:
+def create_run(session: Session, payload: RunCreate, queue: RunQueue, idempotency_key: str | None = None) -> Run:
     """Commit the run, then send its id: a worker never sees an id that is not in the
-    database. If the broker cannot be reached the run is marked failed, not left queued."""
-    run = new_run(payload)
+    database. If the broker cannot be reached the run stays queued, awaiting the broker
+    (`run.awaiting_broker`). A key already taken raises IntegrityError (see api/idempotency.py)."""
+    run = new_run(payload, idempotency_key=idempotency_key)
     session.add(run)
     session.commit()
     enqueue_committed(session, [run], queue)
     return run
+
+
+def run_by_idempotency_key(session: Session, key: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.idempotency_key == key))
 
 
 # --- listing ----------------------------------------------------------------------------
@@ -259,13 +269,12 @@ def update_run(session: Session, run_id: int, changes: Mapping[str, object]) -> 
     return run
 
 
-def remove_artifacts(artifact_dir: Path | None, run_ids: Iterable[int]) -> None:
-    if artifact_dir is not None:
-        for run_id in run_ids:
-            shutil.rmtree(run_artifact_dir(artifact_dir, run_id), ignore_errors=True)
+def remove_artifacts(artifact_store, run_ids: Iterable[int]) -> None:
+    """The runs' files in the artifact store (a Settings, a store, or a local folder)."""
+    remove_run_files(artifact_store, run_ids)
 
 
-def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
+def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
     result in the same cell), from scratch. Its old points and matrix are removed first:
     points are written insert-or-ignore per (run, epoch, name), so stale ones would shadow the
@@ -282,6 +291,9 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
     run.worker = None
     run.worker_losses = 0
     run.awaiting_broker_since = utcnow()
+    run.broker_error = None
+    # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
+    run.resume_after_attempt = run.attempts
     run.epochs_completed = 0
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
     run.info = run.error = run.error_detail = None
@@ -291,7 +303,7 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
     return run
 
 
-def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir: Path | None = None) -> int:
+def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir=None) -> int:
     """Delete runs with their points, matrices and tags (by the database's cascades) and their
     files. A worker still training one of them fails its next write and stops."""
     ids = list(run_ids)
@@ -346,7 +358,8 @@ def send_awaiting(session: Session, queue: RunQueue, *, queued_before: datetime,
     duplicate message is harmless: a worker starts a run only once (see claim_run)."""
     query = select(Run.id).where(
         Run.state == RunState.queued, Run.awaiting_broker_since.is_not(None),
-        or_(Run.awaiting_broker_since < queued_before, Run.id.in_(also)),
+        # broker_error: its sender found the broker down; nobody else is about to send it.
+        or_(Run.awaiting_broker_since < queued_before, Run.broker_error.is_not(None), Run.id.in_(also)),
     ).order_by(Run.id)
     sent = []
     for run_id in session.scalars(query).all():
@@ -354,6 +367,9 @@ def send_awaiting(session: Session, queue: RunQueue, *, queued_before: datetime,
             queue.enqueue(run_id)
         except Exception as error:  # the broker is down: the next pass tries again
             log.warning("could not send run %s to the broker (will retry): %s", run_id, error)
+            session.execute(update(Run).where(Run.id == run_id, Run.state == RunState.queued)
+                            .values(broker_error=broker_failure(error)))
+            session.commit()
             break
         _mark_sent(session, [run_id])
         sent.append(run_id)

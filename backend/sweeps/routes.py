@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
+from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import Offset, SweepId
-from ..runs import service as runs_service
+from ..catalog import registry
 from ..runs.validation import DatasetCatalog
 from . import service
 from .analysis import missing_rate_trend
@@ -41,7 +42,8 @@ router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 presets_router = APIRouter(prefix="/api/presets", tags=["presets"])
 
 NOT_FOUND = {404: {"description": "No sweep with this id"}}
-BROKER_DOWN = {503: {"description": "The broker could not be reached; the runs not sent are marked failed"}}
+AWAITING_BROKER = {202: {"description": "Saved with all its runs, but the broker could not be reached: the runs not "
+                                         "sent wait for it (`awaiting_broker`) and are sent when it is back"}}
 
 
 def _get_or_404(session, sweep_id: int):
@@ -72,40 +74,55 @@ def _refusal(plan: SweepPlan, skip_invalid: bool) -> list[dict] | None:
     return None
 
 
-def _create(session, queue, plan: SweepPlan, **sweep_fields) -> SweepCreated:
-    try:
-        sweep, runs = service.create_sweep(session, queue, plan, **sweep_fields)
-    except runs_service.BrokerUnavailable:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "the sweep was saved but its runs could not all be queued: the broker is unreachable; "
-                            "the runs not queued are marked failed (retry them from the sweep page)") from None
+def _create(session, queue, response: Response, plan: SweepPlan, key: str | None, **sweep_fields) -> SweepCreated:
+    """201 when every run id reached the broker; 202 when some wait for it; 200 when an earlier
+    request with the same Idempotency-Key created the sweep (nothing created now)."""
+    sweep, created = idempotency.create_once(
+        session, key, lambda k: service.sweep_by_idempotency_key(session, k),
+        lambda: service.create_sweep(session, queue, plan, idempotency_key=key, **sweep_fields)[0])
+    runs = service.runs_of(session, sweep.id)
+    if not created:
+        if sweep.grid != sweep_fields["grid"] or sweep.preset != sweep_fields.get("preset"):
+            raise idempotency.reused_for_another_request(key)
+        response.status_code = status.HTTP_200_OK
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    awaiting = [r.id for r in runs if r.awaiting_broker]
+    if created and awaiting:
+        response.status_code = status.HTTP_202_ACCEPTED
     return SweepCreated(**_sweep_out(session, sweep).model_dump(), run_ids=[r.id for r in runs],
-                        left_out=_invalid_out(plan))
+                        left_out=_invalid_out(plan), awaiting_broker=awaiting)
 
 
-def _plan(payload: SweepCreate, settings) -> tuple[SweepPlan, str]:
+def _catalog(settings, session) -> DatasetCatalog:
+    return DatasetCatalog(settings.data_dir, settings.video_options(), registry.lookup(session))
+
+
+def _plan(payload: SweepCreate, settings, session) -> tuple[SweepPlan, str]:
     grid = payload.grid()
-    plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir, settings.video_options()))
+    plan = plan_sweep(expand_grid(grid), _catalog(settings, session))
     return plan, payload.name or service.default_sweep_name(grid, len(plan.runs))
 
 
 @router.post("/preview", response_model=SweepPreview)
-def preview_sweep(payload: SweepCreate, settings: SettingsDep) -> SweepPreview:
+def preview_sweep(payload: SweepCreate, settings: SettingsDep, session: SessionDep) -> SweepPreview:
     """How many runs the grid would create and which combinations are invalid; writes nothing."""
-    plan, name = _plan(payload, settings)
+    plan, name = _plan(payload, settings, session)
     return SweepPreview(combinations=plan.combinations, runs=len(plan.runs), invalid=_invalid_out(plan),
                         would_refuse=_refusal(plan, payload.skip_invalid) is not None, name=name)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
-             responses={**BROKER_DOWN, 422: {"description": "A field or a combination is invalid; nothing written"}})
-def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> SweepCreated:
+             responses={**AWAITING_BROKER, **idempotency.REPLAYED,
+                        422: {"description": "A field or a combination is invalid; nothing written"}})
+def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+                 settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Expand the grid into runs, commit them all, then queue them (seed by seed)."""
-    plan, name = _plan(payload, settings)
+    key = idempotency.checked_key(idempotency_key)
+    plan, name = _plan(payload, settings, session)
     errors = _refusal(plan, payload.skip_invalid)
     if errors:
         raise RequestValidationError(errors)
-    return _create(session, queue, plan, name=name, grid=payload.grid())
+    return _create(session, queue, response, plan, key, name=name, grid=payload.grid())
 
 
 @router.get("", response_model=SweepPage)
@@ -129,21 +146,18 @@ def delete_sweep(sweep_id: SweepId, session: SessionDep, settings: SettingsDep,
                  keep_runs: bool = Query(False, description="Keep the runs (detached from any sweep)")) -> Response:
     """Delete the sweep and its runs with their files (runs still training are stopped)."""
     try:
-        service.delete_sweep(session, sweep_id, keep_runs, settings.artifact_dir)
+        service.delete_sweep(session, sweep_id, keep_runs, settings)
     except service.SweepNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found") from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses={**NOT_FOUND, **BROKER_DOWN})
+@router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses=NOT_FOUND)
 def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
-    """Queue every failed or cancelled run of the sweep again, from scratch."""
+    """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
+    they wait for it)."""
     _get_or_404(session, sweep_id)
-    try:
-        return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings.artifact_dir))
-    except runs_service.BrokerUnavailable:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "the broker is unreachable: the runs not queued are marked failed; try again shortly") from None
+    return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings))
 
 
 @router.get("/{sweep_id}/table", response_model=TableOut, responses={
@@ -214,8 +228,8 @@ def _roles(request: PresetRequest, modalities: DatasetCatalog) -> dict[str, str]
     return {"visual": visual, "audio": audio}
 
 
-def _preset_plans(preset: Preset, request: PresetRequest, settings) -> tuple[PresetPlan, SweepPlan, str]:
-    modalities = DatasetCatalog(settings.data_dir, settings.video_options())
+def _preset_plans(preset: Preset, request: PresetRequest, settings, session) -> tuple[PresetPlan, SweepPlan, str]:
+    modalities = _catalog(settings, session)
     roles = _roles(request, modalities)
     picked = modalities.info(request.dataset)
     is_video = picked is not None and picked.source == "video"
@@ -265,10 +279,10 @@ def list_presets() -> list[PresetOut]:
 
 
 @presets_router.post("/{name}/preview", response_model=PresetPreview, responses={404: {"description": "No such preset"}})
-def preview_preset(name: str, request: PresetRequest, settings: SettingsDep) -> PresetPreview:
+def preview_preset(name: str, request: PresetRequest, settings: SettingsDep, session: SessionDep) -> PresetPreview:
     """How many runs the preset would create on this dataset, and what it lacks; writes nothing."""
     preset = _preset_or_404(name)
-    preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings)
+    preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings, session)
     refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available, request.dataset)
     return PresetPreview(runs=len(sweep_plan.runs), roles=preset_plan.roles,
                          missing_methods=preset_plan.missing_methods, missing_features=preset_plan.missing_features,
@@ -277,14 +291,16 @@ def preview_preset(name: str, request: PresetRequest, settings: SettingsDep) -> 
 
 
 @presets_router.post("/{name}/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
-                     responses={**BROKER_DOWN, 404: {"description": "No such preset"},
+                     responses={**AWAITING_BROKER, **idempotency.REPLAYED, 404: {"description": "No such preset"},
                                 422: {"description": "The preset needs methods the training library lacks "
                                                      "(unless only_available), or a field is invalid"}})
-def create_preset_sweep(name: str, request: PresetRequest, session: SessionDep, queue: RunQueueDep,
-                        settings: SettingsDep) -> SweepCreated:
+def create_preset_sweep(name: str, request: PresetRequest, response: Response, session: SessionDep,
+                        queue: RunQueueDep, settings: SettingsDep,
+                        idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Create the sweep of a paper experiment on the dataset given, in one call."""
+    key = idempotency.checked_key(idempotency_key)
     preset = _preset_or_404(name)
-    preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings)
+    preset_plan, sweep_plan, sweep_name = _preset_plans(preset, request, settings, session)
     refusal = _preset_refusal(preset_plan, sweep_plan, request.only_available, request.dataset)
     if refusal:
         raise RequestValidationError(refusal[0])
@@ -292,4 +308,5 @@ def create_preset_sweep(name: str, request: PresetRequest, session: SessionDep, 
     # Not a product (fusions differ per method): the values each field takes, for reading back.
     grid = {field: list(dict.fromkeys(c[field] for c in preset_plan.combinations))
             for field in dict.fromkeys(f for c in preset_plan.combinations for f in c)}
-    return _create(session, queue, sweep_plan, name=sweep_name, grid=grid, preset=preset.name, preset_options=options)
+    return _create(session, queue, response, sweep_plan, key, name=sweep_name, grid=grid, preset=preset.name,
+                   preset_options=options)

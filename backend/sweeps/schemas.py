@@ -123,6 +123,8 @@ class SweepOut(BaseModel):
 
 class SweepCreated(SweepOut):
     run_ids: list[int]
+    awaiting_broker: list[int] = Field(default_factory=list, description="Runs saved and queued but waiting for the "
+                                       "broker (it was down); sent as soon as it is back")
     left_out: list[InvalidCombinations] = Field(description="Combinations left out by skip_invalid")
 
 
