@@ -209,7 +209,7 @@ def test_the_api_reconciles_at_start_up(settings, client_for, sessions):
     claim(sessions, run_id, "a@host/1")
     age_heartbeat(sessions, run_id, settings.heartbeat_timeout + 1)
     client_for(settings)  # a new API process starting
-    from .conftest import wait_for
+    from tests.support import wait_for
 
     wait_for(lambda: get(sessions, run_id).state == RunState.queued, 10, what="the start-up reconcile")
     assert get(sessions, run_id).worker_losses == 1
