@@ -91,11 +91,11 @@ def test_features_extracted_by_a_job_on_host_b_train_through_the_api_of_host_a(
     ravdess_tree(source / "ravdess", actors=range(1, 7))
     shutil.copytree(source / "ravdess", host_b.ravdess_dir)  # the raw videos are on host B only
     api_a, api_b = client_for(host_a), client_for(host_b)
-    name = "ravdess-small_cnn-random"
+    name = "ravdess-resnet34-random"
     assert name not in {d["name"] for d in api_a.get("/api/datasets").json()}
 
     worker_b = start_worker(host_b)
-    job = api_b.post("/api/datasets/ravdess/features", json={"backbone": "small_cnn", "batch_size": 128})
+    job = api_b.post("/api/datasets/ravdess/features", json={"backbone": "resnet34", "batch_size": 128})
     assert job.status_code == 202, job.text
 
     def finished():
