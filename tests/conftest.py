@@ -150,7 +150,8 @@ def start_server(tmp_path: Path):
             settings_env(settings), tmp_path / f"server-{len(processes)}.log",
         )
         processes.append(process)
-        process.wait_for_log("Application startup complete", timeout=60)
+        # Uvicorn binds its socket after the application's start-up: "running on" is when it answers.
+        process.wait_for_log("Uvicorn running on", timeout=60)
         return ServerURL(f"http://127.0.0.1:{port}", process)
 
     yield start
