@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve worker migrate test bench setup clean
+.PHONY: run serve worker migrate test bench soak setup clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test: setup
 
 bench: setup
 	$(PY) -m bench
+
+## Ten minutes of steady load on loopback (API, workers, 50 live streams, a poller): errors,
+## exact points, memory slope of every process. SOAK_ARGS="--seconds 60" for a short one.
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf var .pytest_cache

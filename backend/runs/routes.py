@@ -202,6 +202,10 @@ def stream_run(
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     _get_or_404(session, run_id)
+    # The request's session lives until the response ends, which for a stream is when the client
+    # leaves: give its connection back now (the stream polls with sessions of its own), or 15 open
+    # streams would hold the whole pool and every other request would wait for one (bench/soak.py).
+    session.close()
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     return EventSourceResponse(

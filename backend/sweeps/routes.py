@@ -194,6 +194,7 @@ def get_trend(sweep_id: SweepId, session: SessionDep) -> TrendOut:
 def stream_sweep(sweep_id: SweepId, request: Request, session: SessionDep, settings: SettingsDep) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
     _get_or_404(session, sweep_id)
+    session.close()  # see runs/routes.py stream_run: the stream must not hold a pooled connection
     return EventSourceResponse(sweep_events(request.app.state.sessions, sweep_id, settings.stream_poll_interval,
                                             request), ping=15)
 
