@@ -284,3 +284,4 @@ class SweepRunOut(BaseModel):
     epochs: int | None
     test_accuracy: float | None
     best_epoch: int | None
+    awaiting_broker: bool = False  # queued, saved, waiting for the broker (it was down)

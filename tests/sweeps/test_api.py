@@ -186,6 +186,10 @@ def test_broker_down_leaves_a_whole_sweep_queued_awaiting_the_broker_none_failed
     assert all("broker" in r.broker_error and r.awaiting_broker_since for r in rows)
     runs = client.get("/api/runs", params={"sweep": body["id"]}).json()["items"]
     assert all(r["awaiting_broker"] and r["state"] == "queued" for r in runs)
+    from backend.sweeps.stream import _runs
+
+    with session_factory(settings.database_url)() as session:  # what the sweep page's stream lists
+        assert [r.awaiting_broker for r in _runs(session, body["id"])] == [True] * 4
     assert client.get(f"/api/sweeps/{body['id']}").json()["progress"] == {
         "queued": 4, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "total": 4, "done": False}
 
