@@ -99,6 +99,7 @@ class RunCheckpoints:
         self.store = artifact_store(where)
         self.run_id, self.attempt, self.resume_after_attempt = int(run_id), int(attempt), int(resume_after_attempt)
         self.prefix = f"{run_prefix(run_id)}/{CHECKPOINTS}"
+        self._pruned = False
 
     def key(self, attempt: int) -> str:
         return f"{self.prefix}/attempt-{int(attempt)}.pt"
@@ -119,10 +120,12 @@ class RunCheckpoints:
 
     def write_bytes(self, data: bytes) -> None:
         self.store.write_bytes(self.key(self.attempt), data)
-        # Once this attempt has a checkpoint, the earlier ones are history.
-        for attempt in self.attempts_stored():
-            if attempt < self.attempt:
-                self.store.delete(self.key(attempt))
+        if not self._pruned:
+            # Once this attempt has a checkpoint, the earlier ones are history (one listing per attempt).
+            for attempt in self.attempts_stored():
+                if attempt < self.attempt:
+                    self.store.delete(self.key(attempt))
+            self._pruned = True
 
     def __repr__(self) -> str:
         return f"RunCheckpoints({self.store.url!r}, run {self.run_id}, attempt {self.attempt})"
