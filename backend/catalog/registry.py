@@ -147,6 +147,8 @@ def lookup(session: Session):
     """name → the registered dataset's catalogue entry (None: not registered), for DatasetCatalog."""
 
     def find(name: str) -> DatasetInfo | None:
+        if not NAME_PATTERN.match(name):  # never registered; and PostgreSQL refuses a NUL in a query
+            return None
         info = session.scalar(select(RegisteredDataset.info).where(RegisteredDataset.name == name))
         return None if info is None else info_from_json(info)
 
