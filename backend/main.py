@@ -10,23 +10,31 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .api import health, session
+from training.datasets import configure_features
+
+from .api import errors, health, session
+from .api.params import printable
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
+from .live import StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
-from .runs.reconcile import reconcile_periodically
-from .security import AccessGuard
+from .reconcile import reconcile_periodically
+from .runs.stream import RunHub
+from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
+from .sweeps.stream import SweepHub
 
 log = logging.getLogger("missmod")
 
@@ -53,6 +61,7 @@ def _warn_if_not_migrated(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.make_dirs()
+    configure_features(settings.feature_limits())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -62,13 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walked them all in the middle of requests
         # (a metrics page's p95 was 4-5× its p50 because of it; bench/api_views.py).
         gc.freeze()
-        # The reconcile step, at start-up and then periodically (backend/runs/reconcile.py).
+        # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
             reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
         yield
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
+        await app.state.run_hub.close()
+        await app.state.sweep_hub.close()
         app.state.run_queue.close()
 
     app = FastAPI(
@@ -81,7 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.run_queue = RunQueue(settings)
-    app.add_middleware(AccessGuard, settings=settings)
+    # The live streams' pollers and caps (backend/live.py).
+    app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
+    app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
+    app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
+    app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -90,6 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
         return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, but with the echoed input made serialisable: a NaN or a lone
+        # surrogate sent by the client would otherwise turn the 422 into a 500.
+        return JSONResponse({"detail": printable(jsonable_encoder(error.errors()))}, status_code=422)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         # The traceback goes to the server log only, under a reference the user can quote.
@@ -97,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
         return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
 
+    errors.register(app)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)

@@ -14,10 +14,9 @@ import time
 import uuid
 
 from .db import session_factory
-from .jobs import service as job_service
 from .migrate import upgrade
 from .queue import RunQueue
-from .runs import service
+from .reconcile import requeue_interrupted
 from .settings import get_settings
 
 # A worker's warm shutdown takes a few seconds of Celery's own, plus the end of the current epoch.
@@ -92,13 +91,11 @@ def main() -> int:
 
     queue = RunQueue(settings)
     with session_factory(settings.database_url)() as session:
-        requeued = service.requeue_interrupted(session, node, queue)
-        requeued_jobs = job_service.requeue_interrupted(session, node, queue)
+        requeued = requeue_interrupted(session, node, queue)
     queue.close()
-    if requeued:
-        print(f"missmod: run(s) {', '.join(map(str, requeued))} were training and are queued again", flush=True)
-    if requeued_jobs:
-        print(f"missmod: dataset job(s) {', '.join(map(str, requeued_jobs))} are queued again", flush=True)
+    for model, ids in requeued.items():
+        if ids:
+            print(f"missmod: {model.noun}(s) {', '.join(map(str, ids))} were running and are queued again", flush=True)
     print("missmod: stopped", flush=True)
     return exit_code
 

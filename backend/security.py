@@ -5,10 +5,13 @@
   runs on their dashboard. As Go's `http.CrossOriginProtection`: the browser's own
   `Sec-Fetch-Site` header, or failing that `Origin` against `Host`; a request with neither is
   not from a browser (curl, scripts) and has nothing to forge.
+- Host names (setting TRUSTED_HOSTS, plus the loopback names): a request naming another host is
+  refused (400), which is what stops DNS rebinding.
 - API token (setting API_TOKEN): when set, every request needs it except /api/health (for
   health checks), the sign-in page and the static assets. Scripts send
   `Authorization: Bearer <token>`; a browser signs in once and holds a signed session cookie
-  (HttpOnly, SameSite=Lax), which rotating the token invalidates. Without a token nothing is
+  (HttpOnly, SameSite=Lax) naming a server-side session, which signing out ends and rotating
+  the token invalidates. Wrong tokens are throttled per client. Without a token nothing is
   asked, as for `make run` on a laptop.
 - Every response says: no MIME sniffing, no framing, no referrer to other sites; HTML pages
   also carry a Content-Security-Policy that allows only this server's scripts, so text a user
@@ -19,15 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import deque
 from urllib.parse import quote, urlsplit
 
 from itsdangerous import BadSignature, TimestampSigner
+from sqlalchemy.orm import sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .settings import Settings
+from .browser_sessions import session_is_open
+from .settings import LOOPBACK_HOSTS, Settings
 
 SESSION_COOKIE = "missmod_session"
 SESSION_MAX_AGE_SECONDS = 14 * 24 * 3600
@@ -54,7 +64,9 @@ def is_cross_site(headers: Headers) -> bool:
 
 
 class Sessions:
-    """Signed, time-limited session cookies whose key derives from the API token."""
+    """Signed, time-limited session cookies whose key derives from the API token. A cookie
+    carries a session id; the session is open while its row exists (backend/browser_sessions.py),
+    so signing out ends it even if the cookie was copied."""
 
     def __init__(self, token: str):
         self._token = token.encode()
@@ -64,23 +76,84 @@ class Sessions:
     def token_matches(self, candidate: str | None) -> bool:
         return candidate is not None and secrets.compare_digest(candidate.encode(), self._token)
 
-    def new_cookie_value(self) -> str:
-        return self._signer.sign(secrets.token_hex(8)).decode()
+    def cookie_value(self, session_id: str) -> str:
+        return self._signer.sign(session_id).decode()
 
-    def cookie_is_valid(self, value: str | None) -> bool:
-        if not value:
-            return False
+    def session_id(self, cookie: str | None) -> str | None:
+        """The session id a genuine, unexpired cookie carries; None for any other."""
+        if not cookie:
+            return None
         try:
-            self._signer.unsign(value, max_age=SESSION_MAX_AGE_SECONDS)
-        except BadSignature:  # includes expired
-            return False
-        return True
+            return self._signer.unsign(cookie, max_age=SESSION_MAX_AGE_SECONDS).decode()
+        except (BadSignature, UnicodeDecodeError):  # BadSignature includes expired
+            return None
 
-    def request_is_authenticated(self, headers: Headers, cookies: dict[str, str]) -> bool:
+    def bearer_matches(self, headers: Headers) -> bool:
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self.token_matches(credentials.strip()):
-            return True
-        return self.cookie_is_valid(cookies.get(SESSION_COOKIE))
+        return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` → `::1`."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else ""
+    return host.partition(":")[0].rstrip(".")
+
+
+class TrustedHosts:
+    """The Host header must name this server (setting TRUSTED_HOSTS, and the loopback names):
+    in a DNS-rebinding attack a page of evil.example talks to this address under its own name,
+    and its Origin agrees with that Host, so only the name itself gives it away."""
+
+    def __init__(self, names: list[str]):
+        self.names = {name.lower().rstrip(".") for name in [*names, *LOOPBACK_HOSTS]}
+
+    def allows(self, host_header: str) -> bool:
+        host = host_name(host_header)
+        if not host:
+            return False
+        for name in self.names:
+            if name == "*" or host == name or (name.startswith("*.") and host.endswith(name[1:])):
+                return True
+        return False
+
+
+class SignInThrottle:
+    """Wrong tokens per client address in a sliding minute; past the limit sign-in answers 429."""
+
+    WINDOW_SECONDS = 60.0
+    MAX_CLIENTS = 10_000  # the oldest are forgotten first, so the table cannot grow without bound
+
+    def __init__(self, attempts_per_minute: int):
+        self.limit = attempts_per_minute
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.get(client, deque())
+        while failures and failures[0] <= now - self.WINDOW_SECONDS:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until this client may try again; None when it may now."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            if len(failures) < self.limit:
+                return None
+            return max(1, math.ceil(failures[0] + self.WINDOW_SECONDS - now))
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            failures.append(now)
+            self._failures.pop(client, None)
+            self._failures[client] = failures
+            while len(self._failures) > self.MAX_CLIENTS:
+                self._failures.pop(next(iter(self._failures)))
 
 
 def _cookies(headers: Headers) -> dict[str, str]:
@@ -102,22 +175,29 @@ def _wants_a_page(scope: Scope) -> bool:
 class AccessGuard:
     """Pure ASGI middleware (streams like the live SSE pass straight through)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings):
+    def __init__(self, app: ASGIApp, settings: Settings, database: sessionmaker):
         self.app = app
+        self.database = database
+        self.trusted_hosts = TrustedHosts(settings.trusted_hosts)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.sessions = Sessions(token) if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if not self.trusted_hosts.allows(headers.get("host", "")):
+            await PlainTextResponse("invalid host header", status_code=400)(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         path = scope["path"]
         if scope["method"] not in SAFE_METHODS and is_cross_site(headers):
             await JSONResponse({"detail": "cross-site request refused"}, status_code=403)(scope, receive, send)
             return
-        if self.sessions is not None and not self._is_open(path) \
-                and not self.sessions.request_is_authenticated(headers, _cookies(headers)):
+        if self.sessions is not None and not self._is_open(path) and not await self._authenticated(headers):
             await self._refuse(scope, receive, send)
             return
 
@@ -132,6 +212,19 @@ class AccessGuard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _authenticated(self, headers: Headers) -> bool:
+        if self.sessions.bearer_matches(headers):
+            return True
+        session_id = self.sessions.session_id(_cookies(headers).get(SESSION_COOKIE))
+        if session_id is None:
+            return False
+
+        def is_open() -> bool:
+            with self.database() as session:
+                return session_is_open(session, session_id)
+
+        return await run_in_threadpool(is_open)
 
     @staticmethod
     def _is_open(path: str) -> bool:
@@ -148,7 +241,17 @@ class AccessGuard:
 
 
 def safe_next_path(candidate: str | None) -> str:
-    """Where to go after signing in: a path on this site only (no open redirect)."""
-    if not candidate or not candidate.startswith("/") or candidate.startswith("//") or "\\" in candidate:
+    """Where to go after signing in: a path on this site only (no open redirect).
+
+    Judged as the browser will read it: the URL parser drops tabs and line breaks anywhere and
+    trims spaces and control characters at the ends, and takes a backslash for a slash, so
+    "/<tab>/evil.example" is "//evil.example" to it. A candidate holding any of them is refused
+    rather than cleaned up."""
+    if not candidate or any(ord(c) < 0x21 or ord(c) == 0x7F for c in candidate) or "\\" in candidate:
+        return "/"
+    if not candidate.startswith("/") or candidate.startswith("//"):
+        return "/"
+    parts = urlsplit(candidate)
+    if parts.scheme or parts.netloc:
         return "/"
     return candidate

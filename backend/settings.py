@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -60,11 +61,37 @@ class Settings(BaseSettings):
         None, description="When set, every request but /api/health needs it: `Authorization: Bearer <token>` from "
                           "scripts, a sign-in (session cookie) in the browser. Set it whenever anyone else can reach "
                           "the port")
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names the dashboard is reached by (the Host header), e.g. "
+                    "`missmod.example.org`; `*.example.org` for subdomains. Other names get 400, so a web page "
+                    "cannot reach the API by pointing its own name at this address (DNS rebinding). Loopback names "
+                    "are always accepted; required when HOST is beyond localhost")
+    sign_in_attempts_per_minute: int = Field(
+        10, ge=1, description="Wrong tokens one client may try per minute at sign-in before 429")
+    max_streams: int = Field(
+        1000, ge=1, description="Live streams (runs, sweeps) one API process holds at once; 503 with Retry-After "
+                                "above")
+    max_streams_per_client: int = Field(
+        50, ge=1, description="Live streams one client address may hold at once in one API process")
+    max_classes: int = Field(1000, ge=2, description="Most classes a features file may have")
+    features_max_bytes: int = Field(
+        4 * 2**30, gt=0, description="Largest decoded size of a features file's arrays, read from their headers "
+                                     "before anything is allocated")
+    features_cache_bytes: int = Field(
+        2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
     gpu_lock_dir: Path | None = Field(
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @field_validator("api_token", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url", mode="before")
     @classmethod
@@ -78,6 +105,9 @@ class Settings(BaseSettings):
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ValueError("HEARTBEAT_TIMEOUT must be more than twice HEARTBEAT_INTERVAL, or one late heartbeat "
                              "would make a live run look dead")
+        if not self.trusted_hosts and self.listens_beyond_localhost:
+            raise ValueError(f"TRUSTED_HOSTS is required when HOST ({self.host}) is beyond localhost: the names the "
+                             "dashboard is reached by, e.g. TRUSTED_HOSTS=missmod.example.org")
         self.var_dir = self.var_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'missmod.db'}"
@@ -102,6 +132,13 @@ class Settings(BaseSettings):
             config=PreprocessConfig(frame_size=self.video_frame_size, n_mels=self.video_n_mels),
             workers=self.preprocess_workers,
         )
+
+    def feature_limits(self):
+        """What a features file may hold, for the training library's reader."""
+        from training.datasets.features import FeatureLimits
+
+        return FeatureLimits(max_bytes=self.features_max_bytes, max_classes=self.max_classes,
+                             cache_bytes=self.features_cache_bytes)
 
     @property
     def broker_dir(self) -> Path:

@@ -54,7 +54,20 @@ def live() -> list[Row]:
     return live_latency.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live}
+def streams() -> list[Row]:
+    from . import live_streams
+
+    return live_streams.measure()
+
+
+def pages() -> list[Row]:
+    from . import sweep_views
+
+    return sweep_views.measure(loads=3)
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams,
+            "pages": pages}
 
 
 def machine() -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.spec import DEVICES
+
 
 def ravdess_name(i: int) -> str:
     """The i-th of 24 actors × 6 emotions × 2 statements × 2 repetitions, RAVDESS-style."""
@@ -104,7 +106,7 @@ def backbone_step_rate(name: str, device: str, batch: int = 16, steps: int = 3) 
     from training.methods import Batch, MaximumLikelihood, ReferenceInputs
     from training.prepare import ModalityInput
     from training.spec import TrainSpec
-    from training.train import pick_device
+    from training.device import pick_device
 
     target = pick_device(device)
     spec = TrainSpec(dataset="ravdess", method="mle", missing_modality="visual", missing_rate=0.5, encoder=name)
@@ -138,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=96, help="clips to preprocess (24 distinct ones, copied)")
     parser.add_argument("--backbones", nargs="*", default=["resnet34", "resnet50", "vgg16"])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     args = parser.parse_args()
     if not 24 <= args.clips <= 576:
         parser.error("--clips: between 24 (for the 70/15/15 split) and 576 (distinct RAVDESS names)")

@@ -1,7 +1,7 @@
 """Metric ingestion: how many points per second the worker's write path commits.
 
 Each writer is a separate process playing one run the way the worker does: one transaction
-per epoch through `backend.runs.service.record_epoch` (5 points, the progress, a heartbeat,
+per epoch through `backend.runs.lease.record_epoch` (5 points, the progress, a heartbeat,
 and the cancel check). Measured on SQLite (the embedded default, in a temporary VAR_DIR) and
 on PostgreSQL (a fresh database on the server given by --postgres), with 1 and 8 writers; on
 PostgreSQL beside the same statements sent through psycopg alone, as the baseline.
@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from backend.db import session_factory, utcnow
 from backend.migrate import upgrade
-from backend.runs import service
+from backend.runs import lease
 from backend.runs.models import Run, RunState
 
 from .rows import Row
@@ -43,7 +43,7 @@ def _writer(url: str, run_id: int, epochs: int, start, counts) -> None:
     start.wait()
     for epoch in range(1, epochs + 1):
         with sessions() as session:
-            service.record_epoch(session, run_id, epoch, {name: epoch / 1000 for name in METRICS})
+            lease.record_epoch(session, run_id, epoch, {name: epoch / 1000 for name in METRICS})
     counts.put(epochs * len(METRICS))
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from backend.db import session_factory, utcnow
 from backend.migrate import upgrade
-from backend.runs import service
+from backend.runs import lease
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
@@ -102,7 +102,7 @@ def measure() -> list[Row]:
             commits: dict[int, float] = {}
             for epoch in range(1, POINTS + 1):
                 with sessions() as session:
-                    service.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5})
+                    lease.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5})
                 commits[epoch] = time.time()
                 time.sleep(INTERVAL)
             done.wait(timeout=30)

@@ -100,6 +100,9 @@ def client_for():
     clients = []
 
     def make(settings: Settings) -> TestClient:
+        # TestClient's requests name the host "testserver": trusted here as a real deployment
+        # trusts its own name (TRUSTED_HOSTS).
+        settings = settings.model_copy(update={"trusted_hosts": [*settings.trusted_hosts, "testserver"]})
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)
@@ -150,7 +153,7 @@ def start_server(tmp_path: Path):
             settings_env(settings), tmp_path / f"server-{len(processes)}.log",
         )
         processes.append(process)
-        # Uvicorn binds its socket after the application's start-up: "running on" is when it answers.
+        # Uvicorn binds its socket after the application's start-up: "running on" is when it accepts.
         process.wait_for_log("Uvicorn running on", timeout=60)
         return ServerURL(f"http://127.0.0.1:{port}", process)
 

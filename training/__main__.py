@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         progress.close()
     if as_json:
-        print(json.dumps(asdict(result), indent=2))
+        # `cancelled` as well as `stopped`: scripts written before the stop reason read it.
+        print(json.dumps({**asdict(result), "cancelled": result.cancelled}, indent=2))
     else:
         if result.test_accuracy is None:
             print("stopped before the first epoch")

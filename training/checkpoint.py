@@ -20,12 +20,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .spec import ABLATION_DEFAULTS
+
 FORMAT_VERSION = 1
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
-    """Fields that change the training; `device` does not, so a run may resume on another GPU."""
-    relevant = {k: v for k, v in spec_fields.items() if k != "device"}
+    """Fields that change the training; `device` does not, so a run may resume on another GPU,
+    and fields added later do not at their default (the fingerprint of a spec is as it was)."""
+    relevant = {k: v for k, v in spec_fields.items()
+                if k != "device" and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

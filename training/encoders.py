@@ -29,8 +29,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-BACKBONES = ("resnet34", "resnet50", "vgg16")
-IMAGE_ENCODERS = ("small_cnn", *BACKBONES)
+from .spec import BACKBONES, IMAGE_ENCODERS  # noqa: F401  (listed once, in the module without torch)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of pixel values in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_CNN_WIDTH = 128

@@ -21,6 +21,8 @@ missing, samples that lost x are scored the same way with the roles of x and y s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -51,15 +53,21 @@ def _separable_parts(H: torch.Tensor, fusion: str, k: int) -> tuple[torch.Tensor
 
 
 def marginal_scores(known: torch.Tensor, reference: torch.Tensor, H: torch.Tensor, fusion: str,
-                    missing: str = "y") -> torch.Tensor:
+                    missing: str = "y", freeze_class_offset: bool = False) -> torch.Tensor:
     """LSE over the reference set of s(·, ·, z), for samples with one modality missing → (B, K).
 
     missing="y" (eq. 5): `known` is f(x) (B, k) and `reference` is g(y') (|S|, k), giving
     LSE_{y'∈S} s(x_i, y', z). missing="x" (the mirror image, for samples that lost x):
     `known` is g(y) and `reference` is f(x'). Plug into `log_posterior` with the label prior.
+
+    For add and concat the result is f(x)ᵀh_f(z) + c_z, with the class offset
+    c_z = LSE_{y'∈S} g(y')ᵀh_g(z). `freeze_class_offset` (an ablation, separable fusions only)
+    lets no gradient through c_z, into g or h; the value is the same.
     """
     k = known.shape[-1]
     if fusion == "outer":
+        if freeze_class_offset:
+            raise ValueError("outer product's score is not separable: eq. 5 has no class offset to freeze")
         # (B, K, |S|) in one contraction; opt_einsum picks the cheaper order.
         H3 = H.view(-1, k, k)
         if missing == "y":
@@ -70,6 +78,8 @@ def marginal_scores(known: torch.Tensor, reference: torch.Tensor, H: torch.Tenso
     H_f, H_g = _separable_parts(H, fusion, k)
     H_known, H_reference = (H_f, H_g) if missing == "y" else (H_g, H_f)
     reference_term = torch.logsumexp(reference @ H_reference.T, dim=0)  # (K,): one vector for the batch
+    if freeze_class_offset:
+        reference_term = reference_term.detach()
     return known @ H_known.T + reference_term
 
 
@@ -86,8 +96,12 @@ def log_posterior(scores: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor
     return F.log_softmax(scores + log_prior, dim=-1)
 
 
-def log_label_prior(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """log R_Z: empirical label frequencies of the training labels (complete and missing).
-    A class absent from training gets probability zero (log = −inf) and is never predicted."""
+def log_label_prior(labels: torch.Tensor, n_classes: int, kind: str = "empirical") -> torch.Tensor:
+    """log R_Z: empirical label frequencies of the training labels (complete and missing), the
+    paper's choice; a class absent from training gets probability zero (log = −inf) and is never
+    predicted. `kind="uniform"` (an ablation, spec `label_prior`): 1/K for every class, which
+    cancels in eq. 4 and 5 and leaves the scores alone to carry the class frequencies."""
+    if kind == "uniform":
+        return torch.full((n_classes,), -math.log(n_classes), dtype=torch.get_default_dtype())
     counts = torch.bincount(labels, minlength=n_classes).to(torch.get_default_dtype())
     return torch.log(counts / counts.sum())

@@ -116,6 +116,12 @@ class MaximumLikelihood(Method):
     When both modalities are partly missing, samples that lost x add −log Q(z|y), eq. 5 with
     the roles of x and y swapped (S: the x of the complete samples).
     At test time without y: eq. 5 against a bank of training y's (the paper's own Q(z|x)).
+
+    Two ablations (spec options, both off by default, and then not a single operation differs):
+    `mle_stop_reference_gradient` detaches g(y') for y' ∈ S, so eq. 5 trains f and h but not g;
+    `mle_freeze_class_offset` (add, concat) lets no gradient at all through the class offset
+    c_z = LSE_{y'∈S} g(y')ᵀh_g(z) that eq. 5 adds to the x-only logits. Samples that lost x get
+    the mirror image (f(x') detached; their offset frozen). docs/results.md says what they show.
     """
 
     name = "mle"
@@ -124,18 +130,25 @@ class MaximumLikelihood(Method):
     def loss(self, model, batch, log_prior, references):
         H = model.label_embeddings()
         complete, z = batch.complete, batch.z
+        stop_reference, freeze = self.spec.mle_stop_reference_gradient, self.spec.mle_freeze_class_offset
         f_complete = model.f(batch.x[complete])
         g_complete = model.g(batch.y[complete])
         total = _summed_nll(log_posterior(pair_scores(f_complete, g_complete, H, model.fusion), log_prior), z[complete])
         y_missing = batch.has_x & ~batch.has_y
         if y_missing.any():
             g_reference = g_complete if references.y is None else model.g(references.y)
-            scores = marginal_scores(model.f(batch.x[y_missing]), g_reference, H, model.fusion, missing="y")
+            if stop_reference:
+                g_reference = g_reference.detach()
+            scores = marginal_scores(model.f(batch.x[y_missing]), g_reference, H, model.fusion, missing="y",
+                                     freeze_class_offset=freeze)
             total = total + _summed_nll(log_posterior(scores, log_prior), z[y_missing])
         x_missing = ~batch.has_x & batch.has_y
         if x_missing.any():
             f_reference = f_complete if references.x is None else model.f(references.x)
-            scores = marginal_scores(model.g(batch.y[x_missing]), f_reference, H, model.fusion, missing="x")
+            if stop_reference:
+                f_reference = f_reference.detach()
+            scores = marginal_scores(model.g(batch.y[x_missing]), f_reference, H, model.fusion, missing="x",
+                                     freeze_class_offset=freeze)
             total = total + _summed_nll(log_posterior(scores, log_prior), z[x_missing])
         return total / len(z)
 

@@ -5,10 +5,11 @@ missing (`spec.missing_modality`); with `other_missing_rate` some samples lose x
 Inputs are standardised with statistics of the training samples that have the modality.
 The removed modality is zeroed and flagged, so nothing of it reaches training.
 
-Two forms of inputs, by the spec's encoder:
-- `mlp`: every feature standardised here, float32 tensors on the training device (fast for
+Two forms of inputs, by the spec's encoder; everything else (split, removal, labels, masks,
+the record of the split) is one path for both:
+- `mlp` (`StandardisedVectors`): every feature standardised here, float32 tensors on the training device (fast for
   feature vectors; the form every method was first written for);
-- image encoders: inputs kept as stored (uint8 frames, float16 spectrograms) in CPU memory;
+- image encoders (`StoredImages`): inputs kept as stored (uint8 frames, float16 spectrograms) in CPU memory;
   per-channel statistics go to the encoder, which standardises each batch on the device.
   Tensors of a split (inputs, labels, masks) always share one device, so the methods' indexing
   works unchanged; the trainer moves each batch to the training device.
@@ -17,6 +18,7 @@ Two forms of inputs, by the spec's encoder:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,11 @@ class EvaluationSet:
     z: torch.Tensor
     groups: np.ndarray
 
+    @cached_property
+    def grouped(self) -> bool:
+        """Whether groups hold several samples (a video's segments): accuracy is then per group."""
+        return len(np.unique(self.groups)) < len(self.z)
+
 
 @dataclass
 class PreparedData:
@@ -82,7 +89,7 @@ class PreparedData:
     y_input: ModalityInput
 
 
-def _standardiser(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardiser(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per input feature over `rows` (the training samples that have it)."""
     mean = values[rows].mean(axis=0)
     std = values[rows].std(axis=0)
@@ -94,7 +101,10 @@ def _standardiser(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
 CHANNEL_STATISTICS_ROWS = 4096
 
 
-def _channel_statistics(values: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_statistics(values: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of images (n, C, H, W) over `rows` (at most about
+    CHANNEL_STATISTICS_ROWS of them, evenly spaced): what an image encoder standardises with.
+    Also used by feature extraction (audiovisual/extract.py) over a whole dataset."""
     rows = rows[:: max(1, len(rows) // CHANNEL_STATISTICS_ROWS)]
     sample = np.asarray(values[np.sort(rows)], dtype=np.float32)  # (n, C, H, W)
     mean = sample.mean(axis=(0, 2, 3), dtype=np.float64)
@@ -103,57 +113,85 @@ def _channel_statistics(values: np.ndarray, rows: np.ndarray) -> tuple[torch.Ten
                                                                        dtype=torch.float32)
 
 
+class StandardisedVectors:
+    """`mlp` inputs: every feature standardised here, float32 tensors on the training device."""
+
+    def __init__(self, data: TwoViewData, names: tuple[str, str], present: tuple[np.ndarray, np.ndarray],
+                 device: torch.device):
+        self.data, self.names, self.device = data, names, device
+        self.statistics = [standardiser(data.views[name], rows) for name, rows in zip(names, present)]
+        self.modality_inputs = tuple(ModalityInput(tuple(data.views[name].shape[1:])) for name in names)
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(np.ascontiguousarray((self.data.views[name][rows] - mean) / std),
+                                     dtype=torch.float32, device=self.device)
+                     for name, (mean, std) in zip(self.names, self.statistics))
+
+
+class StoredImages:
+    """Image inputs: kept as stored, in CPU memory; their per-channel statistics go to the encoders."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, data: TwoViewData, names: tuple[str, str], present: tuple[np.ndarray, np.ndarray],
+                 device: torch.device):
+        self.data, self.names = data, names
+        self.modality_inputs = tuple(ModalityInput(tuple(data.views[name].shape[1:]),
+                                                   *channel_statistics(data.views[name], rows))
+                                     for name, rows in zip(names, present))
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(self._read(self.data.views[name], rows) for name in self.names)
+
+    @staticmethod
+    def _read(values: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        # Sorted reads are sequential on a memory-mapped cache; the order is then restored.
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
+        out[order] = values[rows[order]]
+        return torch.from_numpy(out)
+
+
 def prepare_data(data: TwoViewData, spec: TrainSpec, device: torch.device) -> PreparedData:
-    if spec.encoder != "mlp":
-        return _prepare_images(data, spec, device)
+    """Split, remove the missing modality, and put the inputs in the encoder's form."""
     y_name = spec.missing_modality
     x_name = next(m for m in data.modalities if m != y_name)
-    split, missing = _split_and_missing(data, spec)
+    split, missing = split_and_missing(data, spec)
     has_x, has_y = ~missing.x_missing, ~missing.y_missing
-    x_mean, x_std = _standardiser(data.views[x_name], split.train[has_x])
-    y_mean, y_std = _standardiser(data.views[y_name], split.train[has_y])
+    form = StandardisedVectors if spec.encoder == "mlp" else StoredImages
+    inputs = form(data, (x_name, y_name), (split.train[has_x], split.train[has_y]), device)
 
-    def as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
-
-    def inputs(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (data.views[x_name][rows] - x_mean) / x_std
-        y = (data.views[y_name][rows] - y_mean) / y_std
-        return as_tensor(x, torch.float32), as_tensor(y, torch.float32)
+    def tensor(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        # Labels and masks live beside their inputs, so the methods can index them together.
+        return torch.as_tensor(np.ascontiguousarray(values), dtype=dtype, device=inputs.device)
 
     def evaluation_set(rows: np.ndarray) -> EvaluationSet:
-        x, y = inputs(rows)
-        return EvaluationSet(x, y, as_tensor(data.labels[rows], torch.long), data.groups[rows])
+        x, y = inputs.rows(rows)
+        return EvaluationSet(x, y, tensor(data.labels[rows], torch.long), data.groups[rows])
 
-    x, y = inputs(split.train)
-    x[~as_tensor(has_x, torch.bool)] = 0.0
-    y[~as_tensor(has_y, torch.bool)] = 0.0
-    train = TrainingSet(x, y, as_tensor(data.labels[split.train], torch.long),
-                        as_tensor(has_x, torch.bool), as_tensor(has_y, torch.bool))
-
-    info = _split_info(data, spec, split, missing, x_name, y_name)
-    if data.oracle is not None:
-        test_views = {m: data.views[m][split.test] for m in data.modalities}
-        labels = data.labels[split.test]
-        info["bayes_test_accuracy"] = {
-            "xy": data.oracle.accuracy(test_views, labels),
-            "x": data.oracle.accuracy({x_name: test_views[x_name]}, labels),
-            "y": data.oracle.accuracy({y_name: test_views[y_name]}, labels),
-        }
+    x, y = inputs.rows(split.train)
+    x_present, y_present = tensor(has_x, torch.bool), tensor(has_y, torch.bool)
+    x[~x_present] = 0  # nothing of a removed modality reaches training
+    y[~y_present] = 0
+    train = TrainingSet(x, y, tensor(data.labels[split.train], torch.long), x_present, y_present)
+    x_input, y_input = inputs.modality_inputs
     return PreparedData(
         train=train,
         val=evaluation_set(split.val),
         test=evaluation_set(split.test),
-        log_prior=log_label_prior(train.z, len(data.classes)),
+        log_prior=log_label_prior(train.z, len(data.classes), spec.label_prior).to(device),
         classes=list(data.classes),
-        info=info,
-        x_input=ModalityInput(tuple(data.views[x_name].shape[1:])),
-        y_input=ModalityInput(tuple(data.views[y_name].shape[1:])),
+        info=_data_info(data, spec, split, missing, x_name, y_name, inputs.device),
+        x_input=x_input,
+        y_input=y_input,
     )
 
 
-def _split_info(data: TwoViewData, spec: TrainSpec, split, missing, x_name: str, y_name: str) -> dict[str, Any]:
-    return {
+def _data_info(data: TwoViewData, spec: TrainSpec, split, missing, x_name: str, y_name: str,
+               kept_on: torch.device) -> dict[str, Any]:
+    """What the run records about its data (its `info`): the split, and the Bayes-optimal test
+    accuracy where the true model is known (synthetic data)."""
+    info: dict[str, Any] = {
         "x_modality": x_name,
         "y_modality": y_name,
         "split_by": spec.split_by,
@@ -166,9 +204,21 @@ def _split_info(data: TwoViewData, spec: TrainSpec, split, missing, x_name: str,
         "n_test": int(len(split.test)),
         "n_test_groups": int(len(np.unique(data.groups[split.test]))),
     }
+    if data.oracle is not None:
+        test_views = {m: data.views[m][split.test] for m in data.modalities}
+        labels = data.labels[split.test]
+        info["bayes_test_accuracy"] = {
+            "xy": data.oracle.accuracy(test_views, labels),
+            "x": data.oracle.accuracy({x_name: test_views[x_name]}, labels),
+            "y": data.oracle.accuracy({y_name: test_views[y_name]}, labels),
+        }
+    if spec.encoder != "mlp":
+        info["inputs_kept_on"] = str(kept_on)
+    return info
 
 
-def _split_and_missing(data: TwoViewData, spec: TrainSpec):
+def split_and_missing(data: TwoViewData, spec: TrainSpec):
+    """The 70/15/15 split (by group or by subject) and which training samples lose a modality."""
     if spec.split_by == "subject":
         split = subject_split(data.labels, data.groups, data.subjects, spec.seed)
     else:
@@ -176,41 +226,3 @@ def _split_and_missing(data: TwoViewData, spec: TrainSpec):
     missing = choose_missing(data.labels, data.groups, split.train, spec.missing_rate, spec.seed,
                              spec.other_missing_rate)
     return split, missing
-
-
-def _prepare_images(data: TwoViewData, spec: TrainSpec, device: torch.device) -> PreparedData:
-    """Image inputs: stored form, CPU memory, statistics for the encoders (module docstring)."""
-    y_name = spec.missing_modality
-    x_name = next(m for m in data.modalities if m != y_name)
-    split, missing = _split_and_missing(data, spec)
-    has_x, has_y = ~missing.x_missing, ~missing.y_missing
-    x_mean, x_std = _channel_statistics(data.views[x_name], split.train[has_x])
-    y_mean, y_std = _channel_statistics(data.views[y_name], split.train[has_y])
-
-    def rows_of(name: str, rows: np.ndarray) -> torch.Tensor:
-        # Sorted reads are sequential on a memory-mapped cache; the order is then restored.
-        order = np.argsort(rows, kind="stable")
-        values = np.empty((len(rows), *data.views[name].shape[1:]), dtype=data.views[name].dtype)
-        values[order] = data.views[name][rows[order]]
-        return torch.from_numpy(values)
-
-    def evaluation_set(rows: np.ndarray) -> EvaluationSet:
-        return EvaluationSet(rows_of(x_name, rows), rows_of(y_name, rows),
-                             torch.as_tensor(data.labels[rows], dtype=torch.long), data.groups[rows])
-
-    x, y = rows_of(x_name, split.train), rows_of(y_name, split.train)
-    x[torch.from_numpy(~has_x)] = 0
-    y[torch.from_numpy(~has_y)] = 0
-    train = TrainingSet(x, y, torch.as_tensor(data.labels[split.train], dtype=torch.long),
-                        torch.from_numpy(has_x.copy()), torch.from_numpy(has_y.copy()))
-    info = {**_split_info(data, spec, split, missing, x_name, y_name), "inputs_kept_on": "cpu"}
-    return PreparedData(
-        train=train,
-        val=evaluation_set(split.val),
-        test=evaluation_set(split.test),
-        log_prior=log_label_prior(train.z, len(data.classes)).to(device),
-        classes=list(data.classes),
-        info=info,
-        x_input=ModalityInput(tuple(data.views[x_name].shape[1:]), x_mean, x_std),
-        y_input=ModalityInput(tuple(data.views[y_name].shape[1:]), y_mean, y_std),
-    )

@@ -8,16 +8,37 @@ the dataset catalogue by `spec_errors_for_dataset`, because that depends on what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .two_view import DatasetInfo
 
-# The fusions φ(f, g) the model implements (training/fusion.py). Named here, not imported
-# from there: that module imports torch, and the API and the worker's parent process import this
-# one without loading torch (CUDA must be touched only inside the task).
-FUSIONS = ("add", "concat", "outer")
+# --- the choices a spec offers: each listed once, here --------------------------------------
+# The API's schemas and catalogue (GET /api/choices, /api/methods), the sweeps and presets, the
+# command line and the forms all read these. Named here rather than next to their code
+# (fusion.py, encoders.py): those modules import torch, and the API and the worker's parent
+# process import this one without loading torch (CUDA must be touched only inside the task).
+
+# The fusions φ(f, g) the model implements (training/fusion.py).
+FusionName = Literal["add", "concat", "outer"]
+FUSIONS: tuple[str, ...] = get_args(FusionName)
+# torchvision backbones (training/encoders.py): trained end to end, or frozen feature extractors.
+BackboneName = Literal["resnet34", "resnet50", "vgg16"]
+BACKBONES: tuple[str, ...] = get_args(BackboneName)
+# Encoders f and g: the MLP for feature vectors, CNNs for images (C, H, W).
+EncoderName = Literal["mlp", "small_cnn", BackboneName]
+ENCODERS: tuple[str, ...] = get_args(EncoderName)
+IMAGE_ENCODERS = tuple(e for e in ENCODERS if e != "mlp")
+PRETRAINABLE_ENCODERS = BACKBONES  # ImageNet weights exist for these
+ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
+REFERENCE_SETS: tuple[str, ...] = get_args(ReferenceSetChoice)
+SplitBy = Literal["group", "subject"]
+SPLITS: tuple[str, ...] = get_args(SplitBy)
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(DeviceChoice)
+# The paper's names for its two modalities; a preset maps them onto a dataset's modalities.
+PAPER_MODALITIES = ("visual", "audio")
 
 
 @dataclass(frozen=True)
@@ -74,15 +95,10 @@ METHODS: dict[str, MethodInfo] = {
         ),
     )
 }
-
-MethodName = Literal["mle", "lower_bound", "zero_padding", "hgr", "ae1", "ae2"]
-EncoderName = Literal["mlp", "small_cnn", "resnet34", "resnet50", "vgg16"]
-IMAGE_ENCODERS = ("small_cnn", "resnet34", "resnet50", "vgg16")
-PRETRAINABLE_ENCODERS = ("resnet34", "resnet50", "vgg16")
+# The method names are the keys above, listed nowhere else.
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
 INPUT_IMPUTING_METHODS = ("ae1", "ae2")
-FusionName = Literal["add", "concat", "outer"]
-ReferenceSetChoice = Literal["auto", "all_complete", "batch"]
 
 
 class TrainSpec(BaseModel):
@@ -114,7 +130,22 @@ class TrainSpec(BaseModel):
         description="S in eq. 5: every complete training sample, or the complete samples of the batch; "
         "auto picks all when that is cheap",
     )
-    split_by: Literal["group", "subject"] = Field(
+    mle_stop_reference_gradient: bool = Field(
+        False,
+        description="mle only, an ablation: eq. 5 sends no gradient into g through the reference set S "
+        "(g(y') detached); f and h still learn from it",
+    )
+    mle_freeze_class_offset: bool = Field(
+        False,
+        description="mle only, an ablation (add, concat): no gradient through the class offset "
+        "c_z = LSE_{y'∈S} g(y')ᵀh(z) that eq. 5 adds to the x-only logits",
+    )
+    label_prior: Literal["empirical", "uniform"] = Field(
+        "empirical",
+        description="R_Z in eq. 4 and 5 (every method): the training labels' frequencies, as in the paper, "
+        "or uniform (an ablation)",
+    )
+    split_by: SplitBy = Field(
         "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
     )
     evaluate_missing: bool = Field(
@@ -122,7 +153,7 @@ class TrainSpec(BaseModel):
     )
     imputer_epochs: int = Field(30, ge=1, le=10_000, description="ae1/ae2: epochs to fit the x → y imputer")
     self_training_rounds: int = Field(3, ge=1, le=100, description="ae2: rounds of imputer self-training")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
     encoder: EncoderName = Field(
         "mlp",
         description="Encoders f and g: mlp (feature vectors), or a CNN trained end to end on images such as "
@@ -164,6 +195,18 @@ class TrainSpec(BaseModel):
             raise ValueError(f"fusion {fusion!r} is not available for method {method!r} (allowed: {allowed})")
         return fusion
 
+    @field_validator("mle_stop_reference_gradient", "mle_freeze_class_offset")
+    @classmethod
+    def _ablations_of_mle(cls, value: bool, info: ValidationInfo) -> bool:
+        method = info.data.get("method")
+        if value and method is not None and method != "mle":
+            raise ValueError(f"an ablation of mle's eq. 5, which method {method!r} does not use: set it only with "
+                             f"method 'mle'")
+        if value and info.field_name == "mle_freeze_class_offset" and info.data.get("fusion") == "outer":
+            raise ValueError("with outer product the score is not separable, so eq. 5 has no class offset of its "
+                             "own to freeze: use add or concat")
+        return value
+
     @field_validator("other_missing_rate")
     @classmethod
     def _some_samples_stay_complete(cls, rate: float, info: ValidationInfo) -> float:
@@ -172,6 +215,17 @@ class TrainSpec(BaseModel):
             raise ValueError(f"missing_rate + other_missing_rate must be below 1 (complete samples are needed), "
                              f"got {missing_rate} + {rate}")
         return rate
+
+
+# The ablation options, with the value that means the paper's method (and the code as it was
+# before they existed). At that value they are left out of a checkpoint's fingerprint
+# (training/checkpoint.py), so a run interrupted across an upgrade still resumes, and out of a
+# comparison table's row labels.
+ABLATION_DEFAULTS: dict[str, object] = {
+    "mle_stop_reference_gradient": False,
+    "mle_freeze_class_offset": False,
+    "label_prior": "empirical",
+}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint, spec_fingerprint
-from .datasets import DatasetError, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
+from .datasets import DatasetError, DatasetInfo, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
+from .device import pick_device
 from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
@@ -54,17 +56,49 @@ class TrainingCallback:
         """Checked after every epoch: True ends training early (cancel)."""
         return False
 
+    def should_abort(self) -> bool:
+        """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
+        with nothing more reported (the run was deleted, or given to another worker)."""
+        return False
+
+    def stop_reason(self) -> "StopReason":
+        """Why should_stop() said True: a cancel, unless the callback knows better (a worker
+        shutting down stops a run that is to be resumed elsewhere)."""
+        return StopReason.cancelled
+
+
+class StopReason(StrEnum):
+    """Why training ended."""
+
+    finished = "finished"  # every epoch ran
+    cancelled = "cancelled"  # someone asked it to stop; the run keeps what it has
+    shutdown = "shutdown"  # its process is going away; resume it from the checkpoint elsewhere
+
 
 @dataclass
 class TrainResult:
-    test_accuracy: float | None  # None when cancelled before the first epoch
+    test_accuracy: float | None  # None when stopped before the first epoch
     val_accuracy: float | None
     best_epoch: int | None
     epochs_completed: int
-    cancelled: bool
+    stopped: StopReason
     confusion_matrix: list[list[int]] | None  # test set, best epoch; rows true, columns predicted
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    # Test set, best epoch: the predicted and the true class of every sample (video, where groups
+    # exist), in the split's order, which is the same for every method with the same seed: what
+    # paired tests over test samples compare.
+    test_predictions: list[int] | None = None
+    test_labels: list[int] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Ended before its last epoch was asked to (cancelled or shut down)."""
+        return self.stopped is not StopReason.finished
+
+
+class TrainingAborted(Exception):
+    """The callback asked to abandon the run mid-epoch (should_abort)."""
 
 
 class SpecError(ValueError):
@@ -115,16 +149,46 @@ class Evaluation:
     sample_accuracy: float
     loss: float  # mean −log Q(z|·) per sample
     confusion: np.ndarray
+    predicted: np.ndarray | None = None  # per group (sample), in group order
+    labels: np.ndarray | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy, "loss": self.loss,
-                "confusion": self.confusion.tolist()}
+                "confusion": self.confusion.tolist(),
+                "predicted": None if self.predicted is None else self.predicted.tolist(),
+                "labels": None if self.labels is None else self.labels.tolist()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "Evaluation | None":
         if state is None:
             return None
-        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]))
+        # Checkpoints written before predictions were kept have none: the run then reports none.
+        predicted, labels = state.get("predicted"), state.get("labels")
+        return cls(state["accuracy"], state["sample_accuracy"], state["loss"], np.array(state["confusion"]),
+                   None if predicted is None else np.array(predicted, dtype=np.int64),
+                   None if labels is None else np.array(labels, dtype=np.int64))
+
+
+@dataclass
+class BestEpoch:
+    """The epoch chosen on validation accuracy, with its test evaluations."""
+
+    val_accuracy: float
+    epoch: int
+    test: Evaluation
+    test_without_y: Evaluation | None  # evaluate_missing: test with y removed (eq. 5)
+
+    def to_state(self) -> list:
+        # A list, as checkpoints have always stored it, so older checkpoints still resume.
+        return [self.val_accuracy, self.epoch, self.test.to_state(),
+                None if self.test_without_y is None else self.test_without_y.to_state()]
+
+    @classmethod
+    def from_state(cls, state: list | None) -> "BestEpoch | None":
+        if state is None:
+            return None
+        val_accuracy, epoch, test, test_without_y = state
+        return cls(val_accuracy, epoch, Evaluation.from_state(test), Evaluation.from_state(test_without_y))
 
 
 def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluation:
@@ -138,20 +202,13 @@ def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluatio
     predicted = probs.argmax(1)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (group_label, predicted), 1)
-    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion)
+    return Evaluation(float((predicted == group_label).mean()), sample_accuracy, nll, confusion,
+                      predicted.astype(np.int64), group_label)
 
 
 def in_chunks(predict, *tensors: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
     n = len(tensors[0])
     return torch.cat([predict(*(t[i : i + chunk] for t in tensors)) for i in range(0, n, chunk)])
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but this worker has no usable CUDA GPU")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 def _y_bank(train: TrainingSet, rng: np.random.Generator) -> torch.Tensor:
@@ -201,6 +258,8 @@ class Trainer:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
+            if self.callback.should_abort():
+                raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
             index = torch.as_tensor(rows, device=train.z.device)
             batch = Batch(*(t[index].to(self.device, non_blocking=True)
@@ -230,7 +289,7 @@ class Trainer:
             test_without_y = score_predictions(in_chunks(predict, test.x, chunk=self.model.eval_chunk), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
 
-    def save(self, epoch: int, train: TrainingSet, best) -> None:
+    def save(self, epoch: int, train: TrainingSet, best: BestEpoch | None) -> None:
         if self.checkpoint_path is None:
             return
         state = {
@@ -240,14 +299,13 @@ class Trainer:
             "optimiser": self.optimiser.state_dict(),
             "batch_rng": self.batch_rng.bit_generator.state,
             "method": self.method.state_dict(),
-            "best": None if best is None else [best[0], best[1], best[2].to_state(),
-                                               best[3].to_state() if best[3] is not None else None],
+            "best": None if best is None else best.to_state(),
         }
         if train is not self.prepared.train:  # the method changed the training data (imputation)
             state["train"] = {"x": train.x, "y": train.y, "has_x": train.has_x, "has_y": train.has_y}
         save_checkpoint(self.checkpoint_path, state)
 
-    def restore(self, state: dict[str, Any]) -> tuple[TrainingSet, Any]:
+    def restore(self, state: dict[str, Any]) -> tuple[TrainingSet, BestEpoch | None]:
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.batch_rng.bit_generator.state = state["batch_rng"]
@@ -256,75 +314,83 @@ class Trainer:
         if "train" in state:
             saved = {k: v.to(self.device) for k, v in state["train"].items()}
             train = TrainingSet(saved["x"], saved["y"], train.z, saved["has_x"], saved["has_y"])
-        best = state["best"]
-        if best is not None:
-            best = (best[0], best[1], Evaluation.from_state(best[2]), Evaluation.from_state(best[3]))
-        return train, best
+        return train, BestEpoch.from_state(state["best"])
 
-    def run(self) -> TrainResult:
-        started = time.perf_counter()
-        info = dict(self.prepared.info)
-        checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint)
-        best: tuple[float, int, Evaluation, Evaluation | None] | None = None
-        first_epoch = 1
-        if checkpoint is not None:
-            train, best = self.restore(checkpoint)
-            first_epoch = checkpoint["epoch"] + 1
-            info["resumed_from_epoch"] = checkpoint["epoch"]
-        else:
-            train = self.method.prepare(self.prepared.train, self.callback, self.spec.seed)
-            if train is None:
-                return self.result(None, 0, True, info)
-            self.save(0, train, None)
-        reference_set, references = self.reference_inputs(train)
-        info.update({
+    def setup_info(self, reference_set: str, references: ReferenceInputs) -> dict[str, Any]:
+        """How this run trains, for its record (on_start, then the result's info)."""
+        return {
             "method": self.method.name,
             "reference_set": reference_set,
             "reference_set_size": len(references.y) if references.y is not None else None,
             "steps_per_epoch": self.steps_per_epoch,
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
-        })
-        grouped = info["n_test_groups"] < info["n_test"]
-        # test_accuracy and the confusion matrix are per group (video) when groups hold several
-        # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
-        info["accuracy_level"] = "group" if grouped else "sample"
+            # test_accuracy and the confusion matrix are per group (video) when groups hold several
+            # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
+            "accuracy_level": "group" if self.prepared.test.grouped else "sample",
+        }
+
+    def epoch_metrics(self, train_loss: float, val: Evaluation, test: Evaluation,
+                      test_without_y: Evaluation | None) -> dict[str, float]:
+        metrics = {"train_loss": train_loss, "val_loss": val.loss, "val_accuracy": val.accuracy,
+                   "test_accuracy": test.accuracy}
+        if self.prepared.test.grouped:
+            metrics["test_sample_accuracy"] = test.sample_accuracy
+        if test_without_y is not None:
+            metrics["test_missing_accuracy"] = test_without_y.accuracy
+        return metrics
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        info = dict(self.prepared.info)
+        checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        best: BestEpoch | None = None
+        if checkpoint is not None:
+            train, best = self.restore(checkpoint)
+            first_epoch = checkpoint["epoch"] + 1
+            info["resumed_from_epoch"] = checkpoint["epoch"]
+        else:
+            train = self.method.prepare(self.prepared.train, self.callback, self.spec.seed)
+            if train is None:  # stopped while the method prepared its data (the imputer's epochs)
+                return self.result(None, 0, self.callback.stop_reason(), info)
+            first_epoch = 1
+            self.save(0, train, None)
+        reference_set, references = self.reference_inputs(train)
+        info.update(self.setup_info(reference_set, references))
         self.callback.on_start(info)
 
-        epochs_completed, cancelled = first_epoch - 1, False
+        epochs_completed, stopped = first_epoch - 1, StopReason.finished
         for epoch in range(first_epoch, self.spec.epochs + 1):
             train_loss = self.train_epoch(train, references)
             val, test, test_without_y = self.evaluate(train)
-            if best is None or val.accuracy > best[0]:
-                best = (val.accuracy, epoch, test, test_without_y)
+            if best is None or val.accuracy > best.val_accuracy:
+                best = BestEpoch(val.accuracy, epoch, test, test_without_y)
             epochs_completed = epoch
-            metrics = {"train_loss": train_loss, "val_loss": val.loss, "val_accuracy": val.accuracy,
-                       "test_accuracy": test.accuracy}
-            if grouped:
-                metrics["test_sample_accuracy"] = test.sample_accuracy
-            if test_without_y is not None:
-                metrics["test_missing_accuracy"] = test_without_y.accuracy
-            self.callback.on_epoch_end(epoch, metrics)
+            self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
             # After the points are reported: a crash in between replays this epoch on resume, and
             # the replayed points (identical) are absorbed by idempotent writes, leaving no gap.
             self.save(epoch, train, best)
             if self.callback.should_stop():
-                cancelled = True
+                stopped = self.callback.stop_reason()
                 break
+        if stopped is StopReason.shutdown and epochs_completed == self.spec.epochs:
+            stopped = StopReason.finished  # nothing is left to resume elsewhere
         info["seconds"] = round(time.perf_counter() - started, 3)
-        return self.result(best, epochs_completed, cancelled, info)
+        return self.result(best, epochs_completed, stopped, info)
 
-    def result(self, best, epochs_completed: int, cancelled: bool, info: dict[str, Any]) -> TrainResult:
+    def result(self, best: BestEpoch | None, epochs_completed: int, stopped: StopReason,
+               info: dict[str, Any]) -> TrainResult:
         if best is None:
-            return TrainResult(None, None, None, epochs_completed, cancelled, None, self.prepared.classes, info)
-        best_val, best_epoch, best_test, best_without_y = best
-        info["test_sample_accuracy"] = best_test.sample_accuracy
-        if best_without_y is not None:
-            info["test_missing_accuracy"] = best_without_y.accuracy
+            return TrainResult(None, None, None, epochs_completed, stopped, None, self.prepared.classes, info)
+        info["test_sample_accuracy"] = best.test.sample_accuracy
+        if best.test_without_y is not None:
+            info["test_missing_accuracy"] = best.test_without_y.accuracy
         return TrainResult(
-            test_accuracy=best_test.accuracy, val_accuracy=best_val, best_epoch=best_epoch,
-            epochs_completed=epochs_completed, cancelled=cancelled, confusion_matrix=best_test.confusion.tolist(),
+            test_accuracy=best.test.accuracy, val_accuracy=best.val_accuracy, best_epoch=best.epoch,
+            epochs_completed=epochs_completed, stopped=stopped, confusion_matrix=best.test.confusion.tolist(),
             classes=self.prepared.classes, info=info,
+            test_predictions=None if best.test.predicted is None else best.test.predicted.tolist(),
+            test_labels=None if best.test.labels is None else best.test.labels.tolist(),
         )
 
 
@@ -347,35 +413,41 @@ def _preprocess_as_a_stage(spec: TrainSpec, callback: TrainingCallback, data_dir
     return None if report is None else report.summary()
 
 
+def check_against_dataset(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
+    """The dataset's catalogue entry, or SpecError naming what does not fit (before a long
+    preprocessing, not after it). The catalogue describes a raw dataset as it will be once
+    preprocessed, so this one check holds for the data loaded afterwards."""
+    try:
+        info = dataset_info(spec.dataset, data_dir, video)
+    except UnknownDatasetError as error:
+        raise SpecError(f"dataset: {error}") from None
+    errors = spec_errors_for_dataset(spec, info)
+    if errors:
+        raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors))
+    return info
+
+
 def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
           checkpoint_path: Path | None = None, video=None) -> TrainResult:
     """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
     this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
     the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
-    try:
-        info = dataset_info(spec.dataset, data_dir, video)
-    except UnknownDatasetError as error:
-        raise SpecError(f"dataset: {error}") from None
-    errors = spec_errors_for_dataset(spec, info)  # before a long preprocessing, not after it
-    if errors:
-        raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors))
+    info = check_against_dataset(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
     if preprocessing is False:
-        return TrainResult(None, None, None, 0, True, None, list(info.classes), {"stopped_in": "preprocessing"})
+        return TrainResult(None, None, None, 0, callback.stop_reason(), None, list(info.classes),
+                           {"stopped_in": "preprocessing"})
     try:
         data = load_dataset(spec.dataset, data_dir, video)
     except UnknownDatasetError as error:
         raise SpecError(f"dataset: {error}") from None
     except DatasetError as error:
         raise SpecError(f"dataset: dataset {spec.dataset!r} cannot be used: {error}") from None
-    errors = spec_errors_for_dataset(spec, data.info())
-    if errors:
-        raise SpecError("; ".join(f"{e.field}: {e.message}" for e in errors))
     torch.manual_seed(spec.seed)
     device = pick_device(spec.device)
     prepared = prepare_data(data, spec, device)
-    empty = [part for part in ("val", "test") if prepared.info[f"n_{part}"] == 0]
+    empty = [name for name, part in (("val", prepared.val), ("test", prepared.test)) if len(part.z) == 0]
     if empty:
         raise SpecError(f"dataset: dataset {spec.dataset!r} is too small to split 70/15/15 by "
                         f"{'subject' if spec.split_by == 'subject' else 'group'}: the {' and '.join(empty)} part would "

@@ -1,96 +1,65 @@
 """Runs one dataset job (preprocessing a raw video dataset, or extracting its features with
-a frozen backbone): load it from the database, do it with the training library, and write
-back progress, a heartbeat and the result. Plain code, callable without Celery."""
+a frozen backbone): claim it, do it with the training library, and write back progress, a
+heartbeat and the result. The lease — claim, heartbeat, cancel, retries while the database is
+down, giving the job back on shutdown — is worker/lease_holder.py's, shared with runs. Plain
+code, callable without Celery."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import time
-import traceback
+from collections.abc import Callable
+from typing import Any
 
-from backend.db import session_factory
-from backend.jobs import service
-from backend.jobs.models import JobKind
+from backend.jobs.models import DatasetJob, JobKind
+from backend.lifecycle import lease
 from backend.settings import Settings
 
 from .artifacts import register_features
+from .lease_holder import Done, LeaseHolder, ending_of, execute_leased
 
 log = logging.getLogger("missmod.worker")
 
-PROGRESS_INTERVAL = 0.5  # seconds between progress writes
 
+def execute_job(job_id: int, settings: Settings, worker: str | None = None,
+                stop_requested: Callable[[], bool] = lambda: False) -> str:
+    """`worker` names who runs it (Celery node name and pid). Returns what happened."""
 
-class JobProgress:
-    """Progress callback for the library: writes (throttled) and answers whether to go on."""
+    def work(job: DatasetJob, holder: LeaseHolder) -> Done:
+        from training.audiovisual.extract import ExtractionStopped, extract_features
+        from training.audiovisual.preprocess import PreprocessingStopped
+        from training.datasets import prepare_raw_dataset
 
-    def __init__(self, sessions, job_id: int):
-        self.sessions, self.job_id = sessions, job_id
-        self.written_at = 0.0
-        self.cancel_requested = False
+        log.info("job %s: %s %s %s", job_id, job.kind, job.dataset, job.params)
+        reached = {"done": 0, "total": 0}
 
-    def __call__(self, done: int, total: int, *_) -> bool:
-        now = time.monotonic()
-        if done >= total or now - self.written_at >= PROGRESS_INTERVAL:
-            self.written_at = now
-            with self.sessions() as session:
-                self.cancel_requested = service.record_progress(session, self.job_id, done, total)
-        return not self.cancel_requested
+        def progress(done: int, total: int, *_) -> bool:
+            """The library's progress callback: writes (throttled) and answers whether to go on."""
+            reached.update(done=done, total=total)
+            if holder.progress_due(done, total):
+                holder.record(done=done, total=total)
+            return not holder.should_stop()
 
-
-def _heartbeat(sessions, job_id: int, interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval):
+        result: dict[str, Any] | None = None
         try:
-            with sessions() as session:
-                service.beat(session, job_id)
-        except Exception as error:  # a missed beat is not fatal
-            log.warning("heartbeat of job %s failed: %s", job_id, error)
+            if job.kind == JobKind.preprocess:
+                report = prepare_raw_dataset(job.dataset, settings.data_dir, settings.video_options(), progress)
+                result = None if report is None else {**report.summary(), "failed_clips": report.failed}
+            elif job.kind == JobKind.extract_features:
+                params = job.params
+                path = extract_features(job.dataset, settings.data_dir, params["backbone"], params["pretrained"],
+                                        settings.video_options(), params.get("name"), params["batch_size"],
+                                        params["device"], progress_bar=False, progress=progress)
+                # Uploaded to the artifact store and registered: trainable through every host's API.
+                result = register_features(settings, holder.sessions, path, job_id)
+            else:
+                raise ValueError(f"unknown job kind {job.kind!r}")
+            stopped_early = False
+        except (PreprocessingStopped, ExtractionStopped):
+            stopped_early = True
 
+        def store(session, cancelled: bool) -> None:
+            lease.finish(session, DatasetJob, job_id, holder.worker, cancelled=cancelled, result=result)
 
-def execute_job(job_id: int, settings: Settings, worker: str | None = None) -> None:
-    from training.audiovisual.extract import ExtractionStopped, extract_features
-    from training.audiovisual.preprocess import PreprocessingStopped
-    from training.datasets import prepare_raw_dataset
+        return Done(ending_of(stopped_early, holder), store, reached=f"after {reached['done']} of {reached['total']}")
 
-    sessions = session_factory(settings.database_url)
-    with sessions() as session:
-        job = service.start_job(session, job_id, worker or f"{socket.gethostname()}/{os.getpid()}")
-        if job is None:
-            log.info("job %s is not runnable (missing, finished or cancelled); skipped", job_id)
-            return
-        kind, dataset, params = job.kind, job.dataset, dict(job.params)
-
-    log.info("job %s started: %s %s %s", job_id, kind, dataset, params)
-    progress = JobProgress(sessions, job_id)
-    stop = threading.Event()
-    beating = threading.Thread(target=_heartbeat, args=(sessions, job_id, settings.heartbeat_interval, stop),
-                               daemon=True)
-    beating.start()
-    cancelled, result = False, None
-    try:
-        if kind == JobKind.preprocess:
-            report = prepare_raw_dataset(dataset, settings.data_dir, settings.video_options(), progress)
-            result = None if report is None else {**report.summary(), "failed_clips": report.failed}
-        elif kind == JobKind.extract_features:
-            path = extract_features(dataset, settings.data_dir, params["backbone"], params["pretrained"],
-                                    settings.video_options(), params.get("name"), params["batch_size"],
-                                    params["device"], progress_bar=False, progress=progress)
-            # Uploaded to the artifact store and registered: trainable through every host's API.
-            result = register_features(settings, sessions, path, job_id)
-        else:
-            raise ValueError(f"unknown job kind {kind!r}")
-    except (PreprocessingStopped, ExtractionStopped):
-        cancelled = True
-    except Exception as error:
-        log.exception("job %s failed", job_id)
-        with sessions() as session:
-            service.fail_job(session, job_id, f"{type(error).__name__}: {error}", traceback.format_exc())
-        return
-    finally:
-        stop.set()
-        beating.join(timeout=5)
-    with sessions() as session:
-        service.finish_job(session, job_id, cancelled=cancelled, result=result)
-    log.info("job %s %s", job_id, "cancelled" if cancelled else "succeeded")
+    return execute_leased(DatasetJob, job_id, settings, work, worker, stop_requested)

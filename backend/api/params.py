@@ -3,10 +3,11 @@ an overflow or an encoding error inside the driver (the API fuzz test finds thos
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BaseModel, StringConstraints, field_validator
 
 # Ids are INTEGER columns; cursors and offsets are compared with 64-bit integers.
 MAX_ID = 2**31 - 1
@@ -42,3 +43,63 @@ def _printable(text: str | None) -> str | None:
 # A name shown on a page and stored in the database (runs, sweeps).
 
 DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
+
+
+# --- JSON input that can neither be stored nor sent back ---------------------------------
+# Python's JSON parser accepts NaN, Infinity and "\udcff" (a lone surrogate); none of them is
+# JSON a client can read back, no database column takes the surrogate, and a NaN learning rate
+# trains nothing. They are refused at the edge with a 422 naming the field (CleanInput), and the
+# 422 itself echoes the input made printable (serialisable), never a 500.
+
+
+def why_unencodable(value: Any) -> str | None:
+    """Why `value` (anything JSON parsed into) holds a non-finite number or a lone surrogate; None when it is clean."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value!r} is not a number JSON allows (finite numbers only)"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds an invalid Unicode character (a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if why_unencodable(key):
+                return f"a key {why_unencodable(key)}"
+            reason = why_unencodable(item)
+            if reason:
+                return f"{key!r}: {reason}"
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            reason = why_unencodable(item)
+            if reason:
+                return f"item {index}: {reason}"
+    return None
+
+
+def printable(value: Any) -> Any:
+    """`value` with non-finite numbers as strings and lone surrogates escaped: what an error
+    response can echo back as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(key): printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(item) for item in value]
+    return value
+
+
+class CleanInput(BaseModel):
+    """Base of the request bodies: a field holding NaN, an infinity or a lone surrogate is a
+    422 naming it, whatever else the field accepts."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        reason = why_unencodable(value)
+        if reason:
+            raise ValueError(reason)
+        return value

@@ -1,5 +1,6 @@
-"""What can be trained: the datasets (with their modalities and classes) and the methods
-(with the fusions each allows). The new-run form is built from these."""
+"""What can be trained: the datasets (with their modalities and classes), the methods (with
+the fusions each allows) and every other choice a spec offers (training/spec.py). The new-run
+and new-sweep forms are built from these, so they list nothing of their own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from training.datasets import dataset_infos
+from training import spec
 from training.spec import METHODS
 
 from ..api.deps import SessionDep, SettingsDep
@@ -39,6 +41,30 @@ class MethodOut(BaseModel):
     title: str
     fusions: list[str]
     description: str
+
+
+class ChoicesOut(BaseModel):
+    """The values each choice of a training spec takes, from the spec module's one list of each."""
+
+    methods: list[str]
+    fusions: list[str]
+    encoders: list[str] = Field(description="Encoders f and g: `mlp` for feature vectors, the others for images")
+    image_encoders: list[str] = Field(description="The encoders that take images (channels, height, width)")
+    pretrainable_encoders: list[str] = Field(description="The encoders that can start from ImageNet weights")
+    backbones: list[str] = Field(description="Frozen feature extractors (POST /api/datasets/{name}/features)")
+    reference_sets: list[str]
+    split_by: list[str]
+    devices: list[str]
+    paper_modalities: list[str] = Field(description="The paper's names of its two modalities, which a preset "
+                                                    "maps onto a dataset's (`visual`, `audio`)")
+
+
+@router.get("/api/choices", response_model=ChoicesOut)
+def list_choices() -> ChoicesOut:
+    return ChoicesOut(methods=list(METHODS), fusions=spec.FUSIONS, encoders=spec.ENCODERS,
+                      image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
+                      backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
+                      devices=spec.DEVICES, paper_modalities=spec.PAPER_MODALITIES)
 
 
 @router.get("/api/datasets", response_model=list[DatasetOut])

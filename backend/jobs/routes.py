@@ -38,9 +38,9 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
         return JobOut.model_validate(existing)
     try:
         job = service.create_job(session, kind, dataset, params, queue)
-    except Exception as error:
+    except service.BrokerUnavailable as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the job was saved but could not be queued: {type(error).__name__}: {error}") from None
+                            f"the job was saved but could not be queued: {error}") from None
     return JobOut.model_validate(job)
 
 
@@ -71,10 +71,7 @@ def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    try:
-        return JobOut.model_validate(service.get_job(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+    return JobOut.model_validate(service.get_job(session, job_id))
 
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut,
@@ -83,7 +80,5 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
     try:
         return JobOut.model_validate(service.request_cancel(session, job_id))
-    except service.JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
     except service.JobFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.spec import BackboneName, DeviceChoice
 
-class FeatureExtractionCreate(BaseModel):
+from ..api.params import CleanInput
+
+
+
+class FeatureExtractionCreate(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
-    backbone: Literal["resnet34", "resnet50", "vgg16"]
+    backbone: BackboneName
     pretrained: bool = Field(False, description="ImageNet weights from the worker's torch cache; random weights when off")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                              description="Features dataset name; default <dataset>-<backbone>-imagenet|random")
     batch_size: int = Field(64, ge=1, le=4096)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
 
 
 class JobOut(BaseModel):
@@ -33,6 +38,7 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
     worker: str | None
     attempts: int
+    worker_losses: int = Field(description="Times it was taken from a worker that died (requeued by reconcile)")
     cancel_requested: bool
     done: int = Field(description="Clips preprocessed (preprocess) or segments encoded (extract_features)")
     total: int

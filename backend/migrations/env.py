@@ -7,7 +7,8 @@ from alembic import context
 
 from backend.db import make_engine
 from backend.catalog import models as catalog_models  # noqa: F401
-from backend.jobs import models as job_models  # noqa: F401  (registers the tables)
+from backend import browser_sessions  # noqa: F401  (registers the tables)
+from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
 from backend.db import Base
 from backend.settings import get_settings

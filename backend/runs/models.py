@@ -3,37 +3,42 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
+from ..lifecycle.models import TERMINAL_STATES, Leased, State  # noqa: F401  (TERMINAL_STATES: read from here too)
 
 # A BIGINT primary key on PostgreSQL; SQLite only auto-increments "INTEGER PRIMARY KEY".
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class RunState(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
+# A run's states are those of every leased kind (backend/lifecycle).
+RunState = State
 
 
-TERMINAL_STATES = frozenset({RunState.succeeded, RunState.failed, RunState.cancelled})
+# The spec fields copied into typed columns of a run, which people filter, sort and group by
+# (and routes read, rather than the spec's JSON); the whole spec is the `spec` column.
+SPEC_COLUMNS = ("dataset", "method", "fusion", "missing_modality", "missing_rate", "seed")
 
 
-class Run(Base):
+class Run(Leased, Base):
+    """A training run. Its state, holder, heartbeat and cancel flag are the columns of
+    lifecycle.models.Leased: a worker executes it under a lease (backend/lifecycle)."""
+
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),)
+    # A deleted run's id is never given to another run (SQLite reuses the highest id otherwise;
+    # PostgreSQL's sequence never does).
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),
+                      {"sqlite_autoincrement": True})
+    noun = "run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # Typed copies of the spec fields people filter and group by.
+    # Typed copies of the spec fields people filter and group by (SPEC_COLUMNS).
     dataset: Mapped[str] = mapped_column(String(200), index=True)
     method: Mapped[str] = mapped_column(String(50), index=True)
     fusion: Mapped[str] = mapped_column(String(20))
@@ -41,35 +46,15 @@ class Run(Base):
     missing_rate: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
 
-    state: Mapped[str] = mapped_column(String(20), index=True, default=RunState.queued)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    worker: Mapped[str | None] = mapped_column(String(255))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
-    # Times it was taken from a worker that died (heartbeat stopped, or its process gone); past
-    # RUN_MAX_RETRIES the run fails instead of being queued again.
-    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # Set while the run is queued in the database but its id may not have reached the broker
-    # (the sender could die in between): the reconcile step sends it again after a while.
-    awaiting_broker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Set when sending its id failed (the broker is down): the run stays queued, the page says it
-    # waits for the broker, and the reconcile step sends it at its next pass. Why it failed.
-    broker_error: Mapped[str | None] = mapped_column(Text)
-    # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    # Checkpoints of attempts up to this one are not resumed from (a retry starts over).
-    resume_after_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    error_detail: Mapped[str | None] = mapped_column(Text)
+    # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Checkpoints of attempts up to this one are not resumed from (a retry starts over).
+    resume_after_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # Deleting a sweep deletes its runs (the API can detach them first to keep them).
     sweep_id: Mapped[int | None] = mapped_column(
@@ -83,15 +68,6 @@ class Run(Base):
     confusion: Mapped["ConfusionMatrix | None"] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def awaiting_broker(self) -> bool:
-        """Queued, saved, but its id could not be sent yet: the broker is down."""
-        return self.state == RunState.queued and self.broker_error is not None
 
     @property
     def tags(self) -> list[str]:
@@ -135,6 +111,11 @@ class ConfusionMatrix(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
+    # The predicted and the true class of every test sample (video, where groups exist) at that
+    # epoch, packed one byte per sample (backend/sweeps/paired.py: pack_labels), so methods can be
+    # compared sample by sample without retraining. NULL for runs finished before they were kept.
+    test_predictions: Mapped[str | None] = mapped_column(Text)
+    test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
 

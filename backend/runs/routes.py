@@ -1,7 +1,9 @@
-"""REST routes of runs. Thin: validation at the edge, logic in service.py."""
+"""REST routes of runs. Thin: validation at the edge, logic in service.py; a run not found or
+a broker that cannot be reached is answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import orjson
@@ -9,16 +11,20 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
 from ..catalog import registry
+from ..live import client_address
+from ..sweeps.paired import compare_runs
 from . import artifacts, service
 from .models import RunState
-from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunUpdate
+from .predictions import load_predictions
+from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunPairOut, RunUpdate
 from .stream import run_events
-from .validation import DatasetCatalog, dataset_errors
+from .validation import DatasetCatalog, check_against_dataset
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -28,21 +34,6 @@ AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could 
                                          "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
 
-def _check_against_dataset(payload: RunCreate, settings, session) -> None:
-    """422 naming the field when the dataset is unknown, unusable, or does not fit the spec."""
-    errors = dataset_errors(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
-                                                    registry.lookup(session)))
-    if errors:
-        raise RequestValidationError(errors)
-
-
-def _get_or_404(session, run_id: int):
-    try:
-        return service.get_run(session, run_id)
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED})
 def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: RunQueueDep,
@@ -50,7 +41,9 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
     """Create a run and queue it for a worker. 201 when its id reached the broker; 202 when the
     broker is down and the run waits for it (it is saved, nothing to retry)."""
     key = idempotency.checked_key(idempotency_key)
-    _check_against_dataset(payload, settings, session)
+    # Datasets made by a job on any host count too (the shared registry, backend/catalog/registry.py).
+    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
+                                                  registry.lookup(session)))
     run, created = idempotency.create_once(session, key, lambda k: service.run_by_idempotency_key(session, k),
                                            lambda: service.create_run(session, payload, queue, key))
     if not created:
@@ -104,23 +97,20 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def get_run(run_id: RunId, session: SessionDep) -> RunOut:
-    return RunOut.model_validate(_get_or_404(session, run_id))
+    return RunOut.model_validate(service.get_run(session, run_id))
 
 
 @router.patch("/{run_id}", response_model=RunOut, responses=NOT_FOUND)
 def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut:
     """Rename a run, set its note, or replace its tags."""
-    try:
-        return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    return RunOut.model_validate(service.update_run(session, run_id, payload.model_dump(exclude_unset=True)))
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
     if not service.delete_runs(session, [run_id], settings):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+        raise service.RunNotFound(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -131,8 +121,6 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
     and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
     try:
         return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
@@ -149,7 +137,7 @@ def get_metrics(
                     "and maximum (ignores `after` and `limit`); stream from the returned cursor for new points"),
 ) -> Response:
     """Metric points `{epoch, name, value}` in the order they were recorded."""
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     body: dict = {"state": run.state}
     if max_points is not None:
         points, body["cursor"], total = service.metrics_for_display(session, run_id, max_points)
@@ -168,7 +156,7 @@ def get_metrics(
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
             responses={404: {"description": "No such run, or it has no confusion matrix yet"}})
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
-    run = _get_or_404(session, run_id)
+    run = service.get_run(session, run_id)
     matrix = service.confusion_of(session, run_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
@@ -177,48 +165,68 @@ def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
                         counted="groups" if grouped else "samples")
 
 
+@router.get("/{run_id}/paired", response_model=list[RunPairOut],
+            responses={**NOT_FOUND, 422: {"description": "`against` is not a list of run ids"}})
+def get_paired(run_id: RunId, session: SessionDep,
+               against: str = Query(..., max_length=2000, description="Comma-separated ids of the runs to compare "
+                                                                     "with this one (at most 50)")) -> list[RunPairOut]:
+    """Each run of `against` compared with this one test sample by test sample (McNemar's exact
+    test on the stored test predictions, Holm's correction over the runs; see docs/statistics.md).
+    Runs are comparable when they saw the same test set: same dataset, seed and split."""
+    ids = []
+    for part in against.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                           "msg": f"{part.strip()!r} is not a run id"}])
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > 50:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
+                                       "msg": f"{len(ids)} runs; at most 50"}])
+    service.get_run(session, run_id)  # 404 when there is no such run
+    kept = load_predictions(session, [run_id, *ids])
+    pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
+    return [RunPairOut(run_id=p.run_id, reference=run_id, comparable=p.comparable, reason=p.reason,
+                       samples=p.samples, diff=p.diff, discordant=list(p.discordant) if p.discordant else None,
+                       p_value=p.p_value, p_adjusted=p.p_adjusted, significant=p.significant) for p in pairs]
+
+
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
 def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
         return RunOut.model_validate(service.request_cancel(session, run_id))
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
     except service.RunFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
-@router.get("/{run_id}/stream", responses=NOT_FOUND,
+@router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
 def stream_run(
     run_id: RunId,
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    _get_or_404(session, run_id)
-    # The request's session lives until the response ends, which for a stream is when the client
-    # leaves: give its connection back now (the stream polls with sessions of its own), or 15 open
-    # streams would hold the whole pool and every other request would wait for one (bench/soak.py).
-    session.close()
+    # A session of its own, closed before the stream starts: a request-scoped one would hold a
+    # pooled connection for as long as the client watches (backend/live.py).
+    with request.app.state.sessions() as session:
+        service.get_run(session, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
-    return EventSourceResponse(
-        run_events(request.app.state.sessions, run_id, after, settings.stream_poll_interval, request),
-        ping=15,
-    )
+    slot = request.app.state.stream_slots.take(client_address(request))
+    return EventSourceResponse(run_events(request.app.state.run_hub, run_id, after, slot.release), ping=15,
+                               background=BackgroundTask(slot.release))
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
 def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's files (its checkpoint, …), with paths to download them by."""
-    _get_or_404(session, run_id)
-    return [ArtifactOut(path=a.path, size=a.size) for a in artifacts.list_artifacts(settings, run_id)]
+    service.get_run(session, run_id)
+    return [ArtifactOut.model_validate(a) for a in artifacts.list_artifacts(settings, run_id)]
 
 
 @router.get("/{run_id}/artifacts/{path:path}", response_class=FileResponse,
@@ -227,7 +235,7 @@ def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
                       ) -> Response:
     """From the artifact store, whichever host wrote it."""
-    _get_or_404(session, run_id)
+    service.get_run(session, run_id)
     store = artifacts.artifact_store(settings)
     try:
         key = artifacts.artifact_key(run_id, path)

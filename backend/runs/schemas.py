@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 
 from training.spec import TrainSpec
 
-from ..api.params import has_control_characters
+from ..api.params import CleanInput, has_control_characters
 
 
-class RunCreate(TrainSpec):
-    """A training spec plus how the run is shown."""
+class RunCreate(CleanInput, TrainSpec):
+    """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
     name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
 
@@ -27,7 +27,8 @@ class RunCreate(TrainSpec):
         return name
 
     def training_spec(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name"})
+        """The spec as the run row stores it and the worker reads it back (TrainSpec's fields)."""
+        return self.model_dump(include=set(TrainSpec.model_fields))
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -89,7 +90,7 @@ class RunPage(BaseModel):
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
 
 
-class RunUpdate(BaseModel):
+class RunUpdate(CleanInput):
     """What a person may change on a run; fields left out stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
@@ -135,8 +136,25 @@ class MetricsPage(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     path: str = Field(description="Download it at /api/runs/{run_id}/artifacts/{path}")
     size: int = Field(description="Bytes")
+
+
+class RunPairOut(BaseModel):
+    """A run against a reference run, test sample by test sample."""
+
+    run_id: int
+    reference: int = Field(description="The run it is compared with")
+    comparable: bool = Field(description="Both stored their test predictions and saw the same test set")
+    reason: str | None = Field(description="Why not comparable")
+    samples: int | None = Field(description="Test samples (videos, where accuracy is per video) compared")
+    diff: float | None = Field(description="Accuracy on them (fraction), this run − the reference")
+    discordant: list[int] | None = Field(description="[only the reference right, only this run right]")
+    p_value: float | None = Field(description="McNemar's exact two-sided p-value")
+    p_adjusted: float | None = Field(description="After Holm's correction over the runs compared")
+    significant: bool = Field(description="p_adjusted below 0.05")
 
 
 class ConfusionOut(BaseModel):

@@ -21,6 +21,15 @@ from .schemas import RunCreate
 ErrorDict = dict[str, Any]
 
 
+class Refused(ValueError):
+    """A request refused field by field, by logic beyond the schema (the dataset check, a
+    sweep's combinations, a preset's roles): answered as a 422 like a schema error."""
+
+    def __init__(self, errors: list[ErrorDict]):
+        super().__init__("; ".join(str(e.get("msg")) for e in errors))
+        self.errors = errors
+
+
 class DatasetCatalog:
     """The catalogue entry of each dataset, looked up once per request (a sweep asks for the
     same dataset for every combination). Call it for a dataset's modalities (None: unknown)."""
@@ -53,6 +62,13 @@ def dataset_errors(payload: RunCreate, modalities: DatasetCatalog) -> list[Error
         {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}
         for e in spec_errors_for_dataset(payload, modalities.info(payload.dataset))
     ]
+
+
+def check_against_dataset(payload: RunCreate, modalities: DatasetCatalog) -> None:
+    """Refused (422 naming the field) when the dataset is unknown, unusable, or does not fit."""
+    errors = dataset_errors(payload, modalities)
+    if errors:
+        raise Refused(errors)
 
 
 def _plain(error: dict) -> ErrorDict:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.spec import ABLATION_DEFAULTS
+
 # The fields a table lays out by itself; any other field that varies joins the row key.
 LAYOUT_FIELDS = frozenset({"method", "fusion", "missing_modality", "missing_rate", "seed"})
 # Fields that never change a result, so never split rows.
@@ -32,6 +34,7 @@ class RunResult:
     seed: int
     test_accuracy: float | None
     spec: dict[str, Any]
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,12 @@ class Column:
 class Cell:
     values: list[float] = field(default_factory=list)  # one per succeeded seed
     run_ids: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed of each value: cells are paired by it
     pending: int = 0  # runs of this cell not finished yet
     best: bool = False
     paper: float | None = None  # the paper's number (fraction), where the preset matches its setting
+    paired: Any = None  # paired.Paired against its column's reference, once compared
+    is_reference: bool = False  # the reference of its column's paired comparisons
 
     @property
     def n(self) -> int:
@@ -76,7 +82,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        extra = "".join(f", {name}={value}" for name, value in self.extras)
+        # An ablation left at the paper's setting is not named: "mle (add)", not "mle (add),
+        # mle_freeze_class_offset=False, …" beside the row that turns it on.
+        extra = "".join(f", {name}={value}" for name, value in self.extras
+                        if not (name in ABLATION_DEFAULTS and value == ABLATION_DEFAULTS[name]))
         return f"{self.method} ({self.fusion}){extra}"
 
 
@@ -120,6 +129,7 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
         if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
             cell.values.append(r.test_accuracy)
             cell.run_ids.append(r.run_id)
+            cell.seeds.append(r.seed)
         elif r.state in ("queued", "running"):
             cell.pending += 1
     table = ComparisonTable(columns=columns, rows=list(rows.values()))
@@ -148,6 +158,11 @@ class TrendSeries:
     stds: list[float | None]
     counts: list[int]
     source: str = "sweep"  # or "paper"
+    # Per point, against the reference of its column (once the table was compared, paired.py):
+    # the mean paired difference, the Holm-adjusted p-value, and "win", "loss", "reference" or None.
+    diffs: list[float | None] = field(default_factory=list)
+    p_adjusted: list[float | None] = field(default_factory=list)
+    marks: list[str | None] = field(default_factory=list)
 
 
 def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
@@ -166,6 +181,10 @@ def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
                 label=row.label, method=row.method, fusion=row.fusion, missing_modality=modality, role=role,
                 rates=[rate for rate, _ in ours], means=[cell.mean for _, cell in ours],
                 stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours],
+                diffs=[cell.paired.diff if cell.paired else None for _, cell in ours],
+                p_adjusted=[cell.paired.p_adjusted if cell.paired else None for _, cell in ours],
+                marks=["reference" if cell.is_reference else cell.paired.mark if cell.paired else None
+                       for _, cell in ours],
             ))
             reported = [(rate, cell.paper) for rate, cell in cells if cell.paper is not None]
             if reported:

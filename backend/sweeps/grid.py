@@ -41,6 +41,10 @@ class InvalidGroup:
     count: int = 0
     example: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def combinations(self) -> int:  # what the API calls the count (InvalidCombinations)
+        return self.count
+
     def as_error(self, total: int) -> ErrorDict:
         """The FastAPI error of a refused sweep: the field, what is wrong, how often, an example."""
         example = ", ".join(f"{k}={v}" for k, v in self.example.items())
@@ -58,6 +62,15 @@ class SweepPlan:
     @property
     def invalid_count(self) -> int:
         return self.combinations - len(self.runs)
+
+    def refusal(self, skip_invalid: bool) -> list[ErrorDict] | None:
+        """The 422 errors that refuse this plan, or None when it can be created."""
+        if not self.runs:
+            errors = [g.as_error(self.combinations) for g in self.invalid]
+            return errors or [{"type": "value_error", "loc": ("body",), "msg": "the grid is empty", "input": None}]
+        if self.invalid and not skip_invalid:
+            return [g.as_error(self.combinations) for g in self.invalid]
+        return None
 
 
 def _varying(combinations: list[dict[str, Any]]) -> list[str]:

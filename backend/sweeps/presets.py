@@ -11,39 +11,32 @@ features file) there is nothing to extract: the runs use the dataset's own input
 preset says so. A preset may also name methods the training library does not have: it is then
 refused with what is missing or, when asked, only its available part is created; nothing here
 stands in for a method.
+
+`plan_preset_request` turns a preset request (POST /api/presets/{name}/preview and /sweeps)
+into its runs: the roles on the picked dataset, the features datasets, the run validation of
+every combination, and what refuses it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.spec import METHODS, TrainSpec
+from training.datasets.naming import features_dataset_names
+from training.spec import FUSIONS, METHODS, PAPER_MODALITIES
 
+from ..runs.validation import DatasetCatalog, ErrorDict, Refused
+from .grid import SweepPlan, plan_sweep
 from .paper import TABLE_1, TABLE_2, PaperTable
+from .schemas import PresetRequest
 
-ROLES = ("visual", "audio")
-# The name feature extraction gives its output (training/audiovisual/extract.py).
-FEATURE_DATASET = re.compile(r"^(?P<source>.+)-(?P<backbone>vgg16|resnet34|resnet50)-(?P<weights>imagenet|random)$")
-
-
-def feature_dataset_names(dataset: str, backbone: str) -> tuple[str, str]:
-    """The features datasets of `dataset` through `backbone`, preferred first."""
-    return f"{dataset}-{backbone}-imagenet", f"{dataset}-{backbone}-random"
+ROLES = PAPER_MODALITIES
 
 
-def backbone_of(dataset: str | None) -> str | None:
-    """The extractor of a features dataset named by feature extraction, else None."""
-    match = FEATURE_DATASET.match(dataset or "")
-    return match["backbone"] if match else None
-
-
-def source_dataset(dataset: str | None) -> str | None:
-    """The video dataset a features dataset was extracted from (itself for any other)."""
-    match = FEATURE_DATASET.match(dataset or "")
-    return match["source"] if match else dataset
+class PresetNotFound(LookupError):
+    def __str__(self) -> str:
+        return f"no preset {self.args[0]!r} (there are: {', '.join(PRESETS)})"
 
 
 @dataclass(frozen=True)
@@ -55,6 +48,7 @@ class Block:
     roles: tuple[str, ...]
     rates: tuple[float, ...]
     features: tuple[str, ...] = ()  # empty: the dataset's own inputs
+    options: tuple[tuple[str, Any], ...] = ()  # other spec fields of these runs (an ablation)
 
 
 @dataclass(frozen=True)
@@ -79,11 +73,18 @@ class Preset:
     def features(self) -> list[str]:
         return list(dict.fromkeys(f for block in self.blocks for f in block.features))
 
+    @property
+    def missing_methods(self) -> list[str]:
+        """The preset's methods the training library does not have."""
+        return [m for m in self.methods if m not in METHODS]
+
+    @property
     def runs_per_seed(self) -> int:
         return sum(len(b.fusions) * len(b.roles) * len(b.rates) * max(1, len(b.features)) for b in self.blocks)
 
 
-ALL_FUSIONS = ("add", "concat", "outer")
+ALL_FUSIONS = FUSIONS
+ZERO_PADDING_FUSIONS = METHODS["zero_padding"].fusions  # outer product makes its missing samples useless
 ENTERFACE = frozenset({"enterface05", "enterface"})
 RAVDESS = frozenset({"ravdess"})
 
@@ -101,7 +102,7 @@ PRESETS: dict[str, Preset] = {
             blocks=(
                 Block("lower_bound", ALL_FUSIONS, ROLES, (0.8, 0.9, 0.95)),
                 Block("hgr", ALL_FUSIONS, ROLES, (0.8, 0.9, 0.95)),
-                Block("zero_padding", ("add", "concat"), ROLES, (0.8, 0.9, 0.95)),
+                Block("zero_padding", ZERO_PADDING_FUSIONS, ROLES, (0.8, 0.9, 0.95)),
                 Block("mle", ALL_FUSIONS, ROLES, (0.8, 0.9, 0.95)),
             ),
             reported=TABLE_1,
@@ -131,7 +132,7 @@ PRESETS: dict[str, Preset] = {
             paper_dataset="eNTERFACE'05",
             paper_dataset_names=ENTERFACE,
             blocks=(
-                Block("zero_padding", ("add", "concat"), ("audio",), (0.5, 0.8, 0.9, 0.95)),
+                Block("zero_padding", ZERO_PADDING_FUSIONS, ("audio",), (0.5, 0.8, 0.9, 0.95)),
                 Block("mle", ALL_FUSIONS, ("audio",), (0.5, 0.8, 0.9, 0.95)),
             ),
             reported=TABLE_1,  # Fig. 4's points at 80/90/95% are Table 1's audio columns
@@ -164,13 +165,38 @@ PRESETS: dict[str, Preset] = {
             assumptions=("The paper does not say which feature extractor or fusion Fig. 6 used; ResNet-50 features "
                          "(its best in Table 2) and addition are assumed.",),
         ),
+        Preset(
+            name="mle_vs_zero_padding",
+            figure="Why",
+            title="MLE vs zero padding: why",
+            description="Zero Padding against MLE as in the paper and three ablations of MLE — eq. 5 sends no "
+                        "gradient into g (mle_stop_reference_gradient), the class offset c_z frozen "
+                        "(mle_freeze_class_offset), a uniform label prior R_Z (label_prior) — with additive "
+                        "fusion, the paper's `audio` role missing at 80/90/95%. Run it on digits and on synthetic "
+                        "data; the table compares every row with Zero Padding, seed by seed (docs/results.md).",
+            paper_dataset="digits and synthetic (beyond the paper)",
+            paper_dataset_names=frozenset(),
+            blocks=(
+                Block("zero_padding", ("add",), ("audio",), (0.8, 0.9, 0.95)),
+                Block("mle", ("add",), ("audio",), (0.8, 0.9, 0.95)),
+                Block("mle", ("add",), ("audio",), (0.8, 0.9, 0.95), options=(("mle_stop_reference_gradient", True),)),
+                Block("mle", ("add",), ("audio",), (0.8, 0.9, 0.95), options=(("mle_freeze_class_offset", True),)),
+                Block("mle", ("add",), ("audio",), (0.8, 0.9, 0.95), options=(("label_prior", "uniform"),)),
+            ),
+            reported=None,
+            focus="table",
+            assumptions=("The `audio` role is the dataset's second modality unless chosen: digits' bottom half, "
+                         "synthetic's y (its weaker view), as in docs/results.md.",),
+        ),
     )
 }
 
 
-def missing_capabilities(preset: Preset) -> list[str]:
-    """The preset's methods the training library does not have."""
-    return [m for m in preset.methods if m not in METHODS]
+def get_preset(name: str) -> Preset:
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise PresetNotFound(name)
+    return preset
 
 
 # backbone → the features dataset to train on, or None when it has not been extracted
@@ -212,7 +238,7 @@ def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: i
     (`features`), or, when `dataset` is not raw video, the runs use its own inputs.
     Unavailable methods and extractors are left out when `only_available`, else recorded as
     missing (and nothing is expanded for them)."""
-    missing_methods = missing_capabilities(preset)
+    missing_methods = preset.missing_methods
     extractors = preset.features if is_video else []
     targets = {backbone: features(backbone) for backbone in extractors}
     missing_features = [backbone for backbone, target in targets.items() if target is None]
@@ -239,5 +265,80 @@ def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: i
                             plan.combinations.append({
                                 "dataset": source, "method": block.method, "fusion": fusion,
                                 "missing_modality": roles[role], "missing_rate": rate, "epochs": epochs, "seed": seed,
+                                **dict(block.options),
                             })
     return plan
+
+
+# --- a preset request → the runs of its sweep ---------------------------------------------
+
+
+def preset_roles(request: PresetRequest, modalities: DatasetCatalog) -> dict[str, str]:
+    """Which dataset modality plays the paper's visual and audio roles; Refused naming the field."""
+
+    def refuse(field: str, value: Any, message: str) -> Refused:
+        return Refused([{"type": "value_error", "loc": ("body", field), "input": value, "msg": message}])
+
+    available = modalities(request.dataset)
+    if available is None or len(available) < 2:
+        problem = "unknown dataset" if available is None else "not a two-modality dataset:"
+        raise refuse("dataset", request.dataset, f"{problem} {request.dataset!r}")
+    visual = request.visual or ("visual" if "visual" in available else available[0])
+    audio = request.audio or ("audio" if "audio" in available else next(m for m in available if m != visual))
+    for field_name, value in (("visual", visual), ("audio", audio)):
+        if value not in available:
+            raise refuse(field_name, value, f"dataset {request.dataset!r} has no modality {value!r} "
+                                            f"(it has: {', '.join(available)})")
+    if visual == audio:
+        raise refuse("audio", audio, "visual and audio must be two different modalities")
+    return {"visual": visual, "audio": audio}
+
+
+@dataclass
+class PresetRequestPlan:
+    """A preset request planned: the preset's combinations, their validated runs, the sweep's
+    name, and the errors that refuse creating it (None when it can be created)."""
+
+    preset: Preset
+    preset_plan: PresetPlan
+    sweep_plan: SweepPlan
+    name: str
+    refusal: list[ErrorDict] | None
+    message: str | None  # the refusal in one line
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Not a product (fusions differ per method): the values each field takes, for reading back.
+        A field only some runs set (an ablation option) lists the values of those runs."""
+        combinations = self.preset_plan.combinations
+        return {name: list(dict.fromkeys(c[name] for c in combinations if name in c))
+                for name in dict.fromkeys(f for c in combinations for f in c)}
+
+
+def plan_preset_request(preset: Preset, request: PresetRequest, modalities: DatasetCatalog) -> PresetRequestPlan:
+    roles = preset_roles(request, modalities)
+    picked = modalities.info(request.dataset)
+    is_video = picked is not None and picked.source == "video"
+
+    def features(backbone: str) -> str | None:
+        for name in features_dataset_names(request.dataset, backbone):
+            info = modalities.info(name)
+            if info is not None and info.error is None:
+                return name
+        return None
+
+    preset_plan = plan_preset(preset, dataset=request.dataset, roles=roles, seeds=request.seeds,
+                              epochs=request.epochs, only_available=request.only_available, is_video=is_video,
+                              features=features)
+    sweep_plan = plan_sweep(preset_plan.combinations, modalities)
+    name = request.name or f"{preset.figure} on {request.dataset} ({len(sweep_plan.runs)} runs)"
+    refusal, message = None, None
+    if not preset_plan.complete and (not request.only_available or not sweep_plan.runs):
+        message = preset_plan.missing_message(len(sweep_plan.runs), request.dataset)
+        refusal = [{"type": "preset_unavailable", "loc": ("path", "name"), "input": None, "msg": message,
+                    "ctx": {"missing_methods": preset_plan.missing_methods,
+                            "missing_features": preset_plan.missing_features,
+                            "available_runs": len(sweep_plan.runs)}}]
+    else:
+        refusal = sweep_plan.refusal(skip_invalid=False)
+        message = "; ".join(e["msg"] for e in refusal) if refusal else None
+    return PresetRequestPlan(preset, preset_plan, sweep_plan, name, refusal, message)

@@ -2,18 +2,23 @@
 
 A sweep body has the fields of a run (RunCreate), and any of them may hold a list of values
 instead of one value; the sweep is the product of the lists. The fields are generated from
-RunCreate, so a field added to the training spec can be swept at once. Values are checked
-per combination by the run validation itself, not here: this schema only checks the shape.
+the training spec's fields, with their types and ranges, so a field added to the spec can be
+swept at once and a value no run could take is refused here, naming the field. What depends
+on the other fields (a fusion the method lacks, a modality the dataset lacks) is checked per
+combination by the run validation itself.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
-from ..api.params import DisplayName
+from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
 
@@ -25,7 +30,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-class SweepBase(BaseModel):
+class SweepBase(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     name: DisplayName | None = Field(None, description="The sweep's name; default: derived from the grid")
@@ -64,7 +69,29 @@ class SweepBase(BaseModel):
         return {name: _as_list(getattr(self, name)) for name in SWEEPABLE_FIELDS if name in self.model_fields_set}
 
 
-def _sweep_field(name: str, schema: dict[str, Any]) -> tuple[Any, Any]:
+def _values_of(spec_field: FieldInfo) -> TypeAdapter:
+    """The spec field's type with its constraints (ranges, lengths), for one value of the grid."""
+    one = Annotated[spec_field.annotation, *spec_field.metadata] if spec_field.metadata else spec_field.annotation
+    return TypeAdapter(list[one])
+
+
+def _typed_values(adapter: TypeAdapter):
+    def validate(value: Any) -> Any:
+        values = _as_list(value)
+        if any(isinstance(v, (list, dict)) for v in values):
+            return value  # the shape check (_values_or_list) says what is wrong
+        try:
+            typed = adapter.validate_python(values)
+        except ValidationError as error:
+            # Named by the field alone (not field.index), so the forms show it next to the field.
+            first = error.errors(include_url=False)[0]
+            raise PydanticCustomError(first["type"], "{reason}", {"reason": first["msg"]}) from None
+        return typed if isinstance(value, list) else typed[0]
+
+    return validate
+
+
+def _sweep_field(name: str, spec_field: FieldInfo, schema: dict[str, Any]) -> tuple[Any, Any]:
     one = {k: v for k, v in schema.items() if k not in ("title", "default", "description")}
     description = schema.get("description", "")
     return (Any, Field(None, description=f"{description + '. ' if description else ''}"
@@ -77,12 +104,18 @@ SweepCreate = create_model(
     "SweepCreate",
     __base__=SweepBase,
     __doc__="The fields of a run; any of them may be a list, and the sweep is the product of the lists.",
-    **{name: _sweep_field(name, _RUN_PROPERTIES[name]) for name in SWEEPABLE_FIELDS},
+    __validators__={
+        f"_typed_{name}": field_validator(name, mode="after")(_typed_values(_values_of(RunCreate.model_fields[name])))
+        for name in SWEEPABLE_FIELDS
+    },
+    **{name: _sweep_field(name, RunCreate.model_fields[name], _RUN_PROPERTIES[name]) for name in SWEEPABLE_FIELDS},
 )
 
 
 class InvalidCombinations(BaseModel):
     """Combinations the run validation refuses for one reason."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     loc: list[str | int]
     msg: str
@@ -120,6 +153,22 @@ class SweepOut(BaseModel):
     preset_options: dict[str, Any] | None
     progress: SweepProgress
 
+    @classmethod
+    def of(cls, sweep: Any, progress: dict[str, Any]) -> "SweepOut":
+        """From the sweep row's attributes, with its progress (counted apart: one query serves a
+        whole page of sweeps)."""
+        return cls.model_validate(_WithProgress(sweep, progress))
+
+
+class _WithProgress:
+    """A sweep row seen with its progress as one more attribute."""
+
+    def __init__(self, sweep: Any, progress: dict[str, Any]):
+        self._sweep, self.progress = sweep, progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sweep, name)
+
 
 class SweepCreated(SweepOut):
     run_ids: list[int]
@@ -142,7 +191,7 @@ class RetriedRuns(BaseModel):
 # --- presets ----------------------------------------------------------------------------
 
 
-class PresetRequest(BaseModel):
+class PresetRequest(CleanInput):
     """Run a paper preset on any dataset; `visual`/`audio` say which of its modalities plays
     the paper's visual and audio modality."""
 
@@ -161,6 +210,8 @@ class PresetRequest(BaseModel):
 
 
 class PresetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     figure: str
     title: str
@@ -174,6 +225,11 @@ class PresetOut(BaseModel):
     missing_methods: list[str]
     assumptions: list[str]
     reported: str | None = Field(description="The paper table whose numbers are shown beside the sweep's")
+
+    @field_validator("reported", mode="before")
+    @classmethod
+    def _table_title(cls, reported: Any) -> Any:
+        return getattr(reported, "title", reported)  # a preset's PaperTable is named by its title
 
 
 class PresetPreview(BaseModel):
@@ -190,7 +246,37 @@ class PresetPreview(BaseModel):
 # --- results ----------------------------------------------------------------------------
 
 
+class PairedOut(BaseModel):
+    """The cell against the reference cell of its column, seed by seed (docs/statistics.md)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    reference: str = Field(description="Label of the reference row")
+    n: int = Field(description="Seeds both cells have")
+    diff: float | None = Field(description="Mean paired difference of test accuracy (fraction), cell − reference")
+    ci_low: float | None = Field(description="95% t interval of the mean difference over seeds; null below 2 seeds")
+    ci_high: float | None
+    wins: int = Field(description="Seeds where the cell beats the reference")
+    ties: int
+    losses: int
+    p_value: float | None = Field(description="p-value of the test in `test`")
+    p_adjusted: float | None = Field(description="p_value after Holm's correction over the table's comparisons")
+    significant: bool = Field(description="p_adjusted below alpha")
+    mark: Literal["win", "loss"] | None = Field(description="A significant win or loss, after the correction")
+    test: Literal["seeds", "samples"] = Field(
+        description="seeds: exact sign-flip test over seeds; samples: McNemar over test samples, pooled over seeds")
+    p_seeds: float | None = Field(description="Exact two-sided sign-flip permutation p-value over seeds")
+    p_samples: float | None = Field(description="Exact McNemar p-value over the test samples of every paired seed; "
+                                                "null when a run has no stored test predictions")
+    discordant: list[int] | None = Field(description="[only the reference right, only the cell right], "
+                                                     "test samples summed over seeds")
+    seeds_needed: int | None = Field(description="About how many seeds would detect the observed mean difference "
+                                                 "with 80% power at alpha (null: no difference)")
+
+
 class CellOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     mean: float | None = Field(description="Mean test accuracy (fraction) over the seeds that succeeded")
     std: float | None = Field(description="Sample standard deviation (n − 1); null below two seeds")
     n: int = Field(description="Seeds that succeeded")
@@ -198,9 +284,15 @@ class CellOut(BaseModel):
     best: bool = Field(description="Highest mean of its column")
     paper: float | None = Field(description="The paper's reported accuracy (fraction) for this setting")
     run_ids: list[int]
+    seeds: list[int] = Field(default_factory=list, description="The seed of each run in run_ids")
+    is_reference: bool = Field(False, description="The reference of its column's paired comparisons")
+    paired: PairedOut | None = Field(None, description="Compared with its column's reference; null for the "
+                                                       "reference itself and cells with no seed in common")
 
 
 class ColumnOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     missing_modality: str
     missing_rate: float
     role: str | None = Field(description="The paper's name for the modality (visual/audio), in a preset sweep")
@@ -208,11 +300,18 @@ class ColumnOut(BaseModel):
 
 
 class RowOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     label: str
     method: str
     fusion: str
     extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
     cells: list[CellOut]
+
+    @field_validator("extras", mode="before")
+    @classmethod
+    def _pairs(cls, extras: Any) -> Any:
+        return dict(extras)  # analysis keeps them as (name, value) pairs, hashable
 
 
 class PaperOut(BaseModel):
@@ -226,15 +325,39 @@ class PaperOut(BaseModel):
     assumptions: list[str]
 
 
+class ComparisonOut(BaseModel):
+    """How the cells were compared, and what the comparison can show with this many seeds."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    reference: str | None = Field(description="As asked: a row label or a method; null: the best baseline "
+                                              "(best row of a method other than mle) of each column")
+    references: list[str | None] = Field(description="Per column, the label of its reference row")
+    test: Literal["seeds", "samples"]
+    alpha: float
+    tests: int = Field(description="Comparisons made (Holm's family)")
+    significant: int = Field(description="Comparisons significant after Holm's correction")
+    max_seeds: int = Field(description="The most seeds a comparison pairs")
+    smallest_p: float = Field(description="The smallest p-value the exact seed-level test can give with max_seeds")
+    seeds_for_alpha: int = Field(description="Seeds the exact seed-level test needs to reach alpha at all")
+    with_predictions: int = Field(description="Comparisons whose runs all stored their test predictions")
+    note: str = Field(description="What the comparison can and cannot show, in plain words")
+
+
 class TableOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     sweep_id: int
     metric: str = "test_accuracy"
     columns: list[ColumnOut]
     rows: list[RowOut]
     paper: PaperOut | None
+    comparison: ComparisonOut | None = None
 
 
 class TrendSeriesOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     label: str
     method: str
     fusion: str
@@ -245,6 +368,11 @@ class TrendSeriesOut(BaseModel):
     stds: list[float | None]
     counts: list[int]
     source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
+    diffs: list[float | None] = Field(default_factory=list, description="Per point, the mean paired difference "
+                                                                        "to its column's reference")
+    p_adjusted: list[float | None] = Field(default_factory=list, description="Per point, Holm-adjusted p-value")
+    marks: list[Literal["win", "loss", "reference"] | None] = Field(
+        default_factory=list, description="Per point: a significant win or loss, or the reference itself")
 
 
 class TrendOut(BaseModel):
@@ -253,24 +381,24 @@ class TrendOut(BaseModel):
     series: list[TrendSeriesOut]
 
 
-def table_out(sweep_id: int, table, paper: dict | None) -> TableOut:
-    return TableOut(
-        sweep_id=sweep_id,
-        columns=[ColumnOut(missing_modality=c.missing_modality, missing_rate=c.missing_rate, role=c.role,
-                           label=c.label) for c in table.columns],
-        rows=[RowOut(label=r.label, method=r.method, fusion=r.fusion, extras=dict(r.extras),
-                     cells=[CellOut(mean=c.mean, std=c.std, n=c.n, pending=c.pending, best=c.best, paper=c.paper,
-                                    run_ids=c.run_ids) for c in r.cells]) for r in table.rows],
-        paper=PaperOut(**paper) if paper else None,
-    )
+class SweepSummary(BaseModel):
+    table: TableOut
+    trend: TrendOut
+
+
+def table_out(sweep_id: int, table, paper: dict | None, comparison=None) -> TableOut:
+    """`comparison`: the paired.PairedSummary of the table's cells (their `paired` is set)."""
+    return TableOut(sweep_id=sweep_id, columns=table.columns, rows=table.rows, paper=paper, comparison=comparison)
 
 
 def trend_out(sweep_id: int, series) -> TrendOut:
-    return TrendOut(sweep_id=sweep_id, series=[TrendSeriesOut(**vars(s)) for s in series])
+    return TrendOut(sweep_id=sweep_id, series=series)
 
 
 class SweepRunOut(BaseModel):
     """A run as the sweep page lists it."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str

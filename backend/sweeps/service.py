@@ -11,14 +11,18 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from training.datasets.naming import backbone_of, source_dataset
+
 from ..db import utcnow
 from ..queue import RunQueue
 from ..runs import service as runs
 from ..runs.models import TERMINAL_STATES, Run, RunState
+from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .presets import PRESETS, backbone_of, source_dataset
+from .paired import PairedSummary, Test, compare_table
+from .presets import PRESETS
 
 
 class SweepNotFound(LookupError):
@@ -108,10 +112,11 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
 
 
 def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=None) -> list[int]:
-    """Queue every failed or cancelled run of the sweep again, from scratch."""
+    """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
+    they wait for it)."""
     get_sweep(session, sweep_id)
-    ids = list(session.scalars(select(Run.id).where(
-        Run.sweep_id == sweep_id, Run.state.in_([RunState.failed, RunState.cancelled])).order_by(Run.id)))
+    retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
+    ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
     for run_id in ids:
         runs.retry_run(session, run_id, queue, artifact_dir)
     return ids
@@ -122,7 +127,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=N
 
 def sweep_results(session: Session, sweep_id: int) -> list[RunResult]:
     query = (select(Run.id, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate, Run.seed,
-                    Run.test_accuracy, Run.spec)
+                    Run.test_accuracy, Run.spec, Run.dataset)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [RunResult(*row) for row in session.execute(query)]
 
@@ -152,7 +157,7 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     if preset is None or preset.reported is None:
         return None
     roles = modality_roles(sweep)
-    datasets = {r.spec.get("dataset") for r in results}
+    datasets = {r.dataset for r in results}
     common_dataset = next(iter(datasets)) if len(datasets) == 1 else None
 
     def lookup(row: Row, column: Column) -> float | None:
@@ -167,6 +172,16 @@ def _paper_lookup(sweep: Sweep, results: Sequence[RunResult]):
     return lookup
 
 
-def sweep_table(session: Session, sweep: Sweep) -> tuple[ComparisonTable, list[RunResult]]:
+def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
+    return load_predictions(session, run_ids)
+
+
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
+                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+    """The comparison table with every cell compared, paired, to its column's reference
+    (raises paired.UnknownReference for a reference that names no row or method)."""
     results = sweep_results(session, sweep.id)
-    return comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results)), results
+    table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
+    finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    return table, results, summary

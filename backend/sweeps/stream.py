@@ -5,6 +5,9 @@ Events: `runs` (every run at first, then the runs that changed, and the ids of r
 only when a run's state or result changed), `end` (every run finished), `gone` (deleted).
 A cheap query (runs per state and epochs so far) tells whether anything moved at all, so an
 idle sweep of thousands of runs costs one small query per poll.
+
+One poller per sweep serves every client of this process watching it (SweepHub), each poll a
+short session: a waiting stream holds no database connection (backend/live.py).
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import and_, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
+from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 
+from ..live import Subscriber, cancel_task, log
 from ..runs.models import Run, RunState
 from . import service
 from .analysis import missing_rate_trend
 from .models import Sweep
 from .schemas import SweepRunOut, table_out, trend_out
+
+DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError)
 
 
 def _fingerprint(session, sweep_id: int) -> tuple:
@@ -36,18 +44,18 @@ def _fingerprint(session, sweep_id: int) -> tuple:
 
 def _runs(session, sweep_id: int) -> list[SweepRunOut]:
     query = (select(Run.id, Run.name, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate,
-                    Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer(), Run.test_accuracy, Run.best_epoch,
-                    and_(Run.state == RunState.queued, Run.broker_error.is_not(None)))
+                    Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer().label("epochs"), Run.test_accuracy,
+                    Run.best_epoch,
+                    and_(Run.state == RunState.queued, Run.broker_error.is_not(None)).label("awaiting_broker"))
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
-    fields = list(SweepRunOut.model_fields)
-    return [SweepRunOut(**dict(zip(fields, row))) for row in session.execute(query)]
+    return [SweepRunOut.model_validate(row) for row in session.execute(query)]
 
 
 def _summary(session, sweep: Sweep) -> dict[str, Any]:
-    table, results = service.sweep_table(session, sweep)
-    dataset = results[0].spec.get("dataset") if results else None
+    table, results, comparison = service.sweep_table(session, sweep)  # the default reference and test
+    dataset = results[0].dataset if results else None
     paper = service.paper_context(sweep, dataset)
-    return {"table": table_out(sweep.id, table, paper).model_dump(mode="json"),
+    return {"table": table_out(sweep.id, table, paper, comparison).model_dump(mode="json"),
             "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")}
 
 
@@ -85,22 +93,137 @@ class SweepWatcher:
             results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
             if results_key != self.results_key:
                 self.results_key = results_key
-                events.append({"event": "summary", "data": json.dumps(_summary(session, sweep))})
+                events.append(SUMMARY_DUE)
             if progress["done"]:
                 events.append({"event": "end", "data": json.dumps(progress)})
             return events
 
+    def summary(self) -> dict[str, Any] | None:
+        """The `summary` event (the table with its paired comparisons, and the trend): computed
+        apart from poll(), so the run list and progress reach the page first."""
+        with self.sessions() as session:
+            sweep = session.get(Sweep, self.sweep_id)
+            if sweep is None:
+                return None
+            return {"event": "summary", "data": json.dumps(_summary(session, sweep))}
 
-async def sweep_events(sessions: sessionmaker, sweep_id: int, poll_interval: float,
-                       request: Request) -> AsyncIterator[dict]:
-    watcher = SweepWatcher(sessions, sweep_id)
-    while not await request.is_disconnected():
-        events = await run_in_threadpool(watcher.poll)
-        if events is None:
-            yield {"event": "gone", "data": json.dumps({"sweep_id": sweep_id})}
-            return
+
+# Stands in poll()'s events for the summary, computed by SweepWatcher.summary() once the events
+# before it are sent.
+SUMMARY_DUE: dict[str, Any] = {"event": "summary", "data": None}
+
+
+def _encoded(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(ServerSentEvent(**event).encode() for event in events)
+
+
+class SweepTopic:
+    """The one poller of a sweep watched by any number of clients of this process."""
+
+    def __init__(self, hub: "SweepHub", sweep_id: int):
+        self.hub, self.sweep_id = hub, sweep_id
+        self.subscribers: set[Subscriber] = set()
+        self.watcher = SweepWatcher(hub.sessions, sweep_id)
+        # The state as of the last poll, for a client that joins later: the runs, then the
+        # latest progress and summary (None until the first poll, whose events are all a
+        # first client needs).
+        self.runs: list[dict[str, Any]] | None = None
+        self.progress: dict[str, Any] | None = None
+        self.summary: dict[str, Any] | None = None
+        self.task: asyncio.Task | None = None
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self.runs is not None:
+            events = [{"event": "runs", "data": json.dumps({"full": True, "runs": self.runs, "removed": []})},
+                      *(event for event in (self.progress, self.summary) if event is not None)]
+            subscriber.send(_encoded(events))
+
+    async def poll_forever(self) -> None:
+        while self.subscribers:
+            try:
+                events = await run_in_threadpool(self.watcher.poll)
+            except DATABASE_ERRORS as error:
+                log.warning("live stream of sweep %s ended: database unreachable (%s)", self.sweep_id,
+                            type(error).__name__)
+                self._end([])
+                return
+            if events is None:
+                self._end([{"event": "gone", "data": json.dumps({"sweep_id": self.sweep_id})}])
+                return
+            events = await self._with_summary(events)
+            if events or self.runs is None:  # an idle poll changes nothing (a sweep may hold thousands of runs)
+                self.runs = [run.model_dump(mode="json") for run in self.watcher.sent.values()]
+            for event in events:
+                if event["event"] == "progress":
+                    self.progress = event
+                elif event["event"] == "summary":
+                    self.summary = event
+            if any(event["event"] == "end" for event in events):
+                self._end(events)
+                return
+            if events:
+                chunk = _encoded(events)  # once, for every client
+                for subscriber in list(self.subscribers):
+                    subscriber.send(chunk)
+            await asyncio.sleep(self.hub.poll_interval)
+
+    async def _with_summary(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """poll() leaves a placeholder where the summary goes: computed here, once for every client."""
+        resolved = []
         for event in events:
+            if event is SUMMARY_DUE:
+                event = await run_in_threadpool(self.watcher.summary)
+                if event is None:
+                    continue
+            resolved.append(event)
+        return resolved
+
+    def _end(self, events: list[dict[str, Any]]) -> None:
+        chunk = _encoded(events)
+        for subscriber in list(self.subscribers):
+            if chunk:
+                subscriber.send(chunk)
+            subscriber.close()
+        self.subscribers.clear()
+        if self.hub.topics.get(self.sweep_id) is self:  # not a newer poller of the same sweep
+            del self.hub.topics[self.sweep_id]
+
+
+class SweepHub:
+    """Sweep id → its poller, for the sweeps being streamed by this process."""
+
+    def __init__(self, sessions: sessionmaker, poll_interval: float):
+        self.sessions, self.poll_interval = sessions, poll_interval
+        self.topics: dict[int, SweepTopic] = {}
+
+    def subscribe(self, sweep_id: int) -> tuple[SweepTopic, Subscriber]:
+        topic = self.topics.get(sweep_id)
+        if topic is None:
+            topic = self.topics[sweep_id] = SweepTopic(self, sweep_id)
+        subscriber = Subscriber()
+        topic.join(subscriber)
+        if topic.task is None:
+            topic.task = asyncio.create_task(topic.poll_forever(), name=f"sweep-stream-{sweep_id}")
+        return topic, subscriber
+
+    def unsubscribe(self, topic: SweepTopic, subscriber: Subscriber) -> None:
+        subscriber.closed = True
+        topic.subscribers.discard(subscriber)
+        if not topic.subscribers and self.topics.get(topic.sweep_id) is topic:
+            # Its poller ends at its next turn; a client arriving meanwhile starts a new one.
+            del self.topics[topic.sweep_id]
+
+    async def close(self) -> None:
+        for topic in list(self.topics.values()):
+            await cancel_task(topic.task)
+
+
+async def sweep_events(hub: SweepHub, sweep_id: int, on_end) -> AsyncIterator[dict]:
+    topic, subscriber = hub.subscribe(sweep_id)
+    try:
+        async for event in subscriber.events():
             yield event
-        if any(event["event"] == "end" for event in events):
-            return
-        await asyncio.sleep(poll_interval)
+    finally:
+        hub.unsubscribe(topic, subscriber)
+        on_end()

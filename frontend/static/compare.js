@@ -43,9 +43,36 @@
     return value === null || value === undefined ? "–" : typeof value === "object" ? JSON.stringify(value) : String(value);
   }
 
+  // Each run against the first, test sample by test sample (McNemar, Holm over the runs), once finished.
+  let pairs = new Map(); // run id → GET /api/runs/{first}/paired item
+  let pairsFor = "";
+  async function loadPairs() {
+    const list = [...runs.values()];
+    const finished = list.filter((r) => r.state === "succeeded" || r.state === "cancelled").map((r) => r.id);
+    const key = finished.join(",");
+    if (list.length < 2 || key === pairsFor || !finished.includes(list[0].id)) return;
+    const others = list.slice(1).map((r) => r.id);
+    const { ok, body } = await missmod.api(`/api/runs/${list[0].id}/paired?against=${others.join(",")}`);
+    if (!ok) return;
+    pairsFor = key;
+    pairs = new Map(body.map((pair) => [pair.run_id, pair]));
+  }
+
+  function pairedText(run, index) {
+    if (index === 0) return "reference";
+    const pair = pairs.get(run.id);
+    if (!pair) return "–";
+    if (!pair.comparable) return `not comparable: ${pair.reason}`;
+    const diff = `${pair.diff >= 0 ? "+" : "−"}${Math.abs(100 * pair.diff).toFixed(2)} points`;
+    return `${diff} on ${pair.samples} samples (discordant ${pair.discordant.join(" vs ")}), McNemar p `
+      + `${pair.p_value.toPrecision(2)}, Holm ${pair.p_adjusted.toPrecision(2)}`
+      + (pair.significant ? (pair.diff > 0 ? " ▲ significant win" : " ▼ significant loss") : "");
+  }
+
   function showResults() {
     const list = [...runs.values()];
     fill(document.getElementById("results-table"), "", [
+      ["vs the first run, paired", list.map(pairedText)],
       ["state", list.map((r) => r.state)],
       ["test accuracy", list.map((r) => missmod.percent(r.test_accuracy))],
       ["validation accuracy", list.map((r) => missmod.percent(r.val_accuracy))],
@@ -90,6 +117,7 @@
       if (ok) runs.set(run.id, body);
       await refresh(runs.get(run.id));
     }
+    await loadPairs();
     showResults();
     setTimeout(poll, 2000);
   }
@@ -100,7 +128,9 @@
       error.textContent = "Choose at least two runs: /compare?runs=1,2,3 (or tick them in the runs table).";
       error.hidden = false;
     }
-    const fetched = await Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`)));
+    const asked = Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`)));
+    missmodCharts.load();  // parsed while the runs are fetched
+    const fetched = await asked;
     const missing = ids.filter((id, i) => !fetched[i].ok);
     fetched.filter((r) => r.ok).forEach((r) => runs.set(r.body.id, r.body));
     if (missing.length) {
@@ -116,6 +146,8 @@
       document.getElementById("confusion-grid").append(missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id }));
     }
     await Promise.all([...runs.values()].map(refresh));
+    await loadPairs();
+    showResults();
     page.dataset.ready = "true";
     setTimeout(poll, 2000);
   })();

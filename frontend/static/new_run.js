@@ -1,5 +1,6 @@
-// New-run form: choices come from the server (datasets with their modalities, methods with
-// the fusions each allows); the server validates, and its 422 errors are shown by the field.
+// New-run form: every choice comes from the server (datasets with their modalities, methods
+// with the fusions each allows, the spec's other choices from /api/choices); the server
+// validates, and its 422 errors are shown by the field.
 "use strict";
 
 (() => {
@@ -9,14 +10,17 @@
                                  "hidden_dim", "weight_decay"]);
   let datasets = [];
   let methods = [];
+  let imageEncoders = new Set();
+  // Friendlier words for some values; the values themselves come from the server.
+  const LABELS = { mlp: "mlp (feature vectors)", small_cnn: "small_cnn (images, CPU-sized)",
+                   all_complete: "all complete samples", batch: "complete samples of the batch" };
+  const labelled = (values) => values.map((v) => [v, LABELS[v] || v]);
 
   function setOptions(select, values, keep) {
     const previous = keep ? select.value : null;
     select.replaceChildren(...values.map(([value, label]) => missmod.el("option", label, { value })));
     if (previous && values.some(([v]) => v === previous)) select.value = previous;
   }
-
-  const IMAGE_ENCODERS = new Set(["small_cnn", "resnet34", "resnet50", "vgg16"]);
 
   function isImageDataset(dataset) {
     return Object.values(dataset.shapes || {}).every((shape) => shape.length === 3);
@@ -28,8 +32,8 @@
     setOptions(form.missing_modality, dataset.modalities.map((m) => [m, m]), true);
     if (!dataset.modalities.includes(form.missing_modality.value)) form.missing_modality.value = dataset.modalities[1];
     // Raw video needs an image encoder; vectors need the MLP.
-    if (dataset.source === "video" && !IMAGE_ENCODERS.has(form.encoder.value)) form.encoder.value = "small_cnn";
-    if (!isImageDataset(dataset) && IMAGE_ENCODERS.has(form.encoder.value)) form.encoder.value = "mlp";
+    if (dataset.source === "video" && !imageEncoders.has(form.encoder.value)) form.encoder.value = "small_cnn";
+    if (!isImageDataset(dataset) && imageEncoders.has(form.encoder.value)) form.encoder.value = "mlp";
     const samples = dataset.source === "video" ? `${dataset.n_groups} videos (${dataset.n_samples} segments)` : `${dataset.n_samples} samples`;
     document.getElementById("dataset-hint").textContent = dataset.error
       ? `Cannot be used: ${dataset.error}`
@@ -125,9 +129,16 @@
   });
 
   (async () => {
-    const [d, m] = await Promise.all([missmod.api("/api/datasets"), missmod.api("/api/methods")]);
+    const [d, m, c] = await Promise.all([missmod.api("/api/datasets"), missmod.api("/api/methods"),
+                                         missmod.api("/api/choices")]);
     datasets = d.body || [];
     methods = m.body || [];
+    const choices = c.body || { encoders: ["mlp"], image_encoders: [], pretrainable_encoders: [], reference_sets: ["auto"] };
+    imageEncoders = new Set(choices.image_encoders);
+    setOptions(form.encoder, labelled(choices.encoders));
+    setOptions(form.pretrained, [["false", "random"],
+                                 ["true", `ImageNet (${choices.pretrainable_encoders.join(", ")})`]]);
+    setOptions(form.reference_set, labelled(choices.reference_sets));
     setOptions(form.dataset, datasets.map((x) => [x.name, x.title ? `${x.name} — ${x.title}` : x.name]));
     setOptions(form.method, methods.map((x) => [x.name, `${x.name} — ${x.title}`]));
     form.dataset.addEventListener("change", onDatasetChange);

@@ -198,8 +198,8 @@
   });
 
   (async () => {
-    const [d, m, p] = await Promise.all([missmod.api("/api/datasets"), missmod.api("/api/methods"),
-                                         missmod.api("/api/presets")]);
+    const [d, m, p, c] = await Promise.all([missmod.api("/api/datasets"), missmod.api("/api/methods"),
+                                            missmod.api("/api/presets"), missmod.api("/api/choices")]);
     datasets = d.body || [];
     methods = m.body || [];
     presets = p.body || [];
@@ -207,7 +207,7 @@
     gridForm.dataset.replaceChildren(...datasetOptions);
     presetForm.dataset.replaceChildren(...datasetOptions.map((o) => o.cloneNode(true)));
     checkboxes(document.getElementById("s-methods"), "method", methods.map((x) => [x.name, x.name]), (v) => v === "mle");
-    const fusions = [...new Set(methods.flatMap((x) => x.fusions))];
+    const fusions = (c.body && c.body.fusions) || [...new Set(methods.flatMap((x) => x.fusions))];
     checkboxes(document.getElementById("s-fusions"), "fusion", fusions.map((f) => [f, f]), (v) => v === "add");
     presetForm.preset.replaceChildren(...presets.map((x) => missmod.el("option", `${x.figure} — ${x.title}`, { value: x.name })));
     gridForm.dataset.addEventListener("change", () => onDatasetChange(gridForm, document.getElementById("s-modalities")));

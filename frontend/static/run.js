@@ -27,9 +27,21 @@
     };
   }
 
-  for (const chart of Object.values(charts)) Plotly.newPlot(chart.div, [], layout(chart), PLOT_CONFIG);
+  // plotly.js runs once the run's history is asked for (see charts.js); the charts are made once
+  // it is there. Until then points and the best epoch wait here.
+  let chartsMade = false;
+  let heldPoints = [];
+  let heldBestEpoch = null;
+  missmodCharts.plotlyReady.then(() => {
+    for (const chart of Object.values(charts)) Plotly.newPlot(chart.div, [], layout(chart), PLOT_CONFIG);
+    chartsMade = true;
+    addPoints(heldPoints);
+    heldPoints = [];
+    if (heldBestEpoch !== null) markBestEpoch(heldBestEpoch);
+  });
 
   function addPoints(points) {
+    if (!chartsMade) { heldPoints.push(...points); return; }
     const byName = new Map();
     for (const p of points) {
       if (!byName.has(p.name)) byName.set(p.name, { x: [], y: [] });
@@ -47,6 +59,7 @@
   }
 
   function markBestEpoch(epoch) {
+    if (!chartsMade) { heldBestEpoch = epoch; return; }
     for (const chart of Object.values(charts)) {
       Plotly.relayout(chart.div, {
         shapes: [{ type: "line", x0: epoch, x1: epoch, yref: "paper", y0: 0, y1: 1,
@@ -187,7 +200,9 @@
     });
   }
   (async () => {
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    const history = missmod.api(`/api/runs/${runId}/metrics?max_points=2000`);
+    missmodCharts.load();
+    const { ok, body } = await history;
     if (ok) {
       cursor = body.cursor;
       addPoints(body.points.sort((a, b) => a.epoch - b.epoch));

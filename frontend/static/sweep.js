@@ -79,6 +79,7 @@
     }
     if (fresh.length) body.append(...fresh);
     if (!choiceMade && runs.size) chooseDefaults();
+    if (!runsShown) performance.mark("runs-shown");
     runsShown = true;
   }
 
@@ -127,7 +128,7 @@
 
   function resetCurves() {
     const div = document.getElementById("chart-curves");
-    Plotly.purge(div);
+    missmodCharts.purge(div);
     const metric = document.getElementById("curve-metric").value;
     curves = new missmodCharts.CurveChart(div, { title: metric.replace("_", " "), percent: metric.endsWith("accuracy") });
     cursors.clear();
@@ -150,7 +151,8 @@
         if (!chosen.has(id)) break;
         cursors.set(id, page.cursor);
         curves.append(id, `#${id} ${run.name}`, page.points.filter((p) => p.name === metric));
-        if (run.state === "succeeded" || run.state === "cancelled") await showConfusion(run);
+        // Not awaited: the matrices sit below the fold and are drawn when the browser is idle.
+        if (run.state === "succeeded" || run.state === "cancelled") showConfusion(run);
       } while (entry.again);
       loading.delete(id);
     })();
@@ -172,6 +174,73 @@
   }
 
   // --- table and trend ---------------------------------------------------------------------
+
+  const referenceChoice = document.getElementById("paired-reference");
+  const testChoice = document.getElementById("paired-test");
+  let choicesFor = "";
+
+  // The reference can be any row, or any method (its best row in each column).
+  function fillReferenceChoices(table) {
+    const labels = table.rows.map((r) => r.label);
+    const methods = [...new Set(table.rows.map((r) => r.method))].filter((m) => !labels.includes(m));
+    const key = JSON.stringify([labels, methods]);
+    if (key === choicesFor) return;
+    choicesFor = key;
+    const current = referenceChoice.value;
+    referenceChoice.replaceChildren(
+      missmod.el("option", "the best baseline of each column", { value: "" }),
+      ...methods.map((m) => missmod.el("option", `${m} (its best row per column)`, { value: m })),
+      ...labels.map((label) => missmod.el("option", label, { value: label })));
+    referenceChoice.value = [...referenceChoice.options].some((o) => o.value === current) ? current : "";
+  }
+
+  function comparisonQuery() {
+    const params = new URLSearchParams();
+    if (referenceChoice.value) params.set("reference", referenceChoice.value);
+    if (testChoice.value !== "seeds") params.set("test", testChoice.value);
+    return params.toString();
+  }
+
+  function signed(value, digits = 2) {
+    return `${value >= 0 ? "+" : "−"}${Math.abs(100 * value).toFixed(digits)}`;
+  }
+
+  // The cell against its column's reference: Δ mean [95% interval], wins/ties/losses, the mark.
+  function pairedLine(cell, td) {
+    if (cell.is_reference) {
+      td.classList.add("reference");
+      td.dataset.mark = "reference";
+      return missmod.el("div", "reference", { class: "paired", title: "the reference of this column's comparisons" });
+    }
+    const p = cell.paired;
+    if (!p) return null;
+    td.dataset.diff = String(p.diff);
+    td.dataset.wins = String(p.wins);
+    td.dataset.ties = String(p.ties);
+    td.dataset.losses = String(p.losses);
+    td.dataset.pAdjusted = String(p.p_adjusted);
+    if (p.mark) { td.dataset.mark = p.mark; td.classList.add(`significant-${p.mark}`); }
+    const interval = p.ci_low === null ? "" : ` [${signed(p.ci_low, 1)}, ${signed(p.ci_high, 1)}]`;
+    const line = missmod.el("div", null, { class: "paired" });
+    line.append(missmod.el("span", `Δ ${signed(p.diff)}${interval}`, { class: "diff" }),
+                missmod.el("span", ` ${p.wins}/${p.ties}/${p.losses}`, { class: "wtl", title: "wins/ties/losses over seeds" }));
+    if (p.mark) line.append(missmod.el("span", p.mark === "win" ? " ▲" : " ▼", { class: "mark", title: `significant ${p.mark}` }));
+    const tests = [`seeds: exact sign-flip p ${p.p_seeds.toPrecision(2)}`];
+    if (p.p_samples !== null) tests.push(`test samples: McNemar p ${p.p_samples.toPrecision(2)} (discordant ${p.discordant.join(" vs ")})`);
+    line.title = `vs ${p.reference} over ${p.n} seeds — ${tests.join("; ")}; Holm-adjusted p ${p.p_adjusted.toPrecision(2)}`
+      + (p.seeds_needed ? `; about ${p.seeds_needed} seeds would detect this difference` : "");
+    return line;
+  }
+
+  function showComparison(comparison) {
+    const note = document.getElementById("paired-note");
+    note.textContent = comparison ? comparison.note : "";
+    page.dataset.pairedTests = comparison ? String(comparison.tests) : "0";
+    const query = comparisonQuery();
+    for (const [id, format] of [["export-csv", "csv"], ["export-latex", "latex"]]) {
+      document.getElementById(id).href = `/api/sweeps/${sweepId}/table?format=${format}${query ? `&${query}` : ""}`;
+    }
+  }
 
   function showTable(table) {
     const head = document.querySelector("#sweep-table thead");
@@ -201,6 +270,8 @@
           td.append(missmod.el("span", cell.pending ? "…" : "–", { class: "value muted" }));
         }
         if (cell.pending && cell.n) td.append(missmod.el("span", ` +${cell.pending}`, { class: "n", title: "runs still to finish" }));
+        const paired = pairedLine(cell, td);
+        if (paired) td.append(paired);
         if (cell.best) td.classList.add("best");
         if (cell.paper !== null) {
           td.append(missmod.el("div", `paper ${(100 * cell.paper).toFixed(2)}`, { class: "paper" }));
@@ -211,6 +282,8 @@
       return tr;
     }));
     if (table.paper) document.getElementById("paper-context").textContent = table.paper.note;
+    fillReferenceChoices(table);
+    showComparison(table.comparison);
   }
 
   function showTrend(trend) {
@@ -233,8 +306,22 @@
   function showSummary(summary) {
     showTable(summary.table);
     showTrend(summary.trend);
+    if (!summaryShown) performance.mark("summary-shown");
     summaryShown = true;
   }
+
+  // The stream's summaries compare with the default reference by the seed-level test; another
+  // choice is one request for the table and the trend together.
+  let summaryRequest = 0;
+  async function summaryFor(streamed) {
+    const query = comparisonQuery();
+    if (!query && streamed) { showSummary(streamed); return; }
+    const request = ++summaryRequest;
+    const { ok, body } = await missmod.api(`/api/sweeps/${sweepId}/summary${query ? `?${query}` : ""}`);
+    if (ok && request === summaryRequest) showSummary(body);
+  }
+  referenceChoice.addEventListener("change", () => summaryFor(null));
+  testChoice.addEventListener("change", () => summaryFor(null));
 
   // --- actions -----------------------------------------------------------------------------
 
@@ -257,18 +344,27 @@
 
   // --- the stream --------------------------------------------------------------------------
 
+  // Drawn: the table, the run list, the chosen runs' data, and every chart in view (the charts
+  // further down are drawn when the browser is idle, or when scrolled to).
   async function markDrawn() {
     if (page.dataset.drawn || !summaryShown || !runsShown) return;
+    missmodCharts.load();
     await Promise.all([...loading.values()].map((entry) => entry.promise));
+    await missmodCharts.inViewDrawn();
+    if (page.dataset.drawn) return;
     page.dataset.drawn = "true";
     page.dataset.drawnAt = String(performance.now());
   }
 
   resetCurves();
   const stream = new EventSource(`/api/sweeps/${sweepId}/stream`);
+  // plotly.js runs once the table and the run list are shown and the chosen runs' points are
+  // asked for (markDrawn), or after a second, whatever comes first: the points arrive while the
+  // browser parses it.
+  setTimeout(() => missmodCharts.load(), 1000);
   stream.addEventListener("runs", (event) => { showRuns(JSON.parse(event.data)); markDrawn(); });
   stream.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
-  stream.addEventListener("summary", (event) => { showSummary(JSON.parse(event.data)); markDrawn(); });
+  stream.addEventListener("summary", async (event) => { await summaryFor(JSON.parse(event.data)); markDrawn(); });
   stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
   stream.addEventListener("gone", () => { stream.close(); document.getElementById("sweep-progress").textContent = "This sweep was deleted."; });
 })();

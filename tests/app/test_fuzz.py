@@ -2,13 +2,20 @@
 operation, a bounded number each, against the real app and database; no answer may be a 5xx.
 
 The live stream is left out: for a run that is not finished it streams until the client
-leaves, which a fuzzer never does (it has its own tests)."""
+leaves, which a fuzzer never does (it has its own tests).
+
+Schemathesis generates JSON a strict encoder accepts; Python's parser also takes NaN, Infinity
+and lone surrogates ("\\udcff"), so a second pass puts those into generated bodies and query
+strings and sends them as raw text."""
 
 from __future__ import annotations
 
 import pytest
 import schemathesis
+import json
+
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -19,7 +26,7 @@ pytestmark = pytest.mark.fuzz
 
 EXAMPLES_PER_OPERATION_AND_MODE = 25
 OPERATIONS_WITHOUT_INPUTS = {"GET /api/health", "DELETE /api/session", "GET /api/datasets", "GET /api/methods",
-                             "GET /api/presets"}
+                             "GET /api/presets", "GET /api/choices"}
 
 
 @pytest.mark.parametrize("backend", ["embedded_settings", pytest.param("service_settings", marks=pytest.mark.services)])
@@ -28,7 +35,9 @@ def test_no_request_makes_the_api_fail(backend, request, client_for):
     app_settings = request.getfixturevalue(backend)
     client_for(app_settings).post("/api/runs", json={  # a run to find, so ids hit real rows too
         "dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1})
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(app_settings))
+    # Its requests name the host "testserver" (Starlette's test client), trusted as a deployment trusts its name.
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", create_app(app_settings.model_copy(update={"trusted_hosts": ["testserver"]})))
     operations = [result.ok() for result in schema.exclude(path_regex=r".*/stream$").get_all_operations()]
     assert len(operations) >= 10
     fuzzed, without_invalid_inputs = [], []
@@ -51,3 +60,64 @@ def test_no_request_makes_the_api_fail(backend, request, client_for):
     assert len(fuzzed) + len(without_invalid_inputs) == 2 * len(operations)
     # Only operations that take no input at all cannot be sent an invalid one.
     assert set(without_invalid_inputs) <= OPERATIONS_WITHOUT_INPUTS, without_invalid_inputs
+    poisoned = send_unencodable_values(client_for(app_settings), operations)
+    assert poisoned >= 5, poisoned  # operations with a body or a query string
+
+
+# Values Python's JSON parser accepts and JSON cannot carry, as JSON text; and as query text
+# (the percent-encoded UTF-8 of a lone surrogate, and bytes that are no UTF-8 at all).
+UNENCODABLE_JSON = ["NaN", "Infinity", "-Infinity", '"\\udcff"', '"a\\ud800b"', '["\\udfff", NaN]']
+UNENCODABLE_QUERY = ["NaN", "Infinity", "-inf", "%ED%B3%BF", "%FF%FE", "1e999"]
+POISON = "\u2603poison\u2603"  # a marker no generated value holds, replaced by the raw text
+
+
+def _poison_one(value, choice: int):
+    """`value` (a generated JSON body) with one leaf, chosen by `choice`, replaced by POISON."""
+    leaves = []
+
+    def walk(node, setter):
+        if isinstance(node, dict) and node:
+            for key in list(node):
+                walk(node[key], lambda new, key=key, node=node: node.__setitem__(key, new))
+        elif isinstance(node, list) and node:
+            for index in range(len(node)):
+                walk(node[index], lambda new, index=index, node=node: node.__setitem__(index, new))
+        else:
+            leaves.append(setter)
+
+    holder = [value]
+    walk(value, lambda new: holder.__setitem__(0, new))
+    leaves[choice % len(leaves)](POISON)
+    return holder[0]
+
+
+def send_unencodable_values(client, operations) -> int:
+    """Generated valid requests with one body value or query value swapped for NaN, an infinity
+    or a lone surrogate; none may answer 5xx. Returns how many operations took part."""
+    fuzzed = 0
+    for operation in operations:
+        @given(case=operation.as_strategy(GenerationMode.POSITIVE), choice=st.integers(0, 100),
+               raw=st.sampled_from(UNENCODABLE_JSON), query_raw=st.sampled_from(UNENCODABLE_QUERY))
+        @settings(max_examples=EXAMPLES_PER_OPERATION_AND_MODE, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def no_server_error(case, choice, raw, query_raw):
+            query = dict(case.query or {})
+            url = case.formatted_path
+            if query:
+                name = sorted(query)[choice % len(query)]
+                query.pop(name)
+                url += f"?{name}={query_raw}"
+            kwargs = {"params": query}
+            if isinstance(case.body, (dict, list)) and case.body:
+                text = json.dumps(_poison_one(json.loads(json.dumps(case.body)), choice))
+                kwargs.update(content=text.replace(json.dumps(POISON), raw).encode(),
+                              headers={"content-type": "application/json"})
+            elif not query:
+                return
+            response = client.request(case.method, url, **kwargs)
+            assert response.status_code < 500, (case.method, url, kwargs, response.status_code, response.text)
+
+        no_server_error()
+        if operation.body or any(parameter.location == "query" for parameter in operation.iter_parameters()):
+            fuzzed += 1
+    return fuzzed

@@ -80,11 +80,83 @@ def test_a_browser_signs_in_once_and_holds_a_session(client_for, guarded):
     assert other.get("/api/runs").status_code == 200 and stranger.get("/api/runs").status_code == 401
 
 
+# Each is a way out of the site once the browser has parsed it: it drops tabs and line breaks,
+# trims control characters and spaces at the ends, and reads a backslash as a slash.
+REDIRECTS_OFF_SITE = ["https://evil.example/", "//evil.example", "/\\evil.example", "\\\\evil.example",
+                      "/\t/evil.example/x", "/\n/evil.example", "/\r/evil.example", "/\r\n/evil.example",
+                      "\t//evil.example", " //evil.example", "/\x00/evil.example", "/\\/evil.example",
+                      "\\/evil.example", "/\t\\evil.example", "javascript:alert(1)", "/\x0b/evil.example"]
+
+
 def test_sign_in_redirects_only_within_the_site(client):
-    for target, expected in [("/runs/3", "/runs/3"), ("https://evil.example/", "/"), ("//evil.example", "/"),
-                             ("/\\evil.example", "/")]:
+    for target, expected in [("/runs/3", "/runs/3"), ("/runs?state=failed", "/runs?state=failed"),
+                             *((way_out, "/") for way_out in REDIRECTS_OFF_SITE)]:
         page = client.get("/login", params={"next": target}).text
-        assert f'data-next="{expected}"' in page, target
+        assert f'data-next="{expected}"' in page, repr(target)
+
+
+@pytest.mark.browser
+def test_signing_in_with_a_tab_in_next_stays_on_the_site(guarded, start_server, page):
+    base = start_server(guarded)
+    page.goto(f"{base}/login?next=%2F%09%2Fevil.example%2Fx")
+    page.fill("#f-token", TOKEN)
+    page.click("#submit-sign-in")
+    page.wait_for_url(f"{base}/")  # the runs page, not http://evil.example/x
+    assert page.url == f"{base}/"
+
+
+def test_sign_out_ends_the_session_even_for_a_copy_of_the_cookie(client_for, guarded):
+    browser = client_for(guarded)
+    assert browser.post("/api/session", json={"token": TOKEN}).status_code == 204
+    copied = dict(browser.cookies)
+    assert browser.get("/api/runs").status_code == 200
+    assert browser.delete("/api/session").status_code == 204
+    thief = client_for(guarded)
+    thief.cookies.update(copied)
+    assert thief.get("/api/runs").status_code == 401
+    # a new sign-in opens a new session
+    assert browser.post("/api/session", json={"token": TOKEN}).status_code == 204
+    assert browser.get("/api/runs").status_code == 200
+
+
+def test_sign_in_is_throttled_per_client(client_for, guarded):
+    browser = client_for(guarded.model_copy(update={"sign_in_attempts_per_minute": 5}))
+    statuses = [browser.post("/api/session", json={"token": f"wrong-{i}"}).status_code for i in range(5)]
+    assert statuses == [401] * 5
+    refused = browser.post("/api/session", json={"token": TOKEN})  # even the right one, for now
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+    assert browser.get("/api/runs").status_code == 401
+
+
+def test_a_request_for_another_host_name_is_refused(guarded, start_server):
+    """DNS rebinding: a page of evil.example whose name now points at this server sends its
+    own name as Host and as Origin, which agree; only the name gives it away."""
+    import httpx2 as httpx
+
+    base = start_server(guarded)
+    port = base.rsplit(":", 1)[1]
+    with httpx.Client(base_url=base, timeout=10) as http:
+        run = http.post("/api/runs", json=VALID, headers=bearer()).json()
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", ""):
+            attack = http.delete(f"/api/runs/{run['id']}",
+                                 headers={**bearer(), "Host": host, "Origin": f"http://{host}"})
+            assert attack.status_code == 400, host
+            assert http.get("/api/health", headers={"Host": host}).status_code == 400
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert http.get(f"/api/runs/{run['id']}", headers={**bearer(), "Host": host}).status_code == 200, host
+        assert http.get(f"/api/runs/{run['id']}", headers=bearer()).status_code == 200
+
+
+def test_trusted_hosts_are_required_beyond_localhost_and_honoured(embedded_settings):
+    with pytest.raises(ValueError, match="TRUSTED_HOSTS is required"):
+        Settings(host="0.0.0.0", var_dir=embedded_settings.var_dir)
+    settings = Settings(host="0.0.0.0", trusted_hosts="missmod.example.org, *.lab.example",
+                        var_dir=embedded_settings.var_dir)
+    assert settings.trusted_hosts == ["missmod.example.org", "*.lab.example"]
+    for host, status in [("missmod.example.org", 200), ("gpu1.lab.example:8000", 200), ("lab.example.evil", 400),
+                         ("evil.example", 400), ("missmod.example.org.evil.example", 400)]:
+        with TestClient(create_app(settings), base_url=f"http://{host}") as client:
+            assert client.get("/api/health").status_code in (status, 503 if status == 200 else status), host
 
 
 @pytest.mark.parametrize("token_set", [False, True])
@@ -119,7 +191,7 @@ def test_an_unexpected_error_is_a_500_without_a_traceback(embedded_settings, cap
     def explode():
         raise RuntimeError("secret internals: /etc/missmod/password")
 
-    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client, caplog.at_level(logging.ERROR):
         response = client.get("/api/explode")
     assert response.status_code == 500
     body = response.text
@@ -211,3 +283,38 @@ def test_text_postgresql_cannot_store_is_a_422_not_a_500(service_settings, clien
         assert client.get("/api/runs", params={parameter: "a\x00b"}).status_code == 422
     assert client.post("/api/runs", json={**VALID, "name": "tabs\tare control characters too"}).status_code == 422
     assert client.get("/api/runs").json()["total"] == 0
+
+
+# --- input JSON cannot hold: NaN, infinities, lone surrogates ---------------------------------
+
+RUN_JSON = '{"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1'
+HOSTILE_BODIES = [  # (path, method, JSON text, the field at fault)
+    ("/api/runs", "POST", RUN_JSON + ', "lr": NaN}', "lr"),
+    ("/api/runs", "POST", RUN_JSON.replace("0.5", "Infinity") + "}", "missing_rate"),
+    ("/api/runs", "POST", RUN_JSON + ', "weight_decay": -Infinity}', "weight_decay"),
+    ("/api/runs", "POST", RUN_JSON + ', "name": "a\\udcffb"}', "name"),
+    ("/api/runs", "POST", RUN_JSON.replace('"digits"', '"\\ud800"') + "}", "dataset"),
+    ("/api/sweeps", "POST", RUN_JSON.replace("0.5", "[0.5, NaN]") + "}", "missing_rate"),
+    ("/api/sweeps", "POST", RUN_JSON.replace("0.5", "[0.1, 0.5]") + ', "lr": [0.1, Infinity]}', "lr"),
+    ("/api/sweeps/preview", "POST", RUN_JSON.replace('"mle"', '["mle", "\\udcff"]') + "}", "method"),
+    ("/api/sweeps/preview", "POST", RUN_JSON + ', "name": "\\udcff"}', "name"),
+    ("/api/runs/1", "PATCH", '{"note": "\\ud800"}', "note"),
+    ("/api/runs/1", "PATCH", '{"tags": ["ok", "\\udfff"]}', "tags"),
+    ("/api/presets/table1/preview", "POST", '{"dataset": "digits", "epochs": NaN}', "epochs"),
+]
+
+
+@pytest.mark.parametrize("path, method, body, field", HOSTILE_BODIES)
+def test_non_finite_numbers_and_lone_surrogates_are_a_422_naming_the_field(client_for, embedded_settings,
+                                                                            path, method, body, field):
+    client = client_for(embedded_settings)
+    assert client.post("/api/runs", json=VALID).status_code == 201
+    response = client.request(method, path, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, (response.status_code, response.text)
+    assert ["body", field] in [error["loc"][:2] for error in response.json()["detail"]], response.text
+    assert client.get("/api/runs").json()["total"] == 1  # nothing half-written
+
+
+def test_a_token_with_a_lone_surrogate_is_a_422_at_sign_in(client):
+    response = client.post("/api/session", content=b'{"token": "\\udcff"}', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "token"]

@@ -139,3 +139,162 @@ def test_api_lists_features_and_refuses_runs_on_broken_ones(embedded_settings, c
     error = response.json()["detail"][0]
     assert error["loc"] == ["body", "dataset"] and "missing array 'label'" in error["msg"]
     assert client.post("/api/runs", json={**spec, "dataset": "mine"}).status_code == 201
+
+
+# --- read defensively: the outside probe's files ------------------------------------------
+
+
+@pytest.fixture
+def default_limits():
+    """The limits of the process's cache are restored for the tests that follow."""
+    from training.datasets import FeatureLimits, configure_features
+
+    yield
+    configure_features(FeatureLimits.from_env())
+
+
+def npy_header_only(shape, dtype="<f4") -> bytes:
+    """An .npy stream whose header declares `shape` and which holds no data at all."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def write_huge_declaration(directory, name):
+    """The probe's 9 KB file: an array whose header declares 10^8 × 10^6 float32."""
+    import zipfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = good()
+    with zipfile.ZipFile(directory / f"{name}.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for key in ("label", "audio", "group"):
+            with archive.open(f"{key}.npy", "w") as member:
+                np.lib.format.write_array(member, arrays[key])
+        archive.writestr("visual.npy", npy_header_only((10**8, 10**6)))
+
+
+def test_a_file_declaring_a_huge_array_is_refused_before_anything_is_allocated(data_dir):
+    write_huge_declaration(data_dir / "features", "huge")
+    write(data_dir / "features", "fine", **good())
+    infos = {info.name: info for info in dataset_infos(data_dir)}
+    assert "declares shape (100000000, 1000000)" in infos["huge"].error
+    assert infos["fine"].error is None and infos["digits"].error is None
+    with pytest.raises(DatasetError, match="declares shape"):
+        load_dataset("huge", data_dir)
+
+
+def test_a_file_too_big_for_the_limit_is_refused_from_its_headers(data_dir, default_limits):
+    from training.datasets import FeatureLimits, configure_features
+
+    write(data_dir / "features", "big", **video_features(n_videos=600))  # 2,400 × (6 + 8) float32
+    write(data_dir / "features", "small", **good())
+    configure_features(FeatureLimits(max_bytes=100_000))
+    infos = {info.name: info for info in dataset_infos(data_dir)}
+    assert "at most 100,000 (setting FEATURES_MAX_BYTES)" in infos["big"].error
+    assert infos["small"].error is None
+
+
+def test_any_error_reading_a_file_marks_only_that_file(data_dir):
+    """Corrupt compressed data raises zlib.error or a CRC error from deep inside zipfile,
+    neither of which the reader names: the file is unusable, with the reason, and nothing else is."""
+    features = data_dir / "features"
+    features.mkdir(parents=True)
+    np.savez_compressed(features / "corrupt.npz", **good())
+    raw = bytearray((features / "corrupt.npz").read_bytes())
+    start = raw.index(b"audio.npy") + 200
+    raw[start:start + 64] = bytes(64)
+    (features / "corrupt.npz").write_bytes(bytes(raw))
+    write(features, "fine", **good())
+    infos = {info.name: info for info in dataset_infos(data_dir)}
+    assert infos["corrupt"].error and infos["fine"].error is None and infos["digits"].error is None
+    with pytest.raises(DatasetError):
+        load_dataset("corrupt", data_dir)
+
+
+def test_the_cache_is_bounded_by_bytes_and_forgets_changed_and_deleted_files(tmp_path):
+    from training.datasets.features import FeatureFileCache, FeatureLimits
+
+    features = tmp_path / "features"
+    for name in ("a", "b", "c"):
+        write(features, name, **video_features(n_videos=120))  # 480 × 14 float32 and three int64 arrays
+    one = 480 * 14 * 4 + 3 * 480 * 8
+    cache = FeatureFileCache(FeatureLimits(cache_bytes=2 * one + 100))  # room for two of the three
+    sizes = []
+    for name in ("a", "b", "c", "a"):
+        data = cache.get(features / f"{name}.npz")
+        sizes.append(cache.cached_bytes)
+        assert data.info().n_samples == 480
+    assert sizes == [one, 2 * one, 2 * one, 2 * one]  # the third pushed out the first, which came back
+    assert cache.info(features / "b.npz").n_samples == 480  # listed even when its arrays are out
+    (features / "a.npz").unlink()
+    cache.forget_missing(features, {features / "b.npz", features / "c.npz"})
+    assert cache.cached_bytes < max(sizes)
+    assert "cannot be read" in cache.info(features / "a.npz").error
+    write(features, "c", **video_features(n_videos=30))
+    assert cache.get(features / "c.npz").info().n_samples == 120  # changed: read again
+
+
+def test_deleting_a_file_frees_its_cached_arrays(data_dir):
+    from training import datasets
+
+    write(data_dir / "features", "gone_soon", **video_features(n_videos=120))
+    before = datasets._feature_cache.cached_bytes
+    assert load_dataset("gone_soon", data_dir).info().n_samples == 480
+    assert datasets._feature_cache.cached_bytes > before
+    (data_dir / "features" / "gone_soon.npz").unlink()
+    assert "gone_soon" not in {info.name for info in dataset_infos(data_dir)}
+    assert datasets._feature_cache.cached_bytes == before
+
+
+def test_the_number_of_classes_is_capped(data_dir):
+    arrays = good()
+    arrays["label"] = arrays["label"].copy()
+    arrays["label"][0] = 10**6
+    arrays.pop("classes")
+    write(data_dir / "features", "many_classes", **arrays)
+    named = good()
+    named["classes"] = np.array([f"c{k}" for k in range(5000)])
+    write(data_dir / "features", "many_names", **named)
+    infos = {info.name: info for info in dataset_infos(data_dir)}
+    assert "at most 1,000 classes (setting MAX_CLASSES)" in infos["many_classes"].error
+    assert "'classes' names 5,000 classes; at most 1,000" in infos["many_names"].error
+    assert infos["many_classes"].classes == () and infos["many_classes"].class_counts == ()
+
+
+def test_values_overflowing_float32_and_featureless_modalities_are_refused(data_dir):
+    overflowing = good()
+    overflowing["audio"] = overflowing["audio"].astype(np.float64)
+    overflowing["audio"][7, 2] = 1e300  # finite in float64, infinite in float32
+    write(data_dir / "features", "overflowing", **overflowing)
+    featureless = good()
+    featureless["visual"] = np.zeros((48, 0), dtype=np.float32)
+    write(data_dir / "features", "featureless", **featureless)
+    infos = {info.name: info for info in dataset_infos(data_dir)}
+    assert "NaN or infinite values (first in row 7) as float32" in infos["overflowing"].error
+    assert "modality 'visual' has no features: shape (48, 0)" in infos["featureless"].error
+
+
+def test_the_api_keeps_serving_other_datasets_beside_the_probes_files(embedded_settings, start_server, default_limits):
+    import httpx2 as httpx
+
+    features = embedded_settings.data_dir / "features"
+    write_huge_declaration(features, "huge")
+    arrays = good()
+    arrays["label"] = arrays["label"].copy()
+    arrays["label"][0] = 6
+    arrays.pop("classes")
+    write(features, "seven_classes", **arrays)
+    base = start_server(embedded_settings.model_copy(update={"max_classes": 5}))
+    with httpx.Client(base_url=base, timeout=30) as http:
+        listed = http.get("/api/datasets")
+        assert listed.status_code == 200
+        errors = {d["name"]: d["error"] for d in listed.json()}
+        assert "declares shape" in errors["huge"] and errors["digits"] is None
+        assert "at most 5 classes (setting MAX_CLASSES)" in errors["seven_classes"]  # the server's own setting
+        spec = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1}
+        assert http.post("/api/runs", json=spec).status_code == 201
+        assert http.post("/api/sweeps/preview", json={**spec, "seed": [0, 1]}).status_code == 200
+        refused = http.post("/api/runs", json={**spec, "dataset": "huge", "missing_modality": "audio"})
+        assert refused.status_code == 422 and "declares shape" in refused.json()["detail"][0]["msg"]

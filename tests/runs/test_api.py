@@ -1,17 +1,18 @@
-"""The REST API over the real app, a real SQLite database and the real filesystem broker."""
+"""The runs REST API, one run at a time — create (validated at the edge), read, cancel, its
+metrics, its live stream and confusion matrix — plus the catalogue, health and pages, over the
+real app, a real SQLite database and the real filesystem broker. Lists, tags, retry and delete:
+test_list_and_manage.py; the life cycle a worker drives: tests/lifecycle/."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import service
+from backend.runs import lease
 from backend.runs.models import MetricPoint, Run
 from backend.runs.schemas import MetricsPage
-from tests.support import queued_run_ids
+from tests.support import queued_run_ids, read_events
 
 VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
          "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -90,22 +91,6 @@ def test_default_name_describes_the_spec(client):
     assert run["name"] == "mle-add digits bottom@0.9 s0"
 
 
-def test_list_filters_and_paginates(client):
-    for method in ["mle", "lower_bound", "mle"]:
-        assert client.post("/api/runs", json={**VALID, "method": method}).status_code == 201
-    page = client.get("/api/runs", params={"limit": 2}).json()
-    assert page["total"] == 3 and len(page["items"]) == 2
-    assert page["items"][0]["id"] > page["items"][1]["id"]  # newest first
-    second = client.get("/api/runs", params={"limit": 2, "offset": 2}).json()
-    assert len(second["items"]) == 1
-    only_mle = client.get("/api/runs", params={"method": "mle"}).json()
-    assert only_mle["total"] == 2 and {r["method"] for r in only_mle["items"]} == {"mle"}
-    assert client.get("/api/runs", params={"state": "running"}).json()["total"] == 0
-    assert client.get("/api/runs", params={"dataset": "synthetic"}).json()["total"] == 0
-    assert client.get("/api/runs", params={"state": "bogus"}).status_code == 422
-    assert client.get("/api/runs", params={"limit": 0}).status_code == 422
-
-
 def test_unknown_run_is_404(client):
     for path in ["/api/runs/999", "/api/runs/999/metrics", "/api/runs/999/confusion", "/api/runs/999/stream"]:
         assert client.get(path).status_code == 404, path
@@ -119,21 +104,21 @@ def test_cancel_queued_run_is_immediate_and_final(client, settings):
     assert client.post(f"/api/runs/{run['id']}/cancel").status_code == 409
     # a worker that still receives the id does not run it
     with session_factory(settings.database_url)() as session:
-        assert service.start_run(session, run["id"], "test") is None
+        assert lease.start_run(session, run["id"], "test") is None
 
 
 def test_metrics_cursor_returns_only_new_points_and_no_duplicates(client, settings):
     run = client.post("/api/runs", json=VALID).json()
     sessions = session_factory(settings.database_url)
     with sessions() as session:
-        service.start_run(session, run["id"], "test")
-        service.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
+        lease.start_run(session, run["id"], "test")
+        lease.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
     page = client.get(f"/api/runs/{run['id']}/metrics").json()
     assert MetricsPage.model_validate(page).state == "running"  # the documented shape
     assert [(p["epoch"], p["name"]) for p in page["points"]] == [(1, "train_loss"), (1, "val_accuracy")]
     with sessions() as session:
-        service.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored
-        service.record_epoch(session, run["id"], 2, {"train_loss": 1.0, "val_accuracy": float("nan")})
+        lease.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored
+        lease.record_epoch(session, run["id"], 2, {"train_loss": 1.0, "val_accuracy": float("nan")})
         assert session.scalar(select(func.count()).select_from(MetricPoint)) == 4
     newer = client.get(f"/api/runs/{run['id']}/metrics", params={"after": page["cursor"]}).json()
     assert [(p["epoch"], p["name"], p["value"]) for p in newer["points"]] == [
@@ -141,28 +126,15 @@ def test_metrics_cursor_returns_only_new_points_and_no_duplicates(client, settin
     assert client.get(f"/api/runs/{run['id']}").json()["epochs_completed"] == 2
 
 
-def read_events(response) -> list[tuple[str, dict]]:
-    events, name, data = [], None, []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            data.append(line.split(":", 1)[1].strip())
-        elif line == "" and name:
-            events.append((name, json.loads("\n".join(data))))
-            name, data = None, []
-    return events
-
-
 def test_stream_sends_points_then_state_then_end(client, settings):
     run = client.post("/api/runs", json=VALID).json()
     sessions = session_factory(settings.database_url)
     with sessions() as session:
-        service.start_run(session, run["id"], "test")
-        service.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5})
-        service.record_epoch(session, run["id"], 2, {"val_accuracy": 0.7})
-        service.finish_run(session, run["id"], cancelled=False, test_accuracy=0.66, val_accuracy=0.7, best_epoch=2,
-                           classes=["a", "b"], confusion=[[1, 0], [1, 1]], info={})
+        lease.start_run(session, run["id"], "test")
+        lease.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5})
+        lease.record_epoch(session, run["id"], 2, {"val_accuracy": 0.7})
+        lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.66, val_accuracy=0.7, best_epoch=2,
+                         classes=["a", "b"], confusion=[[1, 0], [1, 1]], info={})
     with client.stream("GET", f"/api/runs/{run['id']}/stream") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = read_events(response)

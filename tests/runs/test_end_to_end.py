@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from backend.db import session_factory
 from backend.queue import RunQueue
 from backend.runs.models import Run, RunState
+from backend.sweeps.service import run_predictions
 from backend.db import utcnow
 
 from tests.support import wait_for
@@ -43,6 +45,14 @@ def check_trained_run(client, run_id: int, epochs: int) -> None:
     confusion = client.get(f"/api/runs/{run_id}/confusion").json()
     assert len(confusion["counts"]) == 10 and confusion["epoch"] == run["best_epoch"]
     assert sum(map(sum, confusion["counts"])) == run["info"]["n_test"]
+    # The test predictions kept for paired tests agree with the accuracy and the matrix.
+    with client.app.state.sessions() as session:
+        kept = run_predictions(session, [run_id])[run_id]
+    assert len(kept.labels) == run["info"]["n_test_groups"]
+    assert kept.correct.mean() == pytest.approx(run["test_accuracy"], abs=1e-12)
+    rebuilt = np.zeros((10, 10), dtype=int)
+    np.add.at(rebuilt, (kept.labels, kept.predicted), 1)
+    assert rebuilt.tolist() == confusion["counts"]
 
 
 def test_embedded_default_trains_a_run(embedded_settings, client_for, start_worker):

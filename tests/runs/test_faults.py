@@ -16,7 +16,7 @@ import pytest
 from backend.migrate import upgrade
 from backend.settings import Settings
 
-from tests.support import wait_for
+from tests.support import quick_to_reconcile, wait_for
 from tests.support.faults import CuttableProxy, PrivateRedis
 from tests.runs.test_end_to_end import SPEC, check_trained_run, wait_for_state
 
@@ -26,13 +26,6 @@ pytestmark = pytest.mark.faults
 # interrupted mid-run, short enough to finish quickly. The tests are about what survives.
 FAST = {**SPEC, "missing_rate": 0.5, "hidden_dim": 512}
 EPOCHS = 12
-
-
-def quick_to_reconcile(settings: Settings, **changes) -> Settings:
-    """Heartbeats every 0.5 s, a worker taken for dead after 4 s without one, and the API's
-    reconcile step every 0.5 s: the same code as in production, on a test's time scale."""
-    return settings.model_copy(update={"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0,
-                                       "reconcile_interval": 0.5, **changes})
 
 
 def run_json(client, run_id: int) -> dict:

@@ -37,12 +37,42 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 
-def queued_run_ids(settings: Settings) -> list[int]:
-    """The ids waiting in the embedded (filesystem) broker's queue, in the order they were sent."""
+def quick_to_reconcile(settings: Settings, **changes) -> Settings:
+    """Heartbeats every 0.5 s, a worker taken for dead after 4 s without one, and the API's
+    reconcile step every 0.5 s: the same code as in production, on a test's time scale."""
+    return settings.model_copy(update={"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0,
+                                       "reconcile_interval": 0.5, **changes})
+
+
+def queued_task_ids(settings: Settings) -> list[str]:
+    """The task ids waiting in the embedded (filesystem) broker's queue, in the order they were
+    sent: a run's id, or `job-<id>` for a dataset job."""
     import json
 
     messages = sorted((settings.broker_dir / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns)
-    return [int(json.loads(p.read_text())["headers"]["id"]) for p in messages]
+    return [json.loads(p.read_text())["headers"]["id"] for p in messages]
+
+
+def queued_run_ids(settings: Settings) -> list[int]:
+    """The run ids waiting in the embedded broker's queue, in the order they were sent."""
+    return [int(task_id) for task_id in queued_task_ids(settings)]
+
+
+
+def read_events(response) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a Server-Sent Events response, read to its end."""
+    import json
+
+    events, name, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+        elif line == "" and name:
+            events.append((name, json.loads("\n".join(data))))
+            name, data = None, []
+    return events
 
 
 
@@ -60,8 +90,20 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 def wait_in_page(page, expression: str, timeout: float = 30) -> None:
     """Poll a JavaScript expression with page.evaluate until it is truthy. Not
     page.wait_for_function: it evaluates its predicate repeatedly inside the page, which the
-    pages' Content-Security-Policy (no 'unsafe-eval') refuses."""
-    wait_for(lambda: page.evaluate(expression), timeout, interval=0.1, what=expression)
+    pages' Content-Security-Policy (no 'unsafe-eval') refuses. A navigation that starts while
+    a poll runs destroys the page's context under it: that poll counts as "not yet" (tests that
+    cause a navigation should still wait for it, with page.expect_navigation or wait_for_url)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    def holds() -> bool:
+        try:
+            return bool(page.evaluate(expression))
+        except PlaywrightError as error:
+            if "Execution context was destroyed" in str(error):
+                return False
+            raise
+
+    wait_for(holds, timeout, interval=0.1, what=expression)
 
 
 

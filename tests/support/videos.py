@@ -100,3 +100,19 @@ def enterface_tree(root: Path, subjects=(1, 2, 3), sentences=(1,), seconds: floa
     (stray / "._s1_an_1.avi").write_bytes(b"\0" * 16)  # macOS companion file
     (root / "readme.txt").write_text("eNTERFACE'05")
     return expected
+
+
+def ravdess_copies(root: Path, actors=range(1, 25), seconds: float = 4.0) -> int:
+    """Many RAVDESS clips made cheaply, for jobs that must last a few seconds: the six clips of
+    Actor_01 are made once and copied under every other actor's names (a copy costs nothing to
+    make and as much as any clip to preprocess). Returns the number of clips."""
+    import shutil
+
+    first, *others = actors
+    made = [make_clip(root / f"Actor_{first:02d}" / f"01-01-{code}-01-01-01-{first:02d}.mp4", COLOURS[label],
+                      TONES[label], seconds) for label, code in RAVDESS_CODES.items()]
+    for actor in others:
+        (root / f"Actor_{actor:02d}").mkdir(parents=True, exist_ok=True)
+        for clip in made:
+            shutil.copyfile(clip, root / f"Actor_{actor:02d}" / f"{clip.stem[:-2]}{actor:02d}.mp4")
+    return len(made) * len(actors)

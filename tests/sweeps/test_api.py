@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 
 import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import service as runs_service
+from backend.runs import lease as runs_lease
+from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
 from backend.sweeps.models import Sweep
 from backend.sweeps.paper import TABLE_1, TABLE_2
-from backend.sweeps.presets import PRESETS, Block, Preset, backbone_of, plan_preset, source_dataset
+from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
+from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
 from tests.support import queued_run_ids
 
@@ -44,13 +47,13 @@ def counts(settings) -> tuple[int, int]:
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     """What the worker writes for a run that ends, through the worker's own service calls."""
     with session_factory(settings.database_url)() as session:
-        runs_service.start_run(session, run_id, "test")
-        runs_service.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
+        runs_lease.start_run(session, run_id, "test")
+        runs_lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
         if state == "failed":
-            runs_service.fail_run(session, run_id, "RuntimeError: boom")
+            runs_lease.fail_run(session, run_id, "RuntimeError: boom")
         else:
-            runs_service.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
-                                    best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
+            runs_lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
+                                  best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
 
 
 # --- creating ---------------------------------------------------------------------------
@@ -298,6 +301,7 @@ def test_csv_and_latex_exports_hold_the_same_numbers(client, settings, finished_
         for cell, rate in zip(cells, [0.5, 0.9]):
             mean, std, _ = expected[(method, rate)]
             text = f"{100 * mean:.2f} $\\pm$ {100 * std:.2f}"
+            cell = re.sub(r"\$\^\{\\\w+\}\$$", "", cell)  # a paired comparison's mark (test_paired.py)
             assert cell in (text, rf"\textbf{{{text}}}"), (cell, text)
     assert lines["mle (add)"].split(" & ")[1].startswith(r"\textbf{")  # the best of its column
 
@@ -317,7 +321,7 @@ def test_a_varied_training_setting_splits_rows_instead_of_being_averaged(client,
 def test_delete_sweep_deletes_its_runs_and_their_points(client, settings):
     sweep = client.post("/api/sweeps", json=GRID).json()
     finish(settings, sweep["run_ids"][0], 0.9)
-    folder = runs_service.run_artifact_dir(settings.artifact_dir, sweep["run_ids"][0])
+    folder = run_artifact_dir(settings.artifact_dir, sweep["run_ids"][0])
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"...")
     other = client.post("/api/runs", json={**GRID, "method": "mle", "missing_rate": 0.5, "seed": 0}).json()
@@ -363,9 +367,9 @@ def test_paper_tables_are_transcribed_whole():
 
 def test_table1_preset_is_the_papers_grid():
     preset = PRESETS["table1"]
-    assert preset.runs_per_seed() == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
+    assert preset.runs_per_seed == 66  # LB 3, HGR 3, ZP 2, MLE 3 fusions × 2 modalities × 3 rates
     assert preset.methods == ["lower_bound", "hgr", "zero_padding", "mle"]
-    assert PRESETS["table2"].runs_per_seed() == 54 and PRESETS["fig4"].runs_per_seed() == 20
+    assert PRESETS["table2"].runs_per_seed == 54 and PRESETS["fig4"].runs_per_seed == 20
 
 
 def available(preset_name: str) -> list[tuple[str, str]]:
@@ -375,7 +379,7 @@ def available(preset_name: str) -> list[tuple[str, str]]:
 
 def test_presets_say_what_the_training_library_lacks(client):
     presets = {p["name"]: p for p in client.get("/api/presets").json()}
-    assert set(presets) == {"table1", "table2", "fig4", "fig5", "fig6"}
+    assert set(presets) == {"table1", "table2", "fig4", "fig5", "fig6", "mle_vs_zero_padding"}
     for name, preset in presets.items():
         assert preset["missing_methods"] == [m for m in PRESETS[name].methods if m not in METHODS]
     assert presets["table1"]["reported"] == "Table 1" and presets["fig4"]["features"] == []
@@ -495,7 +499,7 @@ def test_unknown_preset_is_404(client):
 
 
 def test_stream_sends_runs_progress_summary_then_end(client, settings):
-    from tests.runs.test_api import read_events
+    from tests.support import read_events
 
     sweep = client.post("/api/sweeps", json={**GRID, "seed": 0}).json()
     for run_id in sweep["run_ids"]:
@@ -523,7 +527,7 @@ def test_openapi_documents_the_sweep_routes(client):
 def test_sweeps_on_postgresql_and_redis(service_settings, client_for):
     """The production shape: the same sweep path on PostgreSQL (JSON paths, cascades, keyset
     with NULLs) with ids sent over Redis."""
-    from tests.runs.test_api import read_events
+    from tests.support import read_events
 
     client = client_for(service_settings)
     sweep = client.post("/api/sweeps", json=GRID).json()
@@ -566,3 +570,76 @@ def all_pages_by_cursor(client, params: dict, limit: int) -> list[int]:
         cursor = body["next_cursor"]
         if cursor is None:
             return seen
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(client, settings):
+    """Modality names come from data files: a name a spreadsheet reads as a formula is quoted
+    (OWASP's rule for =, +, -, @, tab, carriage return), numbers stay numbers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    hostile = {"=HYPERLINK(\"http://evil.example\",\"x\")": rng.normal(size=(60, 4)) + labels[:, None],
+               "@SUM(1+1)*cmd|' /C calc'!A0": rng.normal(size=(60, 4))}
+    features = settings.data_dir / "features"
+    features.mkdir(parents=True)
+    np.savez(features / "hostile.npz", label=labels, **hostile)
+    for modality in hostile:
+        response = client.post("/api/sweeps", json={"dataset": "hostile", "method": "mle",
+                                                    "missing_modality": modality, "missing_rate": [0.5, 0.7]})
+        assert response.status_code == 201, response.text
+        sweep_id = response.json()["id"]
+        for run_id in queued_run_ids(settings)[-2:]:
+            finish(settings, run_id, 0.5)
+        rows = list(csv.reader(io.StringIO(client.get(f"/api/sweeps/{sweep_id}/table?format=csv").text)))
+        cells = [cell for row in rows for cell in row]
+        assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in cells), rows[0]
+        assert not any(cell.startswith("-") and not cell.lstrip("-").replace(".", "").isdigit() for cell in cells)
+        assert rows[0][2] == "'" + f"{modality} 50% mean" and rows[1][2] == "50.0000"
+
+
+def test_csv_neutralising_rule():
+    from backend.sweeps.export import neutralise
+
+    for dangerous in ["=1+1", "+1+cmd", "-1+2-cmd|x", "@SUM(A1)", "\tx", "\r=x"]:
+        assert neutralise(dangerous) == "'" + dangerous
+    for harmless in ["mle", "-1.5", "+2", "12", "", "a=b", 3, None]:
+        assert neutralise(harmless) == harmless
+
+
+def test_why_preset_runs_the_ablations_of_mle_beside_zero_padding_and_compares_with_it(client, settings):
+    sweep = client.post("/api/presets/mle_vs_zero_padding/sweeps",
+                        json={"dataset": "digits", "seeds": 2, "epochs": 2}).json()
+    assert len(sweep["run_ids"]) == 2 * 5 * 3
+    for i, run_id in enumerate(sweep["run_ids"]):
+        finish(settings, run_id, 0.80 + 0.01 * (i % 7))
+    table = client.get(f"/api/sweeps/{sweep['id']}/table").json()
+    assert [row["label"] for row in table["rows"]] == [
+        "zero_padding (add)", "mle (add)", "mle (add), mle_stop_reference_gradient=True",
+        "mle (add), mle_freeze_class_offset=True", "mle (add), label_prior=uniform"]
+    assert [c["label"] for c in table["columns"]] == ["bottom (audio) 80%", "bottom (audio) 90%", "bottom (audio) 95%"]
+    assert table["comparison"]["references"] == ["zero_padding (add)"] * 3
+    assert all(cell["is_reference"] for cell in table["rows"][0]["cells"])
+    for row in table["rows"][1:]:
+        for cell in row["cells"]:
+            assert cell["paired"]["reference"] == "zero_padding (add)" and cell["paired"]["n"] == 2
+    assert "With 2 seeds, no seed-level test can reach significance" in table["comparison"]["note"]
+    runs = client.get("/api/runs", params={"sweep": sweep["id"], "limit": 100}).json()["items"]
+    assert sum(r["spec"]["mle_freeze_class_offset"] for r in runs) == 6
+
+
+def test_paired_reference_and_test_are_validated_at_the_edge(client, settings, finished_sweep):
+    url = f"/api/sweeps/{finished_sweep['id']}/table"
+    response = client.get(url, params={"reference": "hgr"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "reference"]
+    assert client.get(url, params={"test": "bootstrap"}).status_code == 422
+    table = client.get(url, params={"reference": "mle (add)", "test": "samples"}).json()
+    assert table["comparison"]["references"] == ["mle (add)", "mle (add)"]
+    assert table["comparison"]["test"] == "samples"
+    summary = client.get(f"/api/sweeps/{finished_sweep['id']}/summary", params={"reference": "mle"}).json()
+    assert summary["table"]["comparison"]["references"] == ["mle (add)", "mle (add)"]
+    assert summary["table"]["comparison"]["test"] == "seeds"
+    mle_series = next(s for s in summary["trend"]["series"] if s["method"] == "mle")
+    assert mle_series["marks"] == ["reference", "reference"]
+    lower = next(s for s in summary["trend"]["series"] if s["method"] == "lower_bound")
+    assert lower["diffs"][0] == pytest.approx(summary["table"]["rows"][1]["cells"][0]["paired"]["diff"])

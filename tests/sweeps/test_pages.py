@@ -160,6 +160,7 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
         [line] = [line for line in latex.splitlines() if line.startswith(label + " & ")]
         for cell, rate in zip(line.removesuffix(r" \\").split(" & ")[1:], [0.5, 0.9]):
             mean, std, _ = expected[(method, "add", rate)]
+            cell = re.sub(r"\$\^\{\\\w+\}\$$", "", cell)  # a paired comparison's mark (see test_paired_table_...)
             assert re.sub(r"\\textbf\{(.*)\}", r"\1", cell) == f"{100 * mean:.2f} $\\pm$ {100 * std:.2f}"
     # SVG traces only: WebGL ones (scattergl) draw on gl-canvas elements, about 16 allowed per page
     assert page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(d => d.data)
@@ -269,7 +270,7 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
 
 def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
     """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
-    from backend.runs import service
+    from backend.runs import lease
 
     base = start_server(embedded_settings)
     api = client_for(embedded_settings)
@@ -277,8 +278,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     kept, doomed, broken = (api.post("/api/runs", json={**spec, "seed": s, "name": n}).json()["id"]
                             for s, n in [(0, "kept"), (1, "doomed"), (2, "broken")])
     with session_factory(embedded_settings.database_url)() as session:
-        service.start_run(session, broken, "test")
-        service.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
+        lease.start_run(session, broken, "test")
+        lease.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
 
     # tags and a note on the run page; user text stays text
     page.goto(f"{base}/runs/{kept}")
@@ -301,7 +302,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.goto(f"{base}/runs/{broken}")
     page.wait_for_selector("#retry-run:not([hidden])")
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#retry-run")
+    with page.expect_navigation():  # the page reloads once the retry is accepted
+        page.click("#retry-run")
     wait_in_page(page, "document.getElementById('run-state').textContent === 'queued'")
     assert api.get(f"/api/runs/{broken}").json()["error"] is None
 
@@ -319,4 +321,137 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.wait_for_selector(f'#runs-table tr[data-run-id="{doomed}"]', state="detached")
     assert api.get(f"/api/runs/{doomed}").status_code == 404
     assert api.get(f"/api/runs/{kept}").status_code == 200
+    assert page.js_errors == []
+
+
+def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, samples: int = 100) -> None:
+    """A run that ends with `wrong` of `samples` test samples misclassified (the first ones),
+    written through the worker's own service calls, test predictions included. Each seed has a
+    test set of its own (another split), as in training."""
+    from backend.runs import lease
+
+    labels = [(i * (seed + 1)) % 10 for i in range(samples)]
+    predicted = [(label + 1) % 10 if i < wrong else label for i, label in enumerate(labels)]
+    confusion = [[0] * 10 for _ in range(10)]
+    for label, guess in zip(labels, predicted):
+        confusion[label][guess] += 1
+    accuracy = 1 - wrong / samples
+    with session_factory(settings.database_url)() as session:
+        lease.start_run(session, run_id, "test")
+        lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
+        lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
+                         classes=[str(c) for c in range(10)], confusion=confusion, info={},
+                         test_predictions=predicted, test_labels=labels)
+
+
+def shown_paired(page) -> dict[tuple[str, str], dict]:
+    """(row label, column) → what the sweep page shows of the cell's paired comparison."""
+    cells = page.evaluate("""() => [...document.querySelectorAll('#sweep-table tbody tr')].flatMap(tr =>
+        [...tr.querySelectorAll('td')].map(td => ({
+            row: tr.querySelector('th').textContent, column: td.dataset.column,
+            diff: td.dataset.diff === undefined ? null : Number(td.dataset.diff),
+            wins: td.dataset.wins === undefined ? null : Number(td.dataset.wins),
+            ties: td.dataset.ties === undefined ? null : Number(td.dataset.ties),
+            losses: td.dataset.losses === undefined ? null : Number(td.dataset.losses),
+            mark: td.dataset.mark || null,
+            text: td.querySelector('.paired') ? td.querySelector('.paired').textContent : null})))""")
+    return {(c["row"], c["column"]): c for c in cells}
+
+
+def api_paired(table: dict) -> dict[tuple[str, str], dict]:
+    out = {}
+    for row in table["rows"]:
+        for column, cell in zip(table["columns"], row["cells"]):
+            p = cell["paired"]
+            out[(row["label"], column["label"])] = {
+                "diff": p["diff"] if p else None, "wins": p["wins"] if p else None, "ties": p["ties"] if p else None,
+                "losses": p["losses"] if p else None,
+                "mark": "reference" if cell["is_reference"] else (p["mark"] if p else None)}
+    return out
+
+
+def test_paired_table_shows_differences_wins_and_marks_that_match_the_api(page, embedded_settings, client_for,
+                                                                          start_server):
+    """3 methods × 2 rates × 5 seeds. Per seed, mle misses 3 test samples fewer than zero_padding
+    (5 wins of 5), lower_bound 0–2 more (0 wins, 2 ties, 3 losses). Five seeds cannot make the
+    exact seed-level test significant (p ≥ 1/16); McNemar over the 5 × 100 test samples makes
+    mle's win significant after Holm's correction over the 4 comparisons."""
+    base = start_server(embedded_settings)
+    api = client_for(embedded_settings)
+    sweep = api.post("/api/sweeps", json={
+        "dataset": "digits", "method": ["mle", "zero_padding", "lower_bound"], "fusion": "add",
+        "missing_modality": "bottom", "missing_rate": [0.9, 0.95], "seed": [0, 1, 2, 3, 4], "epochs": 2}).json()
+    runs = api.get("/api/runs", params={"sweep": sweep["id"], "limit": 100}).json()["items"]
+    extra = [0, 2, 0, 2, 1]  # lower_bound's misses beyond zero_padding's, per seed
+    for run in runs:
+        zero_padding = 10 + run["seed"]
+        wrong = {"mle": zero_padding - 3, "zero_padding": zero_padding,
+                 "lower_bound": zero_padding + extra[run["seed"]]}[run["method"]]
+        finish_with_predictions(embedded_settings, run["id"], run["seed"], wrong)
+
+    page.goto(f"{base}/sweeps/{sweep['id']}")
+    page.wait_for_selector("#sweep-page[data-drawn=true]")
+    table = api.get(f"/api/sweeps/{sweep['id']}/table").json()
+    assert table["comparison"]["references"] == ["zero_padding (add)"] * 2
+    shown = shown_paired(page)
+    expected = api_paired(table)
+    assert {k: {f: v[f] for f in ("diff", "wins", "ties", "losses", "mark")} for k, v in shown.items()} == expected
+    mle = shown[("mle (add)", "bottom 90%")]
+    assert mle["diff"] == pytest.approx(0.03) and (mle["wins"], mle["ties"], mle["losses"]) == (5, 0, 0)
+    assert mle["text"].startswith("Δ +3.00 [+3.0, +3.0] 5/0/0") and mle["mark"] is None
+    lower = shown[("lower_bound (add)", "bottom 95%")]
+    assert (lower["wins"], lower["ties"], lower["losses"]) == (0, 2, 3) and lower["diff"] == pytest.approx(-0.01)
+    assert shown[("zero_padding (add)", "bottom 90%")]["text"] == "reference"
+    note = page.text_content("#paired-note")
+    assert "With 5 seeds, no seed-level test can reach significance" in note
+    assert "at least 0.0625" in note and "needs 6 seeds or more" in note
+    assert note == table["comparison"]["note"]
+
+    # significance from the test samples: mle's wins are marked, lower_bound's losses are not
+    page.select_option("#paired-test", "samples")
+    wait_in_page(page, "document.querySelectorAll('#sweep-table td[data-mark=win]').length === 2")
+    by_samples = api.get(f"/api/sweeps/{sweep['id']}/table", params={"test": "samples"}).json()
+    shown = shown_paired(page)
+    assert {k: {f: v[f] for f in ("diff", "wins", "ties", "losses", "mark")} for k, v in shown.items()} == \
+        api_paired(by_samples)
+    marks = {key: cell["mark"] for key, cell in shown.items()}
+    assert marks[("mle (add)", "bottom 90%")] == marks[("mle (add)", "bottom 95%")] == "win"
+    assert marks[("lower_bound (add)", "bottom 90%")] is None
+    mle_cell = by_samples["rows"][0]["cells"][0]["paired"]
+    assert mle_cell["discordant"] == [0, 15] and mle_cell["p_value"] == pytest.approx(2 * 0.5**15)
+    assert mle_cell["p_adjusted"] == pytest.approx(4 * 2 * 0.5**15) and mle_cell["significant"]
+    assert "▲" in shown[("mle (add)", "bottom 90%")]["text"]
+    # the trend marks the same points
+    wait_in_page(page, "(document.querySelector('#trend-charts .chart').data || []).some(t => "
+                       "Array.isArray(t.marker.symbol) && t.marker.symbol.includes('triangle-up'))")
+    symbols = page.evaluate("Object.fromEntries(document.querySelector('#trend-charts .chart').data"
+                            ".map(t => [t.name, t.marker.symbol]))")
+    assert symbols == {"mle (add)": ["triangle-up", "triangle-up"], "zero_padding (add)": ["circle-open"] * 2,
+                       "lower_bound (add)": ["circle", "circle"]}
+
+    # the LaTeX export carries the marks of what the page shows
+    latex = download(page, "#export-latex")
+    lines = {line.split(" & ")[0]: line for line in latex.splitlines() if " & " in line}
+    assert lines["mle (add)"].count(r"$^{\uparrow}$") == 2
+    assert lines[r"zero\_padding (add)"].count(r"$^{\dagger}$") == 2
+    assert r"\uparrow" not in lines[r"lower\_bound (add)"] and r"\downarrow" not in lines[r"lower\_bound (add)"]
+    assert "McNemar" in latex and "Holm-adjusted" in latex
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(download(page, "#export-csv")))}
+    assert rows["mle"]["bottom 90% significant"] == "win" and rows["mle"]["bottom 90% test"] == "samples"
+
+    # another reference: mle; now zero_padding and lower_bound lose to it, significantly
+    page.select_option("#paired-reference", "mle (add)")
+    wait_in_page(page, "document.querySelectorAll('#sweep-table td[data-mark=loss]').length === 4")
+    assert page.get_attribute('#sweep-table tr:first-child td[data-column="bottom 90%"]', "data-mark") == "reference"
+
+    # the compare page: two runs of seed 0 side by side, one of another seed not comparable
+    by_key = {(r["method"], r["missing_rate"], r["seed"]): r["id"] for r in runs}
+    ids = [by_key[("zero_padding", 0.9, 0)], by_key[("mle", 0.9, 0)], by_key[("lower_bound", 0.9, 1)]]
+    page.goto(f"{base}/compare?runs={','.join(map(str, ids))}")
+    page.wait_for_selector("#compare-page[data-ready=true]")
+    paired = page.eval_on_selector_all('#results-table tr[data-field="vs the first run, paired"] td',
+                                       "cells => cells.map(c => c.textContent)")
+    assert paired[0] == "reference"
+    assert paired[1].startswith("+3.00 points on 100 samples (discordant 0 vs 3), McNemar p 0.25")
+    assert paired[2].startswith("not comparable: not the same test set")
     assert page.js_errors == []

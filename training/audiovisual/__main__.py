@@ -37,7 +37,7 @@ def _options(args) -> VideoOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..__main__ import default_data_dir
-    from ..encoders import BACKBONES
+    from ..spec import BACKBONES, DEVICES
 
     parser = argparse.ArgumentParser(prog="python -m training.audiovisual", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="ImageNet weights from the torch cache (default: off, random weights)")
             sub.add_argument("--name", help="features dataset name (default: <dataset>-<backbone>-imagenet|random)")
             sub.add_argument("--batch-size", type=int, default=64)
-            sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+            sub.add_argument("--device", choices=DEVICES, default="auto")
     commands.add_parser("status", parents=[common], help="what is found and what is preprocessed")
     return parser
 

@@ -30,10 +30,6 @@ class ExtractionStopped(Exception):
     pass
 
 
-def default_output_name(dataset: str, backbone: str, pretrained: bool) -> str:
-    return f"{dataset}-{backbone}-{'imagenet' if pretrained else 'random'}"
-
-
 def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bool = False,
                      video: VideoOptions | None = None, output_name: str | None = None, batch_size: int = 64,
                      device: str = "auto", progress_bar: bool = True,
@@ -45,20 +41,21 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
 
     from ..datasets import load_dataset, prepare_raw_dataset
     from ..datasets.features import NAME_PATTERN
+    from ..datasets.naming import features_dataset_name
     from ..encoders import BACKBONES, image_trunk, input_standardiser
-    from ..prepare import _channel_statistics
-    from ..train import pick_device
+    from ..device import pick_device
+    from ..prepare import channel_statistics
 
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
     video = video or VideoOptions()
-    name = output_name or default_output_name(dataset, backbone, pretrained)
+    name = output_name or features_dataset_name(dataset, backbone, pretrained)
     if not NAME_PATTERN.match(name):
         raise ValueError(f"output name {name!r}: use letters, digits, '_', '.', '-'")
     prepare_raw_dataset(dataset, data_dir, video, progress_bar=progress_bar)
     data = load_dataset(dataset, data_dir, video)
     index = catalog.segment_index(dataset, data_dir, video)
-    target = torch.device(pick_device(device))
+    target = pick_device(device)
     n = len(data.labels)
     total = n * len(data.views)
     bar = tqdm(total=total, unit="segment", desc=f"{backbone} features", disable=not progress_bar, file=sys.stderr)
@@ -66,7 +63,7 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
     done = 0
     try:
         for modality, values in data.views.items():
-            mean, std = _channel_statistics(values, np.arange(n))
+            mean, std = channel_statistics(values, np.arange(n))
             standardise = input_standardiser(values.shape[1], mean, std, pretrained)
             trunk, size = image_trunk(backbone, values.shape[1], pretrained)
             model = torch.nn.Sequential(standardise, trunk).to(target).eval()

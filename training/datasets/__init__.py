@@ -18,12 +18,17 @@ from pathlib import Path
 
 from ..two_view import DatasetError, DatasetInfo, TwoViewData, UnknownDatasetError
 from .builtin import BUILTIN_LOADERS
-from .features import FeatureFileCache, feature_files
+from .features import FeatureFileCache, FeatureLimits, feature_files
 
-__all__ = ["DatasetError", "DatasetInfo", "TwoViewData", "UnknownDatasetError", "dataset_info", "dataset_infos",
-           "load_dataset", "features_dir", "prepare_raw_dataset"]
+__all__ = ["DatasetError", "DatasetInfo", "FeatureLimits", "TwoViewData", "UnknownDatasetError", "configure_features",
+           "dataset_info", "dataset_infos", "load_dataset", "features_dir", "prepare_raw_dataset"]
 
 _feature_cache = FeatureFileCache()
+
+
+def configure_features(limits: FeatureLimits) -> None:
+    """What a features file may hold, from the caller's settings (the API's, the worker's)."""
+    _feature_cache.configure(limits)
 
 
 @functools.cache
@@ -37,7 +42,11 @@ def features_dir(data_dir: Path | None) -> Path | None:
 
 def _feature_files(data_dir: Path | None) -> dict[str, Path]:
     directory = features_dir(data_dir)
-    return {} if directory is None else feature_files(directory)
+    if directory is None:
+        return {}
+    files = feature_files(directory)
+    _feature_cache.forget_missing(directory, set(files.values()))
+    return files
 
 
 def _video_options(video):

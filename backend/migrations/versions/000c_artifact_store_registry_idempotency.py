@@ -1,8 +1,8 @@
-"""many hosts: registered feature datasets, Idempotency-Key of runs and sweeps, runs' broker
-error and the attempt a retry starts over after
+"""many hosts: registered feature datasets, Idempotency-Key of runs and sweeps, the broker error
+of runs and dataset jobs (awaiting the broker), the attempt a retried run starts over after
 
 Revision ID: 000c
-Revises: 0004
+Revises: 0008
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -12,9 +12,11 @@ import sqlalchemy as sa
 
 
 revision: str = '000c'
-down_revision: Union[str, None] = '0004'
+down_revision: Union[str, None] = '0008'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+
+_RUNS = {'sqlite_autoincrement': True}
 
 
 def upgrade() -> None:
@@ -31,7 +33,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('dataset_jobs') as batch_op:
+        batch_op.add_column(sa.Column('broker_error', sa.Text(), nullable=True))
+    # SQLite rebuilds the table for the constraint: keep its AUTOINCREMENT (0006).
+    with op.batch_alter_table('runs', table_kwargs=_RUNS) as batch_op:
         batch_op.add_column(sa.Column('broker_error', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('idempotency_key', sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column('resume_after_attempt', sa.Integer(), server_default='0', nullable=False))
@@ -45,9 +50,11 @@ def downgrade() -> None:
     with op.batch_alter_table('sweeps') as batch_op:
         batch_op.drop_constraint('uq_sweeps_idempotency_key', type_='unique')
         batch_op.drop_column('idempotency_key')
-    with op.batch_alter_table('runs') as batch_op:
+    with op.batch_alter_table('runs', table_kwargs=_RUNS) as batch_op:
         batch_op.drop_constraint('uq_runs_idempotency_key', type_='unique')
         batch_op.drop_column('resume_after_attempt')
         batch_op.drop_column('idempotency_key')
+        batch_op.drop_column('broker_error')
+    with op.batch_alter_table('dataset_jobs') as batch_op:
         batch_op.drop_column('broker_error')
     op.drop_table('registered_datasets')

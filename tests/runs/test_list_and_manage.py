@@ -1,5 +1,6 @@
-"""The runs table's API: filters, sort, name search, keyset pages, tags and notes, retry,
-delete, and display-thinned metrics. Real app, real SQLite, real filesystem broker."""
+"""The runs table's API: listing (filters, sort, name search, offset and keyset pages), tags
+and notes, retry, delete, and display-thinned metrics. Real app, real SQLite, real filesystem
+broker. One run at a time (create, cancel, metrics, stream): test_api.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import service
+from backend.runs import lease
+from backend.runs.artifacts import run_artifact_dir
 from backend.runs.downsample import downsample_min_max
 from backend.runs.models import ConfusionMatrix, MetricPoint, RunTag
 
@@ -34,13 +36,13 @@ def sessions(settings):
 
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     with sessions(settings)() as session:
-        service.start_run(session, run_id, "test")
-        service.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
+        lease.start_run(session, run_id, "test")
+        lease.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
         if state == "failed":
-            service.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
+            lease.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
         else:
-            service.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
-                               val_accuracy=0.5, best_epoch=1, classes=["a", "b"], confusion=[[1, 0], [0, 1]], info={})
+            lease.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
+                             val_accuracy=0.5, best_epoch=1, classes=["a", "b"], confusion=[[1, 0], [0, 1]], info={})
 
 
 @pytest.fixture
@@ -69,6 +71,22 @@ def all_pages(client, params: dict, limit: int) -> list[int]:
         cursor = body["next_cursor"]
         if cursor is None:
             return seen
+
+
+def test_list_filters_and_paginates(client):
+    for method in ["mle", "lower_bound", "mle"]:
+        assert client.post("/api/runs", json={**SPEC, "method": method}).status_code == 201
+    page = client.get("/api/runs", params={"limit": 2}).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    assert page["items"][0]["id"] > page["items"][1]["id"]  # newest first
+    second = client.get("/api/runs", params={"limit": 2, "offset": 2}).json()
+    assert len(second["items"]) == 1
+    only_mle = client.get("/api/runs", params={"method": "mle"}).json()
+    assert only_mle["total"] == 2 and {r["method"] for r in only_mle["items"]} == {"mle"}
+    assert client.get("/api/runs", params={"state": "running"}).json()["total"] == 0
+    assert client.get("/api/runs", params={"dataset": "synthetic"}).json()["total"] == 0
+    assert client.get("/api/runs", params={"state": "bogus"}).status_code == 422
+    assert client.get("/api/runs", params={"limit": 0}).status_code == 422
 
 
 @pytest.mark.parametrize("sort", ["-id", "id", "-test_accuracy", "test_accuracy", "name", "-missing_rate", "state"])
@@ -178,7 +196,7 @@ def test_retry_clears_the_old_attempt_and_queues_the_same_run(client, settings):
 def test_retry_and_delete_remove_the_runs_files(client, settings):
     """A worker resumes a run from the checkpoint in its folder: a retry must start over."""
     runs = [client.post("/api/runs", json={**SPEC, "seed": s}).json()["id"] for s in (0, 1)]
-    folders = [service.run_artifact_dir(settings.artifact_dir, run_id) for run_id in runs]
+    folders = [run_artifact_dir(settings.artifact_dir, run_id) for run_id in runs]
     for run_id, folder in zip(runs, folders):
         folder.mkdir(parents=True)
         (folder / "checkpoint.pt").write_bytes(b"epoch 7")
@@ -204,12 +222,12 @@ def test_delete_removes_the_run_with_its_points_matrix_and_tags(client, settings
 def test_a_worker_finishing_a_deleted_run_leaves_it_deleted(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        service.start_run(session, run["id"], "test")
+        lease.start_run(session, run["id"], "test")
     client.delete(f"/api/runs/{run['id']}")
     with sessions(settings)() as session:
-        service.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
-                           classes=["a"], confusion=[[1]], info={})
-        service.fail_run(session, run["id"], "late")
+        lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
+                         classes=["a"], confusion=[[1]], info={})
+        lease.fail_run(session, run["id"], "late")
     assert client.get(f"/api/runs/{run['id']}").status_code == 404
 
 
@@ -230,10 +248,10 @@ def test_downsampling_keeps_the_extremes_and_the_ends():
 def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        service.start_run(session, run["id"], "test")
+        lease.start_run(session, run["id"], "test")
         for epoch in range(1, 301):
-            service.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
-                                                             "train_loss": 1 / epoch})
+            lease.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
+                                                           "train_loss": 1 / epoch})
     full = client.get(f"/api/runs/{run['id']}/metrics").json()
     thin = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 50}).json()
     assert thin["downsampled"] and thin["cursor"] == full["cursor"]
@@ -244,3 +262,40 @@ def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client,
     short = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 1000}).json()
     assert not short["downsampled"] and len(short["points"]) == 600
     assert client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 2}).status_code == 422
+
+
+def test_a_deleted_runs_id_is_never_given_to_another_run(client):
+    first = client.post("/api/runs", json=SPEC).json()["id"]
+    newest = client.post("/api/runs", json=SPEC).json()["id"]
+    assert client.delete(f"/api/runs/{newest}").status_code == 204
+    following = client.post("/api/runs", json=SPEC).json()["id"]
+    assert following > newest > first  # a link or script holding `newest` never sees another run
+
+
+@pytest.mark.timeout(300)
+def test_deleting_a_running_run_stops_its_worker_mid_epoch(client, settings, start_worker):
+    """An epoch of this run lasts a minute or more (tiny batches over many samples); the worker
+    must stop within a heartbeat or two of the deletion, not at the end of the epoch."""
+    import numpy as np
+
+    from tests.support import wait_for
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    labels = rng.integers(0, 2, n)
+    features = settings.data_dir / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    np.savez(features / "long_epochs.npz", label=labels,
+             left=(rng.normal(size=(n, 8)) + labels[:, None]).astype(np.float32),
+             right=rng.normal(size=(n, 8)).astype(np.float32))
+    run = client.post("/api/runs", json={"dataset": "long_epochs", "method": "mle", "missing_modality": "right",
+                                         "missing_rate": 0.5, "epochs": 2, "batch_size": 2}).json()
+    worker = start_worker(settings)
+    # Training has begun once the run's info is written (on_start, after the data is prepared).
+    wait_for(lambda: (client.get(f"/api/runs/{run['id']}").json().get("info") or {}).get("n_train"), 120,
+             what="training to start")
+    assert client.delete(f"/api/runs/{run['id']}").status_code == 204
+    # The task is over (Celery logs its return) well before the epoch could have ended.
+    wait_for(lambda: "succeeded in" in worker.log(), 30, what="the worker's task to end")
+    assert "stopped mid-epoch" in worker.log()
+    assert client.get(f"/api/runs/{run['id']}").status_code == 404

@@ -1,0 +1,101 @@
+"""What the API calls for any leased kind: send the ids of committed rows to the broker (an
+outbox: a row counts as awaiting the broker until its id is sent), and cancel."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from .models import Leased, State
+
+log = logging.getLogger("missmod.lifecycle")
+
+Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, RunQueue.enqueue_job)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The row was saved but its id could not be sent to the broker. No longer raised when a row
+    is submitted (it stays queued, awaiting the broker: enqueue_committed); kept for callers."""
+
+    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
+    # carry its address, goes to the server log only.
+    public_message = "the broker is unreachable: the run was saved and is sent once the broker is back"
+
+
+class AlreadyFinished(RuntimeError):
+    """The run or job is already in a terminal state."""
+
+
+def mark_sent(session: Session, model: type[Leased], ids: Sequence[int]) -> None:
+    if ids:
+        session.execute(update(model).where(model.id.in_(list(ids)), model.awaiting_broker_since.is_not(None))
+                        .values(awaiting_broker_since=None, broker_error=None))
+        session.commit()
+
+
+def broker_failure(error: Exception) -> str:
+    # What the page shows; the broker's own message can carry its address (kept in the log).
+    return f"the broker could not be reached ({type(error).__name__})"
+
+
+def mark_unsent(session: Session, model: type[Leased], ids: Sequence[int], error: Exception) -> None:
+    """Rows whose id could not be sent stay queued, marked with why: the reconcile step sends
+    them at its next pass (reconcile.send_awaiting), and the page says they wait for the broker."""
+    if ids:
+        session.execute(update(model).where(model.id.in_(list(ids)), model.state == State.queued)
+                        .values(broker_error=broker_failure(error)))
+        session.commit()
+
+
+def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leased], send: Send) -> bool:
+    """Send the ids of rows already committed (queued, awaiting the broker), in order; True when
+    all were sent. If the broker cannot be reached, the rows not sent stay queued and are marked
+    awaiting the broker (the outbox): nothing is lost or failed, and the reconcile step sends
+    them once it is back."""
+    sent: list[int] = []
+    for index, row in enumerate(rows):
+        try:
+            send(row.id)
+        except Exception as error:  # the broker is down or misconfigured
+            log.error("could not send %s %s to the broker (%d wait for it): %s", model.noun, row.id,
+                      len(rows) - index, error)
+            mark_sent(session, model, sent)
+            mark_unsent(session, model, [r.id for r in rows[index:]], error)
+            for r in rows:
+                session.refresh(r)
+            return False
+        sent.append(row.id)
+    mark_sent(session, model, sent)
+    for row in rows:
+        session.refresh(row)
+    return True
+
+
+def queue_again_from_scratch(row: Leased) -> None:
+    """Reset the life-cycle columns of an ended row to those of a new one, awaiting the broker
+    (a retry; attempts keep counting). The caller resets its own result columns and commits."""
+    row.state = State.queued
+    row.cancel_requested = False
+    row.started_at = row.finished_at = row.heartbeat_at = None
+    row.worker = None
+    row.worker_losses = 0
+    row.awaiting_broker_since = utcnow()
+    row.broker_error = None
+    row.error = row.error_detail = None
+
+
+def request_cancel(session: Session, row: Leased) -> Leased:
+    """A queued row is cancelled at once; a running one is flagged, and its worker stops at its
+    next write (the end of an epoch, the next clip), keeping what it finished."""
+    if row.is_terminal:
+        raise AlreadyFinished(f"{row.noun} {row.id} is already {row.state}")
+    row.cancel_requested = True
+    if row.state == State.queued:
+        row.state = State.cancelled
+        row.finished_at = utcnow()
+    session.commit()
+    return row

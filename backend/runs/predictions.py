@@ -1,0 +1,53 @@
+"""A run's test predictions, stored compactly beside its confusion matrix: class indices as
+base64 of one byte each (two, little-endian, above 256 classes) — a few hundred bytes per run for
+a test set of a few hundred samples, against about three bytes a sample as a JSON list."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import ConfusionMatrix
+
+
+def _dtype(n_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if n_classes <= 256 else np.dtype("<u2")
+
+
+def pack_labels(labels: Sequence[int], n_classes: int) -> str:
+    return base64.b64encode(np.asarray(labels, dtype=_dtype(n_classes)).tobytes()).decode()
+
+
+def unpack_labels(packed: str, n_classes: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(packed), dtype=_dtype(n_classes)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class RunPredictions:
+    """One run's predicted and true class per test sample (or video) at the selected epoch."""
+
+    predicted: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
+
+    def same_test_set(self, other: "RunPredictions") -> bool:
+        """Runs with the same dataset, seed and split see the same test samples in the same order."""
+        return len(self.labels) == len(other.labels) and bool(np.array_equal(self.labels, other.labels))
+
+
+def load_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
+    """The stored test predictions of these runs (those that have them), unpacked."""
+    query = (select(ConfusionMatrix.run_id, ConfusionMatrix.classes, ConfusionMatrix.test_predictions,
+                    ConfusionMatrix.test_labels)
+             .where(ConfusionMatrix.run_id.in_(list(run_ids)), ConfusionMatrix.test_predictions.is_not(None),
+                    ConfusionMatrix.test_labels.is_not(None)))
+    return {run_id: RunPredictions(unpack_labels(predicted, len(classes)), unpack_labels(labels, len(classes)))
+            for run_id, classes, predicted, labels in session.execute(query)}
