@@ -36,12 +36,8 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
     if existing is not None:
         response.status_code = status.HTTP_200_OK
         return JobOut.model_validate(existing)
-    try:
-        job = service.create_job(session, kind, dataset, params, queue)
-    except service.BrokerUnavailable as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the job was saved but could not be queued: {error}") from None
-    return JobOut.model_validate(job)
+    # With the broker down the job is saved and waits for it (`awaiting_broker`), as a run does.
+    return JobOut.model_validate(service.create_job(session, kind, dataset, params, queue))
 
 
 @router.post("/api/datasets/{name}/preprocess", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
