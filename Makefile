@@ -2,17 +2,26 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# One stamp per set of extras: `make run` installs the runtime dependencies only; `make test`
+# (and `make bench`, which drives Chromium) add the test extra (pytest, playwright, schemathesis).
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run serve worker migrate test bench soak setup clean
+.PHONY: run serve worker migrate test bench bench-gpu soak setup setup-test clean
 
 setup: $(STAMP)
+setup-test: $(TEST_STAMP)
 
 # Re-install when the dependencies change. torch/torchvision are pinned in pyproject.toml.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) -e .
 	@touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	@touch $(TEST_STAMP)
 
 migrate: setup
 	$(PY) -m backend.migrate
@@ -21,7 +30,8 @@ migrate: setup
 run: setup
 	$(PY) -m backend.run_local
 
-## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis).
+## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis). HOST and PORT
+## come from the shell's environment (not from .env): `HOST=0.0.0.0 make serve`.
 serve: migrate
 	$(PY) -m uvicorn --factory backend.main:create_app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
@@ -29,16 +39,20 @@ serve: migrate
 worker: setup
 	$(PY) -m worker.gpu_worker
 
-test: setup
+test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup-test
 	$(PY) -m bench
 
 ## Ten minutes of steady load on loopback (API, workers, 50 live streams, a poller): errors,
 ## exact points, memory slope of every process. SOAK_ARGS="--seconds 60" for a short one.
 soak: setup
 	$(PY) -m bench.soak $(SOAK_ARGS)
+## On a GPU host (under 5 minutes, one table): ResNet-50 fp32 vs mixed precision, the input pipeline,
+## GPU utilisation and memory, small runs sharing the GPU with 1, 2, 4 slots. `--device cpu --tiny`: dry mode.
+bench-gpu: setup
+	$(PY) bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf var .pytest_cache

@@ -6,21 +6,15 @@ import asyncio
 import contextlib
 import gc
 import logging
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from training.datasets import configure_features
 
 from .api import errors, health, session
-from .api.params import printable
+from .api.openapi import install_docs, operation_id
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
 from .live import StreamSlots
@@ -30,15 +24,15 @@ from .pages import routes as pages
 from .queue import RunQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
+from .runs import system_routes
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .sweeps import routes as sweep_routes
 from .sweeps.stream import SweepHub
+from .workers import routes as worker_routes
 
 log = logging.getLogger("missmod")
-
-DATABASE_UNAVAILABLE = "the database is unreachable (or not migrated); try again shortly"
 
 
 def _warn_if_open_to_the_network(settings: Settings) -> None:
@@ -88,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=settings.max_request_bytes,  # 413 above; a run spec is a few hundred bytes
+        generate_unique_id_function=operation_id,
+        docs_url=None, redoc_url=None,  # served from local files by install_docs
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
@@ -99,34 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
     app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeoutError)
-    async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
-        return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own 422, but with the echoed input made serialisable: a NaN or a lone
-        # surrogate sent by the client would otherwise turn the 422 into a 500.
-        return JSONResponse({"detail": printable(jsonable_encoder(error.errors()))}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # The traceback goes to the server log only, under a reference the user can quote.
-        reference = uuid.uuid4().hex[:12]
-        log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
-        return JSONResponse({"detail": f"internal error (reference {reference} in the server log)"}, status_code=500)
-
-    errors.register(app)
+    errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(system_routes.router)
+    app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
     app.include_router(job_routes.router)
     app.include_router(pages.router)
+    install_docs(app)
     app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
     return app

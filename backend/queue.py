@@ -38,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         task_default_queue=settings.task_queue,
         task_ignore_result=True,  # results live in the database
-        # Long GPU jobs (DESIGN.md §5): a run id is acknowledged only when the run is over, goes
+        # Long GPU jobs (docs/architecture.md §5): a run id is acknowledged only when the run is over, goes
         # back to the broker if the worker process dies, and a worker holds one id at a time.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -19,6 +19,7 @@ from .lifecycle import reconcile as lifecycle
 from .lifecycle.models import Leased
 from .lifecycle.reconcile import ReconcileReport
 from .queue import RunQueue
+from .runs import outcomes
 from .runs.models import Run
 from .settings import Settings
 
@@ -56,6 +57,9 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: RunQueue) 
     with sessions() as session:
         reports = reconcile(session, queue, heartbeat_timeout=settings.heartbeat_timeout,
                             max_retries=settings.run_max_retries)
+        ended = reports[Run].failed + reports[Run].cancelled
+        if ended:  # their sweeps may be finished; the webhook hears of the failures
+            outcomes.announce_ended(session, settings, ended)
     for model, report in reports.items():
         if report:
             log.warning("reconciled %ss: queued again %s, failed %s, cancelled %s, sent to the broker %s",

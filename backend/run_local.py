@@ -50,7 +50,7 @@ def main() -> int:
     # Own process groups: Ctrl-C reaches this launcher only, which then stops both in order.
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-         "--concurrency", "1", "--hostname", node, "--without-gossip", "--without-mingle"],
+         "--hostname", node, "--without-gossip", "--without-mingle"],
         start_new_session=True,
     )
     server = subprocess.Popen(

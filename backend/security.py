@@ -33,9 +33,10 @@ from itsdangerous import BadSignature, TimestampSigner
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .api.problems import problem_response
 from .browser_sessions import session_is_open
 from .settings import LOOPBACK_HOSTS, Settings
 
@@ -47,7 +48,8 @@ OPEN_PREFIXES = ("/static/",)
 # Our pages load only our own scripts; Plotly sets inline styles, and draws into data: images.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-# /docs and /redoc are FastAPI's, loaded from a CDN with inline scripts: no CSP of ours there.
+# /docs and /redoc set a CSP of their own (backend/api/openapi.py): their pages start their
+# scripts inline, which the dashboard's policy refuses.
 PAGES_WITHOUT_CSP = ("/docs", "/redoc")
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                   (b"referrer-policy", b"same-origin")]
@@ -195,7 +197,7 @@ class AccessGuard:
             return
         path = scope["path"]
         if scope["method"] not in SAFE_METHODS and is_cross_site(headers):
-            await JSONResponse({"detail": "cross-site request refused"}, status_code=403)(scope, receive, send)
+            await problem_response(403, "cross-site request refused")(scope, receive, send)
             return
         if self.sessions is not None and not self._is_open(path) and not await self._authenticated(headers):
             await self._refuse(scope, receive, send)
@@ -235,8 +237,8 @@ class AccessGuard:
             target = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
             response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         else:
-            response = JSONResponse({"detail": "authentication required: send 'Authorization: Bearer <API_TOKEN>'"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            response = problem_response(401, "authentication required: send 'Authorization: Bearer <API_TOKEN>'",
+                                        headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
 

@@ -82,9 +82,28 @@ class Settings(BaseSettings):
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    runs_per_gpu: int = Field(
+        1, ge=1, le=64, description="Runs one worker trains at once, each in its own process (slots): above 1, small "
+                                    "runs share the worker's GPU (or a CPU-only host trains several runs at once)")
+    threads_per_run: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads each run's torch uses; default: the worker's cores ÷ "
+                                         "RUNS_PER_GPU (or OMP_NUM_THREADS when that is set), so concurrent runs "
+                                         "do not oversubscribe the cores")
+    system_metrics_interval: float = Field(
+        2.0, gt=0, description="Seconds between samples of a run's system metrics (GPU utilisation and memory, "
+                               "process CPU and memory); they are stored averaged per epoch")
+    webhook_url: str | None = Field(
+        None, max_length=2000, pattern=r"^https?://[^\s\x00-\x1f]+$",
+        description="Called (POST, JSON with a Slack-compatible `text`) when a run fails and when a sweep finishes; "
+                    "e.g. a Slack or Mattermost incoming webhook")
     gpu_lock_dir: Path | None = Field(
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
+
+    @field_validator("threads_per_run", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("trusted_hosts", mode="before")
     @classmethod
@@ -93,9 +112,10 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("api_token", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url", mode="before")
+    @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
+                     mode="before")
     @classmethod
-    def _empty_is_none(cls, value):
+    def _empty_token_is_none(cls, value):  # also `WEBHOOK_URL=`
         return None if isinstance(value, str) and not value.strip() else value  # `API_TOKEN=` in .env.example
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 
     python -m bench                      # all of them (under 10 minutes on a 2-core CPU)
     python -m bench --only eq5 ingestion # some of them
+    python -m bench --only slots --quick # several runs per worker, the input pipeline, briefly
 
 Figures are measured here and now; ratios compare figures measured in the same run. A row
 whose figure could not be measured on this machine (no GPU) says so instead of a number.
@@ -66,8 +67,15 @@ def pages() -> list[Row]:
     return sweep_views.measure(loads=3)
 
 
+def slots() -> list[Row]:
+    from . import slots_throughput
+
+    return slots_throughput.measure(quick=QUICK)
+
+
 SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "live": live, "streams": streams,
-            "pages": pages}
+            "pages": pages, "slots": slots}
+QUICK = False
 
 
 def machine() -> str:
@@ -90,7 +98,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("VAR_DIR", "var")) / "bench.json")
+    parser.add_argument("--quick", action="store_true", help="sections that have one run their quick mode")
     args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
     rows: list[Row] = []
     started = time.perf_counter()
     for name in args.only or list(SECTIONS):

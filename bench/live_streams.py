@@ -28,7 +28,7 @@ import numpy as np
 
 from backend.db import session_factory, utcnow
 from backend.migrate import upgrade
-from backend.runs import service
+from backend.runs import lease
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
@@ -73,11 +73,11 @@ def _write_epochs(settings: Settings, run_ids: list[int], epochs: int, stop: thr
     for epoch in range(1, epochs + 1):
         for run_id in run_ids:
             with sessions() as session:
-                service.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5, "train_loss": 1.0})
+                lease.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5, "train_loss": 1.0})
         stop.wait(EPOCH_INTERVAL)
     with sessions() as session:
         for run_id in run_ids:
-            service.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+            lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
                                best_epoch=epochs, classes=["0", "1"], confusion=None, info={})
 
 
@@ -122,8 +122,8 @@ async def _scenario(base: str, settings: Settings, run_ids: list[int], streams: 
         stop, writing = threading.Event(), threading.Event()
         timer = loop.run_in_executor(None, _time_runs_list, base, stop)
         epochs = max(1, round(seconds / EPOCH_INTERVAL))
-        await loop.run_in_executor(None, _write_epochs, settings, run_ids, epochs, writing)
-        received = await asyncio.gather(*watchers)
+        _, *received = await asyncio.gather(
+            loop.run_in_executor(None, _write_epochs, settings, run_ids, epochs, writing), *watchers)
         stop.set()
         return baseline, await timer, received, epochs
 

@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=1, help="RUNS_PER_GPU of each worker")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="OMP_NUM_THREADS of each worker: tiny MLPs are fastest on one thread per worker")
     parser.add_argument("--screenshot", type=Path, help="save a full-page screenshot of the sweep page here")
@@ -72,12 +73,13 @@ def main() -> None:
         settings = Settings(var_dir=Path(var_dir), database_url="", broker_url="")
         settings.make_dirs()
         upgrade(settings.database_url)
-        env = {**os.environ, "VAR_DIR": var_dir, "OMP_NUM_THREADS": str(args.torch_threads)}
+        env = {**os.environ, "VAR_DIR": var_dir, "OMP_NUM_THREADS": str(args.torch_threads),
+               "RUNS_PER_GPU": str(args.slots)}
         port = free_port()
         logs = open(Path(var_dir) / "processes.log", "wb")
         processes = [subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "WARNING",
-             "--concurrency", "1", "--hostname", f"bench-{i}@%h", "--without-gossip", "--without-mingle"],
+             "--hostname", f"bench-{i}@%h", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)
             for i in range(args.workers)]
         processes.append(subprocess.Popen(

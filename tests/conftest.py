@@ -125,7 +125,7 @@ def start_worker(tmp_path: Path):
         node = f"test-{uuid.uuid4().hex[:6]}@%h"
         process = Process(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-             "--concurrency", "1", "--hostname", node, "--without-gossip", "--without-mingle"],
+             "--hostname", node, "--without-gossip", "--without-mingle"],
             {**settings_env(settings), **WORKER_TEST_ENV, **(extra_env or {})},
             tmp_path / f"worker-{len(processes)}.log",
         )

@@ -26,10 +26,12 @@ FORMAT_VERSION = 1
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
-    """Fields that change the training; `device` does not, so a run may resume on another GPU,
-    and fields added later do not at their default (the fingerprint of a spec is as it was)."""
+    """Fields that change the training; `device` and `compile` do not, so a run may resume on
+    another GPU, and fields added later do not at their default (the fingerprint of a spec is as
+    it was): the ablations' and `precision: auto`."""
     relevant = {k: v for k, v in spec_fields.items()
-                if k != "device" and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])}
+                if k not in ("device", "compile") and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
+                and not (k == "precision" and v == "auto")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 """Scores and conditional log-likelihoods of the paper's generalised softmax (§2.2.2).
 
-Notation (DESIGN.md §4): x is the modality always present, y the one that may be missing,
+Notation (docs/architecture.md §4): x is the modality always present, y the one that may be missing,
 z the label among K classes. Encoders give f(x), g(y) ∈ R^k; the label head gives
 h(z) = W·onehot(z) + b, stacked here as the matrix H whose row z is h(z) (shape K × dim φ).
 The score is s(x, y, z) = φ(f(x), g(y))ᵀ h(z).
@@ -21,6 +21,7 @@ missing, samples that lost x are scored the same way with the roles of x and y s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,12 +30,33 @@ import torch.nn.functional as F
 from .fusion import fuse
 
 
+def in_fp32(function):
+    """Computes in fp32 even under mixed precision (autocast): scores of the likelihood are
+    summed by log-sum-exp over classes and over the reference set (eq. 5), where 16-bit
+    features would lose the small differences that decide the loss. With fp32 inputs and no
+    autocast (the default) it changes nothing: the tensors pass through as they are."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+        if not torch.is_autocast_enabled(device_type) and all(t.dtype != torch.float16 and t.dtype != torch.bfloat16
+                                                               for t in tensors):
+            return function(*args, **kwargs)
+        with torch.autocast(device_type=device_type, enabled=False):
+            widened = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+            return function(*widened, **kwargs)
+
+    return wrapper
+
+
 def label_embeddings(head: torch.nn.Linear) -> torch.Tensor:
     """H with H[z] = h(z) = W·onehot(z) + b, shape (K, dim φ). The bias b is kept: it is
     constant over z, so it cancels in eq. 4, but it weights the y' differently in eq. 5."""
     return head.weight.T + head.bias
 
 
+@in_fp32
 def pair_scores(f: torch.Tensor, g: torch.Tensor, H: torch.Tensor, fusion: str) -> torch.Tensor:
     """s(x_i, y_i, z) for matched pairs: (B, k), (B, k), (K, dim φ) → (B, K)."""
     if fusion == "outer":
@@ -52,6 +74,7 @@ def _separable_parts(H: torch.Tensor, fusion: str, k: int) -> tuple[torch.Tensor
     raise ValueError(f"fusion {fusion!r} is not separable")
 
 
+@in_fp32
 def marginal_scores(known: torch.Tensor, reference: torch.Tensor, H: torch.Tensor, fusion: str,
                     missing: str = "y", freeze_class_offset: bool = False) -> torch.Tensor:
     """LSE over the reference set of s(·, ·, z), for samples with one modality missing → (B, K).
@@ -83,6 +106,7 @@ def marginal_scores(known: torch.Tensor, reference: torch.Tensor, H: torch.Tenso
     return known @ H_known.T + reference_term
 
 
+@in_fp32
 def marginal_scores_bruteforce(known: torch.Tensor, reference: torch.Tensor, H: torch.Tensor, fusion: str,
                                missing: str = "y") -> torch.Tensor:
     """Same as `marginal_scores`, by materialising φ for all (sample, reference) pairs: (B, |S|, dim φ)."""
@@ -91,6 +115,7 @@ def marginal_scores_bruteforce(known: torch.Tensor, reference: torch.Tensor, H: 
     return torch.logsumexp(phi @ H.T, dim=1)
 
 
+@in_fp32
 def log_posterior(scores: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     """log Q(z|·) from scores (B, K): eq. 4 with `pair_scores`, eq. 5 with `marginal_scores`."""
     return F.log_softmax(scores + log_prior, dim=-1)

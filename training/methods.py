@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .fusion import fuse
-from .likelihood import log_posterior, marginal_scores, pair_scores
+from .likelihood import in_fp32, log_posterior, marginal_scores, pair_scores
 from .model import MLPImputer, TwoViewModel, two_view_model
 from .prepare import ModalityInput, TrainingSet
 from .spec import TrainSpec
@@ -200,6 +200,7 @@ class ZeroPadding(Method):
         return log_posterior(scores, log_prior)
 
 
+@in_fp32
 def soft_hgr(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Soft-HGR objective H(u, v) = E[ũᵀṽ] − ½ tr(cov(u) cov(v)) on centred features (n, d)."""
     n = len(u)

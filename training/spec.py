@@ -37,6 +37,9 @@ SplitBy = Literal["group", "subject"]
 SPLITS: tuple[str, ...] = get_args(SplitBy)
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(DeviceChoice)
+# Numeric precision of the training steps (training/precision.py).
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
 # The paper's names for its two modalities; a preset maps them onto a dataset's modalities.
 PAPER_MODALITIES = ("visual", "audio")
 
@@ -161,6 +164,15 @@ class TrainSpec(BaseModel):
     )
     pretrained: bool = Field(
         False, description="Start resnet34/resnet50/vgg16 from ImageNet weights (read from the host's torch cache)"
+    )
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="Numeric precision of the training steps: auto = mixed precision for CNN encoders on a GPU "
+        "(bf16 where the GPU has it, else fp16 with a gradient scaler), fp32 for MLP encoders and on the CPU; the "
+        "likelihood (eq. 4/5) is always computed in fp32",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the encoders (the first epoch pays for compiling; helps long GPU runs)"
     )
 
     @field_validator("encoder")

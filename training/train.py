@@ -27,6 +27,7 @@ from .methods import Batch, Method, ReferenceInputs, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
 from .spec import TrainSpec, spec_errors_for_dataset
+from .speed import EpochClock, TrainingSpeed
 
 # With S = every complete training sample, each step runs g over all of S. Affordable for
 # feature vectors and small data; above this many complete samples `auto` uses the batch.
@@ -51,6 +52,10 @@ class TrainingCallback:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
+
+    def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
+        """Before on_epoch_end: the epoch's training steps took `seconds` for `samples` samples
+        (evaluation excluded), for samples per second."""
 
     def should_stop(self) -> bool:
         """Checked after every epoch: True ends training early (cancel)."""
@@ -231,8 +236,10 @@ class Trainer:
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
         train = prepared.train
-        self.model: TwoViewModel = self.method.build_model(prepared.x_input, prepared.y_input,
-                                                           len(prepared.classes)).to(device)
+        self.speed = TrainingSpeed.for_run(spec, device)
+        self.model: TwoViewModel = self.speed.prepare_model(
+            self.method.build_model(prepared.x_input, prepared.y_input, len(prepared.classes)).to(device))
+        self._gather, self._gathering = None, None
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
@@ -254,26 +261,30 @@ class Trainer:
         kinds = [complete, np.flatnonzero(has_x & ~has_y), np.flatnonzero(~has_x & has_y)]
         return stratified_batches(kinds, self.spec.batch_size, self.batch_rng)
 
-    def train_epoch(self, train: TrainingSet, references: ReferenceInputs) -> float:
+    def train_epoch(self, train: TrainingSet, references: ReferenceInputs) -> tuple[float, int]:
+        """The epoch's mean training loss, and how many samples it trained on."""
         self.model.train()
+        if self._gathering is not train:  # the method may replace the training set (imputation)
+            self._gather, self._gathering = self.speed.gatherer(train, self.spec.batch_size), train
         loss_sum, seen = 0.0, 0
         for rows in self.epoch_batches(train):
             if self.callback.should_abort():
                 raise TrainingAborted("abandoned mid-epoch at the caller's request")
-            # Index where the data lives (the CPU for images), then move the batch (a no-op otherwise).
-            index = torch.as_tensor(rows, device=train.z.device)
-            batch = Batch(*(t[index].to(self.device, non_blocking=True)
-                            for t in (train.x, train.y, train.z, train.has_x, train.has_y)))
-            loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
+            # Gathered where the data lives (the CPU for images, through pinned memory to a GPU).
+            batch = Batch(*self._gather(rows))
+            with self.speed.autocast():
+                loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
+            self.speed.step(loss, self.optimiser)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
-        return loss_sum / seen
+        return loss_sum / seen, seen
 
     @torch.no_grad()
     def evaluate(self, train: TrainingSet) -> tuple[Evaluation, Evaluation, Evaluation | None]:
+        with self.speed.autocast():
+            return self._evaluate(train)
+
+    def _evaluate(self, train: TrainingSet) -> tuple[Evaluation, Evaluation, Evaluation | None]:
         self.model.eval()
         self.method.fit_statistics(self.model, train)
         log_prior = self.prepared.log_prior
@@ -328,6 +339,7 @@ class Trainer:
             # test_accuracy and the confusion matrix are per group (video) when groups hold several
             # samples (segments), whose probabilities are averaged; test_sample_accuracy is per segment.
             "accuracy_level": "group" if self.prepared.test.grouped else "sample",
+            **self.speed.describe(),
         }
 
     def epoch_metrics(self, train_loss: float, val: Evaluation, test: Evaluation,
@@ -361,7 +373,11 @@ class Trainer:
 
         epochs_completed, stopped = first_epoch - 1, StopReason.finished
         for epoch in range(first_epoch, self.spec.epochs + 1):
-            train_loss = self.train_epoch(train, references)
+            with EpochClock(self.device) as clock:
+                train_loss, samples = self.train_epoch(train, references)
+            # Callbacks written before this hook (duck-typed ones too) simply do not have it.
+            if (on_epoch_trained := getattr(self.callback, "on_epoch_trained", None)) is not None:
+                on_epoch_trained(epoch, samples, clock.seconds)
             val, test, test_without_y = self.evaluate(train)
             if best is None or val.accuracy > best.val_accuracy:
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y)

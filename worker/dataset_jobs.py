@@ -14,8 +14,10 @@ from backend.jobs.models import DatasetJob, JobKind
 from backend.lifecycle import lease
 from backend.settings import Settings
 
+from training.train import StopReason
+
 from .artifacts import register_features
-from .lease_holder import Done, LeaseHolder, ending_of, execute_leased
+from .lease_holder import Done, LeaseHolder, execute_leased
 
 log = logging.getLogger("missmod.worker")
 
@@ -53,13 +55,13 @@ def execute_job(job_id: int, settings: Settings, worker: str | None = None,
                 result = register_features(settings, holder.sessions, path, job_id)
             else:
                 raise ValueError(f"unknown job kind {job.kind!r}")
-            stopped_early = False
+            stopped = StopReason.finished
         except (PreprocessingStopped, ExtractionStopped):
-            stopped_early = True
+            stopped = holder.stop_reason()
 
         def store(session, cancelled: bool) -> None:
             lease.finish(session, DatasetJob, job_id, holder.worker, cancelled=cancelled, result=result)
 
-        return Done(ending_of(stopped_early, holder), store, reached=f"after {reached['done']} of {reached['total']}")
+        return Done(stopped, store, reached=f"after {reached['done']} of {reached['total']} (finished ones kept)")
 
     return execute_leased(DatasetJob, job_id, settings, work, worker, stop_requested)

@@ -2,7 +2,8 @@
 a heartbeat, and the final result. Plain code, callable without Celery. The lease — claim,
 heartbeat, cancel, retries while the database is down, giving the run back on shutdown — is
 worker/lease_holder.py's, shared with dataset jobs; this module adds what is a run's own: the
-training callback and where the checkpoint lives."""
+training callback (with the run's system metrics), where the checkpoint lives, and what a run
+that runs out of memory beside other runs does: it goes back to the queue for a slot of its own."""
 
 from __future__ import annotations
 
@@ -10,17 +11,25 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from backend.runs import lease
+from backend import notify
+from backend.db import session_factory
+from backend.lifecycle.api import mark_sent
+from backend.queue import RunQueue
+from backend.runs import lease, outcomes
 from backend.runs.artifacts import RunCheckpoints
 from backend.runs.models import Run
+from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.workers import service as workers
 
 from training.datasets import configure_features
 from training.spec import TrainSpec
 from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
+from . import slots
 from .artifacts import fetch_dataset, run_checkpoints, save_confusion
-from .lease_holder import Abandoned, Done, Ending, LeaseHolder, execute_leased
+from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
+from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
 
@@ -30,9 +39,10 @@ class DatabaseRecorder(TrainingCallback):
     picks up a cancel request in the same transaction. Stops the loop after the epoch's
     checkpoint when the process is asked to shut down (the holder's `stop_requested`)."""
 
-    def __init__(self, holder: LeaseHolder):
+    def __init__(self, holder: LeaseHolder, system: SystemSampler | None = None):
         self.holder = holder
         self.run_id, self.worker = holder.row_id, holder.worker
+        self.system = system
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.holder.record(info=dict(info))
@@ -48,9 +58,20 @@ class DatabaseRecorder(TrainingCallback):
         if self.holder.progress_due(done, total):
             self.holder.record(info={"stage": stage, "stage_done": done, "stage_total": total, **details})
 
+    def on_epoch_trained(self, epoch: int, samples: int, seconds: float) -> None:
+        if self.system is not None:
+            self.system.epoch_trained(samples, seconds)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.holder.write_and_check(
             lambda session: lease.record_epoch(session, self.run_id, epoch, metrics, self.worker))
+        if self.system is not None:
+            figures = self.system.epoch_figures()
+            try:  # after the epoch's points: a lost sample must never cost a run its metrics
+                with self.holder.sessions() as session:
+                    record_system_points(session, self.run_id, epoch, figures)
+            except Exception as error:
+                log.warning("system metrics of run %s, epoch %s, not recorded: %s", self.run_id, epoch, error)
 
     def should_stop(self) -> bool:
         return self.holder.should_stop()
@@ -61,13 +82,32 @@ class DatabaseRecorder(TrainingCallback):
         return self.holder.lost.is_set()
 
     def stop_reason(self) -> StopReason:
-        return StopReason.cancelled if self.holder.cancel_requested else StopReason.shutdown
+        return self.holder.stop_reason()
 
 
 def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_after_attempt: int = 0) -> RunCheckpoints:
     """Where this attempt of a run writes its checkpoints, in the shared artifact store; a
     redelivered run (on any host) continues from the newest earlier attempt's."""
     return run_checkpoints(settings, run_id, attempt, resume_after_attempt)
+
+
+def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error: BaseException) -> Done:
+    """Out of memory beside other runs: back to the queue marked `needs_own_slot`, and its id sent
+    now (the reconcile step sends it if this fails); it trains next with the GPU to itself."""
+    run_id = holder.row_id
+    log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
+    if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker,
+                                                                f"{type(error).__name__}: {error}")):
+        queue = RunQueue(settings)
+        try:
+            queue.enqueue(run_id)
+            holder.write(lambda session: mark_sent(session, Run, [run_id]))
+        except Exception as send_error:
+            log.warning("run %s: its id could not be sent now (%s); the reconcile step sends it", run_id, send_error)
+        finally:
+            queue.close()
+    # Given back: the lease holder finds the run no longer running here and leaves it queued.
+    return Done(StopReason.shutdown, lambda session, cancelled: None, reached="out of memory beside other runs")
 
 
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
@@ -78,13 +118,23 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     def work(run: Run, holder: LeaseHolder) -> Done:
         spec = TrainSpec.model_validate(dict(run.spec))
         log.info("run %s: %s", run_id, spec.model_dump())
+        shares_the_gpu = settings.runs_per_gpu > 1 and not run.needs_own_slot
         fetch_dataset(settings, holder.sessions, spec.dataset)  # made by a job on another host: fetched once
         checkpoints = checkpoint_path(settings, run_id, run.attempts, run.resume_after_attempt)
         try:
-            result = train(spec, DatabaseRecorder(holder), data_dir=settings.data_dir,
-                           checkpoint_path=checkpoints, video=settings.video_options())
+            with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
+                slots.simulate_out_of_memory_if_asked(shares_the_gpu)
+                result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
+                               checkpoint_path=checkpoints, video=settings.video_options())
         except TrainingAborted:
             raise Abandoned(f"run {run_id}") from None
+        except Exception as error:
+            if not slots.is_out_of_memory(error):
+                raise
+            if shares_the_gpu:
+                return _queue_again_on_its_own_slot(settings, holder, error)
+            raise RuntimeError(f"{type(error).__name__}: {error} (out of memory with no other run beside it: lower "
+                               f"batch_size, or use a larger GPU)") from error
         def store(session, cancelled: bool) -> None:
             lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
@@ -93,7 +143,25 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
             save_confusion(settings, run_id, result.best_epoch, result.classes, result.confusion_matrix)
 
-        return Done(Ending(result.stopped.value), store, reached=f"after epoch {result.epochs_completed} "
-                                                                     "(checkpoint kept)")
+        return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
-    return execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+        announce_end(settings, run_id)
+    return outcome
+
+
+# What execute_leased returns when the run reached its end here.
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def announce_end(settings: Settings, run_id: int) -> None:
+    """After the run's end is committed: its sweep may be finished, and the webhook hears of a
+    failure or a finished sweep (backend/runs/outcomes.py). Sent before this process (one per
+    run) ends, within a bound; nothing here can fail the run."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            outcomes.announce_ended(session, settings, [run_id])
+        notify.flush(settings)
+    except Exception as error:
+        log.warning("run %s: could not announce its end: %s", run_id, error)

@@ -1,6 +1,6 @@
 """Start one Celery worker on one GPU of this host: `python -m worker.gpu_worker [celery options]`.
 
-One worker process per GPU (DESIGN §5). Docker Compose cannot give each replica of a scaled
+One worker process per GPU (docs/architecture.md §5). Docker Compose cannot give each replica of a scaled
 service its own GPU (`count: 1` hands every replica the same one), so each replica sees the
 host's GPUs and claims one itself: an exclusive lock on a file per GPU, in GPU_LOCK_DIR, which
 the replicas of a host share. The kernel drops the lock when the worker dies, so a restarted
@@ -53,8 +53,9 @@ def claim_gpu(gpus: list[str], lock_dir: Path) -> tuple[str, int] | None:
 
 
 def worker_command(node: str, extra: list[str]) -> list[str]:
+    # No --concurrency: the app takes it from RUNS_PER_GPU (worker/celery_app.py).
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-            "--concurrency", "1", "--hostname", node, *extra]
+            "--hostname", node, *extra]
 
 
 def main(argv: list[str]) -> None:

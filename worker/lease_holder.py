@@ -18,7 +18,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -29,6 +28,8 @@ from backend.lifecycle import lease
 from backend.lifecycle.lease import LeaseLost
 from backend.lifecycle.models import Leased
 from backend.settings import Settings
+
+from training.train import StopReason
 
 log = logging.getLogger("missmod.worker")
 
@@ -134,6 +135,10 @@ class LeaseHolder:
     def should_stop(self) -> bool:
         return self.cancel_requested or self.stop_requested()
 
+    def stop_reason(self) -> StopReason:
+        """Why should_stop() said so: a cancel (the row ends cancelled) or a shutdown (given back)."""
+        return StopReason.cancelled if self.cancel_requested else StopReason.shutdown
+
     def beat(self) -> bool:
         with self.sessions() as session:
             return lease.beat(session, self.model, self.row_id, self.worker)
@@ -168,27 +173,12 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-class Ending(StrEnum):
-    """Why the work ended."""
-
-    finished = "finished"  # ran to its end: succeeded
-    cancelled = "cancelled"  # a cancel was requested: ends cancelled, keeping what it did
-    shutdown = "shutdown"  # this worker is shutting down: the row is given back to resume elsewhere
-
-
 @dataclass
 class Done:
-    ending: Ending
+    stopped: StopReason  # why the work ended: finished (succeeded), cancelled, or shutdown (given back)
     # Writes the result under the lease: store(session, cancelled) (unused for a shutdown).
     store: Callable[[Session, bool], None]
     reached: str = ""  # how far it got, for the log ("after epoch 3")
-
-
-def ending_of(stopped_early: bool, holder: LeaseHolder) -> Ending:
-    """The work stopped before its end because should_stop() said so: a cancel, or a shutdown."""
-    if not stopped_early:
-        return Ending.finished
-    return Ending.cancelled if holder.cancel_requested else Ending.shutdown
 
 
 def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: Callable[[Leased, LeaseHolder], Done],
@@ -236,19 +226,19 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
         return "failed"
 
     try:
-        if done.ending is Ending.shutdown:
+        if done.stopped is StopReason.shutdown:
             # Queued again in the database; its id is sent once this worker no longer consumes
             # (worker/shutdown.py), or by the reconcile step.
             if holder.write(lambda session: lease.release(session, model, row_id, worker)):
                 log.info("%s stopped %s for a shutdown and is queued again", name, done.reached)
             return "queued again"
-        holder.write(lambda session: done.store(session, done.ending is Ending.cancelled))
+        holder.write(lambda session: done.store(session, done.stopped is StopReason.cancelled))
     except LeaseLost:
         log.warning("%s ended here but was given to another worker meanwhile; its result is theirs", name)
         return "lease lost"
     except DATABASE_ERRORS as error:
         log.error("%s ended but the database stayed unreachable (%s); it will be resumed and end again", name, error)
         return "database unreachable"
-    state = "cancelled" if done.ending is Ending.cancelled else "succeeded"
+    state = "cancelled" if done.stopped is StopReason.cancelled else "succeeded"
     log.info("%s %s", name, state)
     return state

@@ -1,22 +1,34 @@
-"""Domain errors → HTTP responses, in one place: the services raise what went wrong in their
-own terms (a run that does not exist, a broker that cannot be reached, a request refused
-field by field) and the routes let it through; the handlers registered here answer for all.
-Extend `register` for new kinds of errors rather than catching them in routes."""
+"""Errors → HTTP responses, in one place: the services raise what went wrong in their own terms
+(a run that does not exist, a broker that cannot be reached, a request refused field by field)
+and the routes let it through; the handlers registered here answer for all, every one as RFC 9457
+problem details (backend/api/problems.py says the format). Extend `register` for new kinds of
+errors rather than catching them in routes."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request, status
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
 
 from ..jobs.service import JobNotFound
 from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
+from .params import printable
+from .problems import VALIDATION_PROBLEM, PlainErrorsAsProblems, problem_response
+
+log = logging.getLogger("missmod")
+
+DATABASE_UNAVAILABLE = "the database is unreachable (or not migrated); try again shortly"
 
 # What a 404 says, by the thing not found (its id is the exception's argument).
 NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
@@ -29,20 +41,42 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
     message = next(say(error) for kind, say in NOT_FOUND.items() if isinstance(error, kind))
-    return JSONResponse({"detail": message}, status_code=status.HTTP_404_NOT_FOUND)
+    return problem_response(status.HTTP_404_NOT_FOUND, message, request=request)
 
 
 def _broker_unavailable(request: Request, error: BrokerUnavailable) -> JSONResponse:
     # The broker's own message can carry its address: the server log has it, the client gets
     # what was saved and what to do (the exception's public message).
-    return JSONResponse({"detail": error.public_message}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return problem_response(status.HTTP_503_SERVICE_UNAVAILABLE, error.public_message, request=request)
 
 
-async def _refused(request: Request, error: Refused):
-    # Answered exactly as FastAPI's own validation errors are (whichever handler the app has for
-    # them), so a form shows a refusal from the logic next to its field like a schema error.
-    handler = request.app.exception_handlers.get(RequestValidationError, request_validation_exception_handler)
-    return await handler(request, RequestValidationError(error.errors))
+def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    # `detail` keeps FastAPI's list of {"type", "loc", "msg", "input"}: forms and scripts read it.
+    # The echoed input is made serialisable: a NaN or a lone surrogate sent by the client would
+    # otherwise turn the 422 into a 500.
+    return problem_response(422, printable(jsonable_encoder(error.errors())), request=request, type=VALIDATION_PROBLEM)
+
+
+def _refused(request: Request, error: Refused) -> JSONResponse:
+    # Answered exactly as a schema error, so a form shows a refusal from the logic next to its field.
+    return _validation_error(request, RequestValidationError(error.errors))
+
+
+def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return problem_response(error.status_code, error.detail, request=request, headers=getattr(error, "headers", None))
+
+
+def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
+    return problem_response(503, DATABASE_UNAVAILABLE, request=request, headers={"Retry-After": "5"})
+
+
+def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    # The traceback goes to the server log only, under a reference the user can quote.
+    reference = uuid.uuid4().hex[:12]
+    log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
+    return problem_response(500, f"internal error (reference {reference} in the server log)", request=request,
+                            reference=reference)
 
 
 def register(app: FastAPI) -> None:
@@ -50,3 +84,11 @@ def register(app: FastAPI) -> None:
         app.add_exception_handler(kind, _not_found)
     app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
     app.add_exception_handler(Refused, _refused)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(database_error, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)
+    # Errors answered in plain text outside the app's handlers (the body limit's 413) too.
+    build_middleware_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: PlainErrorsAsProblems(build_middleware_stack())

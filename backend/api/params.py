@@ -103,3 +103,9 @@ class CleanInput(BaseModel):
         if reason:
             raise ValueError(reason)
         return value
+
+
+def id_cursor(cursor: str | None) -> int | None:
+    """A list's `cursor` that is the last id of the previous page, bounded to what an id can be
+    (a larger one, which this server never hands out, means "from the start")."""
+    return None if not cursor else min(int(cursor), MAX_ID)

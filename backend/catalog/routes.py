@@ -55,6 +55,8 @@ class ChoicesOut(BaseModel):
     reference_sets: list[str]
     split_by: list[str]
     devices: list[str]
+    precisions: list[str] = Field(description="`precision` of a run: auto (mixed precision for CNN encoders on a "
+                                              "GPU), fp32, bf16, fp16")
     paper_modalities: list[str] = Field(description="The paper's names of its two modalities, which a preset "
                                                     "maps onto a dataset's (`visual`, `audio`)")
 
@@ -64,7 +66,7 @@ def list_choices() -> ChoicesOut:
     return ChoicesOut(methods=list(METHODS), fusions=spec.FUSIONS, encoders=spec.ENCODERS,
                       image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
                       backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
-                      devices=spec.DEVICES, paper_modalities=spec.PAPER_MODALITIES)
+                      devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES)
 
 
 @router.get("/api/datasets", response_model=list[DatasetOut])

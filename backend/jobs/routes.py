@@ -3,12 +3,12 @@ it with a frozen backbone, follow and cancel them. Thin: logic in service.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from training.datasets import UnknownDatasetError, dataset_info
 
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
+from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId, id_cursor
 from . import service
 from .models import JobKind
 from .schemas import FeatureExtractionCreate, JobOut
@@ -58,11 +58,30 @@ def extract_features(name: DatasetName, payload: FeatureExtractionCreate, respon
     return _start(session, queue, response, JobKind.extract_features, name, payload.model_dump())
 
 
-@router.get("/api/jobs", response_model=list[JobOut])
-def list_jobs(session: SessionDep, dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
-              limit: int = Query(50, ge=1, le=500)) -> list[JobOut]:
-    """Dataset jobs, newest first."""
-    return [JobOut.model_validate(job) for job in service.list_jobs(session, dataset, limit)]
+NEXT_PAGE_HEADERS = {
+    "X-Next-Cursor": {"description": "Pass as `cursor` for the next page; absent on the last page",
+                      "schema": {"type": "string"}},
+    "Link": {"description": 'The next page as `<url>; rel="next"` (RFC 8288); absent on the last page',
+             "schema": {"type": "string"}},
+}
+
+
+@router.get("/api/jobs", response_model=list[JobOut],
+            responses={200: {"description": "A page of jobs", "headers": NEXT_PAGE_HEADERS}})
+def list_jobs(request: Request, response: Response,
+              session: SessionDep, dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
+              limit: int = Query(50, ge=1, le=500),
+              cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                                         description="The X-Next-Cursor header of the previous page")) -> list[JobOut]:
+    """Dataset jobs, newest first. The body stays a plain list (scripts read it so); the next
+    page's cursor comes in the X-Next-Cursor and Link headers."""
+    jobs = service.list_jobs(session, dataset, limit + 1, before_id=id_cursor(cursor))
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        next_cursor = str(jobs[-1].id)
+        response.headers["X-Next-Cursor"] = next_cursor
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
+    return [JobOut.model_validate(job) for job in jobs]
 
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "No such job"}})

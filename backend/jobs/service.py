@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
-from ..lifecycle.api import AlreadyFinished as JobFinished, BrokerUnavailable  # noqa: F401  (raised from here)
+from ..lifecycle.api import AlreadyFinished as JobFinished  # noqa: F401  (raised from here)
+from ..lifecycle.api import BrokerUnavailable
 from ..lifecycle.models import State
 from ..queue import RunQueue
 from .models import DatasetJob
@@ -19,6 +20,10 @@ from .models import DatasetJob
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobNotQueued(BrokerUnavailable):
+    public_message = "the broker is unreachable: the job was saved as failed; try again shortly"
 
 
 def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]) -> DatasetJob | None:
@@ -48,10 +53,14 @@ def get_job(session: Session, job_id: int) -> DatasetJob:
     return job
 
 
-def list_jobs(session: Session, dataset: str | None = None, limit: int = 50) -> list[DatasetJob]:
+def list_jobs(session: Session, dataset: str | None = None, limit: int = 50,
+              before_id: int | None = None) -> list[DatasetJob]:
+    """Newest first; `before_id`: only older jobs than that one (the next page)."""
     query = select(DatasetJob)
     if dataset:
         query = query.where(DatasetJob.dataset == dataset)
+    if before_id is not None:
+        query = query.where(DatasetJob.id < before_id)
     return list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit)))
 
 

@@ -10,6 +10,8 @@ from backend.catalog import models as catalog_models  # noqa: F401
 from backend import browser_sessions  # noqa: F401  (registers the tables)
 from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
+from backend.runs import system as system_models  # noqa: F401
+from backend.workers import models as worker_models  # noqa: F401
 from backend.db import Base
 from backend.settings import get_settings
 

@@ -69,6 +69,12 @@ def sweep_page(request: Request, sweep_id: int, session: SessionDep):
 def compare_page(request: Request):
     """Runs side by side: `/compare?runs=1,2,3` (the page reads the ids itself)."""
     return templates.TemplateResponse(request, "compare.html", {"title": "Compare runs"})
+@router.get("/workers", response_class=HTMLResponse)
+def workers_page(request: Request):
+    """The live workers, their slots and GPUs, and the queue (GET /api/workers/stream)."""
+    return templates.TemplateResponse(request, "workers.html", {"title": "Workers"})
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, settings: SettingsDep, next: str | None = None):
     return templates.TemplateResponse(request, "login.html", {

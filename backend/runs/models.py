@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        false)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
@@ -45,6 +46,13 @@ class Run(Leased, Base):
     missing_modality: Mapped[str] = mapped_column(String(100))
     missing_rate: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer)
+
+    # It ran out of memory while sharing its GPU with other runs (RUNS_PER_GPU > 1): it is trained
+    # next on a slot of its own, its worker's other slots waiting meanwhile (worker/slots.py).
+    needs_own_slot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Trained elsewhere and logged through POST /api/runs/external: never queued, never retried,
+    # and never averaged with missmod's own runs (its own row in a sweep's table, marked).
+    external: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset

@@ -3,8 +3,10 @@ a broker that cannot be reached is answered by the handlers of backend/api/error
 
 from __future__ import annotations
 
+import io
 import re
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
@@ -15,14 +17,17 @@ from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId
+from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
 from ..catalog import registry
 from ..live import client_address
+from ..sweeps.export import SafeCSVWriter
+from ..sweeps.models import Sweep
 from ..sweeps.paired import compare_runs
-from . import artifacts, service
+from . import artifacts, outcomes, query, service
 from .models import RunState
 from .predictions import load_predictions
-from .schemas import ArtifactOut, ConfusionOut, MetricsPage, RunCreate, RunOut, RunPage, RunPairOut, RunUpdate
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
+                      RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
 from .validation import DatasetCatalog, check_against_dataset
 
@@ -30,6 +35,9 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
+CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
+# Kept for the routes that list it: with the broker down, runs now wait for it instead (no 503).
+BROKER_DOWN: dict = {}
 AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could not be reached: the run waits for "
                                          "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
@@ -56,8 +64,74 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
     return RunOut.model_validate(run)
 
 
-@router.get("", response_model=RunPage)
+CSV_PAGE = 500
+RUN_CSV_COLUMNS = ["id", "name", "state", "external", "dataset", "method", "fusion", "missing_modality",
+                   "missing_rate", "seed", "epochs_completed", "best_epoch", "val_accuracy", "test_accuracy",
+                   "sweep_id", "tags", "created_at", "finished_at"]
+
+
+def _runs_csv(sessions, filters: service.RunFilters, sort: str) -> Iterator[str]:
+    """Every matching run, a page of rows at a time (a long list is never held whole). Its own
+    session: the rows are read while the response streams, after the request's session closed."""
+    spec_columns = [name for name in query.SPEC_FIELDS if name not in RUN_CSV_COLUMNS]
+    out = io.StringIO()
+    writer = SafeCSVWriter(out)
+    writer.writerow([*RUN_CSV_COLUMNS, *spec_columns])
+    cursor = None
+    while True:
+        with sessions() as session:
+            runs, _, cursor = service.list_runs(session, filters, sort=sort, limit=CSV_PAGE, cursor=cursor)
+            for run in runs:
+                out_run = RunOut.model_validate(run).model_dump(mode="json")
+                out_run["tags"] = " ".join(out_run["tags"])
+                writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
+                                 *((run.spec or {}).get(c) for c in spec_columns)])
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+        if cursor is None:
+            return
+
+
+@router.post("/external", status_code=status.HTTP_201_CREATED, response_model=RunOut)
+def log_external_run(payload: ExternalRunCreate, session: SessionDep) -> RunOut:
+    """Record a run trained elsewhere (another codebase, a paper's numbers): its setting, metrics
+    per epoch or step, test accuracy and confusion matrix. It is marked `external` and shown with a
+    mark in comparison tables and trends, in its own row, never averaged with missmod's runs."""
+    if payload.sweep_id is not None and session.get(Sweep, payload.sweep_id) is None:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "sweep_id"), "input": payload.sweep_id,
+                                       "msg": f"no sweep {payload.sweep_id}"}])
+    return RunOut.model_validate(service.log_external_run(session, payload))
+
+
+def _bulk_result(outcome: service.BulkOutcome) -> BulkResult:
+    return BulkResult(done=outcome.done, not_found=outcome.not_found,
+                      refused=[RefusedRun(id=run_id, reason=reason) for run_id, reason in outcome.refused])
+
+
+@router.post("/bulk-delete", response_model=BulkResult)
+def bulk_delete_runs(payload: RunIds, session: SessionDep, settings: SettingsDep) -> BulkResult:
+    """Delete many runs in one request (runs still training are stopped)."""
+    return _bulk_result(service.bulk_delete(session, payload.ids, settings))
+
+
+@router.post("/bulk-cancel", response_model=BulkResult)
+def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep) -> BulkResult:
+    """Cancel many runs in one request; finished ones are listed as refused."""
+    outcome = service.bulk_cancel(session, payload.ids)
+    outcomes.announce_ended(session, settings, outcome.done)
+    return _bulk_result(outcome)
+
+
+@router.post("/bulk-retry", response_model=BulkResult, responses=BROKER_DOWN)
+def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
+    """Queue many failed or cancelled runs again; the others are listed as refused."""
+    return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings))
+
+
+@router.get("", response_model=RunPage, responses=CSV)
 def list_runs(
+    request: Request,
     session: SessionDep,
     state: list[RunState] | None = Query(None, description="Repeat for several: `?state=failed&state=cancelled`"),
     dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
@@ -74,6 +148,14 @@ def list_runs(
     offset: Offset = 0,
     cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                description="`next_cursor` of the previous page: fast deep pages (instead of offset)"),
+    where: list[str] | None = Query(
+        None, max_length=20,
+        description="`FIELD OP VALUE` on any spec field, result or final metric; repeat for several (all hold). "
+                    "OP: = != > >= < <=. E.g. `accuracy>0.8`, `encoder=resnet50`, `metrics.val_loss<0.5`, "
+                    "`external=false`"),
+    external: bool | None = Query(None, description="Only runs trained elsewhere (true) or by missmod (false)"),
+    format: Literal["json", "csv"] = Query("json", description="csv: every matching run (no paging), one row each, "
+                                                               "with its spec fields"),
 ) -> RunPage:
     """Runs matching every filter given, newest first unless `sort` says otherwise."""
     if sort.lstrip("-") not in service.SORT_COLUMNS:
@@ -82,9 +164,23 @@ def list_runs(
     if cursor and offset:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
                                        "msg": "give either offset or cursor, not both"}])
+    conditions = []
+    for index, text in enumerate(where or []):
+        if len(text) > 300 or has_control_characters(text):
+            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
+                                           "msg": "at most 300 printable characters"}])
+        try:
+            conditions.append(query.parse_condition(text))
+        except query.InvalidQuery as error:
+            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
+                                           "msg": str(error)}]) from None
     filters = service.RunFilters(states=state or (), dataset=dataset, method=method, fusion=fusion,
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
-                                 tag=tag, search=q)
+                                 tag=tag, search=q, where=tuple(conditions), external=external)
+    if format == "csv":
+        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort),
+                                 media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
     try:
         runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
                                                      cursor=cursor)
@@ -125,7 +221,7 @@ def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: 
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
+@router.get("/{run_id}/metrics", response_model=MetricsPage, responses={**NOT_FOUND, **CSV})
 def get_metrics(
     run_id: RunId,
     session: SessionDep,
@@ -135,9 +231,14 @@ def get_metrics(
         None, ge=10, le=100_000,
         description="For display: thin each series to about this many points, keeping each stretch's minimum "
                     "and maximum (ignores `after` and `limit`); stream from the returned cursor for new points"),
+    format: Literal["json", "csv"] = Query("json", description="csv: every point, one row per epoch and one "
+                                                               "column per metric (ignores the other parameters)"),
 ) -> Response:
     """Metric points `{epoch, name, value}` in the order they were recorded."""
     run = service.get_run(session, run_id)
+    if format == "csv":
+        return Response(_metrics_csv(session, run_id), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
     body: dict = {"state": run.state}
     if max_points is not None:
         points, body["cursor"], total = service.metrics_for_display(session, run_id, max_points)
@@ -145,12 +246,27 @@ def get_metrics(
     else:
         points = service.metrics_after(session, run_id, after, limit)
         body["cursor"], body["downsampled"] = (points[-1].id if points else after), False
+        body["next_cursor"] = body["cursor"] if len(points) == limit else None
     # A long run's page holds tens of thousands of points: they are written straight to JSON by
     # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
     # pydantic object per point and the json module, which were most of the request's time
     # (bench/api_views.py). The shape is MetricsPage.
     body["points"] = [{"epoch": epoch, "name": name, "value": value} for _, epoch, name, value in points]
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _metrics_csv(session, run_id: int) -> str:
+    points = service.metrics_after(session, run_id, 0, 10_000_000)
+    names = list(dict.fromkeys(name for _, _, name, _ in points))
+    by_epoch: dict[int, dict[str, float | None]] = {}
+    for _, epoch, name, value in points:
+        by_epoch.setdefault(epoch, {})[name] = value
+    out = io.StringIO()
+    writer = SafeCSVWriter(out)
+    writer.writerow(["epoch", *names])
+    for epoch in sorted(by_epoch):
+        writer.writerow([epoch, *(by_epoch[epoch].get(name) for name in names)])
+    return out.getvalue()
 
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
@@ -193,18 +309,25 @@ def get_paired(run_id: RunId, session: SessionDep,
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
-def cancel_run(run_id: RunId, session: SessionDep) -> RunOut:
+def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
     try:
-        return RunOut.model_validate(service.request_cancel(session, run_id))
+        run = service.request_cancel(session, run_id)
     except service.RunFinished as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    outcomes.announce_ended(session, settings, [run_id])  # a queued run ends at once: its sweep may be done
+    return RunOut.model_validate(run)
+
+
+def _run_exists(sessions, run_id: int) -> None:
+    with sessions() as session:
+        service.get_run(session, run_id)
 
 
 @router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
-def stream_run(
+async def stream_run(
     run_id: RunId,
     request: Request,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
@@ -213,8 +336,7 @@ def stream_run(
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     # A session of its own, closed before the stream starts: a request-scoped one would hold a
     # pooled connection for as long as the client watches (backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_run(session, run_id)
+    await request.app.state.stream_slots.look_up(_run_exists, request.app.state.sessions, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     slot = request.app.state.stream_slots.take(client_address(request))

@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator, model_validator
 
 from training.spec import TrainSpec
 
@@ -59,6 +59,8 @@ class RunOut(BaseModel):
     awaiting_broker: bool = Field(False, description="Queued and saved, but waiting for the broker (it was down when "
                                                      "the run was submitted or queued again); sent when it is back")
     broker_error: str | None = Field(None, description="Why its id could not be sent yet, while awaiting_broker")
+    needs_own_slot: bool = Field(False, description="It ran out of memory beside other runs on its GPU: it is "
+                                                    "trained with the GPU to itself")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
@@ -70,6 +72,7 @@ class RunOut(BaseModel):
     sweep_id: int | None
     tags: list[str]
     note: str | None
+    external: bool = Field(False, description="Trained elsewhere and logged through POST /api/runs/external")
 
     @field_serializer("test_accuracy", "val_accuracy")
     def _finite(self, value: float | None) -> float | None:
@@ -131,6 +134,9 @@ class MetricPointOut(BaseModel):
 class MetricsPage(BaseModel):
     points: list[MetricPointOut]
     cursor: int = Field(description="Pass as `after` to get only the points recorded since")
+    next_cursor: int | None = Field(
+        None, description="Pass as `after` for the next page; null when this page holds every point recorded so "
+                          "far (a live run records more: poll with `cursor`, or stream)")
     state: str
     downsampled: bool = Field(False, description="True when `max_points` thinned the series for display")
 
@@ -166,3 +172,100 @@ class ConfusionOut(BaseModel):
     counted: Literal["samples", "groups"] = Field(
         "samples", description="What a count counts: test samples, or groups (videos) when the run's accuracy is "
                                "per group (its segments' probabilities averaged)")
+
+
+# --- runs trained elsewhere ---------------------------------------------------------------
+
+Printable = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_EXTERNAL_POINTS = 100_000
+
+
+class ExternalPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=0, le=10_000_000, description="Epoch (or step) the value was measured at")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    value: float | None = Field(description="null (or a non-finite number) for a diverged value")
+
+
+class ExternalConfusion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[Printable] = Field(min_length=1, max_length=1000)
+    counts: list[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
+        description="Rows: true class; columns: predicted class (K × K)")
+
+    @model_validator(mode="after")
+    def _square(self) -> "ExternalConfusion":
+        k = len(self.classes)
+        if len(self.counts) != k or any(len(row) != k for row in self.counts):
+            raise ValueError(f"counts must be {k} × {k}, one row and one column per class")
+        return self
+
+
+class ExternalRunCreate(BaseModel):
+    """A run trained by another codebase: its setting (as a run spec names it), its metrics per
+    epoch or step, and its final result. The setting is free-form (a method missmod does not
+    have is fine); the run is recorded as succeeded and marked external everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Printable
+    method: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    fusion: Annotated[str, StringConstraints(min_length=1, max_length=20, pattern=r"^[^\x00-\x1f\x7f]+$")] = "add"
+    missing_modality: Annotated[str, StringConstraints(min_length=1, max_length=100,
+                                                       pattern=r"^[^\x00-\x1f\x7f]+$")]
+    missing_rate: float = Field(ge=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    name: Printable | None = Field(None, description="Default: derived from the setting")
+    source: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
+        None, description="Where it was trained (a repository, a paper, a script)")
+    spec: dict[str, Any] = Field(default_factory=dict, description="Any other settings, kept with the run")
+    metrics: list[ExternalPoint] = Field(default_factory=list, max_length=MAX_EXTERNAL_POINTS)
+    test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Fraction, as missmod's runs report it")
+    val_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    best_epoch: int | None = Field(None, ge=0, le=10_000_000,
+                                   description="The epoch the result is from; default the last epoch of `metrics`")
+    confusion: ExternalConfusion | None = None
+    sweep_id: int | None = Field(None, ge=1, le=2**31 - 1,
+                                 description="Show it in this sweep's comparison table and trend (marked external)")
+
+    @field_validator("spec")
+    @classmethod
+    def _small_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        try:
+            text = json.dumps(spec, allow_nan=False)
+        except ValueError:
+            raise ValueError("values must be JSON (no NaN or infinity)") from None
+        if len(text) > 20_000:
+            raise ValueError("at most 20,000 characters of settings")
+        if any(has_control_characters(str(key)) for key in spec):
+            raise ValueError("keys must not contain control characters")
+        return spec
+
+    def run_spec(self) -> dict[str, Any]:
+        """What is stored as the run's spec: the free-form settings under the named ones."""
+        named = self.model_dump(include={"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"})
+        return {**{k: v for k, v in self.spec.items() if isinstance(k, str)}, **named}
+
+
+# --- bulk actions ---------------------------------------------------------------------------
+
+
+class RunIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=10_000)
+
+
+class RefusedRun(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkResult(BaseModel):
+    done: list[int] = Field(description="The runs the action was applied to")
+    not_found: list[int]
+    refused: list[RefusedRun] = Field(description="Runs the action does not apply to (e.g. already finished)")

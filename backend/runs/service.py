@@ -8,21 +8,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  # noqa: F401  (raised from here)
 from ..queue import RunQueue
+from ..sweeps.models import Sweep
+from . import query as run_query
 from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
 from .downsample import downsample_min_max
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
-from .schemas import RunCreate
+from .schemas import ExternalRunCreate, RunCreate
+from .system import SystemMetricPoint
 
 
 class RunNotFound(LookupError):
@@ -76,16 +80,43 @@ def create_run(session: Session, payload: RunCreate, queue: RunQueue, idempotenc
 
 def run_by_idempotency_key(session: Session, key: str) -> Run | None:
     return session.scalar(select(Run).where(Run.idempotency_key == key))
+def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
+    """Record a run trained elsewhere, finished, in one transaction: the row (marked external,
+    never sent to a worker), its points and its confusion matrix."""
+    now = utcnow()
+    epochs = max((p.epoch for p in payload.metrics), default=0)
+    best_epoch = payload.best_epoch if payload.best_epoch is not None else (epochs if payload.metrics else None)
+    name = payload.name or (f"{payload.method}-{payload.fusion} {payload.dataset} "
+                            f"{payload.missing_modality}@{payload.missing_rate:g} s{payload.seed} (external)")
+    run = Run(
+        name=name[:200], spec=payload.run_spec(), dataset=payload.dataset, method=payload.method,
+        fusion=payload.fusion, missing_modality=payload.missing_modality, missing_rate=payload.missing_rate,
+        seed=payload.seed, state=RunState.succeeded, created_at=now, started_at=now, finished_at=now,
+        epochs_completed=epochs, test_accuracy=payload.test_accuracy, val_accuracy=payload.val_accuracy,
+        best_epoch=best_epoch, info={"external": True, "source": payload.source}, sweep_id=payload.sweep_id,
+        external=True,
+    )
+    session.add(run)
+    session.flush()
+    # The last value given for an (epoch, name) wins, as a re-recorded epoch would.
+    points = {(p.epoch, p.name): p.value for p in payload.metrics}
+    # JSON has no NaN: a diverged value is stored as NULL, as the worker stores it.
+    session.add_all([MetricPoint(run_id=run.id, epoch=epoch, name=name, recorded_at=now,
+                                 value=value if value is not None and math.isfinite(value) else None)
+                     for (epoch, name), value in points.items()])
+    if payload.confusion is not None:
+        session.add(ConfusionMatrix(run_id=run.id, epoch=best_epoch or 0, classes=list(payload.confusion.classes),
+                                    counts=payload.confusion.counts))
+    session.commit()
+    session.refresh(run)
+    return run
 
 
 # --- listing ----------------------------------------------------------------------------
 
-# What the runs table can be sorted by; `id` is creation order.
-SORT_COLUMNS = {
-    "id": Run.id, "name": Run.name, "state": Run.state, "dataset": Run.dataset, "method": Run.method,
-    "fusion": Run.fusion, "missing_modality": Run.missing_modality, "missing_rate": Run.missing_rate,
-    "seed": Run.seed, "epochs_completed": Run.epochs_completed, "test_accuracy": Run.test_accuracy,
-}
+# What the runs table can be sorted by (backend/runs/query.py): its columns, results and every
+# spec field; `id` is creation order.
+SORT_COLUMNS = run_query.SORTABLE
 SORT_CHOICES = sorted([*SORT_COLUMNS, *(f"-{name}" for name in SORT_COLUMNS)])
 
 
@@ -102,6 +133,8 @@ class RunFilters:
     sweep_id: int | None = None
     tag: str | None = None
     search: str | None = None  # substring of the name, case-insensitive
+    where: Sequence[run_query.Condition] = ()  # `where` conditions (backend/runs/query.py)
+    external: bool | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = []
@@ -120,6 +153,9 @@ class RunFilters:
             where.append(Run.id.in_(select(RunTag.run_id).where(RunTag.tag == self.tag)))
         if self.search:
             where.append(Run.name.icontains(self.search, autoescape=True))
+        if self.external is not None:
+            where.append(Run.external.is_(self.external))
+        where.extend(condition.sql() for condition in self.where)
         return where
 
 
@@ -148,7 +184,7 @@ def _after_cursor(column, descending: bool, value, run_id: int) -> ColumnElement
     if value is None:
         return and_(column.is_(None), tie)
     beyond = column < value if descending else column > value
-    if not column.nullable:
+    if not getattr(column, "nullable", True):
         return or_(beyond, and_(column == value, tie))
     return or_(beyond, and_(column == value, tie), column.is_(None))
 
@@ -158,7 +194,8 @@ def list_runs(session: Session, filters: RunFilters = RunFilters(), *, sort: str
     """One page of runs, the total that match, and the cursor of the next page (None at the
     end). Pages either by `offset` or, faster deep into a long list, by `cursor`."""
     descending = sort.startswith("-")
-    column = SORT_COLUMNS[sort.lstrip("-")]
+    key = sort.lstrip("-")
+    column, _ = run_query.sort_expression(key)
     where = filters.conditions()
     total = session.scalar(select(func.count(Run.id)).where(*where)) or 0
     order = [column.desc().nulls_last(), Run.id.desc()] if descending else [column.asc().nulls_last(), Run.id.asc()]
@@ -173,7 +210,7 @@ def list_runs(session: Session, filters: RunFilters = RunFilters(), *, sort: str
     if len(runs) > limit:
         runs = runs[:limit]
         last = runs[-1]
-        next_cursor = _encode_cursor(sort, getattr(last, column.key), last.id)
+        next_cursor = _encode_cursor(sort, run_query.sort_value(last, key), last.id)
     return runs, int(total), next_cursor
 
 
@@ -221,10 +258,13 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None)
     points are written insert-or-ignore per (run, epoch, name), so stale ones would shadow the
     new; and its files, since a worker resumes a run from the checkpoint it finds there."""
     run = get_run(session, run_id)
+    if run.external:
+        raise RunNotRetryable(f"run {run_id} was trained elsewhere (external): there is nothing to queue")
     if run.state not in RETRYABLE_STATES:
         raise RunNotRetryable(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
     session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     session.execute(delete(ConfusionMatrix).where(ConfusionMatrix.run_id == run_id))
+    session.execute(delete(SystemMetricPoint).where(SystemMetricPoint.run_id == run_id))
     session.expire(run, ["confusion"])
     lifecycle.queue_again_from_scratch(run)
     # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
@@ -232,6 +272,8 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None)
     run.epochs_completed = 0
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
     run.info = None
+    if run.sweep_id is not None:  # its sweep has a run to finish again
+        session.execute(update(Sweep).where(Sweep.id == run.sweep_id).values(finished_at=None))
     session.commit()
     remove_artifacts(artifact_dir, [run_id])
     enqueue_committed(session, [run], queue)
@@ -248,6 +290,51 @@ def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir=None) -> 
     session.commit()
     remove_artifacts(artifact_dir, ids)
     return int(deleted or 0)
+
+
+@dataclass
+class BulkOutcome:
+    """What a bulk action did to each run asked for."""
+
+    done: list[int] = field(default_factory=list)
+    not_found: list[int] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+
+
+def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
+    outcome = BulkOutcome()
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            request_cancel(session, run_id)
+            outcome.done.append(run_id)
+        except RunNotFound:
+            outcome.not_found.append(run_id)
+        except RunFinished as error:
+            outcome.refused.append((run_id, str(error)))
+    return outcome
+
+
+def bulk_retry(session: Session, run_ids: Sequence[int], queue: RunQueue,
+               artifact_dir: Path | None = None) -> BulkOutcome:
+    """Retry each; BrokerUnavailable stops at the first run that could not be sent (it and the
+    ones after it stay failed, with the reason)."""
+    outcome = BulkOutcome()
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            retry_run(session, run_id, queue, artifact_dir)
+            outcome.done.append(run_id)
+        except RunNotFound:
+            outcome.not_found.append(run_id)
+        except RunNotRetryable as error:
+            outcome.refused.append((run_id, str(error)))
+    return outcome
+
+
+def bulk_delete(session: Session, run_ids: Sequence[int], artifact_dir: Path | None = None) -> BulkOutcome:
+    ids = list(dict.fromkeys(run_ids))
+    existing = set(session.scalars(select(Run.id).where(Run.id.in_(ids)))) if ids else set()
+    delete_runs(session, [i for i in ids if i in existing], artifact_dir)
+    return BulkOutcome(done=[i for i in ids if i in existing], not_found=[i for i in ids if i not in existing])
 
 
 # Points are read as plain rows, not ORM objects: a long run has tens of thousands, and

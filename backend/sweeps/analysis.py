@@ -35,6 +35,10 @@ class RunResult:
     test_accuracy: float | None
     spec: dict[str, Any]
     dataset: str = ""
+    external: bool = False  # trained elsewhere: a row of its own, marked, never averaged with ours
+
+
+EXTERNAL_MARK = " [external]"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Row:
     fusion: str
     extras: tuple[tuple[str, Any], ...]  # other varying fields, e.g. (("lr", 0.01),)
     cells: list[Cell]
+    external: bool = False
 
     @property
     def label(self) -> str:
@@ -86,7 +91,7 @@ class Row:
         # mle_freeze_class_offset=False, …" beside the row that turns it on.
         extra = "".join(f", {name}={value}" for name, value in self.extras
                         if not (name in ABLATION_DEFAULTS and value == ABLATION_DEFAULTS[name]))
-        return f"{self.method} ({self.fusion}){extra}"
+        return f"{self.method} ({self.fusion}){extra}{EXTERNAL_MARK if self.external else ''}"
 
 
 @dataclass
@@ -99,7 +104,9 @@ PaperLookup = Callable[[Row, Column], float | None]
 
 
 def varying_fields(results: Sequence[RunResult]) -> list[str]:
-    """Spec fields (other than the layout's) whose value differs between the runs."""
+    """Spec fields (other than the layout's) whose value differs between the runs (missmod's own:
+    an external run's free-form settings do not split missmod's rows)."""
+    results = [r for r in results if not r.external]
     names = list(dict.fromkeys(name for r in results for name in r.spec))
     return [name for name in names
             if name not in LAYOUT_FIELDS and name not in NEUTRAL_FIELDS
@@ -120,11 +127,11 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
 
     rows: dict[tuple, Row] = {}
     for r in results:
-        extras = tuple((name, r.spec.get(name)) for name in extras_names)
-        key = (r.method, r.fusion, repr(extras))
+        extras = tuple((name, r.spec.get(name)) for name in extras_names if not r.external or name in r.spec)
+        key = (r.method, r.fusion, repr(extras), r.external)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns])
+            row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns], external=r.external)
         cell = row.cells[column_index[(r.missing_modality, r.missing_rate)]]
         if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
             cell.values.append(r.test_accuracy)
@@ -158,6 +165,7 @@ class TrendSeries:
     stds: list[float | None]
     counts: list[int]
     source: str = "sweep"  # or "paper"
+    external: bool = False
     # Per point, against the reference of its column (once the table was compared, paired.py):
     # the mean paired difference, the Holm-adjusted p-value, and "win", "loss", "reference" or None.
     diffs: list[float | None] = field(default_factory=list)
@@ -180,7 +188,7 @@ def missing_rate_trend(table: ComparisonTable) -> list[TrendSeries]:
             series.append(TrendSeries(
                 label=row.label, method=row.method, fusion=row.fusion, missing_modality=modality, role=role,
                 rates=[rate for rate, _ in ours], means=[cell.mean for _, cell in ours],
-                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours],
+                stds=[cell.std for _, cell in ours], counts=[cell.n for _, cell in ours], external=row.external,
                 diffs=[cell.paired.diff if cell.paired else None for _, cell in ours],
                 p_adjusted=[cell.paired.p_adjusted if cell.paired else None for _, cell in ours],
                 marks=["reference" if cell.is_reference else cell.paired.mark if cell.paired else None

@@ -65,7 +65,7 @@ def table_csv(table: ComparisonTable) -> str:
         header += [f"{column.label} {name}" for name in PAIRED_COLUMNS]
     writer.writerow(header)
     for row in table.rows:
-        line = [row.method, row.fusion, *(value for _, value in row.extras)]
+        line = [row.label if row.external else row.method, row.fusion, *(value for _, value in row.extras)]
         for cell in row.cells:
             line += [_percent(cell.mean, 4), _percent(cell.std, 4), cell.n]
         for cell in row.cells:

@@ -29,3 +29,6 @@ class Sweep(Base):
     preset_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A script's `Idempotency-Key` on POST /api/sweeps: the same key again returns this sweep.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # When its last run finished; cleared when a run of it is queued again. Set by one
+    # conditional update, so the sweep-finished notification goes out once.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

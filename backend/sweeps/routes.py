@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import Offset, SweepId
+from ..api.params import Offset, SweepId, id_cursor
 from ..catalog import registry
 from ..live import client_address
 from ..runs.validation import DatasetCatalog, Refused
@@ -107,11 +108,17 @@ def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, 
 
 
 @router.get("", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
+                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                                           description="`next_cursor` of the previous page")) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    sweeps, total = service.list_sweeps(session, limit, offset)
+    if cursor and offset:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
+                                       "msg": "give either offset or cursor, not both"}])
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=id_cursor(cursor))
     progress = service.progress_of(session, [s.id for s in sweeps])
-    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset)
+    return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset,
+                     next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)
@@ -198,14 +205,18 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
 
 
+def _sweep_exists(sessions, sweep_id: int) -> None:
+    with sessions() as session:
+        service.get_sweep(session, sweep_id)
+
+
 @router.get("/{sweep_id}/stream",
             responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
+async def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
     # A session of its own, closed before the stream starts (see backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_sweep(session, sweep_id)
+    await request.app.state.stream_slots.look_up(_sweep_exists, request.app.state.sessions, sweep_id)
     slot = request.app.state.stream_slots.take(client_address(request))
     return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
                                background=BackgroundTask(slot.release))

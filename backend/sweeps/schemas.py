@@ -148,6 +148,8 @@ class SweepOut(BaseModel):
     id: int
     name: str
     created_at: datetime
+    finished_at: datetime | None = Field(None, description="When its last run finished; null while any is queued "
+                                                           "or running")
     grid: dict[str, Any]
     preset: str | None
     preset_options: dict[str, Any] | None
@@ -182,6 +184,7 @@ class SweepPage(BaseModel):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
 
 
 class RetriedRuns(BaseModel):
@@ -307,6 +310,7 @@ class RowOut(BaseModel):
     fusion: str
     extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
     cells: list[CellOut]
+    external: bool = Field(False, description="Runs trained elsewhere (POST /api/runs/external); the label says so")
 
     @field_validator("extras", mode="before")
     @classmethod
@@ -368,6 +372,7 @@ class TrendSeriesOut(BaseModel):
     stds: list[float | None]
     counts: list[int]
     source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
+    external: bool = Field(False, description="Runs trained elsewhere; the label says so")
     diffs: list[float | None] = Field(default_factory=list, description="Per point, the mean paired difference "
                                                                         "to its column's reference")
     p_adjusted: list[float | None] = Field(default_factory=list, description="Per point, Holm-adjusted p-value")

@@ -93,10 +93,16 @@ def progress_from_counts(counts: Counter) -> dict[str, Any]:
     return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total}
 
 
-def list_sweeps(session: Session, limit: int = 50, offset: int = 0) -> tuple[list[Sweep], int]:
+def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
+                before_id: int | None = None) -> tuple[list[Sweep], int, str | None]:
+    """A page of sweeps, newest first, the total, and the cursor of the next page (None at the
+    end): the id of the page's last sweep, the next page starting below it."""
     total = session.scalar(select(func.count(Sweep.id))) or 0
-    sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)))
-    return sweeps, int(total)
+    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit + 1)
+    query = query.where(Sweep.id < before_id) if before_id is not None else query.offset(offset)
+    sweeps = list(session.scalars(query))
+    next_cursor = str(sweeps[limit - 1].id) if len(sweeps) > limit else None
+    return sweeps[:limit], int(total), next_cursor
 
 
 def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir=None) -> None:
@@ -127,7 +133,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=N
 
 def sweep_results(session: Session, sweep_id: int) -> list[RunResult]:
     query = (select(Run.id, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate, Run.seed,
-                    Run.test_accuracy, Run.spec, Run.dataset)
+                    Run.test_accuracy, Run.spec, Run.dataset, Run.external)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [RunResult(*row) for row in session.execute(query)]
 

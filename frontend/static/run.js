@@ -101,6 +101,7 @@
       rows.push(["Bayes-optimal (test)", `both ${missmod.percent(b.xy)}, ${info.x_modality} ${missmod.percent(b.x)}, ${info.y_modality} ${missmod.percent(b.y)}`]);
     }
     if (info.device) rows.push(["Device", info.device]);
+    if (info.precision) rows.push(["Precision", info.precision]);
     if (info.seconds !== undefined) rows.push(["Training time", `${info.seconds.toFixed(1)} s`]);
     list.replaceChildren(...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
   }
@@ -131,6 +132,36 @@
     showInfo(run.info, run);
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
     if (run.state === "succeeded" || run.state === "cancelled") showConfusion();
+  }
+
+  // System metrics (GPU utilisation and memory, CPU, memory, samples/s): one figure per epoch,
+  // read again when an epoch's points arrive (at most once a second).
+  const SYSTEM_LABELS = {
+    gpu_utilization: "GPU utilisation", gpu_memory_used: "GPU memory", gpu_memory_total: "GPU memory total",
+    cpu_percent: "CPU", rss: "Memory (RSS)", samples_per_second: "Samples/s", threads: "CPU threads",
+  };
+  let systemLoadedAt = 0;
+  async function showSystem() {
+    if (Date.now() - systemLoadedAt < 1000) return;
+    systemLoadedAt = Date.now();
+    let answer;
+    try {
+      answer = await missmod.api(`/api/runs/${runId}/system`);
+    } catch (_) {
+      return; // the API is away (restarting): the next epoch's points bring the panel up to date
+    }
+    const { ok, body } = answer;
+    if (!ok || !body || !Array.isArray(body.metrics) || !body.metrics.length) return;
+    const rows = body.metrics.map((m) => {
+      const value = body.latest[m.name];
+      const shown = m.unit === "MiB" ? `${(value / 1024).toFixed(2)} GiB` : m.unit === "%" ? `${value.toFixed(0)}%`
+        : `${value >= 100 ? value.toFixed(0) : value.toPrecision(3)} ${m.unit === "threads" ? "" : m.unit}`.trim();
+      return [SYSTEM_LABELS[m.name] || m.name, shown, m.description];
+    });
+    const list = document.getElementById("run-system-figures");
+    list.replaceChildren(...rows.flatMap(([k, v, title]) => [missmod.el("dt", k, { title }),
+                                                             missmod.el("dd", v, { "data-metric": k })]));
+    document.getElementById("run-system").hidden = false;
   }
 
   document.getElementById("cancel-run").addEventListener("click", async () => {
@@ -186,6 +217,7 @@
       const data = JSON.parse(event.data);
       cursor = Math.max(cursor, data.cursor);
       addPoints(data.points);
+      showSystem();
     });
     stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
     stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
@@ -208,5 +240,6 @@
       addPoints(body.points.sort((a, b) => a.epoch - b.epoch));
     }
     openStream();
+    showSystem();
   })();
 })();

@@ -55,11 +55,13 @@
                                                        title: run.broker_error || "" })
       : missmod.el("span", run.state, { class: "state", "data-state": run.state });
     const tags = document.createElement("span");
+    // A run trained elsewhere (POST /api/runs/external) is marked wherever it is listed.
+    if (run.external) tags.append(missmod.el("span", "external", { class: "tag external", title: "trained elsewhere" }));
     tags.append(...run.tags.map((t) => missmod.el("span", t, { class: "tag" })));
     const cells = [
       first, link, state, run.dataset, run.method, run.fusion,
       `${run.missing_modality} ${(100 * run.missing_rate).toFixed(0)}%`, run.seed,
-      `${run.epochs_completed}/${run.spec.epochs}`, missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
+      `${run.epochs_completed}/${run.spec.epochs ?? run.epochs_completed}`, missmod.percent(run.test_accuracy), tags, missmod.when(run.created_at),
     ];
     for (const cell of cells) {
       const td = document.createElement("td");
@@ -152,14 +154,16 @@
     const live = [...selected.values()].filter((r) => !missmod.terminal(r.state)).length;
     if (!window.confirm(`Delete ${ids.length} run${ids.length === 1 ? "" : "s"} with their metrics?` +
                         (live ? ` ${live} still queued or running will be stopped.` : "") + " This cannot be undone.")) return;
-    await Promise.all(ids.map((id) => missmod.api(`/api/runs/${id}`, { method: "DELETE" })));
+    await missmod.api("/api/runs/bulk-delete", { method: "POST", body: JSON.stringify({ ids }) });
     selected.clear();
     load();
   });
   document.getElementById("retry-selected").addEventListener("click", async () => {
     const retryable = [...selected.values()].filter((r) => r.state === "failed" || r.state === "cancelled");
     if (!window.confirm(`Queue ${retryable.length} failed or cancelled run(s) again? Their old metrics are cleared.`)) return;
-    for (const run of retryable) await missmod.api(`/api/runs/${run.id}/retry`, { method: "POST" });
+    // One request for them all (POST /api/runs/bulk-retry).
+    const ids = retryable.map((run) => run.id);
+    if (ids.length) await missmod.api("/api/runs/bulk-retry", { method: "POST", body: JSON.stringify({ ids }) });
     selected.clear();
     load();
   });

@@ -25,6 +25,8 @@ WEB_SIDE = ("backend", "worker", "missmod", "fastapi", "starlette", "sqlalchemy"
 FORBIDDEN = {
     "training": WEB_SIDE,
     "backend": ("worker", "missmod"),
+    # The client installs and imports for scripts and notebooks: nothing of the server, no torch.
+    "missmod": ("worker", "training", "torch", "backend"),
 }
 
 

@@ -77,3 +77,18 @@ def test_names_match_as_whole_words():
     """The matching is by whole names: `runs/` is not found inside `sweeps/`, nor `train` in `training`."""
     assert named("  runs/   runs: models", "runs/") and not named("  reruns/ x", "runs/")
     assert not named("training/ the library", "train") and named("train.py the loop", "train")
+
+
+def test_the_repository_cites_only_documents_it_contains():
+    """Code and docs point at docs/architecture.md and the other files of docs/, never at a
+    design note or folder outside the repository that users do not have."""
+    outside, missing = [], []
+    for path in tracked_files():
+        if not path.endswith((".py", ".md", ".yml", ".js", ".html", ".toml")) and not path.startswith("Dockerfile"):
+            continue
+        text = (ROOT / path).read_text(encoding="utf-8", errors="replace")
+        if path != "tests/app/test_docs.py" and re.search(r"DESIGN\.md|\.\./shared", text):
+            outside.append(path)
+        missing += [f"{path} → {cited}" for cited in re.findall(r"\bdocs/[\w./-]+\.md\b", text)
+                    if not (ROOT / cited).exists()]
+    assert outside == [] and missing == []

@@ -13,6 +13,8 @@ from backend.catalog import models as catalog_models  # noqa: F401
 from backend import browser_sessions  # noqa: F401
 from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
+from backend.runs import system as system_models  # noqa: F401
+from backend.workers import models as worker_models  # noqa: F401
 
 
 def assert_schema_matches_models(url: str) -> None:
@@ -22,7 +24,7 @@ def assert_schema_matches_models(url: str) -> None:
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
     assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "dataset_jobs",
-            "alembic_version"} <= tables
+            "workers", "worker_slots", "system_metric_points", "alembic_version"} <= tables
     engine.dispose()
 
 

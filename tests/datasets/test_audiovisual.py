@@ -376,3 +376,21 @@ def test_frozen_backbone_features_train_with_ae1_ae2_and_mle(preprocessed, tmp_p
                                  missing_rate=0.5, epochs=2, imputer_epochs=2, self_training_rounds=2),
                        data_dir=data_dir, video=OPTIONS)
         assert result.test_accuracy is not None and sum(map(sum, result.confusion_matrix)) == 6
+
+
+def test_small_cnn_trains_in_bf16_autocast_on_cpu_to_the_fp32_band(preprocessed):
+    """Mixed precision (CPU autocast in bf16, the path a GPU takes with its own bf16) learns what
+    fp32 learns: the same accuracy band on the generated clips, eq. 5 in fp32 throughout."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        collect = Collect()
+        runs[precision] = (train(video_spec(epochs=3, precision=precision), collect, data_dir=preprocessed,
+                                 video=OPTIONS), collect)
+    (fp32, fp32_log), (bf16, bf16_log) = runs["fp32"], runs["bf16"]
+    assert fp32_log.info["precision"] == "fp32"
+    assert bf16_log.info["precision"].startswith("bf16 autocast")
+    assert fp32.test_accuracy >= 5 / 6 and bf16.test_accuracy >= 5 / 6  # chance: 1 of 6 videos
+    assert bf16_log.epochs[-1]["train_loss"] < bf16_log.epochs[0]["train_loss"]
+    # A 16-bit forward pass moves the losses a little, not the learning: within 25% of fp32's.
+    assert abs(bf16_log.epochs[-1]["train_loss"] - fp32_log.epochs[-1]["train_loss"]) \
+        <= 0.25 * fp32_log.epochs[-1]["train_loss"] + 0.05

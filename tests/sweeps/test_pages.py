@@ -316,9 +316,13 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     page.click("#delete-selected")
     assert messages and "Delete 1 run" in messages[0] and "still queued or running will be stopped" in messages[0]
     assert api.get(f"/api/runs/{doomed}").status_code == 200
+    changes = []  # the selection is deleted in one request, not one per run
+    page.on("request", lambda request: changes.append((request.method, request.url.split(base)[1]))
+            if request.method != "GET" else None)
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#delete-selected")
     page.wait_for_selector(f'#runs-table tr[data-run-id="{doomed}"]', state="detached")
+    assert changes == [("POST", "/api/runs/bulk-delete")]
     assert api.get(f"/api/runs/{doomed}").status_code == 404
     assert api.get(f"/api/runs/{kept}").status_code == 200
     assert page.js_errors == []

@@ -2,7 +2,7 @@
 of runs and dataset jobs (awaiting the broker), the attempt a retried run starts over after
 
 Revision ID: 000c
-Revises: 0008
+Revises: 000a
 Create Date: 2026-12-01
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision: str = '000c'
-down_revision: Union[str, None] = '0008'
+down_revision: Union[str, None] = '000a'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

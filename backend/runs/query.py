@@ -1,0 +1,196 @@
+"""The runs list's small query language: `where` conditions on any spec field or final metric,
+and sorting by any spec field.
+
+    where = FIELD OP VALUE        OP: =  !=  >  >=  <  <=
+    FIELD = a spec field          (dataset, method, encoder, lr, epochs, evaluate_missing, …)
+          | a result              (test_accuracy — also `accuracy` —, val_accuracy, best_epoch,
+                                   epochs_completed, state, name, external, attempts)
+          | metrics.NAME          (the run's value of metric NAME at its last recorded epoch)
+
+Repeat `where` for several (all must hold): `?where=accuracy>0.8&where=encoder=resnet50`.
+Numbers compare as numbers, `true`/`false` as booleans, anything else as text. A spec field a
+run was created without (it predates the field) counts as the field's default.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, case, false, func, select, true
+from sqlalchemy.sql.elements import ColumnElement as SqlExpression
+
+from training.spec import TrainSpec
+
+from .models import MetricPoint, Run
+
+Kind = Literal["number", "text", "bool"]
+
+# The spec fields copied into typed, indexed columns of the runs table.
+TYPED_COLUMNS: dict[str, tuple[Any, Kind]] = {
+    "dataset": (Run.dataset, "text"), "method": (Run.method, "text"), "fusion": (Run.fusion, "text"),
+    "missing_modality": (Run.missing_modality, "text"), "missing_rate": (Run.missing_rate, "number"),
+    "seed": (Run.seed, "number"),
+}
+RESULT_COLUMNS: dict[str, tuple[Any, Kind]] = {
+    "id": (Run.id, "number"), "name": (Run.name, "text"), "state": (Run.state, "text"),
+    "test_accuracy": (Run.test_accuracy, "number"), "accuracy": (Run.test_accuracy, "number"),
+    "val_accuracy": (Run.val_accuracy, "number"), "best_epoch": (Run.best_epoch, "number"),
+    "epochs_completed": (Run.epochs_completed, "number"), "attempts": (Run.attempts, "number"),
+    "external": (Run.external, "bool"), "sweep": (Run.sweep_id, "number"),
+}
+METRIC_PREFIX = "metrics."
+OPERATORS = ("!=", ">=", "<=", "=", ">", "<")
+CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+
+
+class InvalidQuery(ValueError):
+    """A `where` or `sort` the runs list cannot apply; the message says why."""
+
+
+def _kind_of(annotation: Any) -> Kind:
+    if typing.get_origin(annotation) is Literal:
+        values = typing.get_args(annotation)
+        return "bool" if all(isinstance(v, bool) for v in values) else "text"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return "bool"
+    if annotation in (int, float):
+        return "number"
+    return "text"
+
+
+def _spec_fields() -> dict[str, tuple[Kind, Any]]:
+    fields = {}
+    for name, field in TrainSpec.model_fields.items():
+        default = None if field.is_required() else field.default
+        fields[name] = (_kind_of(field.annotation), default)
+    return fields
+
+
+SPEC_FIELDS = _spec_fields()
+# Sortable: the typed columns and results, and every other spec field.
+SORTABLE = [*TYPED_COLUMNS, *(n for n in RESULT_COLUMNS if n not in ("accuracy", "sweep")),
+            *(n for n in SPEC_FIELDS if n not in TYPED_COLUMNS)]
+
+
+def _spec_expression(name: str) -> tuple[SqlExpression, Kind]:
+    kind, default = SPEC_FIELDS[name]
+    element = Run.spec[name]
+    value = {"number": element.as_float, "bool": element.as_boolean, "text": element.as_string}[kind]()
+    if default is not None:
+        # A run created before the field existed had its default; a run trained elsewhere
+        # (external) has only the settings it was logged with.
+        value = func.coalesce(value, case((Run.external.is_(False), default)))
+    return value, kind
+
+
+def _final_metric_condition(name: str, compare) -> ColumnElement[bool]:
+    """Runs whose value of metric `name` at their last epoch that recorded it satisfies
+    `compare(value_column)`. A semi-join over that metric's points, each checked against its
+    run's last epoch through the (run_id, epoch, name) unique index: one pass over the points,
+    where a subquery per run made PostgreSQL take seconds on 10,000 runs (bench/sweep_views.py)."""
+    point = MetricPoint.__table__.alias("point")
+    later = MetricPoint.__table__.alias("later")
+    last_epoch = (select(func.max(later.c.epoch)).where(later.c.run_id == point.c.run_id, later.c.name == name)
+                  .scalar_subquery())
+    matching = select(point.c.run_id).where(point.c.name == name, point.c.epoch == last_epoch, compare(point.c.value))
+    return Run.id.in_(matching)
+
+
+def is_metric(name: str) -> bool:
+    return name.startswith(METRIC_PREFIX) and len(name) > len(METRIC_PREFIX)
+
+
+def field_expression(name: str) -> tuple[SqlExpression, Kind]:
+    """The SQL expression of a field and how its values compare; InvalidQuery when unknown."""
+    if name in TYPED_COLUMNS:
+        return TYPED_COLUMNS[name]
+    if name in RESULT_COLUMNS:
+        return RESULT_COLUMNS[name]
+    if name in SPEC_FIELDS:
+        return _spec_expression(name)
+    if is_metric(name):
+        raise InvalidQuery(f"{name}: final metrics can be compared (where), not sorted by")
+    raise InvalidQuery(f"unknown field {name!r}: use a spec field ({', '.join(SPEC_FIELDS)}), a result "
+                       f"({', '.join(RESULT_COLUMNS)}) or metrics.<name>")
+
+
+def _value(text: str, kind: Kind, field: str) -> Any:
+    if kind == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise InvalidQuery(f"{field} is a number; {text!r} is not") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InvalidQuery(f"{field}: {text!r} is not a finite number")
+        return number
+    if kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise InvalidQuery(f"{field} is true or false, not {text!r}")
+        return text.lower() == "true"
+    return text
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    operator: str
+    value: str
+
+    def sql(self) -> ColumnElement[bool]:
+        if is_metric(self.field):
+            value = _value(self.value, "number", self.field)
+            return _final_metric_condition(self.field[len(METRIC_PREFIX):],
+                                           lambda column: self._compare(column, "number", value))
+        expression, kind = field_expression(self.field)
+        value = _value(self.value, kind, self.field)
+        if kind == "bool" and self.operator not in ("=", "!="):
+            raise InvalidQuery(f"{self.field} is true or false: compare it with = or !=")
+        if kind == "bool":
+            value = true() if value else false()
+            return expression.is_(value) if self.operator == "=" else expression.is_not(value)
+        return self._compare(expression, kind, value)
+
+    def _compare(self, expression, kind: Kind, value: Any) -> ColumnElement[bool]:
+        if kind == "number" and self.operator in ("=", "!=") and self.field not in ("id", "sweep"):
+            # Numbers typed by people (0.9) against doubles: equal within a tolerance.
+            close = expression.between(value - 1e-9, value + 1e-9)
+            return close if self.operator == "=" else and_(expression.is_not(None), ~close)
+        return {"=": expression == value, "!=": expression != value, ">": expression > value,
+                ">=": expression >= value, "<": expression < value, "<=": expression <= value}[self.operator]
+
+
+def parse_condition(text: str) -> Condition:
+    match = CONDITION.match(text)
+    if match is None:
+        raise InvalidQuery(f"{text!r} is not FIELD OP VALUE (OP one of {' '.join(OPERATORS)}), e.g. accuracy>0.8")
+    field, operator, value = match.groups()
+    if value == "":
+        raise InvalidQuery(f"{text!r} compares {field} with nothing")
+    condition = Condition(field, operator, value)
+    condition.sql()  # unknown fields and mistyped values are refused here, at the edge
+    return condition
+
+
+def sort_expression(name: str) -> tuple[SqlExpression, Kind]:
+    if name not in SORTABLE:
+        raise InvalidQuery(f"sort by one of: {', '.join(SORTABLE)} (prefix - to reverse)")
+    return field_expression(name)
+
+
+def sort_value(run: Run, name: str) -> Any:
+    """The value a run has for a sort key, as the database compares it (for cursors)."""
+    if name in TYPED_COLUMNS or name in RESULT_COLUMNS:
+        return getattr(run, RESULT_COLUMNS.get(name, TYPED_COLUMNS.get(name))[0].key)
+    kind, default = SPEC_FIELDS[name]
+    value = (run.spec or {}).get(name, default)
+    if value is None:
+        return None
+    if kind == "number":
+        return float(value)
+    return bool(value) if kind == "bool" else str(value)

@@ -1,0 +1,453 @@
+"""`missmod`: the command line on the Python client.
+
+    missmod runs submit dataset=digits method=mle missing_modality=bottom missing_rate=0.9
+    missmod runs wait 12                 # exit status 0 if the run succeeded, 1 otherwise
+    missmod runs list --where 'accuracy>0.8' --sort -test_accuracy
+    missmod sweeps preset table1 dataset=digits seeds=3 epochs=20 --wait
+    missmod sweeps table 3
+    missmod --json runs list | jq '.[].test_accuracy'
+
+Tables for people by default, JSON with --json (for pipes). The server and token come from
+--url/--token or MISSMOD_URL/MISSMOD_TOKEN.
+
+argparse rather than typer: `key=value` pairs for any spec field are plain positional strings
+either way, argparse is in the standard library (nothing more to install or break), and its
+sub-commands cover the `missmod <group> <command>` shape exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from .client import ApiError, Client, MissmodError, WaitTimeout
+from .models import Run, Sweep
+
+EXIT_FAILED = 1  # an API error, or a run/sweep that did not succeed
+EXIT_TIMEOUT = 124  # as timeout(1)
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """`0.9` → 0.9, `30` → 30, `true` → True, `null` → None, `[1, 2]` → [1, 2], else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pairs(pairs: Sequence[str], lists: bool = False) -> dict[str, Any]:
+    """`key=value` arguments; with `lists`, `a,b` is a list (a sweep's values)."""
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"missmod: expected key=value, got {pair!r}")
+        if lists and "," in value and not value.lstrip().startswith("["):
+            fields[key] = [parse_value(v.strip()) for v in value.split(",")]
+        else:
+            fields[key] = parse_value(value)
+    return fields
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def print_json(data: Any) -> None:
+    def plain(thing):
+        if isinstance(thing, (Run, Sweep)):
+            return thing.to_dict()
+        raise TypeError(type(thing).__name__)
+
+    print(json.dumps(data, default=plain, indent=2))
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text  # plain text: a run named "[bold]" or a "[external]" mark is not markup
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
+    Console().print(table)
+
+
+def print_runs(runs: Sequence[Run], title: str | None = None) -> None:
+    print_table(title, ["id", "name", "state", "method", "fusion", "dataset", "missing", "epochs", "test acc", ""],
+                [[r.id, r.name, r.state, r.method, r.fusion, r.dataset, f"{r.missing_modality}@{r.missing_rate:g}",
+                  r.epochs_completed, _percent(r.test_accuracy), "[external]" if r.external else ""]
+                 for r in runs])
+
+
+def print_run(run: Run) -> None:
+    rows = [["id", run.id], ["name", run.name], ["state", run.state], ["external", run.external],
+            ["test accuracy", _percent(run.test_accuracy)], ["val accuracy", _percent(run.val_accuracy)],
+            ["best epoch", run.best_epoch], ["epochs", run.epochs_completed], ["sweep", run.sweep_id],
+            ["tags", ", ".join(run.tags)], ["error", run.error]]
+    rows += [[f"spec.{key}", value] for key, value in run.spec.items()]
+    print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+
+
+def print_sweeps(sweeps: Sequence[Sweep]) -> None:
+    print_table(None, ["id", "name", "preset", "runs", "succeeded", "failed", "queued/running", "done"],
+                [[s.id, s.name, s.preset, s.progress.get("total"), s.progress.get("succeeded"),
+                  s.progress.get("failed"), s.progress.get("queued", 0) + s.progress.get("running", 0),
+                  "yes" if s.finished else "no"] for s in sweeps])
+
+
+def print_comparison(table: dict[str, Any], sweep_id: int) -> None:
+    columns = ["method (fusion)", *(c["label"] for c in table["columns"])]
+    rows = []
+    for row in table["rows"]:
+        cells = []
+        for cell in row["cells"]:
+            if cell["mean"] is None:
+                cells.append("–" if not cell["pending"] else f"({cell['pending']} pending)")
+                continue
+            text = f"{100 * cell['mean']:.2f}" + (f" ± {100 * cell['std']:.2f}" if cell["std"] is not None else "")
+            cells.append(f"{text} (n={cell['n']})" + (" *" if cell["best"] else ""))
+        rows.append([row["label"], *cells])
+    print_table(f"sweep {sweep_id}: test accuracy (%), mean ± std over seeds; * best of column", columns, rows)
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _show(args, data: Any, human) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        human(data)
+
+
+def _wait_outcome(args, thing: Run | Sweep) -> int:
+    _show(args, thing, print_run if isinstance(thing, Run) else lambda s: print_sweeps([s]))
+    if isinstance(thing, Run):
+        return 0 if thing.succeeded else EXIT_FAILED
+    return 0 if thing.progress.get("failed", 0) == 0 and thing.progress.get("cancelled", 0) == 0 else EXIT_FAILED
+
+
+def runs_submit(client: Client, args) -> int:
+    run = client.submit(**parse_pairs(args.fields))
+    if args.wait:
+        return _wait_outcome(args, client.wait(run, progress=not args.json and not args.quiet, timeout=args.timeout))
+    _show(args, run, print_run)
+    return 0
+
+
+def runs_list(client: Client, args) -> int:
+    filters = {"state": args.state or None, "dataset": args.dataset, "method": args.method, "sweep": args.sweep,
+               "tag": args.tag, "q": args.q}
+    if args.external is not None:
+        filters["external"] = args.external == "true"
+    if args.csv:
+        params = {k: v for k, v in filters.items() if v is not None}
+        if "external" in params:
+            params["external"] = str(params["external"]).lower()
+        response = client.request("GET", "/api/runs", params={**params, "where": args.where or [], "sort": args.sort,
+                                                              "format": "csv"})
+        sys.stdout.write(response.text)
+        return 0
+    runs = client.runs(where=args.where, sort=args.sort, limit=args.limit, **filters)
+    _show(args, list(runs), lambda rs: print_runs(rs, f"{len(rs)} run(s)"))
+    return 0
+
+
+def runs_show(client: Client, args) -> int:
+    _show(args, client.run(args.id), print_run)
+    return 0
+
+
+def runs_wait(client: Client, args) -> int:
+    return _wait_outcome(args, client.wait(args.id, progress=not args.json and not args.quiet, timeout=args.timeout))
+
+
+def _bulk(action: str):
+    def command(client: Client, args) -> int:
+        result = getattr(client, f"{action}_many")(args.ids)
+        if args.json:
+            print_json(result)
+        else:
+            print(f"{action}: {', '.join(map(str, result['done'])) or 'none'}")
+            if result["not_found"]:
+                print(f"not found: {', '.join(map(str, result['not_found']))}")
+            for refused in result["refused"]:
+                print(f"run {refused['id']}: {refused['reason']}")
+        return 0 if not result["not_found"] and not result["refused"] else EXIT_FAILED
+    return command
+
+
+def runs_metrics(client: Client, args) -> int:
+    if args.csv:
+        sys.stdout.write(client.request("GET", f"/api/runs/{args.id}/metrics", params={"format": "csv"}).text)
+        return 0
+    points = client.metrics(args.id)
+    if args.json:
+        print_json([p.to_dict() for p in points])
+        return 0
+    names = list(dict.fromkeys(p.name for p in points))
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for p in points:
+        by_epoch.setdefault(p.epoch, {})[p.name] = p.value
+    print_table(f"run {args.id}", ["epoch", *names],
+                [[epoch, *(_fmt(values.get(n)) for n in names)] for epoch, values in sorted(by_epoch.items())])
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def runs_logs(client: Client, args) -> int:
+    """The run's epochs as lines (followed live with --follow), then its error if it failed."""
+    run = client.run(args.id)
+    printed: set[tuple[int, str]] = set()
+
+    def emit(points) -> None:
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for p in points:
+            if (p.epoch, p.name) not in printed:
+                printed.add((p.epoch, p.name))
+                by_epoch.setdefault(p.epoch, {})[p.name] = p.value
+        for epoch, values in sorted(by_epoch.items()):
+            print(f"epoch {epoch:>4}  " + "  ".join(f"{n}={_fmt(v)}" for n, v in values.items()), flush=True)
+
+    emit(client.metrics(run))
+    if args.follow and not run.finished:
+        from .models import Point
+
+        def on_event(event) -> bool:
+            if event is not None and event.event == "metrics":
+                emit([Point(**p) for p in json.loads(event.data)["points"]])
+            return event is not None and event.event in ("end", "gone")
+
+        client._follow(f"/api/runs/{run.id}/stream", None, on_event)
+        run = client.run(run.id)
+    print(f"run {run.id}: {run.state}" + (f", test accuracy {_percent(run.test_accuracy)}"
+                                           if run.test_accuracy is not None else ""))
+    if run.error:
+        print(run.error)
+        detail = getattr(run, "error_detail", None)
+        if detail:
+            print(detail)
+    return 0
+
+
+def sweeps_create(client: Client, args) -> int:
+    sweep = client.sweep(parse_pairs(args.fields, lists=True), skip_invalid=args.skip_invalid or None)
+    return _after_sweep_created(client, args, sweep)
+
+
+def sweeps_preset(client: Client, args) -> int:
+    sweep = client.sweep(preset=args.name, **parse_pairs(args.fields))
+    return _after_sweep_created(client, args, sweep)
+
+
+def _after_sweep_created(client: Client, args, sweep: Sweep) -> int:
+    if args.wait:
+        return _wait_outcome(args, client.wait(sweep, progress=not args.json and not args.quiet, timeout=args.timeout))
+    _show(args, sweep, lambda s: print_sweeps([s]))
+    return 0
+
+
+def sweeps_list(client: Client, args) -> int:
+    _show(args, client.sweeps(), print_sweeps)
+    return 0
+
+
+def sweeps_show(client: Client, args) -> int:
+    _show(args, client.get_sweep(args.id), lambda s: print_sweeps([s]))
+    return 0
+
+
+def sweeps_wait(client: Client, args) -> int:
+    sweep = client.get_sweep(args.id)
+    return _wait_outcome(args, client.wait(sweep, progress=not args.json and not args.quiet, timeout=args.timeout))
+
+
+def sweeps_table(client: Client, args) -> int:
+    if args.csv:
+        sys.stdout.write(client.request("GET", f"/api/sweeps/{args.id}/table", params={"format": "csv"}).text)
+        return 0
+    _show(args, dict(client.table(args.id)), lambda t: print_comparison(t, args.id))
+    return 0
+
+
+def sweeps_retry(client: Client, args) -> int:
+    ids = client.retry_sweep(args.id)
+    _show(args, {"run_ids": ids}, lambda d: print(f"queued again: {', '.join(map(str, ids)) or 'none'}"))
+    return 0
+
+
+def sweeps_delete(client: Client, args) -> int:
+    client.delete_sweep(args.id, keep_runs=args.keep_runs)
+    return 0
+
+
+def presets_list(client: Client, args) -> int:
+    _show(args, client.presets(), lambda ps: print_table(
+        None, ["name", "figure", "title", "methods", "runs per seed", "missing"],
+        [[p["name"], p["figure"], p["title"], ", ".join(p["methods"]), p["runs_per_seed"],
+          ", ".join(p["missing_methods"]) or "–"] for p in ps]))
+    return 0
+
+
+def datasets_list(client: Client, args) -> int:
+    _show(args, client.datasets(), lambda ds: print_table(
+        None, ["name", "source", "modalities", "classes", "samples", "usable"],
+        [[d["name"], d["source"], ", ".join(d["modalities"]), len(d["classes"]), d["n_samples"],
+          d["error"] or "yes"] for d in ds]))
+    return 0
+
+
+def datasets_preprocess(client: Client, args) -> int:
+    job = client.preprocess(args.name)
+    _show(args, job, lambda j: print(f"job {j['id']}: {j['kind']} {j['dataset']} {j['state']}"))
+    return 0
+
+
+def methods_list(client: Client, args) -> int:
+    _show(args, client.methods(), lambda ms: print_table(
+        None, ["name", "title", "fusions"], [[m["name"], m["title"], ", ".join(m["fusions"])] for m in ms]))
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global options are accepted before the group and after the command alike.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="server (default: $MISSMOD_URL or "
+                                                                 "http://127.0.0.1:8000)")
+    common.add_argument("--token", default=argparse.SUPPRESS, help="API token (default: $MISSMOD_TOKEN)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for pipes")
+
+    parser = argparse.ArgumentParser(prog="missmod", parents=[common],
+                                     description="Submit, follow and compare missmod runs and sweeps.")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,presets,datasets,methods}")
+
+    def command(group, name: str, handler, help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def waiting(sub) -> None:
+        sub.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 124)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    runs = groups.add_parser("runs", help="runs").add_subparsers(dest="command", required=True)
+    sub = command(runs, "submit", runs_submit, "create a run from key=value spec fields")
+    sub.add_argument("fields", nargs="+", metavar="key=value", help="e.g. dataset=digits method=mle "
+                                                                      "missing_modality=bottom missing_rate=0.9")
+    sub.add_argument("--wait", action="store_true", help="wait until it finishes (exit 0 only if it succeeded)")
+    waiting(sub)
+    sub = command(runs, "list", runs_list, "list runs (every page)")
+    sub.add_argument("--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    sub.add_argument("--where", action="append", metavar="EXPR",
+                     help="FIELD OP VALUE on any spec field or final metric: 'accuracy>0.8', 'encoder=resnet50', "
+                          "'metrics.val_loss<0.5' (repeat: all must hold)")
+    sub.add_argument("--sort", default="-id", help="a column or spec field, - first to reverse (default -id)")
+    sub.add_argument("--limit", type=int, default=None, help="at most this many runs")
+    sub.add_argument("--dataset")
+    sub.add_argument("--method")
+    sub.add_argument("--sweep", type=int)
+    sub.add_argument("--tag")
+    sub.add_argument("--q", help="text the name contains")
+    sub.add_argument("--external", choices=["true", "false"], help="only runs trained elsewhere, or only ours")
+    sub.add_argument("--csv", action="store_true", help="CSV of every matching run, with its spec fields")
+    sub = command(runs, "show", runs_show, "one run")
+    sub.add_argument("id", type=int)
+    sub = command(runs, "wait", runs_wait, "follow a run until it finishes: exit 0 if it succeeded, 1 otherwise")
+    sub.add_argument("id", type=int)
+    waiting(sub)
+    for action, help in (("cancel", "cancel runs (one request)"), ("retry", "queue failed or cancelled runs again"),
+                         ("delete", "delete runs with their metrics and files")):
+        sub = command(runs, action, _bulk(action), help)
+        sub.add_argument("ids", type=int, nargs="+", metavar="id")
+    sub = command(runs, "logs", runs_logs, "a run's epochs (and its error); --follow for live")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--follow", "-f", action="store_true")
+    sub = command(runs, "metrics", runs_metrics, "a run's metrics, one row per epoch")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true")
+
+    sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
+    sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")
+    sub.add_argument("fields", nargs="+", metavar="key=value",
+                     help="e.g. dataset=digits method=mle,zero_padding missing_rate=0.8,0.9 seed=0,1,2")
+    sub.add_argument("--skip-invalid", action="store_true", help="leave out the combinations the validation refuses")
+    sub.add_argument("--wait", action="store_true")
+    waiting(sub)
+    sub = command(sweeps, "preset", sweeps_preset, "a paper experiment: missmod sweeps preset table1 dataset=digits")
+    sub.add_argument("name")
+    sub.add_argument("fields", nargs="*", metavar="key=value", help="dataset=…, seeds=…, epochs=…, only_available=true")
+    sub.add_argument("--wait", action="store_true")
+    waiting(sub)
+    command(sweeps, "list", sweeps_list, "sweeps with their progress")
+    for name, handler, help in (("show", sweeps_show, "one sweep's progress"),
+                                ("retry", sweeps_retry, "queue a sweep's failed and cancelled runs again")):
+        sub = command(sweeps, name, handler, help)
+        sub.add_argument("id", type=int)
+    sub = command(sweeps, "wait", sweeps_wait, "follow a sweep until every run finished (exit 0: none failed)")
+    sub.add_argument("id", type=int)
+    waiting(sub)
+    sub = command(sweeps, "table", sweeps_table, "the comparison table (mean ± std over seeds)")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true")
+    sub = command(sweeps, "delete", sweeps_delete, "delete a sweep and its runs")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--keep-runs", action="store_true")
+
+    presets = groups.add_parser("presets", help="the paper's experiments").add_subparsers(dest="command", required=True)
+    command(presets, "list", presets_list, "the presets and what each still lacks")
+    datasets = groups.add_parser("datasets", help="datasets").add_subparsers(dest="command", required=True)
+    command(datasets, "list", datasets_list, "datasets with their modalities and classes")
+    sub = command(datasets, "preprocess", datasets_preprocess, "preprocess a raw video dataset (a job)")
+    sub.add_argument("name")
+    methods = groups.add_parser("methods", help="methods").add_subparsers(dest="command", required=True)
+    command(methods, "list", methods_list, "methods and the fusions each allows")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Not parser defaults: the sub-commands share these options' actions, and a default set on
+    # one parser would overwrite a value given before the sub-command.
+    for name, default in (("url", None), ("token", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    try:
+        with Client(args.url, args.token) as client:
+            return args.handler(client, args)
+    except WaitTimeout as error:
+        print(f"missmod: {error}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except ApiError as error:
+        print(f"missmod: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except httpx.TransportError as error:
+        print(f"missmod: cannot reach {args.url or 'the server'} ({type(error).__name__}: {error}); "
+              f"set --url or MISSMOD_URL", file=sys.stderr)
+        return EXIT_FAILED
+    except MissmodError as error:
+        print(f"missmod: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What the client returns: light models of the API's answers, and lists and tables that turn
+into pandas DataFrames.
+
+The client defines its own models rather than importing the server's (backend/), so that it
+installs and imports without torch, SQLAlchemy or FastAPI. They declare the fields scripts use
+most and keep every other field the server sends (`extra="allow"`), so a newer server's
+additions reach the script untouched (the API only ever adds fields).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:  # an optional extra: `pip install 'missmod[pandas]'`
+        raise ImportError("to_pandas() needs pandas: pip install 'missmod[pandas]' (or pandas itself)") from None
+    return pandas
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Run(_Model):
+    id: int
+    name: str
+    state: str
+    dataset: str
+    method: str
+    fusion: str
+    missing_modality: str
+    missing_rate: float
+    seed: int
+    spec: dict[str, Any] = {}
+    epochs_completed: int = 0
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
+    best_epoch: int | None = None
+    external: bool = False
+    sweep_id: int | None = None
+    tags: list[str] = []
+    error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+
+class Sweep(_Model):
+    id: int
+    name: str
+    progress: dict[str, Any] = {}
+    grid: dict[str, Any] = {}
+    preset: str | None = None
+    run_ids: list[int] = []
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.progress.get("done"))
+
+
+class Point(_Model):
+    epoch: int
+    name: str
+    value: float | None
+
+
+# The columns a runs DataFrame starts with; the spec's other fields follow.
+RUN_COLUMNS = ["id", "name", "state", "external", "dataset", "method", "fusion", "missing_modality", "missing_rate",
+               "seed", "epochs_completed", "best_epoch", "val_accuracy", "test_accuracy", "sweep_id", "tags",
+               "created_at", "finished_at"]
+
+
+class RunList(list):
+    """The runs of a query (every page of it)."""
+
+    def to_pandas(self):
+        """One row per run: its columns, then every spec field (lr, epochs, encoder, …)."""
+        pd = _pandas()
+        records = []
+        for run in self:
+            record = {column: getattr(run, column, None) for column in RUN_COLUMNS}
+            for key, value in (run.spec or {}).items():
+                record.setdefault(key, value)
+            records.append(record)
+        frame = pd.DataFrame.from_records(records, columns=None if records else RUN_COLUMNS)
+        return frame
+
+
+class Metrics(list):
+    """A run's metric points, in the order they were recorded."""
+
+    def to_pandas(self, wide: bool = True):
+        """wide: one row per epoch, one column per metric; else one row per point (epoch, name, value)."""
+        pd = _pandas()
+        long = pd.DataFrame.from_records([p.to_dict() for p in self], columns=["epoch", "name", "value"])
+        if not wide:
+            return long
+        table = long.pivot_table(index="epoch", columns="name", values="value", aggfunc="last", dropna=False)
+        table.columns.name = None
+        return table.reset_index()
+
+
+class Table(dict):
+    """A sweep's comparison table as the API returns it: `columns` (missing modality × rate),
+    `rows` (method (fusion), `external` for runs trained elsewhere) and their `cells`."""
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.get("rows", [])
+
+    @property
+    def columns(self) -> list[dict[str, Any]]:
+        return self.get("columns", [])
+
+    def to_pandas(self, wide: bool = False):
+        """Long (default): one row per cell — label, method, fusion, external, the row's other
+        fields, missing_modality, missing_rate, mean, std, n, pending, best, paper. wide: the
+        paper's layout, mean accuracy per row label × column label."""
+        pd = _pandas()
+        records = []
+        for row in self.rows:
+            for column, cell in zip(self.columns, row["cells"]):
+                records.append({"label": row["label"], "method": row["method"], "fusion": row["fusion"],
+                                "external": row.get("external", False), **row.get("extras", {}),
+                                "missing_modality": column["missing_modality"],
+                                "missing_rate": column["missing_rate"], "column": column["label"],
+                                **{k: cell.get(k) for k in ("mean", "std", "n", "pending", "best", "paper")}})
+        frame = pd.DataFrame.from_records(records)
+        if wide and records:
+            frame = frame.pivot(index="label", columns="column", values="mean")
+            frame = frame.reindex(index=[r["label"] for r in self.rows], columns=[c["label"] for c in self.columns])
+        return frame

@@ -1,0 +1,60 @@
+"""Delivering training batches to the device without starving it.
+
+Image datasets stay in CPU memory in their stored form (uint8 frames, float16 spectrograms;
+training/prepare.py), read once from the preprocessed cache: no decoding and no copy per epoch
+beyond the batch itself. For a CUDA device each batch is gathered straight into page-locked
+(pinned) memory and copied with `non_blocking=True`, so the copy runs on the DMA engine while
+the GPU still computes the previous step, and the next batch is gathered meanwhile. Two sets of
+pinned buffers alternate; before one is refilled, the copy that read it is waited for (a CUDA
+event), so a batch can never be overwritten while in flight. The images are standardised on
+the device (training/encoders.py: Standardise), where float32 is made.
+
+On the CPU, and for tensors already on the device (feature vectors), a batch is the rows
+gathered in place (the same values, bit for bit, as indexing them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BatchGatherer:
+    """`gatherer(index)` → the rows `index` of each tensor, on `device`."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], device: torch.device, max_rows: int):
+        self.tensors, self.device = tensors, device
+        self.pinned = device.type == "cuda" and any(t.device.type == "cpu" for t in tensors)
+        self._buffers: list[list[torch.Tensor]] = []
+        self._events: list[torch.cuda.Event | None] = []
+        self._turn = 0
+        if self.pinned:
+            for _ in range(2):
+                self._buffers.append([torch.empty((max_rows, *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+                                      if t.device.type == "cpu" else None for t in tensors])
+                self._events.append(None)
+
+    def __call__(self, rows) -> tuple[torch.Tensor, ...]:
+        if not self.pinned:
+            # index_select, not t[index]: the same rows, but advanced indexing took 6× as long on
+            # image batches on the CPU (17,700 vs 102,000 segments/s of 112² frames, one thread).
+            index = torch.as_tensor(rows, device=self.tensors[0].device)
+            return tuple(torch.index_select(t, 0, index).to(self.device, non_blocking=True) for t in self.tensors)
+        turn, self._turn = self._turn, 1 - self._turn
+        if self._events[turn] is not None:
+            self._events[turn].synchronize()  # the copy that last read these buffers is done
+        index = torch.as_tensor(rows)
+        n = len(index)
+        batch = []
+        for i, (tensor, buffer) in enumerate(zip(self.tensors, self._buffers[turn])):
+            if buffer is None:  # already on the device
+                batch.append(torch.index_select(tensor, 0, index.to(tensor.device)))
+                continue
+            if n > len(buffer):  # a stratified batch may exceed the nominal size
+                buffer = torch.empty((n, *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+                self._buffers[turn][i] = buffer
+            torch.index_select(tensor, 0, index, out=buffer[:n])
+            batch.append(buffer[:n].to(self.device, non_blocking=True))
+        event = torch.cuda.Event()
+        event.record()
+        self._events[turn] = event
+        return tuple(batch)
