@@ -288,8 +288,10 @@ class Trainer:
         log = StepLog(report, epoch=epoch, epochs=self.spec.epochs, steps=len(batches),
                       every=self.spec.log_every_steps, optimiser=self.optimiser,
                       terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
+        # Callbacks written before these hooks (duck-typed ones too) may lack them.
+        should_abort = getattr(self.callback, "should_abort", None) or TrainingCallback().should_abort
         for step, rows in enumerate(batches, 1):
-            if self.callback.should_abort():
+            if should_abort():
                 raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Gathered where the data lives (the CPU for images, through pinned memory to a GPU).
             batch = Batch(*self._gather(rows))

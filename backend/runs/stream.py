@@ -75,7 +75,8 @@ def encode(event: str, data: str, id: str | None = None) -> bytes:
 
 def _points_event(points: list) -> bytes:
     cursor = points[-1].id
-    body = {"cursor": cursor, "points": [{"epoch": p.epoch, "name": p.name, "value": p.value} for p in points]}
+    body = {"cursor": cursor, "points": [{"epoch": p.epoch, "step": p.step, "name": p.name, "value": p.value}
+                                         for p in points]}
     return encode("metrics", json.dumps(body), str(cursor))
 
 
