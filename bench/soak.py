@@ -11,7 +11,7 @@ otherwise. It prints, and writes as JSON with --json:
   (MB/min; target < 1: flat); a worker's pool process (a fresh one per run) is shown apart, as
   PSS, since it is replaced after each run;
 - errors: failed HTTP calls, 5xx answers, failed runs, broken streams;
-- exactness: every succeeded run has exactly one point per (epoch, metric) — none lost, none
+- exactness: every succeeded run has exactly one point per (epoch, step, metric) — none lost, none
   duplicated — and every stream followed to its end delivered exactly the run's points.
 
     python -m bench.soak                       # 10 minutes, 3 workers, 50 SSE clients
@@ -128,7 +128,7 @@ def follow(api: Api, run_id: int, stop: threading.Event) -> bool | None:
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event == "metrics":
-                received += [(p["epoch"], p["name"]) for p in json.loads(line.split(":", 1)[1])["points"]]
+                received += [(p["epoch"], p.get("step"), p["name"]) for p in json.loads(line.split(":", 1)[1])["points"]]
             elif line.startswith("data:") and event in ("end", "gone"):
                 ended = event == "end"
                 break
@@ -139,7 +139,7 @@ def follow(api: Api, run_id: int, stop: threading.Event) -> bool | None:
     page = api.call("GET", f"/api/runs/{run_id}/metrics")
     if page is None or page.status_code != 200:
         return False
-    stored = Counter((p["epoch"], p["name"]) for p in page.json()["points"])
+    stored = Counter((p["epoch"], p.get("step"), p["name"]) for p in page.json()["points"])
     got = Counter(received)
     lost = sum((stored - got).values())
     duplicated = sum((got - stored).values())
@@ -277,9 +277,12 @@ def check_runs(api: Api, run_ids: list[int]) -> dict:
         if run["state"] != "succeeded":
             continue
         points = api.call("GET", f"/api/runs/{run_id}/metrics").json()["points"]
-        counts = Counter((p["epoch"], p["name"]) for p in points)
+        # Each point once, per-step ones included (a point is its epoch, step and name); the
+        # per-epoch metrics of every epoch all there.
+        counts = Counter((p["epoch"], p.get("step"), p["name"]) for p in points)
+        per_epoch = {(epoch, name) for epoch, _, name in counts if not name.startswith("step/")}
         wanted = {(e, m) for e in range(1, run["spec"]["epochs"] + 1) for m in METRICS}
-        if set(counts) != wanted or set(counts.values()) != {1}:
+        if per_epoch != wanted or set(counts.values()) != {1}:
             inexact.append(run_id)
     return {"states": dict(states), "inexact_runs": inexact}
 

@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 
 # Fields that do not change the training: `device` (a run may resume on another GPU), and how
 # often it is logged (a checkpoint written before log_every_steps existed still matches).
-NOT_IN_FINGERPRINT = frozenset({"device", "log_every_steps"})
+NOT_IN_FINGERPRINT = frozenset({"device", "compile", "log_every_steps"})
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:

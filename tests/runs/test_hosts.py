@@ -152,8 +152,8 @@ def test_a_sweep_submitted_while_redis_is_down_waits_for_it_then_all_its_runs_su
             run = wait_for_state(client, run_id, {"succeeded", "failed", "cancelled"}, timeout=180)
             assert (run["state"], run["attempts"], run["awaiting_broker"]) == ("succeeded", 1, False), run
             points = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
-            pairs = [(p["epoch"], p["name"]) for p in points]
-            assert len(pairs) == len(set(pairs)) and {e for e, _ in pairs} == {1, 2}  # each point once
+            keys = [(p["epoch"], p["step"], p["name"]) for p in points]
+            assert len(keys) == len(set(keys)) and {e for e, _, _ in keys} == {1, 2}  # each point once
         progress = client.get(f"/api/sweeps/{sweep['id']}").json()["progress"]
         assert (progress["succeeded"], progress["failed"], progress["done"]) == (12, 0, True)
     finally:
