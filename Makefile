@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run serve worker migrate test bench bench-gpu setup setup-test clean
+.PHONY: run serve worker migrate test bench bench-gpu soak setup setup-test clean
 
 setup: $(STAMP)
 setup-test: $(TEST_STAMP)
@@ -45,6 +45,10 @@ test: setup-test
 bench: setup-test
 	$(PY) -m bench
 
+## Ten minutes of steady load on loopback (API, workers, 50 live streams, a poller): errors,
+## exact points, memory slope of every process. SOAK_ARGS="--seconds 60" for a short one.
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
 ## On a GPU host (under 5 minutes, one table): ResNet-50 fp32 vs mixed precision, the input pipeline,
 ## GPU utilisation and memory, small runs sharing the GPU with 1, 2, 4 slots. `--device cpu --tiny`: dry mode.
 bench-gpu: setup

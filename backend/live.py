@@ -14,7 +14,11 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from fastapi import HTTPException, status
 
@@ -27,6 +31,12 @@ QUEUE_LIMIT = 200
 _CLOSE = None
 
 
+# Threads that look up the run or sweep a new stream is for. Their own few, not the threadpool
+# every other request shares: a page full of tabs reopening 200 streams at once must not keep
+# /api/runs waiting behind 200 lookups.
+OPENING_THREADS = 4
+
+
 class StreamSlots:
     """Caps on the live streams of this process: in all, and per client address."""
 
@@ -35,6 +45,13 @@ class StreamSlots:
         self._held: dict[str, int] = {}
         self._count = 0
         self._lock = threading.Lock()  # taken from the routes' threads and from the event loop
+        self._opening: anyio.CapacityLimiter | None = None  # made inside the event loop, on first use
+
+    async def look_up(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` (a short database lookup) in one of the threads that open streams."""
+        if self._opening is None:
+            self._opening = anyio.CapacityLimiter(OPENING_THREADS)
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._opening)
 
     @property
     def held(self) -> int:

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker; default: filesystem broker in VAR_DIR")
     data_dir: Path | None = Field(None, description="Datasets; default VAR_DIR/data")
     artifact_dir: Path | None = Field(None, description="Checkpoints and outputs; default VAR_DIR/artifacts")
+    artifact_url: str = Field(
+        "", description="The artifact store every host shares (checkpoints, run files, extracted features): a folder "
+                        "or shared mount (a path or file://…), or an S3-compatible bucket (s3://bucket/prefix); "
+                        "default ARTIFACT_DIR")
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible store's address (MinIO: http://minio:9000); unset: AWS S3")
+    aws_access_key_id: SecretStr | None = Field(None, description="The object store's access key (s3:// only)")
+    aws_secret_access_key: SecretStr | None = Field(None, description="The object store's secret key (s3:// only)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     broker_poll_interval: float = Field(0.05, gt=0, description="Seconds between filesystem-broker polls")
@@ -104,7 +112,8 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("api_token", "webhook_url", mode="before")
+    @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
+                     mode="before")
     @classmethod
     def _empty_token_is_none(cls, value):  # also `WEBHOOK_URL=`
         return None if isinstance(value, str) and not value.strip() else value  # `API_TOKEN=` in .env.example
@@ -126,6 +135,7 @@ class Settings(BaseSettings):
             self.broker_url = FILESYSTEM_BROKER
         self.data_dir = (self.data_dir or self.var_dir / "data").expanduser().absolute()
         self.artifact_dir = (self.artifact_dir or self.var_dir / "artifacts").expanduser().absolute()
+        self.artifact_url = self.artifact_url.strip() or str(self.artifact_dir)
         self.ravdess_dir = (self.ravdess_dir or self.data_dir / "ravdess").expanduser().absolute()
         self.enterface05_dir = (self.enterface05_dir or self.data_dir / "enterface05").expanduser().absolute()
         self.gpu_lock_dir = (self.gpu_lock_dir or self.var_dir / "gpu-locks").expanduser().absolute()
@@ -162,9 +172,16 @@ class Settings(BaseSettings):
     def uses_filesystem_broker(self) -> bool:
         return self.broker_url.startswith("filesystem:")
 
+    @property
+    def artifacts_are_local(self) -> bool:
+        """Whether the artifact store is a folder on this machine (or a mount of a shared one)."""
+        return "://" not in self.artifact_url or self.artifact_url.startswith("file://")
+
     def make_dirs(self) -> None:
-        for path in (self.var_dir, self.data_dir, self.artifact_dir):
+        for path in (self.var_dir, self.data_dir):
             path.mkdir(parents=True, exist_ok=True)
+        if self.artifacts_are_local:
+            Path(self.artifact_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         if self.uses_filesystem_broker:
             for sub in ("queue", "processed", "control"):
                 (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)

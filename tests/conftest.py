@@ -184,3 +184,14 @@ def page(browser):
     page.js_errors = errors
     yield page
     context.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible HTTP server on loopback (moto's), shared by the tests of a session;
+    each test takes a bucket of its own (s3_server.new_bucket())."""
+    from .support.object_store import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()

@@ -111,6 +111,9 @@ class ProgressBar:
     def close(self):
         self.bar.close()
 
+    def should_abort(self) -> bool:  # the loop asks it at every step (a TrainingCallback hook)
+        return False
+
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:

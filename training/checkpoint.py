@@ -2,6 +2,10 @@
 atomically (a temporary file, then a rename), so a crash mid-write leaves the previous one.
 
 A checkpoint belongs to one spec: resuming with a different spec starts over.
+
+Where it lives is the caller's: a local path, or any object with `read_bytes() -> bytes | None`
+and `write_bytes(data)` (the dashboard's artifact store, which may be a bucket on another
+machine). This library knows nothing of either beyond that.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import io
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -35,7 +40,23 @@ def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+@runtime_checkable
+class CheckpointTarget(Protocol):
+    """Somewhere other than a local path: writes must be atomic (the reader sees the old
+    checkpoint or the new one, never half of one)."""
+
+    def read_bytes(self) -> bytes | None: ...
+
+    def write_bytes(self, data: bytes) -> None: ...
+
+
+def save_checkpoint(path: Path | CheckpointTarget, state: dict[str, Any]) -> None:
+    if not isinstance(path, (str, Path)):
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT_VERSION, **state}, buffer)
+        path.write_bytes(buffer.getvalue())
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -49,11 +70,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
+def load_checkpoint(path: Path | CheckpointTarget | None, fingerprint: str) -> dict[str, Any] | None:
     """The checkpoint at `path` if there is one for this spec; None otherwise."""
-    if path is None or not path.exists():
+    if path is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and types only
+    if isinstance(path, (str, Path)):
+        if not Path(path).exists():
+            return None
+        source = path
+    else:
+        data = path.read_bytes()
+        if data is None:
+            return None
+        source = io.BytesIO(data)
+    state = torch.load(source, map_location="cpu", weights_only=True)  # plain tensors and types only
     if state.get("format") != FORMAT_VERSION or state.get("fingerprint") != fingerprint:
         return None
     return state

@@ -16,6 +16,7 @@ from backend.settings import Settings
 
 from training.train import StopReason
 
+from .artifacts import register_features
 from .lease_holder import Done, LeaseHolder, execute_leased
 
 log = logging.getLogger("missmod.worker")
@@ -50,7 +51,8 @@ def execute_job(job_id: int, settings: Settings, worker: str | None = None,
                 path = extract_features(job.dataset, settings.data_dir, params["backbone"], params["pretrained"],
                                         settings.video_options(), params.get("name"), params["batch_size"],
                                         params["device"], progress_bar=False, progress=progress)
-                result = {"features_dataset": path.stem, "path": str(path)}
+                # Uploaded to the artifact store and registered: trainable through every host's API.
+                result = register_features(settings, holder.sessions, path, job_id)
             else:
                 raise ValueError(f"unknown job kind {job.kind!r}")
             stopped = StopReason.finished

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from backend import notify
@@ -17,8 +16,8 @@ from backend.db import session_factory, utcnow
 from backend.lifecycle.api import mark_sent
 from backend.queue import RunQueue
 from backend.runs import lease, outcomes
+from backend.runs.artifacts import RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
-from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
 from backend.settings import Settings
@@ -29,6 +28,7 @@ from training.spec import TrainSpec
 from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
 from . import slots
+from .artifacts import fetch_dataset, run_checkpoints, save_confusion
 from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
@@ -105,9 +105,10 @@ class DatabaseRecorder(TrainingCallback):
         return self.holder.stop_reason()
 
 
-def checkpoint_path(settings: Settings, run_id: int) -> Path:
-    """Where a run's checkpoint lives; a redelivered run continues from it."""
-    return run_artifact_dir(settings.artifact_dir, run_id) / "checkpoint.pt"
+def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_after_attempt: int = 0) -> RunCheckpoints:
+    """Where this attempt of a run writes its checkpoints, in the shared artifact store; a
+    redelivered run (on any host) continues from the newest earlier attempt's."""
+    return run_checkpoints(settings, run_id, attempt, resume_after_attempt)
 
 
 def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error: BaseException) -> Done:
@@ -138,11 +139,13 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         spec = TrainSpec.model_validate(dict(run.spec))
         log.info("run %s: %s", run_id, spec.model_dump())
         shares_the_gpu = settings.runs_per_gpu > 1 and not run.needs_own_slot
+        fetch_dataset(settings, holder.sessions, spec.dataset)  # made by a job on another host: fetched once
+        checkpoints = checkpoint_path(settings, run_id, run.attempts, run.resume_after_attempt)
         try:
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
                 slots.simulate_out_of_memory_if_asked(shares_the_gpu)
                 result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
-                               checkpoint_path=checkpoint_path(settings, run_id), video=settings.video_options())
+                               checkpoint_path=checkpoints, video=settings.video_options())
         except TrainingAborted:
             raise Abandoned(f"run {run_id}") from None
         except Exception as error:
@@ -158,6 +161,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                              confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
                              test_predictions=result.test_predictions, test_labels=result.test_labels)
             log.info("run %s: test accuracy %s at epoch %s", run_id, result.test_accuracy, result.best_epoch)
+            save_confusion(settings, run_id, result.best_epoch, result.classes, result.confusion_matrix)
 
         return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 

@@ -73,6 +73,8 @@ OPERATION_IDS = {
     "delete_run": "runs-delete",
     "retry_run": "runs-retry",
     "get_metrics": "runs-metrics",
+    "get_paired": "runs-paired",
+    "get_system_metrics": "runs-system-metrics",
     "get_confusion": "runs-confusion",
     "cancel_run": "runs-cancel",
     "stream_run": "runs-stream",
@@ -86,6 +88,7 @@ OPERATION_IDS = {
     "retry_sweep": "sweeps-retry",
     "get_table": "sweeps-table",
     "get_trend": "sweeps-trend",
+    "get_summary": "sweeps-summary",
     "stream_sweep": "sweeps-stream",
     "list_presets": "presets-list",
     "preview_preset": "presets-preview",
@@ -95,6 +98,9 @@ OPERATION_IDS = {
     "list_jobs": "jobs-list",
     "get_job": "jobs-get",
     "cancel_job": "jobs-cancel",
+    "list_workers": "workers-list",
+    "get_queue": "workers-queue",
+    "stream_workers": "workers-stream",
 }
 
 

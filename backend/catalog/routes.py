@@ -11,7 +11,8 @@ from training.datasets import dataset_infos
 from training import spec
 from training.spec import METHODS
 
-from ..api.deps import SettingsDep
+from ..api.deps import SessionDep, SettingsDep
+from . import registry
 
 router = APIRouter(tags=["catalog"])
 
@@ -32,6 +33,7 @@ class DatasetOut(BaseModel):
     n_groups: int
     shapes: dict[str, list[int]]
     class_counts: list[int]
+    shared: bool = Field(False, description="Made by a job and kept in the artifact store: usable from every host")
 
 
 class MethodOut(BaseModel):
@@ -68,9 +70,17 @@ def list_choices() -> ChoicesOut:
 
 
 @router.get("/api/datasets", response_model=list[DatasetOut])
-def list_datasets(settings: SettingsDep) -> list[DatasetOut]:
+def list_datasets(settings: SettingsDep, session: SessionDep) -> list[DatasetOut]:
+    """This host's datasets (built-in, its DATA_DIR, its raw video folders) and those made by a job
+    on any host (registered in the shared catalogue)."""
     infos = dataset_infos(settings.data_dir, settings.video_options())
-    return [DatasetOut.model_validate(info, from_attributes=True) for info in infos]
+    shared = registry.registered_infos(session)
+    out = [DatasetOut.model_validate(info, from_attributes=True).model_copy(update={"shared": info.name in shared})
+           for info in infos]
+    local = {info.name for info in infos}
+    out += [DatasetOut.model_validate(info, from_attributes=True).model_copy(update={"shared": True})
+            for name, info in sorted(shared.items()) if name not in local]
+    return out
 
 
 @router.get("/api/methods", response_model=list[MethodOut])

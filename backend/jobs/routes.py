@@ -36,6 +36,7 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
     if existing is not None:
         response.status_code = status.HTTP_200_OK
         return JobOut.model_validate(existing)
+    # With the broker down the job is saved and waits for it (`awaiting_broker`), as a run does.
     return JobOut.model_validate(service.create_job(session, kind, dataset, params, queue))
 
 

@@ -39,6 +39,8 @@ class JobOut(BaseModel):
     worker: str | None
     attempts: int
     worker_losses: int = Field(description="Times it was taken from a worker that died (requeued by reconcile)")
+    awaiting_broker: bool = Field(False, description="Queued and saved, but waiting for the broker (it was down); "
+                                                     "sent as soon as it is back")
     cancel_requested: bool
     done: int = Field(description="Clips preprocessed (preprocess) or segments encoded (extract_features)")
     total: int

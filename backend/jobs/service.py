@@ -35,17 +35,14 @@ def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]
 
 
 def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any], queue: RunQueue) -> DatasetJob:
-    """Commit, then send (as for runs); marked failed, and JobNotQueued raised (answered 503 by
-    backend/api/errors.py), if the broker cannot be reached."""
+    """Commit, then send (as for runs); if the broker cannot be reached, the job stays queued,
+    awaiting the broker, and the reconcile step sends it once it is back."""
     now = utcnow()
     job = DatasetJob(kind=kind, dataset=dataset, params=params, state=State.queued, created_at=now,
                      awaiting_broker_since=now)
     session.add(job)
     session.commit()
-    try:
-        lifecycle.enqueue_committed(session, DatasetJob, [job], queue.enqueue_job)
-    except BrokerUnavailable as error:
-        raise JobNotQueued(*error.args) from error
+    lifecycle.enqueue_committed(session, DatasetJob, [job], queue.enqueue_job)
     return job
 
 

@@ -18,11 +18,12 @@ Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, Ru
 
 
 class BrokerUnavailable(RuntimeError):
-    """The row was saved but its id could not be sent to the broker."""
+    """The row was saved but its id could not be sent to the broker. No longer raised when a row
+    is submitted (it stays queued, awaiting the broker: enqueue_committed); kept for callers."""
 
     # What the API tells the client (backend/api/errors.py); the broker's own message, which can
     # carry its address, goes to the server log only.
-    public_message = "the broker is unreachable: the run was saved as failed; try again shortly"
+    public_message = "the broker is unreachable: the run was saved and is sent once the broker is back"
 
 
 class AlreadyFinished(RuntimeError):
@@ -32,35 +33,46 @@ class AlreadyFinished(RuntimeError):
 def mark_sent(session: Session, model: type[Leased], ids: Sequence[int]) -> None:
     if ids:
         session.execute(update(model).where(model.id.in_(list(ids)), model.awaiting_broker_since.is_not(None))
-                        .values(awaiting_broker_since=None))
+                        .values(awaiting_broker_since=None, broker_error=None))
         session.commit()
 
 
-def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leased], send: Send) -> None:
-    """Send the ids of rows already committed (queued, awaiting the broker), in order. If the
-    broker cannot be reached, the rows not sent are marked failed (not left queued forever) and
-    BrokerUnavailable is raised."""
+def broker_failure(error: Exception) -> str:
+    # What the page shows; the broker's own message can carry its address (kept in the log).
+    return f"the broker could not be reached ({type(error).__name__})"
+
+
+def mark_unsent(session: Session, model: type[Leased], ids: Sequence[int], error: Exception) -> None:
+    """Rows whose id could not be sent stay queued, marked with why: the reconcile step sends
+    them at its next pass (reconcile.send_awaiting), and the page says they wait for the broker."""
+    if ids:
+        session.execute(update(model).where(model.id.in_(list(ids)), model.state == State.queued)
+                        .values(broker_error=broker_failure(error)))
+        session.commit()
+
+
+def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leased], send: Send) -> bool:
+    """Send the ids of rows already committed (queued, awaiting the broker), in order; True when
+    all were sent. If the broker cannot be reached, the rows not sent stay queued and are marked
+    awaiting the broker (the outbox): nothing is lost or failed, and the reconcile step sends
+    them once it is back."""
     sent: list[int] = []
     for index, row in enumerate(rows):
         try:
             send(row.id)
         except Exception as error:  # the broker is down or misconfigured
-            log.error("could not send %s %s to the broker: %s", model.noun, row.id, error)
+            log.error("could not send %s %s to the broker (%d wait for it): %s", model.noun, row.id,
+                      len(rows) - index, error)
             mark_sent(session, model, sent)
-            unsent = [r.id for r in rows[index:]]
-            session.execute(
-                update(model).where(model.id.in_(unsent), model.state == State.queued)
-                .values(state=State.failed, finished_at=utcnow(), awaiting_broker_since=None,
-                        error=f"could not send the {model.noun} to the broker: {type(error).__name__}")
-            )
-            session.commit()
-            for r in rows[index:]:
+            mark_unsent(session, model, [r.id for r in rows[index:]], error)
+            for r in rows:
                 session.refresh(r)
-            raise BrokerUnavailable(str(error)) from error
+            return False
         sent.append(row.id)
     mark_sent(session, model, sent)
     for row in rows:
         session.refresh(row)
+    return True
 
 
 def queue_again_from_scratch(row: Leased) -> None:
@@ -72,6 +84,7 @@ def queue_again_from_scratch(row: Leased) -> None:
     row.worker = None
     row.worker_losses = 0
     row.awaiting_broker_since = utcnow()
+    row.broker_error = None
     row.error = row.error_detail = None
 
 

@@ -41,6 +41,9 @@ class Leased:
     # Set while the row is queued in the database but its id may not have reached the broker
     # (the sender could die in between): the reconcile step sends it again after a while.
     awaiting_broker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when sending its id failed (the broker is down): the row stays queued, the page says it
+    # waits for the broker, and the reconcile step sends it at its next pass. Why it failed.
+    broker_error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
@@ -48,6 +51,11 @@ class Leased:
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def awaiting_broker(self) -> bool:
+        """Queued, saved, but its id could not be sent yet: the broker is down."""
+        return self.state == State.queued and self.broker_error is not None
 
 
 def describe_holder(row: Leased) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from .api import Send, mark_sent
+from .api import Send, mark_sent, mark_unsent
 from .models import Leased, State, describe_holder
 
 log = logging.getLogger("missmod.reconcile")
@@ -39,7 +39,8 @@ def send_awaiting(session: Session, model: type[Leased], send: Send, *, queued_b
     duplicate message is harmless: a worker starts a row only once (lease.claim)."""
     query = select(model.id).where(
         model.state == State.queued, model.awaiting_broker_since.is_not(None),
-        or_(model.awaiting_broker_since < queued_before, model.id.in_(also)),
+        # broker_error: its sender found the broker down; nobody else is about to send it.
+        or_(model.awaiting_broker_since < queued_before, model.broker_error.is_not(None), model.id.in_(also)),
     ).order_by(model.id)
     sent = []
     for row_id in session.scalars(query).all():
@@ -47,6 +48,7 @@ def send_awaiting(session: Session, model: type[Leased], send: Send, *, queued_b
             send(row_id)
         except Exception as error:  # the broker is down: the next pass tries again
             log.warning("could not send %s %s to the broker (will retry): %s", model.noun, row_id, error)
+            mark_unsent(session, model, [row_id], error)
             break
         mark_sent(session, model, [row_id])
         sent.append(row_id)

@@ -6,6 +6,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from backend.db import make_engine
+from backend.catalog import models as catalog_models  # noqa: F401
 from backend import browser_sessions  # noqa: F401  (registers the tables)
 from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)

@@ -1,49 +1,134 @@
-"""A run's files (its checkpoint, and whatever else a worker writes for it) under
-ARTIFACT_DIR/runs/<id>/, listed and served by the API. The requested path comes from the URL,
-so it is resolved inside that directory or refused (training/paths.py)."""
+"""A run's files in the artifact store (backend/storage.py), under `runs/<id>/`: its checkpoints,
+its confusion matrix, whatever else a worker writes for it. The API lists, serves and deletes
+them from the store, whichever host trained the run. The requested path comes from the URL, so
+it is refused unless it is a plain relative path inside the run's folder (storage.clean_key).
+
+Checkpoints are keyed by run id *and attempt* (`runs/<id>/checkpoints/attempt-<n>.pt`): a worker
+writes only under its own attempt, so a worker taken for dead that is still finishing an epoch
+can never overwrite the checkpoint of the attempt that replaced it, and a retried run (which
+starts over) ignores every attempt before the retry even if deleting their files failed.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.paths import PathOutsideRoot, inside
 
-from ..settings import Settings
+from ..storage import ArtifactStore, InvalidKey, StoredFile, clean_key, store_for
 
-__all__ = ["Artifact", "PathOutsideRoot", "artifact_file", "list_artifacts", "run_artifact_dir"]
+__all__ = ["Artifact", "PathOutsideRoot", "RunCheckpoints", "artifact_store", "list_artifacts", "remove_run_files",
+           "run_artifact_dir", "run_prefix", "write_run_file"]
+
+log = logging.getLogger("missmod.artifacts")
+
+CHECKPOINTS = "checkpoints"
+_ATTEMPT_FILE = re.compile(r"^attempt-(\d+)\.pt$")
 
 
 @dataclass
 class Artifact:
-    path: str  # relative to the run's directory, with '/'
+    path: str  # relative to the run's folder, with '/'
     size: int
 
 
+def artifact_store(where) -> ArtifactStore:
+    """The store from Settings, a store, or a folder (the local default, as older callers pass it)."""
+    if isinstance(where, ArtifactStore):
+        return where
+    if isinstance(where, (str, Path)):
+        return ArtifactStore(str(where))
+    return store_for(where)
+
+
+def run_prefix(run_id: int) -> str:
+    return f"runs/{int(run_id)}"
+
+
 def run_artifact_dir(artifact_dir: Path, run_id: int) -> Path:
-    """ARTIFACT_DIR/runs/<id>: the checkpoint a redelivered run resumes from, and its other files."""
-    return inside(artifact_dir, f"runs/{int(run_id)}")
+    """ARTIFACT_DIR/runs/<id>: the run's folder when the store is the local default."""
+    return inside(artifact_dir, run_prefix(run_id))
 
 
-def _visible(path: Path, root: Path) -> bool:
-    # Temporary files of an atomic write start with '.'; links are never followed out.
-    relative = path.relative_to(root)
-    return (path.is_file() and not path.is_symlink()
-            and not any(part.startswith(".") for part in relative.parts))
+def list_artifacts(where, run_id: int) -> list[Artifact]:
+    return [Artifact(f.key, f.size) for f in artifact_store(where).list(run_prefix(run_id))]
 
 
-def list_artifacts(settings: Settings, run_id: int) -> list[Artifact]:
-    root = run_artifact_dir(settings.artifact_dir, run_id)
-    if not root.is_dir():
-        return []
-    return [Artifact(path.relative_to(root).as_posix(), path.stat().st_size)
-            for path in sorted(root.rglob("*")) if _visible(path, root)]
+def artifact_key(run_id: int, relative: str) -> str:
+    """The store key of a run's file named in a URL; InvalidKey (a PathOutsideRoot) when it is not
+    a plain relative path."""
+    return f"{run_prefix(run_id)}/{clean_key(relative)}"
 
 
-def artifact_file(settings: Settings, run_id: int, relative: str) -> Path:
-    """The file, or PathOutsideRoot (the path leaves the run's directory) or FileNotFoundError."""
-    root = run_artifact_dir(settings.artifact_dir, run_id)
-    path = inside(root, relative)
-    if not path.exists() or not _visible(path, root):
-        raise FileNotFoundError(relative)
-    return path
+def write_run_file(where, run_id: int, name: str, data: bytes) -> None:
+    artifact_store(where).write_bytes(artifact_key(run_id, name), data)
+
+
+def write_confusion(where, run_id: int, epoch: int, classes: list[str], counts: list[list[int]]) -> None:
+    """The final confusion matrix as a file beside the checkpoints, for scripts that sync a run's
+    folder (the API serves the same numbers from the database)."""
+    body = json.dumps({"epoch": epoch, "classes": classes, "counts": counts}).encode()
+    write_run_file(where, run_id, "confusion.json", body)
+
+
+def remove_run_files(where, run_ids: Iterable[int]) -> None:
+    """Delete the runs' folders from the store. A store that cannot be reached is logged, not raised:
+    the rows are already gone, and a retried run ignores older attempts' checkpoints anyway."""
+    if where is None:
+        return
+    store = artifact_store(where)
+    for run_id in run_ids:
+        try:
+            store.delete_prefix(run_prefix(run_id))
+        except Exception as error:  # the object store is down: the files stay, orphaned but harmless
+            log.error("could not delete the files of run %s from %s: %s", run_id, store, error)
+
+
+class RunCheckpoints:
+    """The checkpoint target the training library writes to and resumes from (training/checkpoint.py
+    takes any object with `read_bytes()` and `write_bytes(data)`): writes go to this attempt's key;
+    reads take the newest earlier attempt's checkpoint, among those after `resume_after_attempt`
+    (a retry sets it, so a retried run starts over)."""
+
+    def __init__(self, where, run_id: int, attempt: int, resume_after_attempt: int = 0):
+        self.store = artifact_store(where)
+        self.run_id, self.attempt, self.resume_after_attempt = int(run_id), int(attempt), int(resume_after_attempt)
+        self.prefix = f"{run_prefix(run_id)}/{CHECKPOINTS}"
+        self._pruned = False
+
+    def key(self, attempt: int) -> str:
+        return f"{self.prefix}/attempt-{int(attempt)}.pt"
+
+    def attempts_stored(self) -> list[int]:
+        found = (_ATTEMPT_FILE.match(f.key) for f in self.store.list(self.prefix))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def read_bytes(self) -> bytes | None:
+        """This attempt's checkpoint if it wrote one, else the newest usable earlier one; None: start over."""
+        usable = [a for a in self.attempts_stored() if self.resume_after_attempt < a <= self.attempt]
+        for attempt in reversed(usable):
+            try:
+                return self.store.read_bytes(self.key(attempt))
+            except FileNotFoundError:  # deleted meanwhile (the run was retried or deleted)
+                continue
+        return None
+
+    def write_bytes(self, data: bytes) -> None:
+        self.store.write_bytes(self.key(self.attempt), data)
+        if not self._pruned:
+            # Once this attempt has a checkpoint, the earlier ones are history (one listing per attempt).
+            for attempt in self.attempts_stored():
+                if attempt < self.attempt:
+                    self.store.delete(self.key(attempt))
+            self._pruned = True
+
+    def __repr__(self) -> str:
+        return f"RunCheckpoints({self.store.url!r}, run {self.run_id}, attempt {self.attempt})"
+
+
+__all__ += ["InvalidKey", "StoredFile", "artifact_key", "write_confusion"]

@@ -32,7 +32,8 @@ class Run(Leased, Base):
     __tablename__ = "runs"
     # A deleted run's id is never given to another run (SQLite reuses the highest id otherwise;
     # PostgreSQL's sequence never does).
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),
+                      {"sqlite_autoincrement": True})
     noun = "run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -61,6 +62,10 @@ class Run(Leased, Base):
     # Where the worker is inside the current epoch (step, steps, samples/s, ETA), written with
     # each batch of points; shown while the run is running (RunOut.progress).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Checkpoints of attempts up to this one are not resumed from (a retry starts over).
+    resume_after_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # Deleting a sweep deletes its runs (the API can detach them first to keep them).
     sweep_id: Mapped[int | None] = mapped_column(

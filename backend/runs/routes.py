@@ -16,8 +16,10 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
+from ..catalog import registry
 from ..live import client_address
 from ..sweeps.export import SafeCSVWriter
 from ..sweeps.models import Sweep
@@ -35,14 +37,32 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
-BROKER_DOWN = {503: {"description": "The broker could not be reached; the run is marked failed"}}
+# Kept for the routes that list it: with the broker down, runs now wait for it instead (no 503).
+BROKER_DOWN: dict = {}
+AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could not be reached: the run waits for "
+                                         "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=BROKER_DOWN)
-def create_run(payload: RunCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
-    """Create a run and queue it for a worker."""
-    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options()))
-    return RunOut.model_validate(service.create_run(session, payload, queue))
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
+             responses={**AWAITING_BROKER, **idempotency.REPLAYED})
+def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+               settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> RunOut:
+    """Create a run and queue it for a worker. 201 when its id reached the broker; 202 when the
+    broker is down and the run waits for it (it is saved, nothing to retry)."""
+    key = idempotency.checked_key(idempotency_key)
+    # Datasets made by a job on any host count too (the shared registry, backend/catalog/registry.py).
+    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
+                                                  registry.lookup(session)))
+    run, created = idempotency.create_once(session, key, lambda k: service.run_by_idempotency_key(session, k),
+                                           lambda: service.create_run(session, payload, queue, key))
+    if not created:
+        if run.spec != payload.training_spec() or (payload.name and payload.name != run.name):
+            raise idempotency.reused_for_another_request(key)
+        response.status_code = status.HTTP_200_OK
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    elif run.awaiting_broker:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return RunOut.model_validate(run)
 
 
 CSV_PAGE = 500
@@ -93,7 +113,7 @@ def _bulk_result(outcome: service.BulkOutcome) -> BulkResult:
 @router.post("/bulk-delete", response_model=BulkResult)
 def bulk_delete_runs(payload: RunIds, session: SessionDep, settings: SettingsDep) -> BulkResult:
     """Delete many runs in one request (runs still training are stopped)."""
-    return _bulk_result(service.bulk_delete(session, payload.ids, settings.artifact_dir))
+    return _bulk_result(service.bulk_delete(session, payload.ids, settings))
 
 
 @router.post("/bulk-cancel", response_model=BulkResult)
@@ -107,7 +127,7 @@ def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep
 @router.post("/bulk-retry", response_model=BulkResult, responses=BROKER_DOWN)
 def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
     """Queue many failed or cancelled runs again; the others are listed as refused."""
-    return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings.artifact_dir))
+    return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings))
 
 
 @router.get("", response_model=RunPage, responses=CSV)
@@ -186,18 +206,18 @@ def update_run(run_id: RunId, payload: RunUpdate, session: SessionDep) -> RunOut
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete a run with its metrics, confusion matrix and files. A run still training is stopped."""
-    if not service.delete_runs(session, [run_id], settings.artifact_dir):
+    if not service.delete_runs(session, [run_id], settings):
         raise service.RunNotFound(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{run_id}/retry", response_model=RunOut,
-             responses={**NOT_FOUND, **BROKER_DOWN, 409: {"description": "The run is not failed or cancelled"}})
+             responses={**NOT_FOUND, 409: {"description": "The run is not failed or cancelled"}})
 def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
-    and checkpoint are cleared."""
+    and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
     try:
-        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings.artifact_dir))
+        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
     except service.RunNotRetryable as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
@@ -360,10 +380,15 @@ def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Run
     return RunOut.model_validate(run)
 
 
+def _run_exists(sessions, run_id: int) -> None:
+    with sessions() as session:
+        service.get_run(session, run_id)
+
+
 @router.get("/{run_id}/stream", responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `metrics` (new points; the event id is the cursor), "
                                  "`run` (the run whenever it changes), `end` (finished, nothing more to send)")
-def stream_run(
+async def stream_run(
     run_id: RunId,
     request: Request,
     after: int = Query(0, ge=0, le=MAX_CURSOR, description="Send only points after this cursor"),
@@ -372,8 +397,7 @@ def stream_run(
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
     # A session of its own, closed before the stream starts: a request-scoped one would hold a
     # pooled connection for as long as the client watches (backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_run(session, run_id)
+    await request.app.state.stream_slots.look_up(_run_exists, request.app.state.sessions, run_id)
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
         after = max(after, int(last_event_id))
     slot = request.app.state.stream_slots.take(client_address(request))
@@ -392,12 +416,24 @@ def list_artifacts(run_id: RunId, session: SessionDep, settings: SettingsDep) ->
             responses={**NOT_FOUND, 400: {"description": "The path leaves the run's directory"}})
 def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       path: str = Path(max_length=1000, description="As listed by GET /api/runs/{run_id}/artifacts")
-                      ) -> FileResponse:
+                      ) -> Response:
+    """From the artifact store, whichever host wrote it."""
     service.get_run(session, run_id)
+    store = artifacts.artifact_store(settings)
     try:
-        file = artifacts.artifact_file(settings, run_id, path)
+        key = artifacts.artifact_key(run_id, path)
+        local = store.local_path(key)
+        if local is None:
+            size = store.size(key)
+        elif not local.is_file() or local.is_symlink():
+            raise FileNotFoundError(path)
     except artifacts.PathOutsideRoot:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
     except FileNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
-    return FileResponse(file, media_type="application/octet-stream", filename=file.name)
+    filename = path.rpartition("/")[2].replace('"', "")
+    if local is not None:
+        return FileResponse(local, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(store.iter_chunks(key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(size),
+                                      "Content-Disposition": f'attachment; filename="{filename}"'})

@@ -56,6 +56,9 @@ class RunOut(BaseModel):
     worker: str | None
     attempts: int = Field(description="Times a worker started it")
     worker_losses: int = Field(description="Times its worker died and it was queued again (or failed)")
+    awaiting_broker: bool = Field(False, description="Queued and saved, but waiting for the broker (it was down when "
+                                                     "the run was submitted or queued again); sent when it is back")
+    broker_error: str | None = Field(None, description="Why its id could not be sent yet, while awaiting_broker")
     needs_own_slot: bool = Field(False, description="It ran out of memory beside other runs on its GPU: it is "
                                                     "trained with the GPU to itself")
     cancel_requested: bool

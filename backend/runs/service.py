@@ -9,11 +9,9 @@ import base64
 import binascii
 import json
 import math
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
 
 from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -24,7 +22,7 @@ from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  #
 from ..queue import RunQueue
 from ..sweeps.models import Sweep
 from . import query as run_query
-from .artifacts import run_artifact_dir
+from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
 from .downsample import downsample_min_max
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import ExternalRunCreate, RunCreate
@@ -47,7 +45,7 @@ def default_run_name(spec: RunCreate) -> str:
     return f"{spec.method}-{spec.fusion} {spec.dataset} {spec.missing_modality}@{spec.missing_rate:g} s{spec.seed}"
 
 
-def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
+def new_run(payload: RunCreate, sweep_id: int | None = None, idempotency_key: str | None = None) -> Run:
     """The row of a validated spec, not yet added to a session. It counts as awaiting the
     broker until its id is sent: if the sender dies in between, the reconcile step sends it."""
     now = utcnow()
@@ -59,25 +57,29 @@ def new_run(payload: RunCreate, sweep_id: int | None = None) -> Run:
         created_at=now,
         awaiting_broker_since=now,
         sweep_id=sweep_id,
+        idempotency_key=idempotency_key,
     )
 
 
-def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> None:
-    """Send the ids of runs already committed, in order; the runs not sent are marked failed
-    and BrokerUnavailable is raised if the broker cannot be reached."""
-    lifecycle.enqueue_committed(session, Run, runs, queue.enqueue)
+def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> bool:
+    """Send the ids of runs already committed, in order; True when all were sent. If the broker
+    cannot be reached, the runs not sent stay queued, awaiting the broker (lifecycle/api.py)."""
+    return lifecycle.enqueue_committed(session, Run, runs, queue.enqueue)
 
 
-def create_run(session: Session, payload: RunCreate, queue: RunQueue) -> Run:
+def create_run(session: Session, payload: RunCreate, queue: RunQueue, idempotency_key: str | None = None) -> Run:
     """Commit the run, then send its id: a worker never sees an id that is not in the
-    database. If the broker cannot be reached the run is marked failed, not left queued."""
-    run = new_run(payload)
+    database. If the broker cannot be reached the run stays queued, awaiting the broker
+    (`run.awaiting_broker`). A key already taken raises IntegrityError (see api/idempotency.py)."""
+    run = new_run(payload, idempotency_key=idempotency_key)
     session.add(run)
     session.commit()
     enqueue_committed(session, [run], queue)
     return run
 
 
+def run_by_idempotency_key(session: Session, key: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.idempotency_key == key))
 def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
     """Record a run trained elsewhere, finished, in one transaction: the row (marked external,
     never sent to a worker), its points and its confusion matrix."""
@@ -242,16 +244,15 @@ def update_run(session: Session, run_id: int, changes: Mapping[str, object]) -> 
     return run
 
 
-def remove_artifacts(artifact_dir: Path | None, run_ids: Iterable[int]) -> None:
-    if artifact_dir is not None:
-        for run_id in run_ids:
-            shutil.rmtree(run_artifact_dir(artifact_dir, run_id), ignore_errors=True)
+def remove_artifacts(artifact_store, run_ids: Iterable[int]) -> None:
+    """The runs' files in the artifact store (a Settings, a store, or a local folder)."""
+    remove_run_files(artifact_store, run_ids)
 
 
 RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and a sweep's retry) takes
 
 
-def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> Run:
+def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
     result in the same cell), from scratch. Its old points and matrix are removed first:
     points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
@@ -266,6 +267,8 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
     session.execute(delete(SystemMetricPoint).where(SystemMetricPoint.run_id == run_id))
     session.expire(run, ["confusion"])
     lifecycle.queue_again_from_scratch(run)
+    # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
+    run.resume_after_attempt = run.attempts
     run.epochs_completed = 0
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
     run.info = None
@@ -277,7 +280,7 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir: Path
     return run
 
 
-def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir: Path | None = None) -> int:
+def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir=None) -> int:
     """Delete runs with their points, matrices and tags (by the database's cascades) and their
     files. A worker still training one of them fails its next write and stops."""
     ids = list(run_ids)

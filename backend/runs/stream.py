@@ -128,8 +128,14 @@ class RunHub:
                 more_waiting |= run.full
                 # What a poll sends a client, encoded once for all the clients it is the same for
                 # (most are at the same cursor): keyed by (new points, run changed, ended).
-                chunks: dict[tuple[int, bool, bool], bytes] = {}
+                chunks: dict[tuple[int, int, bool, bool], bytes] = {}
                 for subscriber in list(self.watching.get(run_id, ())):
+                    if subscriber.cursor < cursors[run_id]:
+                        # Joined while this poll read the database, behind the cursor it read from:
+                        # the points in between were not read. The next poll (at once) serves it;
+                        # delivering now would skip them and could end its stream without them.
+                        self._someone_joined.set()
+                        continue
                     self._deliver(subscriber, run, chunks)
             if not more_waiting:
                 try:
@@ -137,7 +143,8 @@ class RunHub:
                 except TimeoutError:
                     pass
 
-    def _deliver(self, subscriber: RunSubscriber, run: Found, chunks: dict[tuple[int, bool, bool], bytes]) -> None:
+    def _deliver(self, subscriber: RunSubscriber, run: Found,
+                 chunks: dict[tuple[int, int, bool, bool], bytes]) -> None:
         if run.run_json is None:
             subscriber.send(encode("gone", json.dumps({"run_id": subscriber.run_id})))
             subscriber.close()
@@ -153,8 +160,9 @@ class RunHub:
             new = [p for p in points if p.id > subscriber.cursor]
         run_changed = run.run_json != subscriber.last_run_json
         ended = not run.full and run.state in TERMINAL_STATES
-        key = (len(new), run_changed, ended)
-        if key != (0, False, False):
+        # Two clients at different cursors can have as many new points, not the same ones.
+        key = (new[0].id if new else 0, len(new), run_changed, ended)
+        if key != (0, 0, False, False):
             if key not in chunks:
                 parts = [_points_event(new)] if new else []
                 if run_changed:

@@ -7,7 +7,7 @@ show them next to the field, whichever endpoint produced them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,12 @@ class DatasetCatalog:
     """The catalogue entry of each dataset, looked up once per request (a sweep asks for the
     same dataset for every combination). Call it for a dataset's modalities (None: unknown)."""
 
-    def __init__(self, data_dir: Path | None, video: Any = None):
+    def __init__(self, data_dir: Path | None, video: Any = None,
+                 registered: Callable[[str], DatasetInfo | None] | None = None):
         self.data_dir = data_dir
         self.video = video  # where the raw audio-visual datasets are (Settings.video_options())
+        # Datasets made by a job on any host, from the shared registry (backend/catalog/registry.py).
+        self.registered = registered
         self._infos: dict[str, DatasetInfo | None] = {}
 
     def info(self, name: str) -> DatasetInfo | None:
@@ -44,7 +47,7 @@ class DatasetCatalog:
             try:
                 self._infos[name] = dataset_info(name, self.data_dir, self.video)
             except UnknownDatasetError:
-                self._infos[name] = None
+                self._infos[name] = self.registered(name) if self.registered is not None else None
         return self._infos[name]
 
     def __call__(self, name: str) -> tuple[str, ...] | None:

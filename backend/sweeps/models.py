@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
@@ -15,6 +15,7 @@ from ..db import Base, UTCDateTime, utcnow
 
 class Sweep(Base):
     __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_sweeps_idempotency_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -26,6 +27,8 @@ class Sweep(Base):
     # The preset request: which real modality plays the paper's "visual" and "audio", seeds,
     # epochs, and what was left out because the training library lacks it.
     preset_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A script's `Idempotency-Key` on POST /api/sweeps: the same key again returns this sweep.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # When its last run finished; cleared when a run of it is queued again. Set by one
     # conditional update, so the sweep-finished notification goes out once.
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -11,8 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import Offset, SweepId, id_cursor
+from ..catalog import registry
 from ..live import client_address
 from ..runs.validation import DatasetCatalog, Refused
 from . import service
@@ -44,43 +46,65 @@ router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 presets_router = APIRouter(prefix="/api/presets", tags=["presets"])
 
 NOT_FOUND = {404: {"description": "No sweep with this id"}}
-BROKER_DOWN = {503: {"description": "The broker could not be reached; the runs not sent are marked failed"}}
+AWAITING_BROKER = {202: {"description": "Saved with all its runs, but the broker could not be reached: the runs not "
+                                         "sent wait for it (`awaiting_broker`) and are sent when it is back"}}
 
 
 def _sweep_out(session, sweep) -> SweepOut:
     return SweepOut.of(sweep, service.progress_of(session, [sweep.id])[sweep.id])
 
 
-def _created(session, queue, plan: SweepPlan, **sweep_fields) -> SweepCreated:
-    sweep, runs = service.create_sweep(session, queue, plan, **sweep_fields)
+def _created(session, queue, response: Response, plan: SweepPlan, key: str | None, **sweep_fields) -> SweepCreated:
+    """201 when every run id reached the broker; 202 when some wait for it (the broker is down);
+    200 when an earlier request with the same Idempotency-Key created the sweep (nothing created now)."""
+    sweep, created = idempotency.create_once(
+        session, key, lambda k: service.sweep_by_idempotency_key(session, k),
+        lambda: service.create_sweep(session, queue, plan, idempotency_key=key, **sweep_fields)[0])
+    runs = service.runs_of(session, sweep.id)
+    if not created:
+        if sweep.grid != sweep_fields["grid"] or sweep.preset != sweep_fields.get("preset"):
+            raise idempotency.reused_for_another_request(key)
+        response.status_code = status.HTTP_200_OK
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    awaiting = [r.id for r in runs if r.awaiting_broker]
+    if created and awaiting:
+        response.status_code = status.HTTP_202_ACCEPTED
     return SweepCreated(**_sweep_out(session, sweep).model_dump(), run_ids=[r.id for r in runs],
-                        left_out=[InvalidCombinations.model_validate(g) for g in plan.invalid])
+                        left_out=[InvalidCombinations.model_validate(g) for g in plan.invalid],
+                        awaiting_broker=awaiting)
 
 
-def _plan(payload: SweepCreate, settings) -> tuple[SweepPlan, str]:
+def _catalog(settings, session) -> DatasetCatalog:
+    return DatasetCatalog(settings.data_dir, settings.video_options(), registry.lookup(session))
+
+
+def _plan(payload: SweepCreate, settings, session) -> tuple[SweepPlan, str]:
     grid = payload.grid()
-    plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir, settings.video_options()))
+    plan = plan_sweep(expand_grid(grid), _catalog(settings, session))
     return plan, payload.name or service.default_sweep_name(grid, len(plan.runs))
 
 
 @router.post("/preview", response_model=SweepPreview)
-def preview_sweep(payload: SweepCreate, settings: SettingsDep) -> SweepPreview:
+def preview_sweep(payload: SweepCreate, settings: SettingsDep, session: SessionDep) -> SweepPreview:
     """How many runs the grid would create and which combinations are invalid; writes nothing."""
-    plan, name = _plan(payload, settings)
+    plan, name = _plan(payload, settings, session)
     return SweepPreview(combinations=plan.combinations, runs=len(plan.runs),
                         invalid=[InvalidCombinations.model_validate(g) for g in plan.invalid],
                         would_refuse=plan.refusal(payload.skip_invalid) is not None, name=name)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
-             responses={**BROKER_DOWN, 422: {"description": "A field or a combination is invalid; nothing written"}})
-def create_sweep(payload: SweepCreate, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> SweepCreated:
+             responses={**AWAITING_BROKER, **idempotency.REPLAYED,
+                        422: {"description": "A field or a combination is invalid; nothing written"}})
+def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+                 settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Expand the grid into runs, commit them all, then queue them (seed by seed)."""
-    plan, name = _plan(payload, settings)
+    key = idempotency.checked_key(idempotency_key)
+    plan, name = _plan(payload, settings, session)
     errors = plan.refusal(payload.skip_invalid)
     if errors:
         raise Refused(errors)
-    return _created(session, queue, plan, name=name, grid=payload.grid())
+    return _created(session, queue, response, plan, key, name=name, grid=payload.grid())
 
 
 @router.get("", response_model=SweepPage)
@@ -107,14 +131,14 @@ def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
 def delete_sweep(sweep_id: SweepId, session: SessionDep, settings: SettingsDep,
                  keep_runs: bool = Query(False, description="Keep the runs (detached from any sweep)")) -> Response:
     """Delete the sweep and its runs with their files (runs still training are stopped)."""
-    service.delete_sweep(session, sweep_id, keep_runs, settings.artifact_dir)
+    service.delete_sweep(session, sweep_id, keep_runs, settings)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses={**NOT_FOUND, **BROKER_DOWN})
+@router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses=NOT_FOUND)
 def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
-    return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings.artifact_dir))
+    return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings))
 
 
 ReferenceParam = Query(None, max_length=200, description=(
@@ -181,14 +205,18 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
 
 
+def _sweep_exists(sessions, sweep_id: int) -> None:
+    with sessions() as session:
+        service.get_sweep(session, sweep_id)
+
+
 @router.get("/{sweep_id}/stream",
             responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
+async def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
     """Live updates of a sweep as its runs progress and finish."""
     # A session of its own, closed before the stream starts (see backend/live.py).
-    with request.app.state.sessions() as session:
-        service.get_sweep(session, sweep_id)
+    await request.app.state.stream_slots.look_up(_sweep_exists, request.app.state.sessions, sweep_id)
     slot = request.app.state.stream_slots.take(client_address(request))
     return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
                                background=BackgroundTask(slot.release))
@@ -197,8 +225,8 @@ def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
 # --- presets ----------------------------------------------------------------------------
 
 
-def _preset_plan(name: str, request: PresetRequest, settings) -> PresetRequestPlan:
-    catalog = DatasetCatalog(settings.data_dir, settings.video_options())
+def _preset_plan(name: str, request: PresetRequest, settings, session) -> PresetRequestPlan:
+    catalog = _catalog(settings, session)
     return plan_preset_request(get_preset(name), request, catalog)
 
 
@@ -209,9 +237,9 @@ def list_presets() -> list[PresetOut]:
 
 
 @presets_router.post("/{name}/preview", response_model=PresetPreview, responses={404: {"description": "No such preset"}})
-def preview_preset(name: str, request: PresetRequest, settings: SettingsDep) -> PresetPreview:
+def preview_preset(name: str, request: PresetRequest, settings: SettingsDep, session: SessionDep) -> PresetPreview:
     """How many runs the preset would create on this dataset, and what it lacks; writes nothing."""
-    plan = _preset_plan(name, request, settings)
+    plan = _preset_plan(name, request, settings, session)
     return PresetPreview(runs=len(plan.sweep_plan.runs), roles=plan.preset_plan.roles,
                          missing_methods=plan.preset_plan.missing_methods,
                          missing_features=plan.preset_plan.missing_features, left_out=plan.preset_plan.left_out,
@@ -219,16 +247,18 @@ def preview_preset(name: str, request: PresetRequest, settings: SettingsDep) -> 
 
 
 @presets_router.post("/{name}/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
-                     responses={**BROKER_DOWN, 404: {"description": "No such preset"},
+                     responses={**AWAITING_BROKER, **idempotency.REPLAYED, 404: {"description": "No such preset"},
                                 422: {"description": "The preset needs methods the training library lacks "
                                                      "(unless only_available), or a field is invalid"}})
-def create_preset_sweep(name: str, request: PresetRequest, session: SessionDep, queue: RunQueueDep,
-                        settings: SettingsDep) -> SweepCreated:
+def create_preset_sweep(name: str, request: PresetRequest, response: Response, session: SessionDep,
+                        queue: RunQueueDep, settings: SettingsDep,
+                        idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Create the sweep of a paper experiment on the dataset given, in one call."""
-    plan = _preset_plan(name, request, settings)
+    key = idempotency.checked_key(idempotency_key)
+    plan = _preset_plan(name, request, settings, session)
     if plan.refusal:
         raise Refused(plan.refusal)
     options = {**request.model_dump(exclude={"name"}), "roles": plan.preset_plan.roles,
                "left_out": plan.preset_plan.left_out}
-    return _created(session, queue, plan.sweep_plan, name=plan.name, grid=plan.grid(), preset=plan.preset.name,
-                    preset_options=options)
+    return _created(session, queue, response, plan.sweep_plan, key, name=plan.name, grid=plan.grid(),
+                    preset=plan.preset.name, preset_options=options)

@@ -174,6 +174,8 @@ class _WithProgress:
 
 class SweepCreated(SweepOut):
     run_ids: list[int]
+    awaiting_broker: list[int] = Field(default_factory=list, description="Runs saved and queued but waiting for the "
+                                       "broker (it was down); sent as soon as it is back")
     left_out: list[InvalidCombinations] = Field(description="Combinations left out by skip_invalid")
 
 
@@ -415,3 +417,4 @@ class SweepRunOut(BaseModel):
     epochs: int | None
     test_accuracy: float | None
     best_epoch: int | None
+    awaiting_broker: bool = False  # queued, saved, waiting for the broker (it was down)

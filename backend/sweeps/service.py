@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -30,15 +29,6 @@ class SweepNotFound(LookupError):
     pass
 
 
-class SweepNotAllQueued(runs.BrokerUnavailable):
-    public_message = ("the sweep was saved but its runs could not all be queued: the broker is unreachable; "
-                      "the runs not queued are marked failed (retry them from the sweep page)")
-
-
-class RetryNotAllQueued(runs.BrokerUnavailable):
-    public_message = "the broker is unreachable: the runs not queued are marked failed; try again shortly"
-
-
 def _plural(field: str) -> str:
     words = field.replace("_", " ")
     if words.endswith("s"):
@@ -54,21 +44,29 @@ def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
 
 
 def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
-                 preset: str | None = None, preset_options: dict[str, Any] | None = None) -> tuple[Sweep, list[Run]]:
+                 preset: str | None = None, preset_options: dict[str, Any] | None = None,
+                 idempotency_key: str | None = None) -> tuple[Sweep, list[Run]]:
     """One transaction writes the sweep and all its runs; only then are the run ids sent, in
-    order. A sweep is never half-created; if the broker fails midway, the runs not sent are
-    marked failed (and can be retried) and the error is raised."""
-    sweep = Sweep(name=name, created_at=utcnow(), grid=grid, preset=preset, preset_options=preset_options)
+    order. A sweep is never half-created; if the broker fails midway, the runs not sent stay
+    queued, awaiting the broker (`run.awaiting_broker`), and the reconcile step sends them when it
+    is back. A key already taken raises IntegrityError (see api/idempotency.py)."""
+    sweep = Sweep(name=name, created_at=utcnow(), grid=grid, preset=preset, preset_options=preset_options,
+                  idempotency_key=idempotency_key)
     session.add(sweep)
     session.flush()
     rows = [runs.new_run(payload, sweep_id=sweep.id) for payload in plan.runs]
     session.add_all(rows)
     session.commit()
-    try:
-        runs.enqueue_committed(session, rows, queue)
-    except runs.BrokerUnavailable as error:
-        raise SweepNotAllQueued(*error.args) from error
+    runs.enqueue_committed(session, rows, queue)
     return sweep, rows
+
+
+def sweep_by_idempotency_key(session: Session, key: str) -> Sweep | None:
+    return session.scalar(select(Sweep).where(Sweep.idempotency_key == key))
+
+
+def runs_of(session: Session, sweep_id: int) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)))
 
 
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
@@ -107,7 +105,7 @@ def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
     return sweeps[:limit], int(total), next_cursor
 
 
-def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir: Path | None = None) -> None:
+def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir=None) -> None:
     """Delete the sweep and, by the database's cascade, its runs and then their files — or
     keep the runs, detached."""
     get_sweep(session, sweep_id)
@@ -119,16 +117,14 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
     runs.remove_artifacts(artifact_dir, run_ids)
 
 
-def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir: Path | None = None) -> list[int]:
-    """Queue every failed or cancelled run of the sweep again, from scratch."""
+def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=None) -> list[int]:
+    """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
+    they wait for it)."""
     get_sweep(session, sweep_id)
     retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
     ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
-    try:
-        for run_id in ids:
-            runs.retry_run(session, run_id, queue, artifact_dir)
-    except runs.BrokerUnavailable as error:
-        raise RetryNotAllQueued(*error.args) from error
+    for run_id in ids:
+        runs.retry_run(session, run_id, queue, artifact_dir)
     return ids
 
 

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
@@ -26,7 +26,7 @@ from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from ..live import Subscriber, cancel_task, log
-from ..runs.models import Run
+from ..runs.models import Run, RunState
 from . import service
 from .analysis import missing_rate_trend
 from .models import Sweep
@@ -37,7 +37,7 @@ DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError)
 
 def _fingerprint(session, sweep_id: int) -> tuple:
     query = (select(Run.state, func.count(Run.id), func.coalesce(func.sum(Run.epochs_completed), 0),
-                    func.max(Run.id), func.sum(Run.test_accuracy))
+                    func.max(Run.id), func.sum(Run.test_accuracy), func.count(Run.broker_error))
              .where(Run.sweep_id == sweep_id).group_by(Run.state).order_by(Run.state))
     return tuple(tuple(row) for row in session.execute(query))
 
@@ -45,7 +45,8 @@ def _fingerprint(session, sweep_id: int) -> tuple:
 def _runs(session, sweep_id: int) -> list[SweepRunOut]:
     query = (select(Run.id, Run.name, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate,
                     Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer().label("epochs"), Run.test_accuracy,
-                    Run.best_epoch)
+                    Run.best_epoch,
+                    and_(Run.state == RunState.queued, Run.broker_error.is_not(None)).label("awaiting_broker"))
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [SweepRunOut.model_validate(row) for row in session.execute(query)]
 

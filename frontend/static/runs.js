@@ -50,7 +50,10 @@
     const first = document.createElement("span");
     first.append(box, document.createTextNode(` ${run.id}`));
     const link = missmod.el("a", run.name, { href: `/runs/${run.id}` });
-    const state = missmod.el("span", run.state, { class: "state", "data-state": run.state });
+    const state = run.awaiting_broker
+      ? missmod.el("span", "waiting for the broker", { class: "state", "data-state": "awaiting-broker",
+                                                       title: run.broker_error || "" })
+      : missmod.el("span", run.state, { class: "state", "data-state": run.state });
     const tags = document.createElement("span");
     // A run trained elsewhere (POST /api/runs/external) is marked wherever it is listed.
     if (run.external) tags.append(missmod.el("span", "external", { class: "tag external", title: "trained elsewhere" }));

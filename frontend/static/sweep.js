@@ -45,7 +45,9 @@
     box.addEventListener("change", () => toggleChosen(run.id, box.checked, box));
     const cells = [
       box, run.id, missmod.el("a", run.name, { href: `/runs/${run.id}` }),
-      missmod.el("span", run.state, { class: "state", "data-state": run.state }),
+      run.awaiting_broker
+        ? missmod.el("span", "waiting for the broker", { class: "state", "data-state": "awaiting-broker" })
+        : missmod.el("span", run.state, { class: "state", "data-state": run.state }),
       run.method, run.fusion, `${run.missing_modality} ${(100 * run.missing_rate).toFixed(0)}%`, run.seed,
       `${run.epochs_completed}/${run.epochs ?? "?"}`, missmod.percent(run.test_accuracy),
     ];

@@ -17,7 +17,8 @@ from backend.settings import Settings
 
 from tests.support import ROOT
 
-SECRETS = {"API_TOKEN": "t" * 32, "POSTGRES_PASSWORD": "p" * 32, "REDIS_PASSWORD": "r" * 32}
+SECRETS = {"API_TOKEN": "t" * 32, "POSTGRES_PASSWORD": "p" * 32, "REDIS_PASSWORD": "r" * 32,
+           "MINIO_ROOT_USER": "missmod", "MINIO_ROOT_PASSWORD": "m" * 32}
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -81,6 +82,19 @@ def test_compose_services_do_what_the_design_asks():
         assert mounted["/var/lib/missmod"][0] == "artifacts"
         assert services[name]["environment"]["RAVDESS_DIR"] == "/datasets/ravdess"
         assert services[name]["environment"]["BROKER_URL"].startswith("redis://:")
+        # every host's processes share the artifact store: MinIO's bucket, with MinIO's keys
+        environment = services[name]["environment"]
+        assert environment["ARTIFACT_URL"] == "s3://missmod/artifacts"
+        assert environment["S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert environment["AWS_SECRET_ACCESS_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
+        assert services[name]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully", name
+    # MinIO: a health check, a named volume, credentials from .env, a bucket made by a one-shot service
+    assert services["minio"]["healthcheck"]["test"] and mounts(services["minio"])["/data"][0] == "minio-data"
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == SECRETS["MINIO_ROOT_PASSWORD"]
+    assert services["minio"]["ports"][0].startswith("127.0.0.1:")
+    bucket = services["minio-bucket"]
+    assert bucket["restart"] == "no" and bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing" in " ".join(bucket["entrypoint"])
     assert services["api"]["environment"]["API_TOKEN"] == SECRETS["API_TOKEN"]
     assert services["api"]["ports"][0].startswith("127.0.0.1:")  # published on the host only, by default
 

@@ -9,6 +9,7 @@ from sqlalchemy import inspect, text
 
 from backend.db import Base, make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
+from backend.catalog import models as catalog_models  # noqa: F401
 from backend import browser_sessions  # noqa: F401
 from backend.jobs import models as job_models  # noqa: F401
 from backend.runs import models  # noqa: F401  (and the sweep models it refers to)

@@ -18,7 +18,7 @@ from backend.db import session_factory, utcnow
 from backend.jobs import service as jobs
 from backend.jobs.models import DatasetJob
 from backend.lifecycle import lease
-from backend.lifecycle.api import AlreadyFinished, BrokerUnavailable, enqueue_committed
+from backend.lifecycle.api import AlreadyFinished, enqueue_committed
 from backend.lifecycle.models import Leased, State
 from backend.queue import RunQueue
 from backend.reconcile import reconcile
@@ -311,20 +311,27 @@ def test_a_sent_row_is_not_awaiting_the_broker(kind, new, sessions, settings):
     assert queued_task_ids(settings) == [kind.task_id(row_id)]
 
 
-def test_a_row_that_cannot_be_sent_is_failed_not_left_queued(kind, new, sessions, settings):
-    """The broker refuses the id: the API answers 503 and the row says why, instead of waiting forever."""
+def test_a_row_that_cannot_be_sent_stays_queued_awaiting_the_broker_until_reconcile_sends_it(
+        kind, new, sessions, settings, queue):
+    """The broker refuses the id: the row is not failed (nothing lost, no failed trail) but stays
+    queued with why, and the next reconcile pass sends it — at once, not after HEARTBEAT_TIMEOUT."""
     def refuse(_id: int) -> None:
-        raise ConnectionError("broker down")
+        raise ConnectionError("broker down at 10.0.0.5")
 
     row_id = new()
+    before = queued_task_ids(settings)
     with sessions() as session:
         row = session.get(kind.model, row_id)
         row.state, row.awaiting_broker_since = State.queued, utcnow()
         session.commit()
-        with pytest.raises(BrokerUnavailable):
-            enqueue_committed(session, kind.model, [row], refuse)
+        assert enqueue_committed(session, kind.model, [row], refuse) is False
     row = get(sessions, kind, row_id)
-    assert row.state == "failed" and "could not send" in row.error and row.awaiting_broker_since is None
+    assert (row.state, row.error, row.awaiting_broker) == ("queued", None, True) and row.awaiting_broker_since
+    assert "broker" in row.broker_error and "10.0.0.5" not in row.broker_error  # the address stays in the log
+    assert reconcile_now(sessions, kind, queue).sent == [row_id]
+    assert queued_task_ids(settings) == before + [kind.task_id(row_id)]
+    row = get(sessions, kind, row_id)
+    assert (row.awaiting_broker_since, row.broker_error, row.awaiting_broker) == (None, None, False)
 
 
 def test_the_api_reconciles_at_start_up(kind, new, settings, client_for, sessions):

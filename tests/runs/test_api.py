@@ -184,3 +184,50 @@ def test_pages_render(client):
     assert client.get("/runs/12345").status_code == 404
     plotly = client.get("/vendor/plotly.min.js")
     assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+
+
+# --- submitting while the broker is down, and retried POSTs -----------------------------
+
+
+def test_the_same_idempotency_key_creates_one_run(client, settings):
+    headers = {"Idempotency-Key": "5f0e8a52-9d3c-4b7e-8c1a-2f6d9e0b1c3d"}
+    first = client.post("/api/runs", json=VALID, headers=headers)
+    replays = [client.post("/api/runs", json=VALID, headers=headers) for _ in range(3)]
+    assert first.status_code == 201, first.text
+    assert [r.status_code for r in replays] == [200] * 3
+    assert all(r.json()["id"] == first.json()["id"] and r.headers["idempotent-replayed"] == "true" for r in replays)
+    assert run_count(settings) == 1 and queued_run_ids(settings) == [first.json()["id"]]
+    # another key, or none, is another run
+    assert client.post("/api/runs", json=VALID, headers={"Idempotency-Key": "other"}).status_code == 201
+    assert client.post("/api/runs", json=VALID).status_code == 201
+    assert run_count(settings) == 3
+
+
+def test_an_idempotency_key_reused_for_another_request_or_malformed_is_refused(client, settings):
+    client.post("/api/runs", json=VALID, headers={"Idempotency-Key": "k1"})
+    reused = client.post("/api/runs", json={**VALID, "seed": 1}, headers={"Idempotency-Key": "k1"})
+    assert reused.status_code == 422 and reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    for bad in [b"has space", b"x" * 256, "é".encode()]:
+        response = client.post("/api/runs", json=VALID, headers={"Idempotency-Key": bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["detail"][0]["loc"][:2] == ["header", "Idempotency-Key"]
+    assert run_count(settings) == 1
+
+
+def test_broker_down_at_submit_saves_the_run_awaiting_the_broker(client_for, tmp_path):
+    """202 with the run queued and awaiting the broker: nothing failed, nothing for the script to retry."""
+    from backend.migrate import upgrade
+    from backend.settings import Settings
+
+    settings = Settings(var_dir=tmp_path / "down", database_url="", broker_url="redis://127.0.0.1:9/0")
+    settings.make_dirs()
+    upgrade(settings.database_url)
+    client = client_for(settings)
+    response = client.post("/api/runs", json=VALID, headers={"Idempotency-Key": "during-outage"})
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert (run["state"], run["awaiting_broker"], run["error"]) == ("queued", True, None)
+    assert "broker" in run["broker_error"] and "127.0.0.1" not in run["broker_error"]  # no address leaked
+    retried = client.post("/api/runs", json=VALID, headers={"Idempotency-Key": "during-outage"})
+    assert retried.status_code == 200 and retried.json()["id"] == run["id"]
+    assert run_count(settings) == 1

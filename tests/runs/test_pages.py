@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.support import wait_for
+
 pytestmark = pytest.mark.browser
 
 EPOCHS = 150
@@ -167,3 +169,24 @@ def test_user_text_is_shown_as_text_never_run(page, embedded_settings, start_ser
     assert dialogs == []
     assert page.evaluate("() => document.querySelectorAll('main script, main img[src=x]').length") == 0
     assert page.js_errors == [] and violations == []
+
+
+def test_a_run_submitted_while_the_broker_is_down_shows_waiting_for_the_broker(page, tmp_path, start_server):
+    """The form's POST answers 202; the run page and the runs table say it waits for the broker."""
+    from backend.migrate import upgrade
+    from backend.settings import Settings
+
+    settings = Settings(var_dir=tmp_path / "down", broker_url="redis://127.0.0.1:9/0", stream_poll_interval=0.1)
+    settings.make_dirs()
+    upgrade(settings.database_url)
+    base_url = start_server(settings)
+    fill_run_form(page, base_url, missing_rate="0.5", epochs=2)
+    page.click("#submit-run")
+    page.wait_for_url(re.compile(r".*/runs/\d+$"))
+    page.wait_for_selector("#run-state[data-state=awaiting-broker]")
+    assert page.text_content("#run-state") == "waiting for the broker"
+    wait_for(lambda: "waiting for the broker" in page.text_content("#run-progress"), 30,
+             what="the live run to say it waits for the broker")
+    page.goto(f"{base_url}/")
+    page.wait_for_selector("td .state[data-state=awaiting-broker]")
+    assert page.js_errors == []

@@ -35,6 +35,15 @@ def write_epochs(settings, run_id: int, epochs: int, seconds: float, done: threa
                            classes=["0", "1"], confusion=[[1, 0], [0, 1]], info={})
 
 
+def run_async(coroutine):
+    """asyncio.run in a thread of its own: Playwright's browser fixture (session-scoped) keeps an
+    event loop running in the main thread once a browser test has run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 async def watch(client: httpx.AsyncClient, path: str) -> dict:
     """Reads one stream to its end: the points it got and its last event."""
     points, last, event = [], None, None
@@ -86,7 +95,7 @@ def test_two_hundred_streams_leave_the_api_responsive_and_each_gets_every_point(
     prober = threading.Thread(target=probe, args=(base, stop, answers), daemon=True)
     prober.start()
     try:
-        results = asyncio.run(scenario())
+        results = run_async(scenario())
     finally:
         stop.set()
         prober.join(30)
@@ -133,7 +142,7 @@ def test_streams_above_the_caps_are_refused_with_retry_after(embedded_settings, 
             for response in held[1:]:
                 await response.aclose()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_total_cap_answers_503(embedded_settings, start_server):
@@ -154,7 +163,7 @@ def test_total_cap_answers_503(embedded_settings, start_server):
             for response in held:
                 await response.aclose()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 async def read_sweep_stream(client: httpx.AsyncClient, path: str, first_events: asyncio.Event | None = None) -> dict:
@@ -206,7 +215,7 @@ def test_clients_joining_a_sweep_stream_late_get_its_whole_state(embedded_settin
                 await asyncio.to_thread(finish, run_id)
             return await first, await late
 
-    first, late = asyncio.run(scenario())
+    first, late = run_async(scenario())
     for stream in (first, late):
         assert stream["runs"] == {run_id: "succeeded" for run_id in run_ids}
         assert stream["events"][0] == "runs" and stream["events"][-1] == "end" and "summary" in stream["events"]

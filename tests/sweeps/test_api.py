@@ -169,9 +169,10 @@ def test_required_field_absent_is_named_once(client, settings):
     assert [e["loc"] for e in errors] == [["body", "missing_rate"]] and "6 of 6 combinations" in errors[0]["msg"]
 
 
-def test_broker_down_leaves_a_whole_sweep_with_failed_runs_not_a_half_written_one(client_for, tmp_path):
-    """The rows are committed before any id is sent; when the broker is unreachable the runs
-    are marked failed (retryable), never left queued, and the API answers 503."""
+def test_broker_down_leaves_a_whole_sweep_queued_awaiting_the_broker_none_failed(client_for, tmp_path):
+    """The rows are committed before any id is sent; when the broker is unreachable the runs stay
+    queued, marked awaiting the broker (the reconcile step sends them once it is back: tested with
+    a real Redis in tests/runs/test_hosts.py), none failed, and the API answers 202 with that state."""
     from backend.migrate import upgrade
 
     settings = Settings(var_dir=tmp_path / "down", database_url="", broker_url="redis://127.0.0.1:9/0")
@@ -179,13 +180,34 @@ def test_broker_down_leaves_a_whole_sweep_with_failed_runs_not_a_half_written_on
     upgrade(settings.database_url)
     client = client_for(settings)
     response = client.post("/api/sweeps", json={**GRID, "seed": 0})
-    assert response.status_code == 503 and "could not all be queued" in response.json()["detail"]
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert len(body["run_ids"]) == 4 and body["awaiting_broker"] == body["run_ids"]
     with session_factory(settings.database_url)() as session:
-        states = session.scalars(select(Run.state)).all()
-        errors = session.scalars(select(Run.error)).all()
-    assert states == ["failed"] * 4 and all("broker" in e for e in errors)
-    assert client.get("/api/sweeps/1").json()["progress"] == {
-        "queued": 0, "running": 0, "succeeded": 0, "failed": 4, "cancelled": 0, "total": 4, "done": True}
+        rows = session.execute(select(Run.state, Run.error, Run.broker_error, Run.awaiting_broker_since)).all()
+    assert [r.state for r in rows] == ["queued"] * 4 and all(r.error is None for r in rows)
+    assert all("broker" in r.broker_error and r.awaiting_broker_since for r in rows)
+    runs = client.get("/api/runs", params={"sweep": body["id"]}).json()["items"]
+    assert all(r["awaiting_broker"] and r["state"] == "queued" for r in runs)
+    from backend.sweeps.stream import _runs
+
+    with session_factory(settings.database_url)() as session:  # what the sweep page's stream lists
+        assert [r.awaiting_broker for r in _runs(session, body["id"])] == [True] * 4
+    assert client.get(f"/api/sweeps/{body['id']}").json()["progress"] == {
+        "queued": 4, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "total": 4, "done": False}
+
+
+def test_the_same_idempotency_key_creates_one_sweep(client, settings):
+    headers = {"Idempotency-Key": "sweep-7f3a"}
+    first = client.post("/api/sweeps", json=GRID, headers=headers)
+    again = client.post("/api/sweeps", json=GRID, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"] and again.json()["run_ids"] == first.json()["run_ids"]
+    assert counts(settings)[1] == len(first.json()["run_ids"])
+    assert sorted(queued_run_ids(settings)) == sorted(first.json()["run_ids"])  # each id sent once
+    other = client.post("/api/sweeps", json={**GRID, "seed": 0}, headers=headers)
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
 # --- reading ----------------------------------------------------------------------------
