@@ -119,7 +119,11 @@
     if (switchToWebgl) redraw();
   }
 
+  // Points the stream sends before the history is drawn wait here, in order.
+  let historyDrawn = false;
+  const heldPoints = [];
   function addPoints(points) {
+    if (!historyDrawn) { heldPoints.push(...points); return; }
     const byName = new Map();
     for (const p of points) {
       if (!byName.has(p.name)) byName.set(p.name, { epoch: [], step: [], value: [] });
@@ -348,10 +352,12 @@
     missmodCharts.load();
     const { ok, body } = await history;
     if (ok) cursor = body.cursor;
+    openStream();  // at once: what it sends before the charts are drawn waits in heldPoints
     await missmodCharts.plotlyReady;
     await setHistory(ok ? Object.entries(body.series) : []);
+    historyDrawn = true;
+    addPoints(heldPoints.splice(0));
     page.dataset.historyLoaded = "true";  // and drawn
-    openStream();
     showSystem();
   })();
 })();
