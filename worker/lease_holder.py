@@ -206,11 +206,14 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
         with Heartbeat(holder, settings.heartbeat_interval):
             done = work(claim.row, holder)
     except LeaseLost:
-        log.warning("%s was given to another worker while this one (%s) was taken for dead; stopped without "
-                    "writing", name, worker)
+        # A write found the row no longer this worker's (with per-step points written every half
+        # second, this usually comes before the heartbeat notices).
+        log.warning("%s is no longer held by %s (deleted, or given to another worker while this one was taken "
+                    "for dead): stopped mid-epoch without writing", name, worker)
         return "lease lost"
     except Abandoned:
-        log.warning("%s stopped mid-epoch: it was deleted, or is no longer held by %s", name, worker)
+        log.warning("%s is no longer held by %s (deleted, or given to another worker while this one was taken "
+                    "for dead): stopped mid-epoch", name, worker)
         return "lease lost"
     except DATABASE_ERRORS as error:
         # Its heartbeat stops with it: the reconcile step queues it again once the database is back.
