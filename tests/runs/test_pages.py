@@ -12,7 +12,7 @@ from tests.support import wait_for
 
 pytestmark = pytest.mark.browser
 
-EPOCHS = 150
+EPOCHS = 1000  # a digits epoch takes milliseconds: enough of them to watch the curve grow
 
 
 @pytest.fixture
@@ -40,11 +40,16 @@ def accuracy_points(page) -> tuple[str, int]:
     }""")
 
 
-def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, dashboard):
+def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_settings, start_server, start_worker):
+    # The worker starts once the run's page is up and has drawn its (empty) history: a run that
+    # trains in a few seconds could otherwise end before a slow page load, with nothing to watch.
+    dashboard = start_server(embedded_settings)
     fill_run_form(page, dashboard, missing_rate="0.9", epochs=EPOCHS)
     page.click("#submit-run")
     page.wait_for_url(re.compile(r".*/runs/\d+$"))
     assert page.text_content("#run-name") == "browser run"
+    page.wait_for_selector("#run-page[data-history-loaded=true]")
+    start_worker(embedded_settings)
 
     seen: list[tuple[str, int]] = []
     deadline = time.monotonic() + 180
@@ -59,8 +64,10 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, dashboard):
     counts = [count for _, count in seen]
     assert counts == sorted(counts), "points were removed from the curve"
     growing_while_running = sorted({count for state, count in seen if state == "running" and 0 < count < EPOCHS})
-    # Two partial curves prove it grew live; how many more are seen depends on how busy the machine is.
-    assert len(growing_while_running) >= 2, f"the curve did not visibly grow while training: {growing_while_running}"
+    # A partial curve while the run trains proves it grew live; how many are seen depends on how
+    # busy the page's main thread is with a fast run's stream (each of its few polls waits for it).
+    assert len(growing_while_running) >= 1, \
+        f"the curve did not visibly grow while training: {growing_while_running}; seen (state, points): {sorted(set(map(tuple, seen)))}"
 
     page.wait_for_selector("#chart-confusion[data-ready=true]", timeout=30_000)
     heatmap = page.evaluate("() => document.getElementById('chart-confusion').data[0]")
