@@ -10,9 +10,6 @@ clocks are this machine's, so arrival − commit is the latency a user sees (plu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,37 +24,13 @@ from backend.runs import lease
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
+from .api_server import free_port, serve_api
 from .rows import Row
 
 POINTS = 200
 INTERVAL = 0.05
 TARGET_P95 = 1.0
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(settings: Settings, port: int) -> subprocess.Popen:
-    env = {**os.environ, "VAR_DIR": str(settings.var_dir), "DATABASE_URL": settings.database_url,
-           "BROKER_URL": settings.broker_url}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not start")
 
 
 def _listen(url: str, arrivals: dict[int, float], done: threading.Event) -> None:
@@ -90,8 +63,8 @@ def measure() -> list[Row]:
             session.add(run)
             session.commit()
             run_id = run.id
-        port = _free_port()
-        server = _serve(settings, port)
+        port = free_port()
+        server = serve_api(settings, port)
         try:
             arrivals: dict[int, float] = {}
             done = threading.Event()

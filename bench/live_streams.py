@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +29,7 @@ from backend.runs import lease
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
+from .api_server import free_port, serve_api
 from .rows import Row
 
 STREAMS = 500
@@ -39,33 +37,7 @@ RUNS = 10
 SECONDS = 20.0
 EPOCH_INTERVAL = 0.5
 TARGET_P95_MS = 100.0
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(settings: Settings, port: int, streams: int) -> subprocess.Popen:
-    env = {**os.environ, "VAR_DIR": str(settings.var_dir), "DATABASE_URL": settings.database_url,
-           "BROKER_URL": settings.broker_url, "MAX_STREAMS": str(streams + 10),
-           "MAX_STREAMS_PER_CLIENT": str(streams + 10)}  # every stream comes from this one address
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not start")
 
 
 def _write_epochs(settings: Settings, run_ids: list[int], epochs: int, stop: threading.Event) -> None:
@@ -144,8 +116,9 @@ def measure(streams: int = STREAMS, runs: int = RUNS, seconds: float = SECONDS) 
                 session.flush()
                 run_ids.append(run.id)
             session.commit()
-        port = _free_port()
-        server = _serve(settings, port, streams)
+        port = free_port()
+        server = serve_api(settings, port, {"MAX_STREAMS": str(streams + 10),  # every stream comes from this one address
+                                             "MAX_STREAMS_PER_CLIENT": str(streams + 10)})
         try:
             baseline, loaded, received, epochs = asyncio.run(
                 _scenario(f"http://127.0.0.1:{port}", settings, run_ids[:runs], streams, seconds))
