@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .spec import ABLATION_DEFAULTS
+from .spec import DEFAULTS_OF_LATER_OPTIONS
 
 FORMAT_VERSION = 1
 
@@ -33,9 +33,10 @@ NOT_IN_FINGERPRINT = frozenset({"device", "compile", "log_every_steps"})
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
     """Fields that change the training; `device` and `compile` do not, so a run may resume on
     another GPU, and fields added later do not at their default (the fingerprint of a spec is as
-    it was): the ablations' and `precision: auto`."""
+    it was): the ablations', the selection rule's and `precision: auto`."""
     relevant = {k: v for k, v in spec_fields.items()
-                if k not in NOT_IN_FINGERPRINT and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
+                if k not in NOT_IN_FINGERPRINT
+                and not (k in DEFAULTS_OF_LATER_OPTIONS and v == DEFAULTS_OF_LATER_OPTIONS[k])
                 and not (k == "precision" and v == "auto")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse
 from ..jobs.service import JobNotFound
 from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
+from ..studies.presets import StudyPresetNotFound
+from ..studies.service import StudyNotFound
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
 from .params import printable
@@ -36,6 +38,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     SweepNotFound: lambda error: f"sweep {error.args[0]} not found",
     JobNotFound: lambda error: f"job {error.args[0]} not found",
     PresetNotFound: str,
+    StudyNotFound: lambda error: f"study {error.args[0]} not found",
+    StudyPresetNotFound: str,
 }
 
 
