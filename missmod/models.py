@@ -77,6 +77,25 @@ class Sweep(_Model):
         return bool(self.progress.get("done"))
 
 
+class Study(_Model):
+    """A hyperparameter study (docs/studies.md): `trials` counts them per state, `arms` holds each
+    candidate × setting with its best trial so far."""
+
+    id: int
+    name: str
+    state: str
+    dataset: str = ""
+    trials: dict[str, int] = {}
+    arms: list[dict[str, Any]] = []
+    final_sweep_id: int | None = None
+    run_ids: list[int] = []
+
+    @property
+    def finished(self) -> bool:
+        """Ended: finished (its final runs ended) or cancelled."""
+        return self.state in ("finished", "cancelled")
+
+
 class Point(_Model):
     epoch: int
     name: str
@@ -133,7 +152,8 @@ class Table(dict):
 
     def to_pandas(self, wide: bool = False):
         """Long (default): one row per cell — label, method, fusion, external, the row's other
-        fields, missing_modality, missing_rate, mean, std, n, pending, best, paper. wide: the
+        fields, missing_modality, missing_rate, mean, std, n, pending, best, paper (a study's table:
+        also the chosen trial, its val_accuracy and a `param.<name>` column per hyperparameter). wide: the
         paper's layout, mean accuracy per row label × column label."""
         pd = _pandas()
         records = []
@@ -144,6 +164,10 @@ class Table(dict):
                                 "missing_modality": column["missing_modality"],
                                 "missing_rate": column["missing_rate"], "column": column["label"],
                                 **{k: cell.get(k) for k in ("mean", "std", "n", "pending", "best", "paper")}})
+            if "hyperparameters" in row:  # a study's table: the configuration each cell was trained with
+                for record, chosen in zip(records[-len(row["cells"]):], row["hyperparameters"]):
+                    record.update(trial=chosen.get("trial"), val_accuracy=chosen.get("value"),
+                                  **{f"param.{k}": v for k, v in (chosen.get("params") or {}).items()})
         frame = pd.DataFrame.from_records(records)
         if wide and records:
             frame = frame.pivot(index="label", columns="column", values="mean")

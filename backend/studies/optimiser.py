@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState, create_trial
+from optuna.trial import TrialState, create_trial
 
 from .models import TrialState as OurState
 
@@ -201,7 +201,3 @@ def figures(arm: Arm, records: Sequence[TrialRecord]) -> dict[str, dict[str, Any
 
 def trace_types(figure: Mapping[str, Any]) -> set[str]:
     return {trace.get("type", "scatter") for trace in figure.get("data", [])}
-
-
-def frozen(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False)

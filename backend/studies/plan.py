@@ -68,6 +68,8 @@ def _spec_loc(field: str, spec: Mapping[str, Any], options: Mapping[str, Any], c
     """Where the request set a spec field: the study's `spec`, the candidate's `options`, or a field of its own."""
     if field in options:
         return ("methods", candidate, "options", field)
+    if field in ("method", "fusion"):
+        return ("methods", candidate, field)
     if field in spec:
         return ("spec", field)
     return (field,)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from training.selection import DEFAULT_SELECTION_RULE
@@ -290,20 +291,24 @@ def advance(session: Session, queue: RunQueue, study_id: int) -> list[int]:
         trials = trials_of(session, study_id)
         created: list[Run] = []
         changes: dict[str, Any] = {}
-        if study.state == StudyState.searching:
-            created = _ask(session, study, trials)
-            everything_asked = all(sum(t.arm == arm for t in trials) >= study.trials_per_arm
-                                   for arm in range(study.arms))
-            if not session.new and everything_asked and not any(t.state == TrialState.running for t in trials):
-                created, changes = _start_final(session, study, trials)
-        elif _final_runs_ended(session, study):
-            changes = {"state": StudyState.finished, "finished_at": utcnow()}
-        if not created and not changes and not session.new:
+        try:
+            if study.state == StudyState.searching:
+                created = _ask(session, study, trials)
+                everything_asked = all(sum(t.arm == arm for t in trials) >= study.trials_per_arm
+                                       for arm in range(study.arms))
+                if not session.new and everything_asked and not any(t.state == TrialState.running for t in trials):
+                    created, changes = _start_final(session, study, trials)
+            elif _final_runs_ended(session, study):
+                changes = {"state": StudyState.finished, "finished_at": utcnow()}
+            if not created and not changes and not session.new:
+                session.rollback()
+                return created_ids  # nothing more to do now
+            session.flush()
+            bumped = session.execute(update(Study).where(Study.id == study_id, Study.version == version)
+                                     .values(version=version + 1, **changes))
+        except IntegrityError:  # another process committed the same trial number first
             session.rollback()
-            return created_ids  # nothing more to do now
-        session.flush()
-        bumped = session.execute(update(Study).where(Study.id == study_id, Study.version == version)
-                                 .values(version=version + 1, **changes))
+            continue
         if bumped.rowcount != 1:  # another process advanced it meanwhile: read again
             session.rollback()
             continue
