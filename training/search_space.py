@@ -31,7 +31,7 @@ from .spec import METHODS, TrainSpec
 # selected (fixed for the whole study).
 NOT_SEARCHABLE = frozenset({
     "dataset", "method", "fusion", "missing_modality", "missing_rate", "other_missing_rate", "seed", "epochs", "device",
-    "compile", "log_every_steps", "evaluate_missing", "split_by", "selection_rule", "name",
+    "compile", "deterministic", "precision", "log_every_steps", "evaluate_missing", "split_by", "selection_rule", "name",
 })
 SEARCHABLE_FIELDS: tuple[str, ...] = tuple(name for name in TrainSpec.model_fields if name not in NOT_SEARCHABLE)
 MAX_CHOICES = 100

@@ -181,6 +181,13 @@ class TrainSpec(BaseModel):
     compile: bool = Field(
         False, description="torch.compile the encoders (the first epoch pays for compiling; helps long GPU runs)"
     )
+    deterministic: bool = Field(
+        False,
+        description="On a GPU, cuDNN's and cuBLAS's deterministic algorithms (no autotuning; somewhat slower), so "
+                    "the same spec repeats closely on the same GPU and software; a few kernels without a "
+                    "deterministic form still sum with atomics (docs/gpu-host.md). Changes nothing on the CPU, "
+                    "which is deterministic already",
+    )
     # 10: a ResNet-50 epoch on RAVDESS or eNTERFACE'05 (about 30,000 training segments) is ~470
     # steps at the default batch of 64, so ~47 points an epoch (still 23 at a batch of 128).
     log_every_steps: int = Field(
@@ -256,9 +263,11 @@ ABLATION_DEFAULTS: dict[str, object] = {
 
 # Options added after runs were recorded without them, with the value that means what every run
 # did before: at that value they are left out of a checkpoint's fingerprint (an interrupted run
-# resumes across the upgrade) and out of a comparison table's row labels. The ablations above, and
-# the selection rule (training/selection.py).
-DEFAULTS_OF_LATER_OPTIONS: dict[str, object] = {**ABLATION_DEFAULTS, "selection_rule": DEFAULT_SELECTION_RULE}
+# resumes across the upgrade: training/checkpoint.py) and out of a comparison table's row labels, and
+# a stored spec that lacks one reads as having it (backend/sweeps/analysis.py). The ablations above,
+# the selection rule (training/selection.py), the precision and the deterministic switch.
+DEFAULTS_OF_LATER_OPTIONS: dict[str, object] = {**ABLATION_DEFAULTS, "selection_rule": DEFAULT_SELECTION_RULE,
+                                                "precision": "auto", "deterministic": False}
 
 
 @dataclass(frozen=True)
