@@ -137,6 +137,7 @@ def test_redis_restarted_during_a_run(service_settings, tmp_path, client_for, st
         redis.stop()
 
 
+@pytest.mark.services
 def test_database_unreachable_is_503_and_everything_recovers(postgres_url, tmp_path, client_for, start_worker):
     """PostgreSQL behind a proxy we cut for a few seconds while a run trains: the API answers
     503 with a clear message (never 500, never a half-written run), the worker waits at the end
