@@ -107,6 +107,16 @@ def wait_in_page(page, expression: str, timeout: float = 30) -> None:
 
 
 
+def sample_std(values) -> float:
+    """The sample standard deviation, sqrt(Σ(x − x̄)² / (n − 1)), written out: the expected value of
+    the tables' "± std", computed otherwise than the code does (statistics.stdev)."""
+    import math
+
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
