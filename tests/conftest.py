@@ -148,7 +148,7 @@ def start_worker(tmp_path: Path):
 
     yield start
     for process in processes:
-        process.stop()
+        process.kill()
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def start_server(tmp_path: Path):
 
     yield start
     for process in processes:
-        process.stop()
+        process.kill()
 
 
 @pytest.fixture(scope="session")
