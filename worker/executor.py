@@ -21,6 +21,7 @@ from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.sweeps import outcomes as sweep_outcomes
 from backend.workers import service as workers
 
 from training.datasets import configure_features
@@ -33,6 +34,9 @@ from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
+
+# The runs this worker ends may finish their sweep (backend/runs/outcomes.py calls who registered).
+sweep_outcomes.listen()
 
 
 class DatabaseRecorder(TrainingCallback):

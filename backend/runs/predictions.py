@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..paired_statistics import RunPredictions
 from .models import ConfusionMatrix, Run
 
 
@@ -25,22 +25,6 @@ def pack_labels(labels: Sequence[int], n_classes: int) -> str:
 
 def unpack_labels(packed: str, n_classes: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(packed), dtype=_dtype(n_classes)).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class RunPredictions:
-    """One run's predicted and true class per test sample (or video) at the selected epoch."""
-
-    predicted: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
-
-    def same_test_set(self, other: "RunPredictions") -> bool:
-        """Runs with the same dataset, seed and split see the same test samples in the same order."""
-        return len(self.labels) == len(other.labels) and bool(np.array_equal(self.labels, other.labels))
 
 
 def load_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:

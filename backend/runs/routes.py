@@ -21,9 +21,8 @@ from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
 from ..catalog import registry
 from ..live import client_address
-from ..sweeps.export import SafeCSVWriter
-from ..sweeps.models import Sweep
-from ..sweeps.paired import compare_runs
+from ..csv_export import SafeCSVWriter
+from ..paired_statistics import compare_runs
 from . import artifacts, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
@@ -99,9 +98,6 @@ def log_external_run(payload: ExternalRunCreate, session: SessionDep) -> RunOut:
     """Record a run trained elsewhere (another codebase, a paper's numbers): its setting, metrics
     per epoch or step, test accuracy and confusion matrix. It is marked `external` and shown with a
     mark in comparison tables and trends, in its own row, never averaged with missmod's runs."""
-    if payload.sweep_id is not None and session.get(Sweep, payload.sweep_id) is None:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", "sweep_id"), "input": payload.sweep_id,
-                                       "msg": f"no sweep {payload.sweep_id}"}])
     return RunOut.model_validate(service.log_external_run(session, payload))
 
 

@@ -5,9 +5,9 @@ against the reference marked, the reference daggered). Both print test accuracy 
 
 from __future__ import annotations
 
-import csv
 import io
 
+from ..csv_export import SafeCSVWriter
 from .analysis import Cell, ComparisonTable
 from .paired import PairedSummary
 
@@ -21,36 +21,6 @@ def latex_escape(text: str) -> str:
 
 def _percent(value: float | None, digits: int) -> str:
     return "" if value is None else f"{100 * value:.{digits}f}"
-
-
-# OWASP's rule against CSV (formula) injection: a spreadsheet runs a cell that starts with one of
-# these as a formula, and names come from data files (modalities, classes) and from users.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def neutralise(cell: object) -> object:
-    """A text cell a spreadsheet would take for a formula, quoted so it stays text."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _is_number(cell):
-        return "'" + cell
-    return cell
-
-
-class SafeCSVWriter:
-    """csv.writer whose every cell goes through `neutralise`: the one way this app writes CSV."""
-
-    def __init__(self, out: io.StringIO):
-        self._writer = csv.writer(out, lineterminator="\n")
-
-    def writerow(self, row) -> None:
-        self._writer.writerow([neutralise(cell) for cell in row])
 
 
 def table_csv(table: ComparisonTable) -> str:

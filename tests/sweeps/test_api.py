@@ -599,7 +599,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised(client, settings):
 
 
 def test_csv_neutralising_rule():
-    from backend.sweeps.export import neutralise
+    from backend.csv_export import neutralise
 
     for dangerous in ["=1+1", "+1+cmd", "-1+2-cmd|x", "@SUM(A1)", "\tx", "\r=x"]:
         assert neutralise(dangerous) == "'" + dangerous

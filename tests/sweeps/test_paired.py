@@ -1,5 +1,6 @@
-"""The paired statistics of backend/sweeps/paired.py against values computed by hand (the
-working is in each test) or by scipy's own implementations, then on a small table."""
+"""The paired statistics (backend/paired_statistics.py) against values computed by hand (the
+working is in each test) or by scipy's own implementations, then on a small table
+(backend/sweeps/paired.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from backend import paired_statistics as statistics
 from backend.runs.predictions import RunPredictions, pack_labels, unpack_labels
 from backend.sweeps import paired
 from backend.sweeps.analysis import RunResult, comparison_table, missing_rate_trend
@@ -22,17 +24,17 @@ from backend.sweeps.export import table_csv, table_latex
 
 def test_sign_flip_p_of_three_positive_differences_is_a_quarter():
     # 8 sign assignments; only all + and all − reach |sum| = 0.06.
-    assert paired.sign_flip_p([0.01, 0.02, 0.03]) == 0.25
-    assert paired.smallest_sign_flip_p(3) == 0.25
+    assert statistics.sign_flip_p([0.01, 0.02, 0.03]) == 0.25
+    assert statistics.smallest_sign_flip_p(3) == 0.25
 
 
 def test_sign_flip_p_counts_the_assignments_at_least_as_extreme():
     # d = 1, 2, −3, 4, 5: observed sum 9 of a possible 15. A sign assignment that negates a subset
     # of sum t gives 15 − 2t, so |sum| ≥ 9 ⇔ t ≤ 3 or t ≥ 12: {}, {1}, {2}, {3}, {1,2} and their
     # complements: 10 of 32.
-    assert paired.sign_flip_p([1, 2, -3, 4, 5]) == 10 / 32
-    assert paired.sign_flip_p([0.0, 0.0, 0.0]) == 1.0
-    assert paired.sign_flip_p([]) == 1.0
+    assert statistics.sign_flip_p([1, 2, -3, 4, 5]) == 10 / 32
+    assert statistics.sign_flip_p([0.0, 0.0, 0.0]) == 1.0
+    assert statistics.sign_flip_p([]) == 1.0
 
 
 def test_sign_flip_p_matches_scipys_exact_permutation_test():
@@ -40,53 +42,53 @@ def test_sign_flip_p_matches_scipys_exact_permutation_test():
     for n in (4, 6, 9):
         d = rng.normal(0.5, 1.0, n)
         expected = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
-        assert paired.sign_flip_p(d) == pytest.approx(expected, abs=1e-12)
+        assert statistics.sign_flip_p(d) == pytest.approx(expected, abs=1e-12)
 
 
 def test_seeds_the_exact_test_needs_to_reach_alpha():
     # 2^(1−n) ≤ 0.05 ⇔ n ≥ 1 + log2(20) = 5.32: six seeds; five give at best 0.0625.
-    assert paired.seeds_to_reach(0.05) == 6
-    assert paired.smallest_sign_flip_p(5) == 0.0625
-    assert paired.smallest_sign_flip_p(6) == 0.03125
+    assert statistics.seeds_to_reach(0.05) == 6
+    assert statistics.smallest_sign_flip_p(5) == 0.0625
+    assert statistics.smallest_sign_flip_p(6) == 0.03125
 
 
 def test_mean_interval_is_the_student_t_interval():
     # d = 1…5: mean 3, sd √2.5, se √0.5, t(0.975, 4) = 2.7764451 → half-width 1.9632432.
-    mean, low, high = paired.mean_interval([1, 2, 3, 4, 5])
+    mean, low, high = statistics.mean_interval([1, 2, 3, 4, 5])
     assert mean == 3
     assert low == pytest.approx(3 - 1.9632432, abs=1e-6)
     assert high == pytest.approx(3 + 1.9632432, abs=1e-6)
-    assert paired.mean_interval([0.02]) == (0.02, None, None)
+    assert statistics.mean_interval([0.02]) == (0.02, None, None)
 
 
 def test_wins_ties_losses():
-    assert paired.wins_ties_losses([0.01, 0.0, -0.02, 0.03, 0.0]) == (2, 2, 1)
+    assert statistics.wins_ties_losses([0.01, 0.0, -0.02, 0.03, 0.0]) == (2, 2, 1)
 
 
 def test_holm_on_a_small_family():
     # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 → running max 0.06.
-    assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert paired.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert paired.holm([]) == []
+    assert statistics.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert statistics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert statistics.holm([]) == []
 
 
 def test_mcnemar_exact_p_on_a_known_two_by_two():
     # Discordant 10 and 2: 2·P(Binomial(12, ½) ≤ 2) = 2·(1 + 12 + 66)/4096 = 158/4096.
-    assert paired.mcnemar_p(10, 2) == pytest.approx(158 / 4096)
-    assert paired.mcnemar_p(2, 10) == pytest.approx(158 / 4096)
-    assert paired.mcnemar_p(0, 0) == 1.0
-    assert paired.mcnemar_p(5, 5) == 1.0
+    assert statistics.mcnemar_p(10, 2) == pytest.approx(158 / 4096)
+    assert statistics.mcnemar_p(2, 10) == pytest.approx(158 / 4096)
+    assert statistics.mcnemar_p(0, 0) == 1.0
+    assert statistics.mcnemar_p(5, 5) == 1.0
     reference = np.array([1, 1, 1, 0, 0, 1], bool)
     other = np.array([1, 0, 0, 1, 0, 1], bool)
-    assert paired.discordant_pairs(reference, other) == (2, 1)
+    assert statistics.discordant_pairs(reference, other) == (2, 1)
 
 
 def test_seeds_needed_for_an_effect_of_one_standard_deviation():
     # A paired t test at 0.05 needs 10 pairs for 80% power at an effect size of 1 (power 0.803).
     half = 1 / math.sqrt(2)
-    assert paired.seeds_needed([1 - half, 1 + half]) == 10
-    assert paired.seeds_needed([0.0, 0.0]) is None
-    assert paired.seeds_needed([0.02, 0.02, 0.02]) == 6  # no spread: what the exact test needs
+    assert statistics.seeds_needed([1 - half, 1 + half]) == 10
+    assert statistics.seeds_needed([0.0, 0.0]) is None
+    assert statistics.seeds_needed([0.02, 0.02, 0.02]) == 6  # no spread: what the exact test needs
 
 
 def test_packed_labels_round_trip_in_one_byte_each():
