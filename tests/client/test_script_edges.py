@@ -79,6 +79,38 @@ def test_a_script_users_rough_edges(embedded_settings, start_server, start_worke
     printed = cli(base, "sweeps", "table", str(sweep.id), "--reference", "zero_padding", "--test", "samples").stdout
     assert "†" in printed and "reference" in words(printed)
 
+    # runs trained elsewhere, logged into the sweep: outside its progress and Holm's family by
+    # default, not the default reference though better, and not paired by seed (split unverified)
+    before = client.table(sweep)
+    for seed in (0, 1):
+        client.log_run({"dataset": "digits", "method": "their_method", "fusion": "add", "missing_modality": "bottom",
+                        "missing_rate": 0.9, "seed": seed}, {"test_accuracy": [0.999]}, sweep=sweep)
+    assert client.get_sweep(sweep).progress["succeeded"] == 4 and client.get_sweep(sweep).progress["external"] == 2
+    assert client.get_sweep(sweep, include_external=True).progress["succeeded"] == 6
+    shown = cli(base, "--json", "sweeps", "show", str(sweep.id), "--include-external")
+    assert json.loads(shown.stdout)["progress"]["total"] == 6
+    for include in (False, True):
+        after = client.table(sweep, include_external=include)
+        assert after["comparison"]["tests"] == before["comparison"]["tests"]
+        assert after["comparison"]["references"] == before["comparison"]["references"]
+        assert after["comparison"]["include_external"] is include and after["comparison"]["not_verified"] == 1
+        theirs = next(row for row in after.rows if row["external"])["cells"][0]
+        assert theirs["paired"] is None and theirs["pairing_verified"] is False
+        ours = next(row for row in after.rows if row["method"] == "mle" and not row["external"])["cells"][0]
+        assert ours["paired"] == next(row for row in before.rows if row["method"] == "mle")["cells"][0]["paired"]
+    frame = client.table(sweep).to_pandas()
+    assert frame[frame["external"]]["pairing_verified"].tolist() == [False]
+    printed = cli(base, "sweeps", "table", str(sweep.id)).stdout
+    assert "(pairing not verified)" in printed and "declared no split" in words(printed)
+
+    # LaTeX ready for a paper: a label, the setting in the caption, the marks it uses explained
+    latex = cli(base, "sweeps", "table", str(sweep.id), "--latex").stdout
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption"))
+    assert rf"\label{{tab:missmod-sweep-{sweep.id}}}" in latex
+    assert "on digits" in caption and "bottom missing from 90\\%" in caption and "2 seeds (0, 1)" in caption
+    assert sweep.name not in caption and "[external]: trained outside missmod" in caption
+    assert (r"$^{\dagger}$" in latex) == (r"$\dagger$" in caption)
+
     # an error reason stays whole in a narrow terminal: below the table, wrapped between words
     datasets = cli(base, "datasets", "list", env={"COLUMNS": "80"}).stdout
     assert f"[1] a_rather_long_upload_name: {BROKEN_REASON}" in words(datasets), datasets
