@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from ..jobs.service import JobNotFound
+from ..runs.predictions import NoStoredPredictions
 from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
 from ..studies.presets import StudyPresetNotFound
@@ -40,6 +41,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     PresetNotFound: str,
     StudyNotFound: lambda error: f"study {error.args[0]} not found",
     StudyPresetNotFound: str,
+    NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
+                                        "before they were kept, or logged from elsewhere without them)"),
 }
 
 

@@ -171,7 +171,7 @@ def get_study_table(study_id: StudyId, session: SessionDep, format: Literal["jso
     if format == "csv":
         body, media_type, suffix = study_csv(result), "text/csv; charset=utf-8", "csv"
     elif format == "latex":
-        body, media_type, suffix = study_latex(result, study.name), "application/x-latex; charset=utf-8", "tex"
+        body, media_type, suffix = study_latex(result, study), "application/x-latex; charset=utf-8", "tex"
     else:
         rows = [StudyRowOut(label=row.label, method=row.method, fusion=row.fusion, extras=row.extras,
                             cells=row.cells, hyperparameters=[HyperparametersOut(**h) for h in hyper])

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..csv_export import csv_text
 from ..sweeps.analysis import Cell, Column, ComparisonTable, Row, RunResult, add_result, mark_best
-from ..sweeps.export import latex_escape, table_csv, table_latex
+from ..sweeps.export import LatexSetting, latex_escape, table_csv, table_latex
 from ..sweeps.paired import PairedSummary, Test, compare_table
 from ..sweeps.selection_rules import SelectionRulesOut, accuracies_by_rule, sensitivity
 from ..sweeps.service import run_predictions, sweep_results
@@ -127,11 +127,14 @@ def study_csv(result: StudyTable) -> str:
     return csv_text(rows)
 
 
-def study_latex(result: StudyTable, name: str) -> str:
-    """The comparison table in the paper's layout, then the chosen hyperparameters of each cell."""
+def study_latex(result: StudyTable, study: Study) -> str:
+    """The comparison table in the paper's layout (each cell: its best configuration, tuned on
+    validation accuracy, over the final seeds), then the chosen hyperparameters of each cell."""
     names = _param_names(result.hyperparameters)
-    lines = [table_latex(result.table, f"{name} (each cell: its best configuration, tuned on validation)",
-                         result.comparison).rstrip("\n"),
+    name = study.name
+    setting = LatexSetting(study.final_sweep_id or 0, f"{name} (final runs of study {study.id})", [study.dataset])
+    lines = [f"% missmod study {study.id}: each cell's runs use its best configuration, tuned on validation accuracy",
+             table_latex(result.table, setting, result.comparison).rstrip("\n"),
              r"\begin{table}[t]", r"\centering",
              rf"\caption{{Hyperparameters chosen on validation accuracy for {latex_escape(name)}.}}",
              r"\begin{tabular}{ll" + "c" * (len(names) + 1) + "}", r"\toprule",
