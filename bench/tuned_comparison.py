@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=sorted(SECOND_MODALITY))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: the stack's processes are stopped too
     with embedded_stack(2) as port:
         record = (three_methods(port) if args.what == "study" else tuned_preset(port, args.dataset)
                   if args.what == "preset" else rules(port, args.dataset))

@@ -89,10 +89,11 @@ def make_sampler(config: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSa
 def make_pruner(config: Mapping[str, Any], epochs: int) -> optuna.pruners.BasePruner:
     name = config["name"]
     if name == "median":
+        # Optuna prunes from step n_warmup_steps on (its steps count from 0); ours are epochs from 1.
         return optuna.pruners.MedianPruner(n_startup_trials=config.get("n_startup_trials", 5),
-                                           n_warmup_steps=config.get("n_warmup_epochs", 1))
+                                           n_warmup_steps=config.get("n_warmup_epochs", 5) + 1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=config.get("min_epochs", 1), max_resource=epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=config.get("min_epochs", 5), max_resource=epochs,
                                               reduction_factor=config.get("reduction_factor", 3))
     return optuna.pruners.NopPruner()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from training.search_space import default_search_space
 from training.spec import METHODS
@@ -131,7 +130,7 @@ def list_study_trials(study_id: StudyId, session: SessionDep,
 
 
 @router.get("/{study_id}/plots", responses=NOT_FOUND)
-async def get_study_plots(study_id: StudyId, session: SessionDep,
+def get_study_plots(study_id: StudyId, session: SessionDep,
                     arm: int = Query(0, ge=0, le=10_000, description="Which arm (candidate × setting)")) -> dict:
     """optuna.visualization's figures of one arm as Plotly JSON (`data`, `layout`): optimisation
     history, per-epoch validation accuracy of each trial (pruned ones stop early), parallel
@@ -144,7 +143,7 @@ async def get_study_plots(study_id: StudyId, session: SessionDep,
 
     records = [service.record_of(t) for t in service.trials_of(session, study_id, arm)]
     return {"arm": arm, "label": service.arm_label(study, arm),
-            "figures": await run_in_threadpool(figures, service.optuna_arm(study, arm), records)}
+            "figures": figures(service.optuna_arm(study, arm), records)}
 
 
 ReferenceParam = Query(None, max_length=200, description=(
