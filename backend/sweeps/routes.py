@@ -62,7 +62,11 @@ def _created(session, queue, response: Response, plan: SweepPlan, key: str | Non
         lambda: service.create_sweep(session, queue, plan, idempotency_key=key, **sweep_fields)[0])
     runs = service.runs_of(session, sweep.id)
     if not created:
-        if sweep.grid != sweep_fields["grid"] or sweep.preset != sweep_fields.get("preset"):
+        # The whole request: its name (given, or derived from the grid), the grid, the preset and
+        # its options — a changed name is another request, as a run's changed body is.
+        asked = (sweep_fields["name"], sweep_fields["grid"], sweep_fields.get("preset"),
+                 sweep_fields.get("preset_options"))
+        if (sweep.name, sweep.grid, sweep.preset, sweep.preset_options) != asked:
             raise idempotency.reused_for_another_request(key)
         response.status_code = status.HTTP_200_OK
         response.headers[idempotency.REPLAYED_HEADER] = "true"
