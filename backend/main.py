@@ -28,7 +28,7 @@ from .runs import system_routes
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
-from .sweeps import routes as sweep_routes
+from .sweeps import outcomes as sweep_outcomes, routes as sweep_routes
 from .sweeps.stream import SweepHub
 from .workers import routes as worker_routes
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.make_dirs()
     configure_features(settings.feature_limits())
+    sweep_outcomes.listen()  # a sweep hears of its runs' ends (backend/runs/outcomes.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

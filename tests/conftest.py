@@ -121,10 +121,11 @@ def start_worker(tmp_path: Path):
     """Start a real Celery worker process for the given settings; waits until it is ready."""
     processes: list[Process] = []
 
-    def start(settings: Settings, extra_env: dict[str, str] | None = None) -> Process:
+    def start(settings: Settings, extra_env: dict[str, str] | None = None, app: str = "worker.celery_app") -> Process:
+        """`app`: the Celery app module (a test's own, to inject a fault into the real worker)."""
         node = f"test-{uuid.uuid4().hex[:6]}@%h"
         process = Process(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+            [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
              "--hostname", node, "--without-gossip", "--without-mingle"],
             {**settings_env(settings), **WORKER_TEST_ENV, **(extra_env or {})},
             tmp_path / f"worker-{len(processes)}.log",

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from ..jobs.service import JobNotFound
+from ..runs.predictions import NoStoredPredictions
 from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
 from ..sweeps.presets import PresetNotFound
@@ -36,6 +37,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     SweepNotFound: lambda error: f"sweep {error.args[0]} not found",
     JobNotFound: lambda error: f"job {error.args[0]} not found",
     PresetNotFound: str,
+    NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
+                                        "before they were kept, or logged from elsewhere without them)"),
 }
 
 

@@ -6,20 +6,14 @@ from logging.config import fileConfig
 from alembic import context
 
 from backend.db import make_engine
-from backend.catalog import models as catalog_models  # noqa: F401
-from backend import browser_sessions  # noqa: F401  (registers the tables)
-from backend.jobs import models as job_models  # noqa: F401
-from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
-from backend.runs import system as system_models  # noqa: F401
-from backend.workers import models as worker_models  # noqa: F401
-from backend.db import Base
+from backend.models import metadata
 from backend.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def database_url() -> str:

@@ -126,13 +126,9 @@ class ConfusionMatrix(Base):
     classes: Mapped[list[str]] = mapped_column(StoredJSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
     # The predicted and the true class of every test sample (video, where groups exist) at that
-    # epoch, packed one byte per sample (backend/sweeps/paired.py: pack_labels), so methods can be
+    # epoch, packed one byte per sample (backend/runs/predictions.py: pack_labels), so methods can be
     # compared sample by sample without retraining. NULL for runs finished before they were kept.
     test_predictions: Mapped[str | None] = mapped_column(Text)
     test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
-
-
-# The runs table refers to sweeps.id: whoever loads the run models gets the sweep table too.
-from ..sweeps import models as _sweep_models  # noqa: E402,F401

@@ -12,7 +12,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import ConfusionMatrix
+from ..paired_statistics import RunPredictions
+from .models import ConfusionMatrix, Run
 
 
 def _dtype(n_classes: int) -> np.dtype:
@@ -27,22 +28,6 @@ def unpack_labels(packed: str, n_classes: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(packed), dtype=_dtype(n_classes)).astype(np.int64)
 
 
-@dataclass(frozen=True)
-class RunPredictions:
-    """One run's predicted and true class per test sample (or video) at the selected epoch."""
-
-    predicted: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
-
-    def same_test_set(self, other: "RunPredictions") -> bool:
-        """Runs with the same dataset, seed and split see the same test samples in the same order."""
-        return len(self.labels) == len(other.labels) and bool(np.array_equal(self.labels, other.labels))
-
-
 def load_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPredictions]:
     """The stored test predictions of these runs (those that have them), unpacked."""
     query = (select(ConfusionMatrix.run_id, ConfusionMatrix.classes, ConfusionMatrix.test_predictions,
@@ -51,3 +36,33 @@ def load_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunP
                     ConfusionMatrix.test_labels.is_not(None)))
     return {run_id: RunPredictions(unpack_labels(predicted, len(classes)), unpack_labels(labels, len(classes)))
             for run_id, classes, predicted, labels in session.execute(query)}
+
+
+class NoStoredPredictions(LookupError):
+    """The run kept no test predictions: not finished, finished before they were kept, or
+    logged from elsewhere without them."""
+
+
+@dataclass(frozen=True)
+class StoredPredictions:
+    """What GET /api/runs/{id}/predictions serves: a run's test predictions with their setting."""
+
+    run_id: int
+    epoch: int
+    classes: list[str]
+    counted: str  # "samples", or "groups" (videos) where the run's accuracy is per group
+    predictions: RunPredictions
+
+
+def stored_predictions(session: Session, run_id: int) -> StoredPredictions:
+    """One run's stored test predictions, in the order of its test set (raises
+    NoStoredPredictions; the caller checked that the run exists)."""
+    matrix = session.get(ConfusionMatrix, run_id)
+    if matrix is None or matrix.test_predictions is None or matrix.test_labels is None:
+        raise NoStoredPredictions(run_id)
+    run = session.get(Run, run_id)
+    grouped = run is not None and (run.info or {}).get("accuracy_level") == "group"
+    n_classes = len(matrix.classes)
+    return StoredPredictions(run_id, matrix.epoch, list(matrix.classes), "groups" if grouped else "samples",
+                             RunPredictions(unpack_labels(matrix.test_predictions, n_classes),
+                                            unpack_labels(matrix.test_labels, n_classes)))

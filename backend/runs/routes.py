@@ -21,14 +21,13 @@ from ..api.deps import RunQueueDep, SessionDep, SettingsDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
 from ..catalog import registry
 from ..live import client_address
-from ..sweeps.export import SafeCSVWriter
-from ..sweeps.models import Sweep
-from ..sweeps.paired import compare_runs
+from ..csv_export import SafeCSVWriter
+from ..paired_statistics import compare_runs
 from . import artifacts, outcomes, query, series, service
 from .models import RunState
-from .predictions import load_predictions
-from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
-                      RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .predictions import load_predictions, stored_predictions
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, PredictionsOut,
+                      RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
 from .validation import DatasetCatalog, check_against_dataset
 
@@ -99,9 +98,6 @@ def log_external_run(payload: ExternalRunCreate, session: SessionDep) -> RunOut:
     """Record a run trained elsewhere (another codebase, a paper's numbers): its setting, metrics
     per epoch or step, test accuracy and confusion matrix. It is marked `external` and shown with a
     mark in comparison tables and trends, in its own row, never averaged with missmod's runs."""
-    if payload.sweep_id is not None and session.get(Sweep, payload.sweep_id) is None:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", "sweep_id"), "input": payload.sweep_id,
-                                       "msg": f"no sweep {payload.sweep_id}"}])
     return RunOut.model_validate(service.log_external_run(session, payload))
 
 
@@ -340,6 +336,30 @@ def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     grouped = (run.info or {}).get("accuracy_level") == "group"
     return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
                         counted="groups" if grouped else "samples")
+
+
+@router.get("/{run_id}/predictions", response_model=PredictionsOut, responses={
+    **CSV, 404: {"description": "No such run, or it has no stored test predictions"}})
+def get_predictions(run_id: RunId, session: SessionDep,
+                    format: Literal["json", "csv"] = Query("json", description="csv: one row per test sample: "
+                                                                               "index, label, predicted, correct")
+                    ) -> PredictionsOut | Response:
+    """The predicted and the true class of every test sample (or group) at the selected epoch,
+    as stored for the sample-level tests: check a McNemar comparison yourself by pairing two runs'
+    lists (same dataset, seed and split: same samples, same order)."""
+    service.get_run(session, run_id)
+    stored = stored_predictions(session, run_id)
+    labels, predicted = stored.predictions.labels.tolist(), stored.predictions.predicted.tolist()
+    if format == "json":
+        return PredictionsOut(run_id=run_id, epoch=stored.epoch, classes=stored.classes, counted=stored.counted,
+                              labels=labels, predicted=predicted)
+    out = io.StringIO()
+    writer = SafeCSVWriter(out)
+    writer.writerow(["index", "label", "predicted", "label_name", "predicted_name", "correct"])
+    for index, (label, guess) in enumerate(zip(labels, predicted)):
+        writer.writerow([index, label, guess, stored.classes[label], stored.classes[guess], int(label == guess)])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="run-{run_id}-predictions.csv"'})
 
 
 @router.get("/{run_id}/paired", response_model=list[RunPairOut],

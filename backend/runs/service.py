@@ -13,19 +13,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  # noqa: F401  (raised from here)
 from ..queue import RunQueue
-from ..sweeps.models import Sweep
-from . import query as run_query
+from . import outcomes, query as run_query
 from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
 from .downsample import downsample_min_max
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import ExternalRunCreate, RunCreate
+from .validation import Refused
 from .system import SystemMetricPoint
 
 
@@ -97,7 +98,12 @@ def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
         external=True,
     )
     session.add(run)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the one reference a new external row can break: runs.sweep_id
+        session.rollback()
+        raise Refused([{"type": "value_error", "loc": ("body", "sweep_id"), "input": payload.sweep_id,
+                        "msg": f"no sweep {payload.sweep_id}"}]) from None
     # The last value given for an (epoch, name) wins, as a re-recorded epoch would.
     points = {(p.epoch, p.name): p.value for p in payload.metrics}
     # JSON has no NaN: a diverged value is stored as NULL, as the worker stores it.
@@ -272,8 +278,7 @@ def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None)
     run.epochs_completed = 0
     run.test_accuracy = run.val_accuracy = run.best_epoch = None
     run.info = None
-    if run.sweep_id is not None:  # its sweep has a run to finish again
-        session.execute(update(Sweep).where(Sweep.id == run.sweep_id).values(finished_at=None))
+    outcomes.queued_again(session, [run])  # its sweep, say, has a run to finish again
     session.commit()
     remove_artifacts(artifact_dir, [run_id])
     enqueue_committed(session, [run], queue)

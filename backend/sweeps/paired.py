@@ -17,139 +17,63 @@ For each cell against the reference cell of its column:
 - Holm's step-down correction over every cell of the table tested; a cell is a significant win or
   loss only when its adjusted p-value is below alpha.
 
-Plain functions over numbers (no database); scipy is imported when first needed, so the API
-starts without it.
+Runs trained elsewhere (external rows) are paired only where their pairing is verified (`Pairing`:
+a run that shows it used missmod's split and missing samples for its seed); an unverified cell is
+marked, never paired silently by seed. Verified or not, they stay outside Holm's family unless
+asked (`include_external`), so logging a run from elsewhere never changes the adjustment of
+missmod's own cells.
+
+Plain functions over the table (no database); the statistics themselves are
+backend/paired_statistics.py's, shared with the comparison of runs side by side.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 import numpy as np
 
-from ..runs.predictions import RunPredictions
-from .analysis import Cell, ComparisonTable, Row
-
-ALPHA = 0.05
-CONFIDENCE = 0.95
-TARGET_POWER = 0.8
-EXACT_SIGN_FLIP_LIMIT = 20  # 2^20 assignments enumerated; above, a seeded Monte Carlo of as many
-TIE = 1e-12  # accuracies are ratios of counts: equal ones are equal to the last bit, near enough
-BASELINE_EXCLUDED = frozenset({"mle"})  # the paper's method; every other method is a baseline
+from ..paired_statistics import (ALPHA, TARGET_POWER, TIE, RunPredictions, discordant_pairs,
+                                 holm, mcnemar_p, mean_interval, seeds_needed, seeds_to_reach, sign_flip_p,
+                                 smallest_sign_flip_p, wins_ties_losses)
+from .analysis import Cell, ComparisonTable, Row, RunResult
 
 Test = Literal["seeds", "samples"]
+BASELINE_EXCLUDED = frozenset({"mle"})  # the paper's method; every other method is a baseline
 
 
 class UnknownReference(ValueError):
     """The reference asked for is neither a row label nor a method of the table."""
 
 
-# --- the statistics ----------------------------------------------------------------------
+class Pairing(Enum):
+    """Whether a run may be paired by seed with missmod's runs of its setting."""
+
+    verified = "verified"  # the seed fixes its split and missing samples: missmod's own runs
+    not_verified = "not_verified"  # trained elsewhere, with no split shown to be missmod's
 
 
-def sign_flip_p(differences: Sequence[float]) -> float:
-    """Exact two-sided p-value of the sign-flip permutation test of mean(d) = 0: the share of
-    the 2^n sign assignments whose |mean| is at least the observed one (the observed counts)."""
-    d = np.asarray(differences, dtype=float)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    observed = abs(d.sum())
-    if n <= EXACT_SIGN_FLIP_LIMIT:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-    else:
-        signs = np.random.default_rng(0).choice((1.0, -1.0), size=(2**EXACT_SIGN_FLIP_LIMIT, n))
-    sums = np.abs(signs @ d)
-    # A relative tolerance: sums equal to the observed one up to rounding must count as equal.
-    return float(np.mean(sums >= observed - 1e-9 * max(1.0, observed)))
+PairingOf = Callable[[int], Pairing]  # run id → its pairing
 
 
-def smallest_sign_flip_p(n: int) -> float:
-    """The smallest p-value the exact sign-flip test can give with n pairs (all of one sign)."""
-    return 1.0 if n <= 1 else 2.0 ** (1 - n)
+def pairing_by_origin(results: Sequence[RunResult]) -> PairingOf:
+    """missmod's own runs are verified (training/protocol.py derives the split and the missing
+    samples from the seed); a run trained elsewhere is not, since it declares no split.
+
+    Where external runs can declare their split (the protocol helper of live and external runs),
+    this is the one place to check it: verified when the declared split and missing mask are
+    those missmod derives for the run's dataset, seed, split and missing rate; not_verified
+    otherwise (none declared, or another)."""
+    external = {r.run_id for r in results if r.external}
+    return lambda run_id: Pairing.not_verified if run_id in external else Pairing.verified
 
 
-def seeds_to_reach(alpha: float = ALPHA) -> int:
-    """The fewest seeds with which the exact sign-flip test can reach p ≤ alpha at all."""
-    return max(2, math.ceil(1 - math.log2(alpha)))
-
-
-def mean_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
-    """Mean of the paired differences and its Student t interval (None below two pairs)."""
-    d = np.asarray(differences, dtype=float)
-    mean = float(d.mean())
-    if len(d) < 2:
-        return mean, None, None
-    from scipy import stats  # imported here: it costs the API half a second at start-up
-
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-    return mean, mean - half, mean + half
-
-
-def wins_ties_losses(differences: Sequence[float]) -> tuple[int, int, int]:
-    d = np.asarray(differences, dtype=float)
-    return int((d > TIE).sum()), int((np.abs(d) <= TIE).sum()), int((d < -TIE).sum())
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact (binomial) two-sided McNemar p-value from the two discordant counts: b pairs where
-    only the first is right, c where only the second is."""
-    if b + c == 0:
-        return 1.0
-    from scipy import stats
-
-    return float(stats.binomtest(min(b, c), b + c, 0.5).pvalue)
-
-
-def discordant_pairs(first_correct: np.ndarray, second_correct: np.ndarray) -> tuple[int, int]:
-    """(b, c): samples only the first got right, samples only the second got right."""
-    first_correct, second_correct = np.asarray(first_correct, bool), np.asarray(second_correct, bool)
-    return int((first_correct & ~second_correct).sum()), int((~first_correct & second_correct).sum())
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given (family-wise error control)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def seeds_needed(differences: Sequence[float], alpha: float = ALPHA, power: float = TARGET_POWER,
-                 limit: int = 1000) -> int | None:
-    """About how many seeds a paired test at level alpha would need to detect the observed mean
-    difference with the given power, taking the observed spread as the truth (a two-sided paired
-    t test's power, from the noncentral t; never below what the exact test needs to reach alpha).
-    None when there is no effect to detect or more than `limit` seeds would be needed."""
-    d = np.asarray(differences, dtype=float)
-    if len(d) == 0 or abs(d.mean()) <= TIE:
-        return None
-    floor = seeds_to_reach(alpha)
-    spread = d.std(ddof=1) if len(d) > 1 else 0.0
-    if spread <= TIE:
-        return floor
-    from scipy import stats
-
-    effect = abs(d.mean()) / spread
-    # The normal approximation's n, then the exact power around it, all candidates in one call
-    # (a loop of scalar noncentral-t calls cost a table of 30 cells seconds).
-    guess = math.ceil(((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) / effect) ** 2)
-    if guess > limit:
-        return None
-    n = np.arange(max(2, floor, guess - 3), min(limit, max(guess, floor) + 40) + 1)
-    critical = stats.t.ppf(1 - alpha / 2, n - 1)
-    shift = effect * np.sqrt(n)
-    achieved = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
-    reached = np.flatnonzero(achieved >= power)
-    return int(n[reached[0]]) if len(reached) else None
+def _pairing_of_rows(table: ComparisonTable) -> PairingOf:
+    external = {run_id for row in table.rows if row.external for c in row.cells for run_id in c.run_ids}
+    return lambda run_id: Pairing.not_verified if run_id in external else Pairing.verified
 
 
 # --- a table's comparisons ----------------------------------------------------------------
@@ -173,8 +97,9 @@ class Paired:
     test: Test  # which of the two p_value is
     seeds_needed: int | None
     p_value: float | None = None
-    p_adjusted: float | None = None
+    p_adjusted: float | None = None  # None outside Holm's family
     significant: bool = False
+    in_family: bool = True  # in Holm's family: missmod's own cells, external ones only when included
 
     @property
     def mark(self) -> str | None:
@@ -200,6 +125,9 @@ class PairedSummary:
     note: str
     cells_without_predictions: int = 0
     notes: list[str] = field(default_factory=list)
+    include_external: bool = False  # external rows joined the family (and could be the reference)
+    outside_family: int = 0  # external cells compared but left out of Holm's family
+    not_verified: int = 0  # cells not paired: a run trained elsewhere whose pairing is not verified
 
 
 def _paired_values(cell: Cell) -> dict[int, tuple[float, int]]:
@@ -210,27 +138,41 @@ def _paired_values(cell: Cell) -> dict[int, tuple[float, int]]:
     return out
 
 
-def _reference_rows(table: ComparisonTable, reference: str | None) -> list[Row | None]:
+def _reference_rows(table: ComparisonTable, reference: str | None, include_external: bool,
+                    pairing: PairingOf) -> list[Row | None]:
     """The reference row of each column: the named row, the best row of the named method, or
     (by default) the best baseline — the best row of a method other than mle; the best row when
-    the table has no baseline."""
+    the table has no baseline. A method's rows and the default are missmod's own rows, and
+    external rows whose runs are all verified when include_external; a label names any row."""
     rows = table.rows
+
+    def eligible(row: Row) -> bool:
+        return not row.external or (include_external and all(
+            pairing(run_id) is Pairing.verified for cell in row.cells for run_id in cell.run_ids))
+
+    own = [row for row in rows if eligible(row)] or rows
     if reference is not None:
         named = [row for row in rows if row.label == reference]
         if named:
             return [named[0]] * len(table.columns)
-        candidates = [row for row in rows if row.method == reference]
+        candidates = [row for row in own if row.method == reference] or [row for row in rows if row.method == reference]
         if not candidates:
             raise UnknownReference(f"no row {reference!r} in this table (a row label such as "
                                    f"{rows[0].label!r}, or a method: {', '.join(dict.fromkeys(r.method for r in rows))})"
                                    if rows else "the table has no rows")
     else:
-        candidates = [row for row in rows if row.method not in BASELINE_EXCLUDED] or rows
+        candidates = [row for row in own if row.method not in BASELINE_EXCLUDED] or own
     chosen: list[Row | None] = []
     for i in range(len(table.columns)):
         scored = [row for row in candidates if row.cells[i].mean is not None]
         chosen.append(max(scored, key=lambda row: row.cells[i].mean) if scored else None)  # first of equals
     return chosen
+
+
+def _paired_runs(cell: Cell, reference_cell: Cell) -> list[int]:
+    """The run ids a comparison of these two cells would pair (both sides, the seeds in common)."""
+    ours, theirs = _paired_values(cell), _paired_values(reference_cell)
+    return [run_id for seed in set(ours) & set(theirs) for run_id in (ours[seed][1], theirs[seed][1])]
 
 
 def compare_cell(cell: Cell, reference_cell: Cell, reference_label: str, test: Test,
@@ -261,22 +203,34 @@ def compare_cell(cell: Cell, reference_cell: Cell, reference_label: str, test: T
 
 
 def compare_table(table: ComparisonTable, *, reference: str | None = None, test: Test = "seeds",
-                  predictions: Mapping[int, RunPredictions] | None = None, alpha: float = ALPHA) -> PairedSummary:
+                  predictions: Mapping[int, RunPredictions] | None = None, alpha: float = ALPHA,
+                  include_external: bool = False, pairing: PairingOf | None = None) -> PairedSummary:
     """Set `paired` on every cell that has seeds in common with its column's reference cell
-    (the reference cell itself is marked `is_reference`), then Holm-correct over them all."""
+    (the reference cell itself is marked `is_reference`), then Holm-correct over them all.
+    `pairing` (default: external rows' runs not verified) says which runs may be paired by seed:
+    a cell whose comparison would pair an unverified run gets `pairing_verified` False instead.
+    External cells join Holm's family only with `include_external`."""
     predictions = predictions or {}
-    references = _reference_rows(table, reference)
-    tested: list[Paired] = []
+    pairing = pairing or _pairing_of_rows(table)
+    references = _reference_rows(table, reference, include_external, pairing)
+    compared: list[Paired] = []
+    not_verified = 0
     for i, reference_row in enumerate(references):
         for row in table.rows:
             cell = row.cells[i]
-            cell.paired, cell.is_reference = None, reference_row is row
+            cell.paired, cell.is_reference, cell.pairing_verified = None, reference_row is row, True
             if reference_row is None or reference_row is row:
+                continue
+            if any(pairing(run_id) is not Pairing.verified for run_id in _paired_runs(cell, reference_row.cells[i])):
+                cell.pairing_verified = False
+                not_verified += 1
                 continue
             paired = compare_cell(cell, reference_row.cells[i], reference_row.label, test, predictions)
             if paired is not None:
+                paired.in_family = include_external or not (row.external or reference_row.external)
                 cell.paired = paired
-                tested.append(paired)
+                compared.append(paired)
+    tested = [p for p in compared if p.in_family]
     for paired, adjusted in zip(tested, holm([p.p_value for p in tested])):
         paired.p_adjusted = adjusted
         paired.significant = adjusted < alpha and paired.diff is not None and abs(paired.diff) > TIE
@@ -286,7 +240,8 @@ def compare_table(table: ComparisonTable, *, reference: str | None = None, test:
         reference=reference, references=[r.label if r is not None else None for r in references], test=test,
         alpha=alpha, tests=len(tested), max_seeds=max_seeds, smallest_p=smallest_sign_flip_p(max_seeds),
         seeds_for_alpha=seeds_to_reach(alpha), significant=sum(p.significant for p in tested),
-        with_predictions=with_predictions, cells_without_predictions=len(tested) - with_predictions, note="")
+        with_predictions=with_predictions, cells_without_predictions=len(tested) - with_predictions, note="",
+        include_external=include_external, outside_family=len(compared) - len(tested), not_verified=not_verified)
     summary.notes = _notes(summary, tested)
     summary.note = " ".join(summary.notes)
     return summary
@@ -294,7 +249,7 @@ def compare_table(table: ComparisonTable, *, reference: str | None = None, test:
 
 def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
     if not tested:
-        return ["No cell shares a seed with its reference yet: nothing to compare."]
+        return ["No cell shares a seed with its reference yet: nothing to compare.", *_external_notes(summary)]
     notes = []
     seed_level = summary.test == "seeds" or summary.with_predictions < summary.tests
     if seed_level and summary.smallest_p >= summary.alpha:
@@ -314,45 +269,16 @@ def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
                      "predictions (finished before they were recorded): they use the seed-level test.")
     notes.append(f"{summary.significant} of {summary.tests} comparisons significant at {summary.alpha:g} after "
                  f"Holm's correction over the table ({'McNemar over test samples, pooled over seeds' if summary.test == 'samples' else 'exact sign-flip test over seeds'}).")
+    return notes + _external_notes(summary)
+
+
+def _external_notes(summary: PairedSummary) -> list[str]:
+    notes = []
+    if summary.not_verified:
+        notes.append(f"{summary.not_verified} comparison{'s' if summary.not_verified != 1 else ''} with runs trained "
+                     "elsewhere not made: pairing not verified (those runs declared no split shown to be missmod's, "
+                     "so they are not paired by seed).")
+    if summary.outside_family:
+        notes.append(f"{summary.outside_family} cell{'s' if summary.outside_family != 1 else ''} of runs trained "
+                     "elsewhere compared outside Holm's family (include_external adds them).")
     return notes
-
-
-# --- runs side by side (the compare page) ------------------------------------------------------
-
-
-@dataclass
-class RunPair:
-    """A run against a reference run on the same test samples."""
-
-    run_id: int
-    comparable: bool
-    reason: str | None = None  # why not, when not comparable
-    samples: int | None = None
-    diff: float | None = None  # accuracy over the samples, run − reference
-    discordant: tuple[int, int] | None = None  # (only the reference right, only the run right)
-    p_value: float | None = None  # exact McNemar
-    p_adjusted: float | None = None  # Holm over the runs compared
-    significant: bool = False
-
-
-def compare_runs(reference: RunPredictions | None, others: Mapping[int, RunPredictions | None],
-                 alpha: float = ALPHA) -> list[RunPair]:
-    """McNemar's exact test of each run against the reference run, sample by sample, where both
-    kept their test predictions and saw the same test set (same dataset, seed and split); Holm's
-    correction over the runs compared."""
-    pairs = []
-    for run_id, mine in others.items():
-        if reference is None or mine is None:
-            pairs.append(RunPair(run_id, False, "no stored test predictions (a run finished before they were kept, "
-                                                "or not finished)"))
-        elif not mine.same_test_set(reference):
-            pairs.append(RunPair(run_id, False, "not the same test set (another dataset, seed or split)"))
-        else:
-            b, c = discordant_pairs(reference.correct, mine.correct)
-            pairs.append(RunPair(run_id, True, samples=len(mine.labels), diff=(c - b) / len(mine.labels),
-                                 discordant=(b, c), p_value=mcnemar_p(b, c)))
-    tested = [pair for pair in pairs if pair.comparable]
-    for pair, adjusted in zip(tested, holm([pair.p_value for pair in tested])):
-        pair.p_adjusted = adjusted
-        pair.significant = adjusted < alpha and pair.diff != 0
-    return pairs

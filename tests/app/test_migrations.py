@@ -9,20 +9,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from backend.db import Base, make_engine
+from backend.db import make_engine
 from backend.migrate import alembic_config, pending_migrations, upgrade
-from backend.catalog import models as catalog_models  # noqa: F401
-from backend import browser_sessions  # noqa: F401
-from backend.jobs import models as job_models  # noqa: F401
-from backend.runs import models  # noqa: F401  (and the sweep models it refers to)
-from backend.runs import system as system_models  # noqa: F401
-from backend.workers import models as worker_models  # noqa: F401
+from backend.models import metadata
 
 
 def assert_schema_matches_models(url: str) -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == [], differences
     tables = set(inspect(engine).get_table_names())
     assert {"runs", "metric_points", "confusion_matrices", "sweeps", "run_tags", "dataset_jobs",
