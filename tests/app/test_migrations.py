@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -42,6 +43,7 @@ def test_sqlite_migrations(tmp_path):
     check_round_trip(f"sqlite:///{tmp_path / 'm.db'}")
 
 
+@pytest.mark.services
 def test_postgresql_migrations(postgres_url):
     check_round_trip(postgres_url)
 
@@ -75,6 +77,7 @@ def test_sqlite_upgrade_keeps_data(tmp_path):
     check_upgrade_keeps_data(f"sqlite:///{tmp_path / 'm.db'}")
 
 
+@pytest.mark.services
 def test_postgresql_upgrade_keeps_data(postgres_url):
     check_upgrade_keeps_data(postgres_url)
 
@@ -112,5 +115,6 @@ def test_sqlite_client_json_is_made_storable(tmp_path):
     check_client_json_is_made_storable(f"sqlite:///{tmp_path / 'm.db'}")
 
 
+@pytest.mark.services
 def test_postgresql_client_json_is_made_storable(postgres_url):
     check_client_json_is_made_storable(postgres_url)
