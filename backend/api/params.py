@@ -24,6 +24,7 @@ def id_in_path(what: str):
 RunId = id_in_path("run")
 SweepId = id_in_path("sweep")
 JobId = id_in_path("job")
+StudyId = id_in_path("study")
 Offset = Annotated[int, Query(ge=0, le=MAX_CURSOR, description="Rows to skip")]
 DatasetName = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS,
                                   description="A dataset's name, as in GET /api/datasets")]
