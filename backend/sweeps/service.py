@@ -130,9 +130,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=N
     get_sweep(session, sweep_id)
     retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
     ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
-    for run_id in ids:
-        runs.retry_run(session, run_id, queue, artifact_dir)
-    return ids
+    return runs.retry_runs(session, ids, queue, artifact_dir).done
 
 
 # --- results ----------------------------------------------------------------------------
