@@ -102,8 +102,9 @@ class TrainResult:
     test_labels: list[int] | None = None
 
     @property
-    def cancelled(self) -> bool:
-        """Ended before its last epoch was asked to (cancelled or shut down)."""
+    def stopped_early(self) -> bool:
+        """Ended before its last epoch, for whatever reason (cancelled or shut down): `stopped`
+        says which."""
         return self.stopped is not StopReason.finished
 
 

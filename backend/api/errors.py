@@ -1,5 +1,5 @@
 """Errors → HTTP responses, in one place: the services raise what went wrong in their own terms
-(a run that does not exist, a broker that cannot be reached, a request refused field by field)
+(a run that does not exist, a request refused field by field)
 and the routes let it through; the handlers registered here answer for all, every one as RFC 9457
 problem details (backend/api/problems.py says the format). Extend `register` for new kinds of
 errors rather than catching them in routes."""
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from ..jobs.service import JobNotFound
-from ..runs.service import BrokerUnavailable, RunNotFound
+from ..runs.service import RunNotFound
 from ..runs.validation import Refused
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
@@ -42,12 +42,6 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
     message = next(say(error) for kind, say in NOT_FOUND.items() if isinstance(error, kind))
     return problem_response(status.HTTP_404_NOT_FOUND, message, request=request)
-
-
-def _broker_unavailable(request: Request, error: BrokerUnavailable) -> JSONResponse:
-    # The broker's own message can carry its address: the server log has it, the client gets
-    # what was saved and what to do (the exception's public message).
-    return problem_response(status.HTTP_503_SERVICE_UNAVAILABLE, error.public_message, request=request)
 
 
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -82,7 +76,6 @@ def _internal_error(request: Request, error: Exception) -> JSONResponse:
 def register(app: FastAPI) -> None:
     for kind in NOT_FOUND:
         app.add_exception_handler(kind, _not_found)
-    app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

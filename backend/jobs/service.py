@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as JobFinished  # noqa: F401  (raised from here)
-from ..lifecycle.api import BrokerUnavailable
 from ..lifecycle.models import State
 from ..queue import RunQueue
 from .models import DatasetJob
@@ -20,10 +19,6 @@ from .models import DatasetJob
 
 class JobNotFound(LookupError):
     pass
-
-
-class JobNotQueued(BrokerUnavailable):
-    public_message = "the broker is unreachable: the job was saved as failed; try again shortly"
 
 
 def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]) -> DatasetJob | None:

@@ -17,15 +17,6 @@ log = logging.getLogger("missmod.lifecycle")
 Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, RunQueue.enqueue_job)
 
 
-class BrokerUnavailable(RuntimeError):
-    """The row was saved but its id could not be sent to the broker. No longer raised when a row
-    is submitted (it stays queued, awaiting the broker: enqueue_committed); kept for callers."""
-
-    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
-    # carry its address, goes to the server log only.
-    public_message = "the broker is unreachable: the run was saved and is sent once the broker is back"
-
-
 class AlreadyFinished(RuntimeError):
     """The run or job is already in a terminal state."""
 

@@ -1,5 +1,5 @@
-"""REST routes of runs. Thin: validation at the edge, logic in service.py; a run not found or
-a broker that cannot be reached is answered by the handlers of backend/api/errors.py."""
+"""REST routes of runs. Thin: validation at the edge, logic in service.py; what goes wrong is
+answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
-# Kept for the routes that list it: with the broker down, runs now wait for it instead (no 503).
-BROKER_DOWN: dict = {}
 AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could not be reached: the run waits for "
                                          "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
@@ -120,7 +118,7 @@ def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep
     return _bulk_result(outcome)
 
 
-@router.post("/bulk-retry", response_model=BulkResult, responses=BROKER_DOWN)
+@router.post("/bulk-retry", response_model=BulkResult)
 def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
     """Queue many failed or cancelled runs again; the others are listed as refused."""
     return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
-from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  # noqa: F401  (raised from here)
+from ..lifecycle.api import AlreadyFinished as RunFinished  # noqa: F401  (raised from here)
 from ..queue import RunQueue
 from . import outcomes, query as run_query
 from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
@@ -321,8 +321,7 @@ def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
 
 def bulk_retry(session: Session, run_ids: Sequence[int], queue: RunQueue,
                artifact_dir: Path | None = None) -> BulkOutcome:
-    """Retry each; BrokerUnavailable stops at the first run that could not be sent (it and the
-    ones after it stay failed, with the reason)."""
+    """Retry each; with the broker down the runs wait for it (`awaiting_broker`), as one retry does."""
     outcome = BulkOutcome()
     for run_id in dict.fromkeys(run_ids):
         try:

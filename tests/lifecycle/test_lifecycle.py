@@ -22,11 +22,10 @@ from backend.lifecycle.api import AlreadyFinished, enqueue_committed
 from backend.lifecycle.models import Leased, State
 from backend.queue import RunQueue
 from backend.reconcile import reconcile
-from backend.runs import lease as runs_lease
 from backend.runs import service as runs
 from backend.runs.models import Run
 from worker.lease_holder import DatabaseUnavailable, holder_is_dead_here
-from tests.support import queued_task_ids, wait_for
+from tests.support import as_worker, queued_task_ids, wait_for
 
 VALID_RUN = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
              "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -49,7 +48,7 @@ RUN = Kind(
     Run,
     create=lambda client, session, queue: client.post("/api/runs", json=VALID_RUN).json()["id"],
     task_id=str,
-    write_progress=lambda session, run_id, step, worker: runs_lease.record_epoch(
+    write_progress=lambda session, run_id, step, worker: as_worker.record_epoch(
         session, run_id, step, {"val_accuracy": step / 10}, worker),
     progress=lambda session, run_id: session.get(Run, run_id).epochs_completed,
     cancel=runs.request_cancel,

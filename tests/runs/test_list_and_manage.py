@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import lease
+from backend.runs import recording
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.downsample import downsample_min_max
 from backend.runs.models import ConfusionMatrix, MetricPoint, RunTag
+from tests.support import as_worker
 
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 2, "seed": 0}
@@ -36,12 +37,12 @@ def sessions(settings):
 
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     with sessions(settings)() as session:
-        lease.start_run(session, run_id, "test")
-        lease.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
         if state == "failed":
-            lease.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
+            as_worker.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
         else:
-            lease.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
+            recording.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
                              val_accuracy=0.5, best_epoch=1, classes=["a", "b"], confusion=[[1, 0], [0, 1]], info={})
 
 
@@ -222,12 +223,12 @@ def test_delete_removes_the_run_with_its_points_matrix_and_tags(client, settings
 def test_a_worker_finishing_a_deleted_run_leaves_it_deleted(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        lease.start_run(session, run["id"], "test")
+        as_worker.start_run(session, run["id"], "test")
     client.delete(f"/api/runs/{run['id']}")
     with sessions(settings)() as session:
-        lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
+        recording.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
                          classes=["a"], confusion=[[1]], info={})
-        lease.fail_run(session, run["id"], "late")
+        as_worker.fail_run(session, run["id"], "late")
     assert client.get(f"/api/runs/{run['id']}").status_code == 404
 
 
@@ -248,9 +249,9 @@ def test_downsampling_keeps_the_extremes_and_the_ends():
 def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        lease.start_run(session, run["id"], "test")
+        as_worker.start_run(session, run["id"], "test")
         for epoch in range(1, 301):
-            lease.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
+            as_worker.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
                                                            "train_loss": 1 / epoch})
     full = client.get(f"/api/runs/{run['id']}/metrics").json()
     thin = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 50}).json()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import lease as runs_lease
+from backend.runs import recording
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
@@ -22,7 +22,7 @@ from backend.sweeps.paper import TABLE_1, TABLE_2
 from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
 from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
-from tests.support import queued_run_ids
+from tests.support import as_worker, queued_run_ids
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
         "missing_rate": [0.5, 0.9], "seed": [0, 1, 2], "epochs": 2}
@@ -47,12 +47,12 @@ def counts(settings) -> tuple[int, int]:
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     """What the worker writes for a run that ends, through the worker's own service calls."""
     with session_factory(settings.database_url)() as session:
-        runs_lease.start_run(session, run_id, "test")
-        runs_lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
         if state == "failed":
-            runs_lease.fail_run(session, run_id, "RuntimeError: boom")
+            as_worker.fail_run(session, run_id, "RuntimeError: boom")
         else:
-            runs_lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
+            recording.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
                                   best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
 
 

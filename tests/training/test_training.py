@@ -81,7 +81,7 @@ def test_high_missing_rate_with_batch_reference_set_trains():
 def test_stop_request_ends_training_after_that_epoch():
     collect = Collect(stop_after=2)
     result = train(digits_spec(epochs=50), collect)
-    assert result.cancelled and result.epochs_completed == 2 and len(collect.epochs) == 2
+    assert result.stopped_early and result.epochs_completed == 2 and len(collect.epochs) == 2
 
 
 def test_synthetic_run_reports_bayes_ceiling():
