@@ -1,11 +1,19 @@
-"""README's layout section against the tree: every top-level folder, and every subpackage,
-folder and module of training/, backend/ and worker/, is named there. A folder or module added
-without a line in the layout fails here."""
+"""The documentation against the tree and against itself.
+
+- The layout (docs/architecture.md, "Layout") names every top-level folder, and every
+  subpackage, folder and module of training/, backend/ and worker/: a folder or module added
+  without a line there fails here.
+- Every link and anchor of README.md and docs/*.md leads somewhere: a file of the repository,
+  and a heading of that file (as GitHub makes anchors of headings).
+- The README stays a first screen: at most 300 lines.
+
+The tutorial's and the README's commands are run in tests/app/test_tutorial.py."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +22,14 @@ from tests.support import ROOT
 LAYERS = ("training", "backend", "worker")
 
 
+LAYOUT = ROOT / "docs" / "architecture.md"
+README_MAX_LINES = 300
+
+
 def layout_section() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^## Layout\n(.*?)(?=^## |\Z)", readme, flags=re.S | re.M)
-    assert match, "README.md has no '## Layout' section"
+    text = LAYOUT.read_text(encoding="utf-8")
+    match = re.search(r"^## (?:\d+\. )?Layout\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert match, "docs/architecture.md has no 'Layout' section"
     return match.group(1)
 
 
@@ -53,7 +65,7 @@ def named(text: str, name: str) -> bool:
 def test_every_top_level_folder_is_in_the_layout():
     section = layout_section()
     missing = [f"{folder}/" for folder in top_level_folders() if not named(section, f"{folder}/")]
-    assert not missing, f"README's layout does not name: {', '.join(missing)}"
+    assert not missing, f"the layout (docs/architecture.md) does not name: {', '.join(missing)}"
 
 
 @pytest.mark.parametrize("layer", LAYERS)
@@ -63,14 +75,14 @@ def test_every_part_of_a_layer_is_in_the_layout(layer):
     assert modules, f"{layer}/ has no modules: the tree changed under this test"
     missing = [f"{layer}/{folder}/" for folder in folders if not named(section, f"{folder}/")]
     missing += [f"{layer}/{module}.py" for module in modules if not named(section, module)]
-    assert not missing, f"README's layout does not name: {', '.join(missing)}"
+    assert not missing, f"the layout (docs/architecture.md) does not name: {', '.join(missing)}"
 
 
-def test_tests_are_laid_out_by_feature_as_the_readme_says():
+def test_tests_are_laid_out_by_feature_as_the_layout_says():
     section = layout_section()
     features = sorted({p.split("/")[1] for p in tracked_files() if p.startswith("tests/") and p.count("/") >= 2})
     missing = [f"tests/{feature}/" for feature in features if not named(section, f"{feature}/")]
-    assert not missing, f"README's layout does not name: {', '.join(missing)}"
+    assert not missing, f"the layout (docs/architecture.md) does not name: {', '.join(missing)}"
 
 
 def test_names_match_as_whole_words():
@@ -92,3 +104,86 @@ def test_the_repository_cites_only_documents_it_contains():
         missing += [f"{path} → {cited}" for cited in re.findall(r"\bdocs/[\w./-]+\.md\b", text)
                     if not (ROOT / cited).exists()]
     assert outside == [] and missing == []
+
+
+# --- links and anchors -------------------------------------------------------------------
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped (letters, digits, `_`
+    and `-` kept), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def parsed(path: Path) -> tuple[list[str], list[str]]:
+    """The anchors of a Markdown file's headings (a repeated heading gets -1, -2, … as on
+    GitHub), and the targets of its links and images (code spans and blocks are not links)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8"))
+    anchors, targets, seen = [], [], {}
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            text = "".join(child.content for child in tokens[i + 1].children
+                           if child.type in ("text", "code_inline"))
+            anchor = github_anchor(text)
+            count = seen.get(anchor, 0)
+            seen[anchor] = count + 1
+            anchors.append(anchor if count == 0 else f"{anchor}-{count}")
+        for child in token.children or ():
+            if child.type == "link_open":
+                targets.append(child.attrs["href"])
+            elif child.type == "image":
+                targets.append(child.attrs["src"])
+    return anchors, targets
+
+
+def broken_links(path: Path, root: Path = ROOT) -> list[str]:
+    broken = []
+    for target in parsed(path)[1]:
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: — outside the repository
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part).resolve() if file_part else path
+        if not linked.exists() or not linked.is_relative_to(root):
+            broken.append(f"{target} (no such file)")
+        elif anchor and (linked.suffix != ".md" or anchor not in parsed(linked)[0]):
+            broken.append(f"{target} (no such heading)")
+    return broken
+
+
+def test_github_anchors_are_made_as_github_makes_them():
+    assert github_anchor("Benchmarks: `make bench`") == "benchmarks-make-bench"
+    assert github_anchor("6. What survives what") == "6-what-survives-what"
+    assert github_anchor("RAVDESS and eNTERFACE'05 from the raw videos") == "ravdess-and-enterface05-from-the-raw-videos"
+    assert github_anchor("Several runs per GPU (slots)") == "several-runs-per-gpu-slots"
+
+
+def test_the_link_check_finds_a_broken_link_and_a_broken_anchor(tmp_path):
+    """The check itself can fail: a missing file and a missing heading are both reported."""
+    (tmp_path / "a.md").write_text("# A\n\n## Real heading\n\n[ok](#real-heading) [ok](b.md#b) "
+                                   "[bad](missing.md) [bad](b.md#nowhere) `[not a link](missing.md)`\n")
+    (tmp_path / "b.md").write_text("# B\n")
+    assert broken_links(tmp_path / "a.md", root=tmp_path) == ["missing.md (no such file)",
+                                                             "b.md#nowhere (no such heading)"]
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_and_anchor_leads_somewhere(path):
+    assert broken_links(path) == []
+
+
+def test_every_docs_file_is_in_the_index():
+    """docs/README.md, the index, links every document of docs/."""
+    indexed = {target.partition("#")[0] for target in parsed(ROOT / "docs" / "README.md")[1]}
+    missing = [p.name for p in (ROOT / "docs").glob("*.md") if p.name != "README.md" and p.name not in indexed]
+    assert missing == [], f"docs/README.md does not link: {', '.join(missing)}"
+
+
+def test_the_readme_fits_on_a_few_screens():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move the detail into docs/"
