@@ -18,9 +18,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from ..jobs.service import JobNotFound
-from ..runs.service import RunNotFound
-from ..runs.validation import Refused
+from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
+from ..lifecycle.api import AlreadyFinished
+from ..refused import Refused
+from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
+from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
 from .params import printable
@@ -36,12 +38,26 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     SweepNotFound: lambda error: f"sweep {error.args[0]} not found",
     JobNotFound: lambda error: f"job {error.args[0]} not found",
     PresetNotFound: str,
+    NoConfusionMatrix: lambda error: f"run {error.args[0]} has no confusion matrix yet",
+    ArtifactNotFound: lambda error: f"run {error.args[0]} has no file {error.args[1]!r}",
+    DatasetNotFound: lambda error: f"unknown dataset {error.args[0]!r}",
 }
+# What a 409 is: the request does not fit the state the thing is in (its message says why).
+CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
     message = next(say(error) for kind, say in NOT_FOUND.items() if isinstance(error, kind))
     return problem_response(status.HTTP_404_NOT_FOUND, message, request=request)
+
+
+def _conflict(request: Request, error: Exception) -> JSONResponse:
+    return problem_response(status.HTTP_409_CONFLICT, str(error), request=request)
+
+
+def _outside_the_run(request: Request, error: PathOutsideRoot) -> JSONResponse:
+    return problem_response(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory",
+                            request=request)
 
 
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -76,6 +92,9 @@ def _internal_error(request: Request, error: Exception) -> JSONResponse:
 def register(app: FastAPI) -> None:
     for kind in NOT_FOUND:
         app.add_exception_handler(kind, _not_found)
+    for kind in CONFLICT:
+        app.add_exception_handler(kind, _conflict)
+    app.add_exception_handler(PathOutsideRoot, _outside_the_run)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

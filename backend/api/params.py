@@ -4,10 +4,13 @@ an overflow or an encoding error inside the driver (the API fuzz test finds thos
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, StringConstraints, field_validator
+
+from ..refused import Refused
 
 # Ids are INTEGER columns; cursors and offsets are compared with 64-bit integers.
 MAX_ID = 2**31 - 1
@@ -105,7 +108,15 @@ class CleanInput(BaseModel):
         return value
 
 
-def id_cursor(cursor: str | None) -> int | None:
-    """A list's `cursor` that is the last id of the previous page, bounded to what an id can be
-    (a larger one, which this server never hands out, means "from the start")."""
-    return None if not cursor else min(int(cursor), MAX_ID)
+def id_list(text: str, parameter: str, *, most: int, noun: str) -> list[int]:
+    """Comma-separated ids (a query parameter), each once, in order; Refused (a 422 naming the
+    parameter) when one is not an id or there are more than `most`."""
+    ids = []
+    for part in text.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise Refused.field("query", parameter, text, f"{part.strip()!r} is not a {noun} id")
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > most:
+        raise Refused.field("query", parameter, text, f"{len(ids)} {noun}s; at most {most}")
+    return ids

@@ -9,9 +9,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from training.datasets import UnknownDatasetError, dataset_info
+
+from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
-from ..lifecycle.api import AlreadyFinished as JobFinished  # noqa: F401  (raised from here)
 from ..lifecycle.models import State
 from ..queue import RunQueue
 from .models import DatasetJob
@@ -19,6 +21,27 @@ from .models import DatasetJob
 
 class JobNotFound(LookupError):
     pass
+
+
+class DatasetNotFound(LookupError):
+    """args: the dataset's name."""
+
+
+class NotAVideoDataset(RuntimeError):
+    """Only a raw video dataset, one that can be used, is preprocessed or has features extracted."""
+
+
+def check_video_dataset(name: str, data_dir, video) -> None:
+    """DatasetNotFound or NotAVideoDataset unless `name` is a raw video dataset that can be used."""
+    try:
+        info = dataset_info(name, data_dir, video)
+    except UnknownDatasetError:
+        raise DatasetNotFound(name) from None
+    if info.source != "video":
+        raise NotAVideoDataset(f"dataset {name!r} is not a raw video dataset; only ravdess and enterface05 are "
+                               f"preprocessed")
+    if info.error:
+        raise NotAVideoDataset(f"dataset {name!r} cannot be used: {info.error}")
 
 
 def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]) -> DatasetJob | None:
@@ -49,14 +72,19 @@ def get_job(session: Session, job_id: int) -> DatasetJob:
 
 
 def list_jobs(session: Session, dataset: str | None = None, limit: int = 50,
-              before_id: int | None = None) -> list[DatasetJob]:
-    """Newest first; `before_id`: only older jobs than that one (the next page)."""
+              cursor: str | None = None) -> tuple[list[DatasetJob], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None at the end;
+    backend/pagination.py)."""
     query = select(DatasetJob)
     if dataset:
         query = query.where(DatasetJob.dataset == dataset)
-    if before_id is not None:
-        query = query.where(DatasetJob.id < before_id)
-    return list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit)))
+    if cursor:
+        _, job_id = pagination.decode(cursor, pagination.NEWEST_FIRST)
+        query = query.where(DatasetJob.id < job_id)
+    jobs = list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    return jobs[:limit], pagination.encode(pagination.NEWEST_FIRST, jobs[limit - 1].id, jobs[limit - 1].id)
 
 
 def request_cancel(session: Session, job_id: int) -> DatasetJob:

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
+from .. import pagination
+from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
 from ..live import client_address
 from ..csv_export import SafeCSVWriter
@@ -153,35 +152,16 @@ def list_runs(
                                                                "with its spec fields"),
 ) -> RunPage:
     """Runs matching every filter given, newest first unless `sort` says otherwise."""
-    if sort.lstrip("-") not in service.SORT_COLUMNS:
-        raise RequestValidationError([{"type": "enum", "loc": ("query", "sort"), "input": sort,
-                                       "msg": f"sort by one of: {', '.join(service.SORT_COLUMNS)} (prefix - to reverse)"}])
-    if cursor and offset:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
-                                       "msg": "give either offset or cursor, not both"}])
-    conditions = []
-    for index, text in enumerate(where or []):
-        if len(text) > 300 or has_control_characters(text):
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
-                                           "msg": "at most 300 printable characters"}])
-        try:
-            conditions.append(query.parse_condition(text))
-        except query.InvalidQuery as error:
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
-                                           "msg": str(error)}]) from None
+    query.check_sort(sort)
+    pagination.one_way_to_page(cursor, offset)
     filters = service.RunFilters(states=state or (), dataset=dataset, method=method, fusion=fusion,
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
-                                 tag=tag, search=q, where=tuple(conditions), external=external)
+                                 tag=tag, search=q, where=query.parse_conditions(where or []), external=external)
     if format == "csv":
         return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort),
                                  media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
-    try:
-        runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
-                                                     cursor=cursor)
-    except service.InvalidCursor as error:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"), "input": cursor,
-                                       "msg": str(error)}]) from None
+    runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset, cursor=cursor)
     return RunPage(items=[RunOut.model_validate(r) for r in runs], total=total, limit=limit, offset=offset,
                    next_cursor=next_cursor)
 
@@ -210,10 +190,7 @@ def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Res
 def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
     and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
-    try:
-        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
-    except service.RunNotRetryable as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
 
 
 # Bodies of finished runs' metrics, by ETag: served without reading the database again; every
@@ -329,8 +306,6 @@ def _metrics_csv(session, run_id: int) -> str:
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     run = service.get_run(session, run_id)
     matrix = service.confusion_of(session, run_id)
-    if matrix is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
     grouped = (run.info or {}).get("accuracy_level") == "group"
     return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
                         counted="groups" if grouped else "samples")
@@ -344,16 +319,7 @@ def get_paired(run_id: RunId, session: SessionDep,
     """Each run of `against` compared with this one test sample by test sample (McNemar's exact
     test on the stored test predictions, Holm's correction over the runs; see docs/statistics.md).
     Runs are comparable when they saw the same test set: same dataset, seed and split."""
-    ids = []
-    for part in against.split(","):
-        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
-                                           "msg": f"{part.strip()!r} is not a run id"}])
-        ids.append(int(part))
-    ids = list(dict.fromkeys(ids))
-    if len(ids) > 50:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
-                                       "msg": f"{len(ids)} runs; at most 50"}])
+    ids = id_list(against, "against", most=50, noun="run")
     service.get_run(session, run_id)  # 404 when there is no such run
     kept = load_predictions(session, [run_id, *ids])
     pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
@@ -366,10 +332,7 @@ def get_paired(run_id: RunId, session: SessionDep,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
 def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
-    try:
-        run = service.request_cancel(session, run_id)
-    except service.RunFinished as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    run = service.request_cancel(session, run_id)
     outcomes.announce_ended(session, settings, [run_id])  # a queued run ends at once: its sweep may be done
     return RunOut.model_validate(run)
 
@@ -413,21 +376,10 @@ def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       ) -> Response:
     """From the artifact store, whichever host wrote it."""
     service.get_run(session, run_id)
-    store = artifacts.artifact_store(settings)
-    try:
-        key = artifacts.artifact_key(run_id, path)
-        local = store.local_path(key)
-        if local is None:
-            size = store.size(key)
-        elif not local.is_file() or local.is_symlink():
-            raise FileNotFoundError(path)
-    except artifacts.PathOutsideRoot:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
-    except FileNotFoundError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
+    found = artifacts.find_artifact(settings, run_id, path)
     filename = path.rpartition("/")[2].replace('"', "")
-    if local is not None:
-        return FileResponse(local, media_type="application/octet-stream", filename=filename)
-    return StreamingResponse(store.iter_chunks(key), media_type="application/octet-stream",
-                             headers={"Content-Length": str(size),
+    if found.local is not None:
+        return FileResponse(found.local, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(found.store.iter_chunks(found.key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(found.size),
                                       "Content-Disposition": f'attachment; filename="{filename}"'})

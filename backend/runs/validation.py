@@ -16,19 +16,8 @@ from pydantic import ValidationError
 from training.datasets import DatasetInfo, UnknownDatasetError, dataset_info
 from training.spec import spec_errors_for_dataset
 
+from ..refused import ErrorDict, Refused
 from .schemas import RunCreate
-
-ErrorDict = dict[str, Any]
-
-
-class Refused(ValueError):
-    """A request refused field by field, by logic beyond the schema (the dataset check, a
-    sweep's combinations, a preset's roles): answered as a 422 like a schema error."""
-
-    def __init__(self, errors: list[ErrorDict]):
-        super().__init__("; ".join(str(e.get("msg")) for e in errors))
-        self.errors = errors
-
 
 class DatasetCatalog:
     """The catalogue entry of each dataset, looked up once per request (a sweep asks for the

@@ -26,7 +26,8 @@ from typing import Any
 from training.datasets.naming import features_dataset_names
 from training.spec import FUSIONS, METHODS, PAPER_MODALITIES
 
-from ..runs.validation import DatasetCatalog, ErrorDict, Refused
+from ..refused import ErrorDict, Refused
+from ..runs.validation import DatasetCatalog
 from .grid import SweepPlan, plan_sweep
 from .paper import TABLE_1, TABLE_2, PaperTable
 from .schemas import PresetRequest

@@ -7,21 +7,20 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import Offset, SweepId, id_cursor
+from ..api.params import NO_CONTROL_CHARACTERS, Offset, SweepId
 from ..catalog import registry
 from ..live import client_address
-from ..runs.validation import DatasetCatalog, Refused
+from ..refused import Refused
+from ..runs.validation import DatasetCatalog
 from . import service
 from .analysis import missing_rate_trend
 from .export import table_csv, table_latex
 from .grid import SweepPlan, expand_grid, plan_sweep
-from .paired import UnknownReference
 from .presets import PRESETS, PresetRequestPlan, get_preset, plan_preset_request
 from .schemas import (
     InvalidCombinations,
@@ -109,13 +108,10 @@ def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, 
 
 @router.get("", response_model=SweepPage)
 def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
-                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                            description="`next_cursor` of the previous page")) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    if cursor and offset:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
-                                       "msg": "give either offset or cursor, not both"}])
-    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=id_cursor(cursor))
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, cursor)
     progress = service.progress_of(session, [s.id for s in sweeps])
     return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset,
                      next_cursor=next_cursor)
@@ -149,14 +145,6 @@ TestParam = Query("seeds", description=(
     "stored test predictions, pooled over seeds; runs without them use the seed-level test)"))
 
 
-def _compared_table(session, sweep, reference: str | None, test: str):
-    try:
-        return service.sweep_table(session, sweep, reference=reference, test=test)
-    except UnknownReference as error:
-        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
-                                       "msg": str(error)}]) from None
-
-
 @router.get("/{sweep_id}/table", response_model=TableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
 def get_table(sweep_id: SweepId, session: SessionDep,
@@ -170,7 +158,7 @@ def get_table(sweep_id: SweepId, session: SessionDep,
     correction over the table; see docs/statistics.md). CSV and LaTeX print percentages and
     carry the same comparisons."""
     sweep = service.get_sweep(session, sweep_id)
-    table, results, comparison = _compared_table(session, sweep, reference, test)
+    table, results, comparison = service.sweep_table(session, sweep, reference=reference, test=test)
     if format == "json":
         dataset = results[0].dataset if results else None
         return table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison)
@@ -189,7 +177,8 @@ def get_trend(sweep_id: SweepId, session: SessionDep, reference: str | None = Re
     modality, mean and std over seeds, each point's paired difference to its column's
     reference and its mark (significant win or loss); the paper's numbers as extra series in a
     preset sweep."""
-    table, _, _ = _compared_table(session, service.get_sweep(session, sweep_id), reference, test)
+    sweep = service.get_sweep(session, sweep_id)
+    table, _, _ = service.sweep_table(session, sweep, reference=reference, test=test)
     return trend_out(sweep_id, missing_rate_trend(table))
 
 
@@ -199,7 +188,7 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
     """The table and the trend in one response (what the sweep page draws), with the paired
     comparisons against the reference asked for."""
     sweep = service.get_sweep(session, sweep_id)
-    table, results, comparison = _compared_table(session, sweep, reference, test)
+    table, results, comparison = service.sweep_table(session, sweep, reference=reference, test=test)
     dataset = results[0].dataset if results else None
     return SweepSummary(table=table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison),
                         trend=trend_out(sweep_id, missing_rate_trend(table)))

@@ -19,7 +19,6 @@
   let axis = "epoch";
   let stepsPerEpoch = Number(page.dataset.stepsPerEpoch) || null;
   let bestEpoch = null;
-  let confusionShown = false;
 
   // Per-step series are named step/…; the learning rate and throughput get their own chart.
   const isStepSeries = (name) => name.startsWith("step/");
@@ -175,12 +174,9 @@
   }
 
   async function showConfusion() {
-    if (confusionShown) return;
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
-    if (!ok) return;
-    confusionShown = true;
-    document.getElementById("confusion-waiting")?.remove();
-    missmodCharts.confusion(document.getElementById("chart-confusion"), body);
+    if (await missmodCharts.runConfusion(document.getElementById("chart-confusion"), runId)) {
+      document.getElementById("confusion-waiting")?.remove();
+    }
   }
 
   function showInfo(info, run) {
