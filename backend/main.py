@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from training.datasets import configure_features
 
@@ -95,6 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
     app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
+    # Outermost: a Host naming another server is refused (400) before anything else, which is
+    # what stops DNS rebinding (a page of evil.example whose name now points here: its Origin
+    # agrees with its Host, so only the name gives it away).
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
 
     errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)
