@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from ..catalog.registry import NotRegistered
 from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
 from ..lifecycle.api import AlreadyFinished
 from ..refused import Refused
@@ -41,6 +42,7 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     NoConfusionMatrix: lambda error: f"run {error.args[0]} has no confusion matrix yet",
     ArtifactNotFound: lambda error: f"run {error.args[0]} has no file {error.args[1]!r}",
     DatasetNotFound: lambda error: f"unknown dataset {error.args[0]!r}",
+    NotRegistered: lambda error: f"no dataset {error.args[0]!r} is registered (made by a job)",
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
 CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset)
