@@ -22,7 +22,7 @@ from .live import StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
-from .queue import RunQueue
+from .queue import WorkQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
 from .runs import system_routes
@@ -69,14 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
-            reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
+            reconcile_periodically(settings, app.state.sessions, app.state.work_queue), name="reconcile")
         yield
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
         await app.state.run_hub.close()
         await app.state.sweep_hub.close()
-        app.state.run_queue.close()
+        app.state.work_queue.close()
 
     app = FastAPI(
         title="missmod",
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
-    app.state.run_queue = RunQueue(settings)
+    app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
     app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)

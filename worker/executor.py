@@ -15,7 +15,7 @@ from backend import notify
 from backend.db import session_factory, utcnow
 from backend.lifecycle.api import mark_sent
 from backend.lifecycle.lease import LeaseLost
-from backend.queue import RunQueue
+from backend.queue import WorkQueue
 from backend.runs import outcomes, recording
 from backend.runs.artifacts import RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
@@ -123,9 +123,9 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
     log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
     if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker,
                                                                 f"{type(error).__name__}: {error}")):
-        queue = RunQueue(settings)
+        queue = WorkQueue(settings)
         try:
-            queue.enqueue(run_id)
+            queue.send_run(run_id)
             holder.write(lambda session: mark_sent(session, Run, [run_id]))
         except Exception as send_error:
             log.warning("run %s: its id could not be sent now (%s); the reconcile step sends it", run_id, send_error)

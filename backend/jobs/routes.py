@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
 from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
 from . import service
 from .models import JobKind
@@ -28,7 +28,7 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
 
 @router.post("/api/datasets/{name}/preprocess", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
-def preprocess_dataset(name: DatasetName, response: Response, session: SessionDep, queue: RunQueueDep,
+def preprocess_dataset(name: DatasetName, response: Response, session: SessionDep, queue: WorkQueueDep,
                        settings: SettingsDep) -> JobOut:
     """Decode every clip of a raw video dataset into the cache (resumes; nothing to do when it is done)."""
     service.check_video_dataset(name, settings.data_dir, settings.video_options())
@@ -38,7 +38,7 @@ def preprocess_dataset(name: DatasetName, response: Response, session: SessionDe
 @router.post("/api/datasets/{name}/features", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
 def extract_features(name: DatasetName, payload: FeatureExtractionCreate, response: Response, session: SessionDep,
-                     queue: RunQueueDep, settings: SettingsDep) -> JobOut:
+                     queue: WorkQueueDep, settings: SettingsDep) -> JobOut:
     """Encode every segment with a frozen backbone into DATA_DIR/features/<name>.npz (a new dataset)."""
     service.check_video_dataset(name, settings.data_dir, settings.video_options())
     return _start(session, queue, response, JobKind.extract_features, name, payload.model_dump())

@@ -15,7 +15,7 @@ from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.models import State
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from .models import DatasetJob
 
 
@@ -52,7 +52,7 @@ def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]
     return next((job for job in jobs if job.params == params), None)
 
 
-def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any], queue: RunQueue) -> DatasetJob:
+def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any], queue: WorkQueue) -> DatasetJob:
     """Commit, then send (as for runs); if the broker cannot be reached, the job stays queued,
     awaiting the broker, and the reconcile step sends it once it is back."""
     now = utcnow()
@@ -60,7 +60,7 @@ def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any]
                      awaiting_broker_since=now)
     session.add(job)
     session.commit()
-    lifecycle.enqueue_committed(session, DatasetJob, [job], queue.enqueue_job)
+    lifecycle.enqueue_committed(session, DatasetJob, [job], queue.send_job)
     return job
 
 

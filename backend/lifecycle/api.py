@@ -14,7 +14,7 @@ from .models import Leased, State
 
 log = logging.getLogger("missmod.lifecycle")
 
-Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, RunQueue.enqueue_job)
+Send = Callable[[int], None]  # sends one id to the broker (WorkQueue.send_run, WorkQueue.send_job)
 
 
 class AlreadyFinished(RuntimeError):

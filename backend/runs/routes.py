@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
 from .. import pagination
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
@@ -28,7 +28,7 @@ from .predictions import load_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
                       RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
-from .validation import DatasetCatalog, check_against_dataset
+from .validation import DatasetCatalog, refuse_if_unfit
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -41,13 +41,13 @@ AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED})
-def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: WorkQueueDep,
                settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> RunOut:
     """Create a run and queue it for a worker. 201 when its id reached the broker; 202 when the
     broker is down and the run waits for it (it is saved, nothing to retry)."""
     key = idempotency.checked_key(idempotency_key)
     # Datasets made by a job on any host count too (the shared registry, backend/catalog/registry.py).
-    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
+    refuse_if_unfit(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
                                                   registry.lookup(session)))
     run, created = idempotency.create_once(session, key, lambda k: service.run_by_idempotency_key(session, k),
                                            lambda: service.create_run(session, payload, queue, key))
@@ -118,7 +118,7 @@ def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep
 
 
 @router.post("/bulk-retry", response_model=BulkResult)
-def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
+def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> BulkResult:
     """Queue many failed or cancelled runs again; the others are listed as refused."""
     return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings))
 
@@ -187,7 +187,7 @@ def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Res
 
 @router.post("/{run_id}/retry", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run is not failed or cancelled"}})
-def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+def retry_run(run_id: RunId, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
     and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
     return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))

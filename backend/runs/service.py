@@ -18,7 +18,7 @@ from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as RunFinished  # noqa: F401  (raised from here)
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..refused import Refused
 from . import outcomes, query as run_query
 from .artifacts import StoreLocation, remove_run_files
@@ -60,13 +60,13 @@ def new_run(payload: RunCreate, sweep_id: int | None = None, idempotency_key: st
     )
 
 
-def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> bool:
+def enqueue_committed(session: Session, runs: Sequence[Run], queue: WorkQueue) -> bool:
     """Send the ids of runs already committed, in order; True when all were sent. If the broker
     cannot be reached, the runs not sent stay queued, awaiting the broker (lifecycle/api.py)."""
-    return lifecycle.enqueue_committed(session, Run, runs, queue.enqueue)
+    return lifecycle.enqueue_committed(session, Run, runs, queue.send_run)
 
 
-def create_run(session: Session, payload: RunCreate, queue: RunQueue, idempotency_key: str | None = None) -> Run:
+def create_run(session: Session, payload: RunCreate, queue: WorkQueue, idempotency_key: str | None = None) -> Run:
     """Commit the run, then send its id: a worker never sees an id that is not in the
     database. If the broker cannot be reached the run stays queued, awaiting the broker
     (`run.awaiting_broker`). A key already taken raises IntegrityError (see api/idempotency.py)."""
@@ -227,7 +227,7 @@ def remove_artifacts(store: StoreLocation | None, run_ids: Iterable[int]) -> Non
 RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and a sweep's retry) takes
 
 
-def retry_run(session: Session, run_id: int, queue: RunQueue, store: StoreLocation | None = None) -> Run:
+def retry_run(session: Session, run_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
     result in the same cell), from scratch. Its old points and matrix are removed first:
     points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
@@ -288,7 +288,7 @@ def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
     return outcome
 
 
-def bulk_retry(session: Session, run_ids: Sequence[int], queue: RunQueue,
+def bulk_retry(session: Session, run_ids: Sequence[int], queue: WorkQueue,
                store: StoreLocation | None = None) -> BulkOutcome:
     """Retry each; with the broker down the runs wait for it (`awaiting_broker`), as one retry does."""
     outcome = BulkOutcome()

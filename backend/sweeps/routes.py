@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
+from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
 from ..api.params import NO_CONTROL_CHARACTERS, Offset, SweepId
 from ..catalog import registry
 from ..live import client_address
@@ -95,7 +95,7 @@ def preview_sweep(payload: SweepCreate, settings: SettingsDep, session: SessionD
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED,
                         422: {"description": "A field or a combination is invalid; nothing written"}})
-def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: WorkQueueDep,
                  settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Expand the grid into runs, commit them all, then queue them (seed by seed)."""
     key = idempotency.checked_key(idempotency_key)
@@ -132,7 +132,7 @@ def delete_sweep(sweep_id: SweepId, session: SessionDep, settings: SettingsDep,
 
 
 @router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses=NOT_FOUND)
-def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
+def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> RetriedRuns:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
     return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings))
 
@@ -240,7 +240,7 @@ def preview_preset(name: str, request: PresetRequest, settings: SettingsDep, ses
                                 422: {"description": "The preset needs methods the training library lacks "
                                                      "(unless only_available), or a field is invalid"}})
 def create_preset_sweep(name: str, request: PresetRequest, response: Response, session: SessionDep,
-                        queue: RunQueueDep, settings: SettingsDep,
+                        queue: WorkQueueDep, settings: SettingsDep,
                         idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Create the sweep of a paper experiment on the dataset given, in one call."""
     key = idempotency.checked_key(idempotency_key)

@@ -1,5 +1,5 @@
-"""Sweeps as plain functions over a session: create (atomically, then enqueue), list, read
-progress and results, retry, delete. Runs are created and queued through backend.runs.service,
+"""Sweeps as plain functions over a session: create (atomically, then send the runs to the
+workers), list, read progress and results, retry, delete. Runs are created and queued through backend.runs.service,
 the same way POST /api/runs does it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from training.datasets.naming import backbone_of, source_dataset
 
 from .. import pagination
 from ..db import utcnow
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..runs import service as runs
 from ..runs.artifacts import StoreLocation
 from ..runs.models import TERMINAL_STATES, Run, RunState
@@ -45,7 +45,7 @@ def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
     return f"{datasets}: {' × '.join(varying) or 'one setting'} ({runs} runs)"[:200]
 
 
-def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
+def create_sweep(session: Session, queue: WorkQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
                  preset: str | None = None, preset_options: dict[str, Any] | None = None,
                  idempotency_key: str | None = None) -> tuple[Sweep, list[Run]]:
     """One transaction writes the sweep and all its runs; only then are the run ids sent, in
@@ -127,7 +127,7 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, store
     runs.remove_artifacts(store, run_ids)
 
 
-def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, store: StoreLocation | None = None) -> list[int]:
+def retry_sweep(session: Session, sweep_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> list[int]:
     """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
     they wait for it)."""
     get_sweep(session, sweep_id)

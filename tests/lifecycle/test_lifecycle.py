@@ -20,7 +20,7 @@ from backend.jobs.models import DatasetJob
 from backend.lifecycle import lease
 from backend.lifecycle.api import AlreadyFinished, enqueue_committed
 from backend.lifecycle.models import Leased, State
-from backend.queue import RunQueue
+from backend.queue import WorkQueue
 from backend.reconcile import reconcile
 from backend.runs import service as runs
 from backend.runs.models import Run
@@ -37,7 +37,7 @@ class Kind:
     """One kind of leased row, and how a test makes one, writes its progress and reads it back."""
 
     model: type[Leased]
-    create: Callable[[object, Session, RunQueue], int]  # (API client, session, queue) → a queued row's id
+    create: Callable[[object, Session, WorkQueue], int]  # (API client, session, queue) → a queued row's id
     task_id: Callable[[int], str]  # its task id in the broker
     write_progress: Callable[[Session, int, int, str], None]  # (session, id, step, worker), under the lease
     progress: Callable[[Session, int], int]  # the last step written
@@ -82,7 +82,7 @@ def sessions(settings):
 
 @pytest.fixture
 def queue(settings):
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     yield queue
     queue.close()
 

@@ -85,7 +85,7 @@ def test_create_commits_every_run_then_sends_the_ids_seed_by_seed(client, settin
 
 def test_every_run_is_committed_before_the_first_id_is_sent(settings):
     """What a worker receiving an id would see: the real queue, watched from a second session."""
-    from backend.queue import RunQueue
+    from backend.queue import WorkQueue
     from backend.runs.validation import DatasetCatalog
     from backend.sweeps import service as sweeps
     from backend.sweeps.grid import expand_grid, plan_sweep
@@ -94,11 +94,11 @@ def test_every_run_is_committed_before_the_first_id_is_sent(settings):
     sessions = session_factory(settings.database_url)
     visible_at_send: list[int] = []
 
-    class WatchedQueue(RunQueue):
-        def enqueue(self, run_id: int) -> None:
+    class WatchedQueue(WorkQueue):
+        def send_run(self, run_id: int) -> None:
             with sessions() as other:  # another connection: sees only what is committed
                 visible_at_send.append(other.scalar(select(func.count()).select_from(Run)))
-            super().enqueue(run_id)
+            super().send_run(run_id)
 
     grid = SweepCreate.model_validate(GRID).grid()
     plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir))
