@@ -26,6 +26,7 @@ from .queue import WorkQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
 from .runs import system_routes
+from .runs.metrics import MetricsCaches
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
+    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
     app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from .deps import WorkQueueDep, SessionDep, SettingsDep
+from .deps import SessionDep, SettingsDep, WorkQueueDep
 
 router = APIRouter(tags=["health"])
 

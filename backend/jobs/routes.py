@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
 from . import service
 from .models import JobKind

@@ -3,26 +3,21 @@ answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from ..api import idempotency
-from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
 from .. import pagination
+from ..api import idempotency
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
 from ..live import client_address
-from ..csv_export import SafeCSVWriter
 from ..paired_statistics import compare_runs
-from . import artifacts, outcomes, query, series, service
+from . import artifacts, export, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
@@ -59,35 +54,6 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
     elif run.awaiting_broker:
         response.status_code = status.HTTP_202_ACCEPTED
     return RunOut.model_validate(run)
-
-
-CSV_PAGE = 500
-RUN_CSV_COLUMNS = ["id", "name", "state", "external", "dataset", "method", "fusion", "missing_modality",
-                   "missing_rate", "seed", "epochs_completed", "best_epoch", "val_accuracy", "test_accuracy",
-                   "sweep_id", "tags", "created_at", "finished_at"]
-
-
-def _runs_csv(sessions, filters: service.RunFilters, sort: str) -> Iterator[str]:
-    """Every matching run, a page of rows at a time (a long list is never held whole). Its own
-    session: the rows are read while the response streams, after the request's session closed."""
-    spec_columns = [name for name in query.SPEC_FIELDS if name not in RUN_CSV_COLUMNS]
-    out = io.StringIO()
-    writer = SafeCSVWriter(out)
-    writer.writerow([*RUN_CSV_COLUMNS, *spec_columns])
-    cursor = None
-    while True:
-        with sessions() as session:
-            runs, _, cursor = service.list_runs(session, filters, sort=sort, limit=CSV_PAGE, cursor=cursor)
-            for run in runs:
-                out_run = RunOut.model_validate(run).model_dump(mode="json")
-                out_run["tags"] = " ".join(out_run["tags"])
-                writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
-                                 *((run.spec or {}).get(c) for c in spec_columns)])
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-        if cursor is None:
-            return
 
 
 @router.post("/external", status_code=status.HTTP_201_CREATED, response_model=RunOut)
@@ -158,7 +124,7 @@ def list_runs(
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
                                  tag=tag, search=q, where=query.parse_conditions(where or []), external=external)
     if format == "csv":
-        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort),
+        return StreamingResponse(export.runs_csv(request.app.state.sessions, filters, sort),
                                  media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
     runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset, cursor=cursor)
@@ -193,25 +159,6 @@ def retry_run(run_id: RunId, session: SessionDep, queue: WorkQueueDep, settings:
     return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
 
 
-# Bodies of finished runs' metrics, by ETag: served without reading the database again; every
-# recently read run's series, grown by its new points (a running run is read once); and a
-# running run's thinned columns until its next point lands.
-_finished_metrics = series.BodyCache()
-_series_cache = series.SeriesCache()
-_metrics_bodies = series.BodyCache()  # a running run's, by its newest point
-
-
-def _metrics_etag(run, request: Request) -> str | None:
-    """A finished run's points no longer change (a retry starts a new attempt, whose finish
-    changes this tag), so its metrics can be revalidated (304) and cached; a running run's can
-    not."""
-    if not run.is_terminal or run.finished_at is None:
-        return None
-    query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
-    digest = hashlib.blake2b(query.encode(), digest_size=6).hexdigest()
-    return f'"m{run.id}-{run.attempts}-{run.finished_at.timestamp():.6f}-{run.state}-{digest}"'
-
-
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses={
     **NOT_FOUND, **CSV, 304: {"description": "A finished run's metrics, unchanged since the ETag sent in If-None-Match"}})
 def get_metrics(
@@ -240,65 +187,25 @@ def get_metrics(
     304 when nothing changed."""
     run = service.get_run(session, run_id)
     if format == "csv":
-        return Response(_metrics_csv(session, run_id), media_type="text/csv; charset=utf-8",
+        return Response(metrics.as_csv(session, run_id), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
-    etag = _metrics_etag(run, request)
+    etag = metrics.etag(run, request.query_params.multi_items())
     headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {"Cache-Control": "no-store"}
     if etag and if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    caches: metrics.MetricsCaches = request.app.state.metrics_caches
 
     def body() -> bytes:
-        payload: dict = {"state": run.state}
+        if format == "columns" and after:
+            return metrics.columns_after(session, run, after, max_points, downsample)
         if format == "columns":
-            if after:
-                read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
-                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
-                payload["total"] = total
-                return orjson.dumps(payload)
-            key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
-            read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
-
-            def thinned() -> bytes:
-                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
-                payload["total"] = total
-                return orjson.dumps(payload)
-
-            if etag:
-                return thinned()
-            return _metrics_bodies.get_or_make(f"{key}|{payload['cursor']}|{run.state}|{request.url.query}", thinned)
+            return metrics.columns(session, run, caches, max_points, downsample, finished=etag is not None,
+                                   query=request.url.query)
         if max_points is not None:
-            points, payload["cursor"], total = service.metrics_for_display(session, run_id, max_points)
-            payload["downsampled"] = len(points) < total
-        else:
-            points = service.metrics_after(session, run_id, after, limit)
-            payload["cursor"], payload["downsampled"] = (points[-1].id if points else after), False
-            payload["next_cursor"] = payload["cursor"] if len(points) == limit else None
-        # A long run's page holds tens of thousands of points: they are written straight to JSON by
-        # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
-        # pydantic object per point and the json module, which were most of the request's time
-        # (bench/api_views.py). The shape is MetricsPage.
-        payload["points"] = [{"epoch": epoch, "step": step, "name": name, "value": value}
-                             for _, epoch, name, value, step in points]
-        return orjson.dumps(payload)
+            return metrics.display_points(session, run, max_points)
+        return metrics.points_page(session, run, after, limit)
 
-    content = _finished_metrics.get_or_make(etag, body) if etag else body()
-    return Response(content, media_type="application/json", headers=headers)
-
-
-def _metrics_csv(session, run_id: int) -> str:
-    # One row per epoch: the per-epoch metrics (per-step ones, named step/..., have many values
-    # an epoch; format=columns gives them).
-    points = [p for p in service.metrics_after(session, run_id, 0, 10_000_000) if not p.name.startswith("step/")]
-    names = list(dict.fromkeys(p.name for p in points))
-    by_epoch: dict[int, dict[str, float | None]] = {}
-    for _, epoch, name, value, _ in points:
-        by_epoch.setdefault(epoch, {})[name] = value
-    out = io.StringIO()
-    writer = SafeCSVWriter(out)
-    writer.writerow(["epoch", *names])
-    for epoch in sorted(by_epoch):
-        writer.writerow([epoch, *(by_epoch[epoch].get(name) for name in names)])
-    return out.getvalue()
+    return Response(metrics.cached_if_finished(caches, etag, body), media_type="application/json", headers=headers)
 
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,

@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
-from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import NO_CONTROL_CHARACTERS, Offset, SweepId
 from ..catalog import registry
 from ..live import client_address

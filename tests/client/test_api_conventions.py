@@ -68,7 +68,7 @@ def test_openapi_ids_security_and_documented_errors(client):
 def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(backend, request, client_for, monkeypatch):
     """On SQLite and PostgreSQL, whose JSON functions differ."""
     client = client_for(request.getfixturevalue(backend))
-    monkeypatch.setattr("backend.runs.routes.CSV_PAGE", 4)  # the export streams several pages
+    monkeypatch.setattr("backend.runs.export.CSV_PAGE", 4)  # the export streams several pages
     ids = [client.post("/api/runs", json={**SPEC, "lr": lr, "seed": seed}).json()["id"]
            for seed, lr in enumerate([0.01, 0.003, 0.03, 0.001, 0.02])]
     named = client.post("/api/runs", json={**SPEC, "name": "=HYPERLINK(\"http://evil\")", "encoder": "mlp"}).json()
