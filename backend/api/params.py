@@ -37,15 +37,30 @@ def has_control_characters(text: str, allow_newlines: bool = False) -> bool:
     return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
 
 
-def _printable(text: str | None) -> str | None:
-    if text is not None and has_control_characters(text):
+def _no_control_characters(text: str) -> str:
+    if has_control_characters(text):
         raise ValueError("must not contain control characters")
     return text
 
 
-# A name shown on a page and stored in the database (runs, sweeps).
+def _no_control_characters_but_line_breaks(text: str) -> str:
+    if has_control_characters(text, allow_newlines=True):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return text
 
-DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
+
+def printable_text(max_length: int, *, min_length: int = 0, line_breaks: bool = False, strip: bool = False) -> Any:
+    """The one type of text a client sends that is stored and shown on a page (names, notes,
+    labels, settings): at most `max_length` characters and no control character (PostgreSQL
+    cannot store NUL, and a tab or a newline breaks a name in a table), line breaks and tabs
+    allowed where `line_breaks` (a note); surrounding spaces removed first where `strip`."""
+    check = _no_control_characters_but_line_breaks if line_breaks else _no_control_characters
+    constraints = StringConstraints(min_length=min_length, max_length=max_length, strip_whitespace=strip)
+    return Annotated[str, constraints, AfterValidator(check)]
+
+
+# A name shown on a page and stored in the database (runs, sweeps).
+DisplayName = printable_text(200)
 
 
 # --- JSON input that can neither be stored nor sent back ---------------------------------
