@@ -73,33 +73,80 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, default=plain, indent=2))
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                no_wrap: Sequence[str] = ()) -> None:
+    """`no_wrap`: short columns (ids, counts, states) kept on one line, so the width left goes to
+    the columns of text, which wrap between words."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text  # plain text: a run named "[bold]" or a "[external]" mark is not markup
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in no_wrap)
     for row in rows:
         table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     Console().print(table)
+
+
+def print_notes(notes: Sequence[str]) -> None:
+    """Long texts (error reasons) below a table, each wrapped between words at the terminal's
+    width: a table column of its own would fold them into a few characters a line."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+    for note in notes:
+        console.print(Text(note))
 
 
 def print_runs(runs: Sequence[Run], title: str | None = None) -> None:
     print_table(title, ["id", "name", "state", "method", "fusion", "dataset", "missing", "epochs", "test acc", ""],
                 [[r.id, r.name, r.state, r.method, r.fusion, r.dataset, f"{r.missing_modality}@{r.missing_rate:g}",
                   r.epochs_completed, _percent(r.test_accuracy), "[external]" if r.external else ""]
-                 for r in runs])
+                 for r in runs], no_wrap=["id", "state", "epochs", "test acc"])
+
+
+# What a run's `info` holds (training/prepare.py, training/train.py), in words; keys not listed
+# here are shown by their own names, so a newer server's additions still show.
+INFO_LABELS = {
+    "x_modality": "x (always present)", "y_modality": "y (may be missing)", "split_by": "split by",
+    "n_train": "training samples", "n_train_complete": "complete training samples",
+    "n_train_missing": "training samples without y", "n_train_missing_x": "training samples without x",
+    "realised_missing_rate": "realised missing rate", "n_val": "validation samples", "n_test": "test samples",
+    "n_test_groups": "test groups", "reference_set": "reference set", "reference_set_size": "reference set size",
+    "steps_per_epoch": "steps per epoch", "parameters": "parameters", "device": "device",
+    "accuracy_level": "accuracy counted per", "test_sample_accuracy": "test accuracy per sample",
+    "test_missing_accuracy": "test accuracy with y missing", "resumed_from_epoch": "resumed from epoch",
+    "seconds": "training seconds",
+}
+INFO_PERCENT = frozenset({"realised_missing_rate", "test_sample_accuracy", "test_missing_accuracy"})
+
+
+def info_rows(info: dict[str, Any] | None, prefix: str = "") -> list[list[Any]]:
+    """A run's `info` as (label, value) rows; nested records (bayes_test_accuracy) flattened."""
+    rows: list[list[Any]] = []
+    for key, value in (info or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += info_rows(value, f"{name}.")
+        elif key in INFO_PERCENT and isinstance(value, (int, float)) and not prefix:
+            rows.append([INFO_LABELS[key], f"{100 * value:.2f}%"])
+        else:
+            rows.append([INFO_LABELS.get(name, f"info.{name}"), value])
+    return rows
 
 
 def print_run(run: Run) -> None:
     rows = [["id", run.id], ["name", run.name], ["state", run.state], ["external", run.external],
             ["test accuracy", _percent(run.test_accuracy)], ["val accuracy", _percent(run.val_accuracy)],
             ["best epoch", run.best_epoch], ["epochs", run.epochs_completed], ["sweep", run.sweep_id],
-            ["tags", ", ".join(run.tags)], ["error", run.error]]
+            ["tags", ", ".join(run.tags)]]
+    rows += info_rows(run.info)
     rows += [[f"spec.{key}", value] for key, value in run.spec.items()]
-    print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+    print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")], no_wrap=["field"])
+    if run.error:
+        print_notes([f"error: {run.error}"])
 
 
 def print_sweeps(sweeps: Sequence[Sweep]) -> None:
@@ -109,9 +156,13 @@ def print_sweeps(sweeps: Sequence[Sweep]) -> None:
                   "yes" if s.finished else "no"] for s in sweeps])
 
 
+# A cell's marks in the human table (the LaTeX export's ↑ ↓ †, in plain text).
+MARKS = {"win": "↑", "loss": "↓", "reference": "†"}
+
+
 def print_comparison(table: dict[str, Any], sweep_id: int) -> None:
     columns = ["method (fusion)", *(c["label"] for c in table["columns"])]
-    rows = []
+    rows, used = [], set()
     for row in table["rows"]:
         cells = []
         for cell in row["cells"]:
@@ -119,9 +170,28 @@ def print_comparison(table: dict[str, Any], sweep_id: int) -> None:
                 cells.append("–" if not cell["pending"] else f"({cell['pending']} pending)")
                 continue
             text = f"{100 * cell['mean']:.2f}" + (f" ± {100 * cell['std']:.2f}" if cell["std"] is not None else "")
-            cells.append(f"{text} (n={cell['n']})" + (" *" if cell["best"] else ""))
+            text += f" (n={cell['n']})" + (" *" if cell["best"] else "")
+            mark = "reference" if cell.get("is_reference") else (cell.get("paired") or {}).get("mark")
+            if mark:
+                used.add(mark)
+                text += f" {MARKS[mark]}"
+            if cell.get("pairing_verified") is False:
+                used.add("unverified")
+                text += " (pairing not verified)"
+            cells.append(text)
         rows.append([row["label"], *cells])
     print_table(f"sweep {sweep_id}: test accuracy (%), mean ± std over seeds; * best of column", columns, rows)
+    comparison = table.get("comparison") or {}
+    legend = []
+    if used & {"win", "loss"}:
+        legend.append(f"↑/↓: significantly better/worse than the column's reference †, Holm-adjusted "
+                      f"p < {comparison.get('alpha', 0.05):g}.")
+    elif "reference" in used:
+        legend.append("†: the reference each cell of its column is compared with.")
+    if "unverified" in used:
+        legend.append("pairing not verified: a run trained elsewhere that declared no split is not paired with "
+                      "missmod's runs by seed.")
+    print_notes(legend + ([comparison["note"]] if comparison.get("note") else []))
 
 
 # --- commands --------------------------------------------------------------------------
@@ -208,6 +278,18 @@ def runs_metrics(client: Client, args) -> int:
     return 0
 
 
+def runs_predictions(client: Client, args) -> int:
+    if args.csv:
+        sys.stdout.write(client.request("GET", f"/api/runs/{args.id}/predictions", params={"format": "csv"}).text)
+        return 0
+    predictions = client.predictions(args.id)
+    _show(args, predictions.to_dict(), lambda p: print_table(
+        f"run {args.id}: stored test predictions (--csv: one row each)", ["field", "value"],
+        [["epoch", p["epoch"]], [f"test {p['counted']}", len(p["labels"])], ["correct", sum(predictions.correct)],
+         ["accuracy", _percent(predictions.accuracy)], ["classes", ", ".join(p["classes"])]], no_wrap=["field"]))
+    return 0
+
+
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.4g}"
 
@@ -265,12 +347,12 @@ def _after_sweep_created(client: Client, args, sweep: Sweep) -> int:
 
 
 def sweeps_list(client: Client, args) -> int:
-    _show(args, client.sweeps(), print_sweeps)
+    _show(args, client.sweeps(include_external=args.include_external), print_sweeps)
     return 0
 
 
 def sweeps_show(client: Client, args) -> int:
-    _show(args, client.get_sweep(args.id), lambda s: print_sweeps([s]))
+    _show(args, client.get_sweep(args.id, include_external=args.include_external), lambda s: print_sweeps([s]))
     return 0
 
 
@@ -280,10 +362,14 @@ def sweeps_wait(client: Client, args) -> int:
 
 
 def sweeps_table(client: Client, args) -> int:
-    if args.csv:
-        sys.stdout.write(client.request("GET", f"/api/sweeps/{args.id}/table", params={"format": "csv"}).text)
+    params = {**({"reference": args.reference} if args.reference else {}), "test": args.test,
+              **({"include_external": "true"} if args.include_external else {})}
+    if args.csv or args.latex:
+        params["format"] = "csv" if args.csv else "latex"
+        sys.stdout.write(client.request("GET", f"/api/sweeps/{args.id}/table", params=params).text)
         return 0
-    _show(args, dict(client.table(args.id)), lambda t: print_comparison(t, args.id))
+    table = client.table(args.id, reference=args.reference, test=args.test, include_external=args.include_external)
+    _show(args, dict(table), lambda t: print_comparison(t, args.id))
     return 0
 
 
@@ -306,11 +392,17 @@ def presets_list(client: Client, args) -> int:
     return 0
 
 
+def print_datasets(datasets: Sequence[dict[str, Any]]) -> None:
+    unusable = [d for d in datasets if d.get("error")]
+    print_table(None, ["name", "source", "modalities", "classes", "samples", "usable"],
+                [[d["name"], d["source"], ", ".join(d["modalities"]), len(d["classes"]), d["n_samples"],
+                  f"no [{unusable.index(d) + 1}]" if d.get("error") else "yes"] for d in datasets],
+                no_wrap=["classes", "samples", "usable"])
+    print_notes([f"[{i}] {d['name']}: {d['error']}" for i, d in enumerate(unusable, start=1)])
+
+
 def datasets_list(client: Client, args) -> int:
-    _show(args, client.datasets(), lambda ds: print_table(
-        None, ["name", "source", "modalities", "classes", "samples", "usable"],
-        [[d["name"], d["source"], ", ".join(d["modalities"]), len(d["classes"]), d["n_samples"],
-          d["error"] or "yes"] for d in ds]))
+    _show(args, client.datasets(), print_datasets)
     return 0
 
 
@@ -329,15 +421,51 @@ def methods_list(client: Client, args) -> int:
 # --- the parser ------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options also take values that start with `-`:
+    `--sort -test_accuracy`, `--q -draft`, `--where '-…'`.
+
+    argparse sorts every token that starts with `-` into options before any action sees it, so
+    neither `nargs` nor a custom action can take `-test_accuracy` as `--sort`'s value (it answers
+    "expected one argument"; only `--sort=-test_accuracy` worked). Each parser therefore joins
+    such a value to its option (`--sort=-test_accuracy`, which argparse always read right) before
+    parsing, for its own options that take one value, unless the token is one of its options
+    (`--sort --json` still says the value is missing). Sub-command parsers are of this class too
+    and do the same with the tokens handed to them."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._attach_dash_values(tokens), namespace)
+
+    def _attach_dash_values(self, tokens: list[str]) -> list[str]:
+        takes_value = {option for action in self._actions if action.option_strings and action.nargs is None
+                       for option in action.option_strings}
+        attached: list[str] = []
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token == "--":  # everything after is positional
+                return attached + tokens[i:]
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if (token in takes_value and following is not None and following.startswith("-")
+                    and not following.startswith("--") and following not in self._option_string_actions):
+                attached.append(f"{token}={following}")
+                i += 2
+                continue
+            attached.append(token)
+            i += 1
+        return attached
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before the group and after the command alike.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help="server (default: $MISSMOD_URL or "
                                                                  "http://127.0.0.1:8000)")
     common.add_argument("--token", default=argparse.SUPPRESS, help="API token (default: $MISSMOD_TOKEN)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for pipes")
 
-    parser = argparse.ArgumentParser(prog="missmod", parents=[common],
+    parser = Parser(prog="missmod", parents=[common],
                                      description="Submit, follow and compare missmod runs and sweeps.")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,presets,datasets,methods}")
 
@@ -385,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runs, "metrics", runs_metrics, "a run's metrics, one row per epoch")
     sub.add_argument("id", type=int)
     sub.add_argument("--csv", action="store_true")
+    sub = command(runs, "predictions", runs_predictions,
+                  "a run's stored test predictions: a summary, or --csv one row per test sample")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true", help="index, label, predicted, class names, correct")
 
     sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
     sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")
@@ -398,17 +530,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("fields", nargs="*", metavar="key=value", help="dataset=…, seeds=…, epochs=…, only_available=true")
     sub.add_argument("--wait", action="store_true")
     waiting(sub)
-    command(sweeps, "list", sweeps_list, "sweeps with their progress")
-    for name, handler, help in (("show", sweeps_show, "one sweep's progress"),
-                                ("retry", sweeps_retry, "queue a sweep's failed and cancelled runs again")):
-        sub = command(sweeps, name, handler, help)
-        sub.add_argument("id", type=int)
+    def external_option(sub, help: str) -> None:
+        sub.add_argument("--include-external", action="store_true", help=help)
+
+    progress_help = "count runs trained elsewhere (logged into the sweep) in its progress too"
+    external_option(command(sweeps, "list", sweeps_list, "sweeps with their progress"), progress_help)
+    sub = command(sweeps, "show", sweeps_show, "one sweep's progress")
+    sub.add_argument("id", type=int)
+    external_option(sub, progress_help)
+    sub = command(sweeps, "retry", sweeps_retry, "queue a sweep's failed and cancelled runs again")
+    sub.add_argument("id", type=int)
     sub = command(sweeps, "wait", sweeps_wait, "follow a sweep until every run finished (exit 0: none failed)")
     sub.add_argument("id", type=int)
     waiting(sub)
-    sub = command(sweeps, "table", sweeps_table, "the comparison table (mean ± std over seeds)")
+    sub = command(sweeps, "table", sweeps_table, "the comparison table (mean ± std over seeds), each cell compared "
+                                                 "with its column's reference")
     sub.add_argument("id", type=int)
-    sub.add_argument("--csv", action="store_true")
+    out = sub.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true")
+    out.add_argument("--latex", action="store_true", help="a booktabs table for a paper")
+    sub.add_argument("--reference", help="the row label (e.g. 'zero_padding (add)') or the method each cell is "
+                                         "compared with (default: the best baseline of each column)")
+    sub.add_argument("--test", choices=["seeds", "samples"], default="seeds",
+                     help="seeds: exact sign-flip over seeds; samples: McNemar over the stored test predictions")
+    external_option(sub, "runs trained elsewhere join Holm's family of comparisons (where their pairing is "
+                         "verified)")
     sub = command(sweeps, "delete", sweeps_delete, "delete a sweep and its runs")
     sub.add_argument("id", type=int)
     sub.add_argument("--keep-runs", action="store_true")

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from .models import Metrics, Point, Run, RunList, Sweep, Table
+from .models import Metrics, Point, Predictions, Run, RunList, Sweep, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE_SIZE = 200
@@ -226,6 +226,12 @@ class Client:
         """{"epoch", "classes", "counts" (rows: true class), "counted"}."""
         return self._json("GET", f"/api/runs/{_id_of(run, Run)}/confusion")
 
+    def predictions(self, run: Any) -> Predictions:
+        """The run's stored test predictions (`.to_pandas()`: one row per test sample), to check a
+        sample-level comparison yourself: `a.discordant(b)` gives McNemar's counts. NotFound when
+        the run kept none."""
+        return Predictions(**self._json("GET", f"/api/runs/{_id_of(run, Run)}/predictions"))
+
     def cancel(self, run: Any) -> Run:
         return Run(**self._json("POST", f"/api/runs/{_id_of(run, Run)}/cancel"))
 
@@ -288,25 +294,37 @@ class Client:
             return Sweep(**self._json("POST", f"/api/presets/{preset}/sweeps", json=body))
         return Sweep(**self._json("POST", "/api/sweeps", json=body))
 
-    def get_sweep(self, sweep: Any) -> Sweep:
-        return Sweep(**self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}"))
+    def get_sweep(self, sweep: Any, *, include_external: bool = False) -> Sweep:
+        """The sweep and its progress; runs trained elsewhere count in it only with include_external."""
+        return Sweep(**self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}",
+                                  params=_external_param(include_external)))
 
-    def sweeps(self, page_size: int = PAGE_SIZE) -> list[Sweep]:
+    def sweeps(self, page_size: int = PAGE_SIZE, *, include_external: bool = False) -> list[Sweep]:
         found, cursor = [], None
         while True:
-            params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            params = {"limit": page_size, **({"cursor": cursor} if cursor else {}), **_external_param(include_external)}
             page = self._json("GET", "/api/sweeps", params=params)
             found += [Sweep(**item) for item in page["items"]]
             cursor = page.get("next_cursor")
             if not cursor:
                 return found
 
-    def table(self, sweep: Any) -> Table:
-        """The comparison table (`.to_pandas()`); rows of runs trained elsewhere have external=True."""
-        return Table(self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/table"))
+    def table(self, sweep: Any, *, reference: str | None = None, test: str = "seeds",
+              include_external: bool = False) -> Table:
+        """The comparison table (`.to_pandas()`, paired statistics included); rows of runs trained
+        elsewhere have external=True. `reference`: the row label (e.g. "zero_padding (add)") or
+        the method each cell is compared with (default: the best baseline of each column);
+        `test`: "seeds" (exact sign-flip over seeds) or "samples" (McNemar over the stored test
+        predictions); `include_external`: runs trained elsewhere join Holm's family of comparisons
+        (where their pairing is verified). See docs/statistics.md."""
+        return Table(self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/table",
+                                params=_comparison_params(reference, test, include_external)))
 
-    def trend(self, sweep: Any) -> dict[str, Any]:
-        return self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/trend")
+    def trend(self, sweep: Any, *, reference: str | None = None, test: str = "seeds",
+              include_external: bool = False) -> dict[str, Any]:
+        """Accuracy against missing rate, each point compared as in table()."""
+        return self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/trend",
+                          params=_comparison_params(reference, test, include_external))
 
     def retry_sweep(self, sweep: Any) -> list[int]:
         return self._json("POST", f"/api/sweeps/{_id_of(sweep, Sweep)}/retry")["run_ids"]
@@ -435,6 +453,16 @@ class Client:
             if bar is not None:
                 bar.close()
         return self.get_sweep(sweep_id)
+
+
+def _external_param(include_external: bool) -> dict[str, str]:
+    # Sent only when asked: the default is the server's, and an older server knows no such parameter.
+    return {"include_external": "true"} if include_external else {}
+
+
+def _comparison_params(reference: str | None, test: str, include_external: bool) -> dict[str, str]:
+    return {**({"reference": reference} if reference is not None else {}), "test": test,
+            **_external_param(include_external)}
 
 
 def _points(metrics: Any) -> list[dict[str, Any]]:

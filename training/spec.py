@@ -174,6 +174,13 @@ class TrainSpec(BaseModel):
     compile: bool = Field(
         False, description="torch.compile the encoders (the first epoch pays for compiling; helps long GPU runs)"
     )
+    deterministic: bool = Field(
+        False,
+        description="On a GPU, cuDNN's and cuBLAS's deterministic algorithms (no autotuning; somewhat slower), so "
+                    "the same spec repeats closely on the same GPU and software; a few kernels without a "
+                    "deterministic form still sum with atomics (docs/gpu-host.md). Changes nothing on the CPU, "
+                    "which is deterministic already",
+    )
     # 10: a ResNet-50 epoch on RAVDESS or eNTERFACE'05 (about 30,000 training segments) is ~470
     # steps at the default batch of 64, so ~47 points an epoch (still 23 at a batch of 128).
     log_every_steps: int = Field(

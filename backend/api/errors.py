@@ -23,6 +23,7 @@ from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
 from ..lifecycle.api import AlreadyFinished
 from ..refused import Refused
 from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
+from ..runs.predictions import NoStoredPredictions
 from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
@@ -43,6 +44,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     ArtifactNotFound: lambda error: f"run {error.args[0]} has no file {error.args[1]!r}",
     DatasetNotFound: lambda error: f"unknown dataset {error.args[0]!r}",
     NotRegistered: lambda error: f"no dataset {error.args[0]!r} is registered (made by a job)",
+    NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
+                                        "before they were kept, or logged from elsewhere without them)"),
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
 CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset)

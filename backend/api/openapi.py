@@ -75,6 +75,7 @@ OPERATION_IDS = {
     "retry_run": "runs-retry",
     "get_metrics": "runs-metrics",
     "get_paired": "runs-paired",
+    "get_predictions": "runs-predictions",
     "get_system_metrics": "runs-system-metrics",
     "get_confusion": "runs-confusion",
     "cancel_run": "runs-cancel",

@@ -15,13 +15,14 @@ from ..api import idempotency
 from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
+from ..csv_export import csv_text
 from ..live import client_address
 from ..paired_statistics import compare_runs
 from . import artifacts, export, metrics, outcomes, query, series, service
 from .models import RunState
-from .predictions import load_predictions
-from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, RefusedRun, RunCreate,
-                      RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .predictions import load_predictions, stored_predictions
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, PredictionsOut,
+                      RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
 from .validation import DatasetCatalog, refuse_if_unfit
 
@@ -216,6 +217,28 @@ def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     grouped = (run.info or {}).get("accuracy_level") == "group"
     return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
                         counted="groups" if grouped else "samples")
+
+
+@router.get("/{run_id}/predictions", response_model=PredictionsOut, responses={
+    **CSV, 404: {"description": "No such run, or it has no stored test predictions"}})
+def get_predictions(run_id: RunId, session: SessionDep,
+                    format: Literal["json", "csv"] = Query("json", description="csv: one row per test sample: "
+                                                                               "index, label, predicted, correct")
+                    ) -> PredictionsOut | Response:
+    """The predicted and the true class of every test sample (or group) at the selected epoch,
+    as stored for the sample-level tests: check a McNemar comparison yourself by pairing two runs'
+    lists (same dataset, seed and split: same samples, same order)."""
+    service.get_run(session, run_id)
+    stored = stored_predictions(session, run_id)
+    labels, predicted = stored.predictions.labels.tolist(), stored.predictions.predicted.tolist()
+    if format == "json":
+        return PredictionsOut(run_id=run_id, epoch=stored.epoch, classes=stored.classes, counted=stored.counted,
+                              labels=labels, predicted=predicted)
+    body = csv_text([["index", "label", "predicted", "label_name", "predicted_name", "correct"],
+                     *([index, label, guess, stored.classes[label], stored.classes[guess], int(label == guess)]
+                       for index, (label, guess) in enumerate(zip(labels, predicted)))])
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="run-{run_id}-predictions.csv"'})
 
 
 @router.get("/{run_id}/paired", response_model=list[RunPairOut],

@@ -185,6 +185,20 @@ class ConfusionOut(BaseModel):
                                "per group (its segments' probabilities averaged)")
 
 
+class PredictionsOut(BaseModel):
+    """A run's test predictions at its selected epoch, one per test sample (or group), in the
+    order of its test set: runs of the same dataset, seed and split list the same samples in the
+    same order, so two runs' lists pair element by element (McNemar's test, docs/statistics.md)."""
+
+    run_id: int
+    epoch: int = Field(description="The epoch chosen on validation accuracy")
+    classes: list[str] = Field(description="Class names; `labels` and `predicted` index into them")
+    counted: Literal["samples", "groups"] = Field(
+        description="What one entry is: a test sample, or a group (video) when the run's accuracy is per group")
+    labels: list[int] = Field(description="The true class of each test sample")
+    predicted: list[int] = Field(description="The predicted class of each test sample")
+
+
 # --- runs trained elsewhere ---------------------------------------------------------------
 
 MAX_EXTERNAL_POINTS = 100_000

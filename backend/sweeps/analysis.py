@@ -63,6 +63,9 @@ class Cell:
     paper: float | None = None  # the paper's number (fraction), where the preset matches its setting
     paired: Any = None  # paired.Paired against its column's reference, once compared
     is_reference: bool = False  # the reference of its column's paired comparisons
+    # False when this cell or its reference holds a run trained elsewhere whose split is not known
+    # to be missmod's: not paired by seed at all (paired.py, Pairing).
+    pairing_verified: bool = True
 
     @property
     def n(self) -> int:

@@ -140,6 +140,8 @@ class SweepProgress(BaseModel):
     cancelled: int = 0
     total: int = 0
     done: bool = Field(False, description="Every run has finished (succeeded, failed or cancelled)")
+    external: int = Field(0, description="Runs trained elsewhere logged into the sweep: counted in the states above "
+                                         "only with include_external")
 
 
 class SweepOut(BaseModel):
@@ -275,6 +277,9 @@ class PairedOut(BaseModel):
                                                      "test samples summed over seeds")
     seeds_needed: int | None = Field(description="About how many seeds would detect the observed mean difference "
                                                  "with 80% power at alpha (null: no difference)")
+    in_family: bool = Field(True, description="In Holm's family of the table: false for a row of runs trained "
+                                              "elsewhere (or against one) unless include_external; then p_adjusted "
+                                              "is null and the cell is never marked")
 
 
 class CellOut(BaseModel):
@@ -290,7 +295,11 @@ class CellOut(BaseModel):
     seeds: list[int] = Field(default_factory=list, description="The seed of each run in run_ids")
     is_reference: bool = Field(False, description="The reference of its column's paired comparisons")
     paired: PairedOut | None = Field(None, description="Compared with its column's reference; null for the "
-                                                       "reference itself and cells with no seed in common")
+                                                       "reference itself, cells with no seed in common and cells "
+                                                       "whose pairing is not verified")
+    pairing_verified: bool = Field(True, description="False: this cell or its reference holds a run trained "
+                                                     "elsewhere that declared no split shown to be missmod's, so "
+                                                     "it is not paired by seed (`paired` is null)")
 
 
 class ColumnOut(BaseModel):
@@ -346,6 +355,12 @@ class ComparisonOut(BaseModel):
     seeds_for_alpha: int = Field(description="Seeds the exact seed-level test needs to reach alpha at all")
     with_predictions: int = Field(description="Comparisons whose runs all stored their test predictions")
     note: str = Field(description="What the comparison can and cannot show, in plain words")
+    include_external: bool = Field(False, description="As asked: rows of runs trained elsewhere join Holm's family "
+                                                      "(and, where verified, may be the default reference)")
+    outside_family: int = Field(0, description="Cells of runs trained elsewhere compared but left out of Holm's "
+                                               "family")
+    not_verified: int = Field(0, description="Comparisons not made because a run trained elsewhere is not "
+                                             "verified to share missmod's split")
 
 
 class TableOut(BaseModel):
@@ -418,3 +433,4 @@ class SweepRunOut(BaseModel):
     test_accuracy: float | None
     best_epoch: int | None
     awaiting_broker: bool = False  # queued, saved, waiting for the broker (it was down)
+    external: bool = False  # trained elsewhere and logged into the sweep: not part of its progress

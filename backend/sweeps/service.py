@@ -23,7 +23,7 @@ from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .paired import PairedSummary, Test, compare_table
+from .paired import PairedSummary, Test, compare_table, pairing_by_origin
 from .presets import PRESETS
 
 
@@ -78,21 +78,28 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
-def progress_of(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Runs per state of each sweep, in one query."""
+def progress_of(session: Session, sweep_ids: Sequence[int],
+                include_external: bool = False) -> dict[int, dict[str, Any]]:
+    """Runs per state of each sweep, in one query: the sweep's own runs, and those trained
+    elsewhere and logged into it only with include_external (they are counted apart, `external`)."""
     counts: dict[int, Counter] = {sweep_id: Counter() for sweep_id in sweep_ids}
+    external: Counter = Counter()
     if sweep_ids:
-        query = (select(Run.sweep_id, Run.state, func.count(Run.id))
-                 .where(Run.sweep_id.in_(list(sweep_ids))).group_by(Run.sweep_id, Run.state))
-        for sweep_id, state, count in session.execute(query):
-            counts[sweep_id][state] = count
-    return {sweep_id: progress_from_counts(c) for sweep_id, c in counts.items()}
+        query = (select(Run.sweep_id, Run.state, Run.external, func.count(Run.id))
+                 .where(Run.sweep_id.in_(list(sweep_ids))).group_by(Run.sweep_id, Run.state, Run.external))
+        for sweep_id, state, is_external, count in session.execute(query):
+            if is_external:
+                external[sweep_id] += count
+            if include_external or not is_external:
+                counts[sweep_id][state] += count
+    return {sweep_id: progress_from_counts(c, external[sweep_id]) for sweep_id, c in counts.items()}
 
 
-def progress_from_counts(counts: Counter) -> dict[str, Any]:
+def progress_from_counts(counts: Counter, external: int = 0) -> dict[str, Any]:
     total = sum(counts.values())
     finished = sum(counts[state] for state in TERMINAL_STATES)
-    return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total}
+    return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total,
+            "external": external}
 
 
 def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
@@ -192,12 +199,15 @@ def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPr
     return load_predictions(session, run_ids)
 
 
-def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
-                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None, test: Test = "seeds",
+                include_external: bool = False) -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
     """The comparison table with every cell compared, paired, to its column's reference
-    (raises paired.UnknownReference for a reference that names no row or method)."""
+    (raises paired.UnknownReference for a reference that names no row or method); runs trained
+    elsewhere are paired only where verified (paired.pairing_by_origin) and join Holm's family
+    only with include_external."""
     results = sweep_results(session, sweep.id)
     table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
     finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
-    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished),
+                            include_external=include_external, pairing=pairing_by_origin(results))
     return table, results, summary

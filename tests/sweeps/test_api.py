@@ -194,7 +194,7 @@ def test_broker_down_leaves_a_whole_sweep_queued_awaiting_the_broker_none_failed
     with session_factory(settings.database_url)() as session:  # what the sweep page's stream lists
         assert [r.awaiting_broker for r in _runs(session, body["id"])] == [True] * 4
     assert client.get(f"/api/sweeps/{body['id']}").json()["progress"] == {
-        "queued": 4, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "total": 4, "done": False}
+        "queued": 4, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "total": 4, "done": False, "external": 0}
 
 
 def test_the_same_idempotency_key_creates_one_sweep(client, settings):
