@@ -3,6 +3,7 @@ answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -253,9 +254,7 @@ def get_paired(run_id: RunId, session: SessionDep,
     service.get_run(session, run_id)  # 404 when there is no such run
     kept = load_predictions(session, [run_id, *ids])
     pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
-    return [RunPairOut(run_id=p.run_id, reference=run_id, comparable=p.comparable, reason=p.reason,
-                       samples=p.samples, diff=p.diff, discordant=list(p.discordant) if p.discordant else None,
-                       p_value=p.p_value, p_adjusted=p.p_adjusted, significant=p.significant) for p in pairs]
+    return [RunPairOut.model_validate({**asdict(pair), "reference": run_id}) for pair in pairs]
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
