@@ -13,10 +13,10 @@ from typing import Any
 
 from backend import notify
 from backend.db import session_factory, utcnow
-from backend.lifecycle.api import mark_sent
 from backend.lifecycle.lease import LeaseLost
 from backend.queue import WorkQueue
 from backend.runs import outcomes, recording
+from backend.runs import service as runs_service
 from backend.runs.artifacts import RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
@@ -116,19 +116,17 @@ def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_af
     return run_checkpoints(settings, run_id, attempt, resume_after_attempt)
 
 
-def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error: BaseException) -> Done:
+def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error: str) -> Done:
     """Out of memory beside other runs: back to the queue marked `needs_own_slot`, and its id sent
-    now (the reconcile step sends it if this fails); it trains next with the GPU to itself."""
+    now as any committed run's is (the reconcile step sends it if the broker cannot be reached);
+    it trains next with the GPU to itself."""
     run_id = holder.row_id
     log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
-    if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker,
-                                                                f"{type(error).__name__}: {error}")):
+    slots.release_device_memory()
+    if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker, error)):
         queue = WorkQueue(settings)
         try:
-            queue.send_run(run_id)
-            holder.write(lambda session: mark_sent(session, Run, [run_id]))
-        except Exception as send_error:
-            log.warning("run %s: its id could not be sent now (%s); the reconcile step sends it", run_id, send_error)
+            holder.write(lambda session: runs_service.enqueue_committed(session, [session.get(Run, run_id)], queue))
         finally:
             queue.close()
     # Given back: the lease holder finds the run no longer running here and leaves it queued.
@@ -143,12 +141,12 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
     def work(run: Run, holder: LeaseHolder) -> Done:
         spec = TrainSpec.model_validate(dict(run.spec))
         log.info("run %s: %s", run_id, spec.model_dump())
-        shares_the_gpu = settings.runs_per_gpu > 1 and not run.needs_own_slot
+        share = slots.memory_share(settings.runs_per_gpu, run.needs_own_slot)
         fetch_dataset(settings, holder.sessions, spec.dataset)  # made by a job on another host: fetched once
         checkpoints = checkpoint_path(settings, run_id, run.attempts, run.resume_after_attempt)
         try:
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
-                slots.simulate_out_of_memory_if_asked(shares_the_gpu)
+                slots.limit_device_memory(share, spec.device)
                 result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options())
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
@@ -156,10 +154,14 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         except Exception as error:
             if not slots.is_out_of_memory(error):
                 raise
-            if shares_the_gpu:
-                return _queue_again_on_its_own_slot(settings, holder, error)
-            raise RuntimeError(f"{type(error).__name__}: {error} (out of memory with no other run beside it: lower "
-                               f"batch_size, or use a larger GPU)") from error
+            if share >= 1.0:
+                raise RuntimeError(f"{type(error).__name__}: {error} (out of memory with no other run beside it: "
+                                   f"lower batch_size, or use a larger GPU)") from error
+            out_of_memory = f"{type(error).__name__}: {error}"
+        else:
+            out_of_memory = None
+        if out_of_memory is not None:  # out of the except block: the failed step's tensors can be freed
+            return _queue_again_on_its_own_slot(settings, holder, out_of_memory)
         def store(session, cancelled: bool) -> None:
             recording.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
