@@ -25,6 +25,8 @@ from ..refused import Refused
 from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
 from ..runs.predictions import NoStoredPredictions
 from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
+from ..studies.presets import StudyPresetNotFound
+from ..studies.service import StudyFinished, StudyNotFound
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
 from .params import printable
@@ -44,11 +46,13 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     ArtifactNotFound: lambda error: f"run {error.args[0]} has no file {error.args[1]!r}",
     DatasetNotFound: lambda error: f"unknown dataset {error.args[0]!r}",
     NotRegistered: lambda error: f"no dataset {error.args[0]!r} is registered (made by a job)",
+    StudyNotFound: lambda error: f"study {error.args[0]} not found",
+    StudyPresetNotFound: str,
     NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
                                         "before they were kept, or logged from elsewhere without them)"),
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
-CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset)
+CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
