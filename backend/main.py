@@ -28,6 +28,7 @@ from .runs import system_routes
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
+from .studies import outcomes as study_outcomes, routes as study_routes
 from .sweeps import outcomes as sweep_outcomes, routes as sweep_routes
 from .sweeps.stream import SweepHub
 from .workers import routes as worker_routes
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.make_dirs()
     configure_features(settings.feature_limits())
     sweep_outcomes.listen()  # a sweep hears of its runs' ends (backend/runs/outcomes.py)
+    study_outcomes.listen()  # so does a study: its next trials, its final runs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
     app.include_router(sweep_routes.presets_router)
+    app.include_router(study_routes.router)
     app.include_router(job_routes.router)
     app.include_router(pages.router)
     install_docs(app)

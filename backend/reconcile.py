@@ -22,6 +22,7 @@ from .queue import RunQueue
 from .runs import outcomes
 from .runs.models import Run
 from .settings import Settings
+from .studies import service as studies
 
 log = logging.getLogger("missmod.reconcile")
 
@@ -60,6 +61,8 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: RunQueue) 
         ended = reports[Run].failed + reports[Run].cancelled
         if ended:  # their sweeps may be finished; the webhook hears of the failures
             outcomes.announce_ended(session, settings, ended)
+        # A process that ended a trial's run may have died before asking for the next trial.
+        studies.advance_active(session, queue)
     for model, report in reports.items():
         if report:
             log.warning("reconciled %ss: queued again %s, failed %s, cancelled %s, sent to the broker %s",

@@ -21,6 +21,7 @@ from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.studies import outcomes as study_outcomes, service as studies
 from backend.sweeps import outcomes as sweep_outcomes
 from backend.workers import service as workers
 
@@ -35,8 +36,10 @@ from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
 
-# The runs this worker ends may finish their sweep (backend/runs/outcomes.py calls who registered).
+# The runs this worker ends may finish their sweep, or move their study on (backend/runs/outcomes.py
+# calls who registered).
 sweep_outcomes.listen()
+study_outcomes.listen()
 
 
 class DatabaseRecorder(TrainingCallback):
@@ -109,6 +112,23 @@ class DatabaseRecorder(TrainingCallback):
         return self.holder.stop_reason()
 
 
+class TrialRecorder(DatabaseRecorder):
+    """A study's trial (backend/studies): after each epoch's points, its validation accuracy goes to
+    the study, whose pruner may stop the trial there; it then ends like a cancelled run (its points
+    kept), at once, and its slot takes the study's next trial."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        super().on_epoch_end(epoch, metrics)
+        value = metrics.get("val_accuracy")
+        if self.holder.write(lambda session: studies.report_epoch(session, self.run_id, epoch, value)):
+            self.holder.cancel_requested = True  # the study set the run's cancel flag too
+
+
+def recorder_for(holder: LeaseHolder, system: SystemSampler | None) -> DatabaseRecorder:
+    is_trial = holder.write(lambda session: studies.trial_of_run(session, holder.row_id) is not None)
+    return (TrialRecorder if is_trial else DatabaseRecorder)(holder, system)
+
+
 def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_after_attempt: int = 0) -> RunCheckpoints:
     """Where this attempt of a run writes its checkpoints, in the shared artifact store; a
     redelivered run (on any host) continues from the newest earlier attempt's."""
@@ -146,7 +166,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         try:
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
                 slots.limit_device_memory(share, spec.device)
-                result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
+                result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options())
         except TrainingAborted:
             raise Abandoned(f"run {run_id}") from None

@@ -22,6 +22,8 @@ from ..jobs.service import JobNotFound
 from ..runs.predictions import NoStoredPredictions
 from ..runs.service import BrokerUnavailable, RunNotFound
 from ..runs.validation import Refused
+from ..studies.presets import StudyPresetNotFound
+from ..studies.service import StudyNotFound
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
 from .params import printable
@@ -37,6 +39,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     SweepNotFound: lambda error: f"sweep {error.args[0]} not found",
     JobNotFound: lambda error: f"job {error.args[0]} not found",
     PresetNotFound: str,
+    StudyNotFound: lambda error: f"study {error.args[0]} not found",
+    StudyPresetNotFound: str,
     NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
                                         "before they were kept, or logged from elsewhere without them)"),
 }

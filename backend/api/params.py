@@ -24,6 +24,7 @@ def id_in_path(what: str):
 RunId = id_in_path("run")
 SweepId = id_in_path("sweep")
 JobId = id_in_path("job")
+StudyId = id_in_path("study")
 Offset = Annotated[int, Query(ge=0, le=MAX_CURSOR, description="Rows to skip")]
 DatasetName = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS,
                                   description="A dataset's name, as in GET /api/datasets")]
@@ -46,33 +47,48 @@ DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_
 
 
 # --- JSON input that can neither be stored nor sent back ---------------------------------
-# Python's JSON parser accepts NaN, Infinity and "\udcff" (a lone surrogate); none of them is
-# JSON a client can read back, no database column takes the surrogate, and a NaN learning rate
-# trains nothing. They are refused at the edge with a 422 naming the field (CleanInput), and the
-# 422 itself echoes the input made printable (serialisable), never a 500.
+# Python's JSON parser accepts NaN, Infinity, "\udcff" (a lone surrogate) and "\u0000"; none of
+# them is JSON a client can read back or a database can query: no column takes the surrogate,
+# PostgreSQL cannot turn a NUL inside a JSON document into text (so one stored NUL breaks every
+# query on a spec field of any run), and a NaN learning rate trains nothing. They are refused at
+# the edge with a 422 naming the field (CleanInput), anywhere in a body: free-form settings
+# (an external run's `spec`), keys as well as values, at any depth. The 422 itself echoes the
+# input made printable (serialisable), never a 500.
+
+MAX_JSON_DEPTH = 20  # objects and lists inside one another: a spec is two or three deep
 
 
-def why_unencodable(value: Any) -> str | None:
-    """Why `value` (anything JSON parsed into) holds a non-finite number or a lone surrogate; None when it is clean."""
+def why_unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why `value` (anything JSON parsed into) cannot be stored and read back: a non-finite
+    number, a lone surrogate or a NUL in a string, a control character in a key, too deep a
+    nesting. None when it is clean."""
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value!r} is not a number JSON allows (finite numbers only)"
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "holds an invalid Unicode character (a lone surrogate)"
+        if "\x00" in value:
+            return "holds a NUL character (\\u0000), which cannot be stored"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds an invalid Unicode character (a lone surrogate)"
         return None
+    if depth >= MAX_JSON_DEPTH and isinstance(value, (dict, list, tuple)):
+        return f"nested more than {MAX_JSON_DEPTH} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():
-            if why_unencodable(key):
-                return f"a key {why_unencodable(key)}"
-            reason = why_unencodable(item)
+            key_text = key if isinstance(key, str) else str(key)
+            reason = why_unstorable(key_text) or (
+                "holds a control character" if has_control_characters(key_text) else None)
             if reason:
-                return f"{key!r}: {reason}"
+                return f"a key {reason}"
+            reason = why_unstorable(item, depth + 1)
+            if reason:
+                return f"{printable(key_text)!r}: {reason}"
         return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            reason = why_unencodable(item)
+            reason = why_unstorable(item, depth + 1)
             if reason:
                 return f"item {index}: {reason}"
     return None
@@ -93,13 +109,13 @@ def printable(value: Any) -> Any:
 
 
 class CleanInput(BaseModel):
-    """Base of the request bodies: a field holding NaN, an infinity or a lone surrogate is a
-    422 naming it, whatever else the field accepts."""
+    """Base of every request body: a field holding NaN, an infinity, a lone surrogate or a NUL
+    (in a value or a key, at any depth) is a 422 naming it, whatever else the field accepts."""
 
     @field_validator("*", mode="before")
     @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        reason = why_unencodable(value)
+    def _storable(cls, value: Any) -> Any:
+        reason = why_unstorable(value)
         if reason:
             raise ValueError(reason)
         return value

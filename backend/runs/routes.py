@@ -85,7 +85,7 @@ def _runs_csv(sessions, filters: service.RunFilters, sort: str) -> Iterator[str]
                 out_run = RunOut.model_validate(run).model_dump(mode="json")
                 out_run["tags"] = " ".join(out_run["tags"])
                 writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
-                                 *((run.spec or {}).get(c) for c in spec_columns)])
+                                 *(out_run["spec"].get(c) for c in spec_columns)])
         yield out.getvalue()
         out.seek(0)
         out.truncate()

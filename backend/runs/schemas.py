@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 from training.spec import TrainSpec
 
 from ..api.params import CleanInput, has_control_characters
+from . import query
 
 
 class RunCreate(CleanInput, TrainSpec):
@@ -77,6 +79,17 @@ class RunOut(BaseModel):
         None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
                           "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
                           "end), `run_eta_seconds` (the run's end), `at` (when measured); null otherwise")
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _spec_as_stored(cls, spec: Any) -> dict[str, Any]:
+        # A row is shown whatever its JSON holds: a list stays a page that answers, not a 500.
+        return spec if isinstance(spec, dict) else {}
+
+    @field_validator("info", "progress", mode="before")
+    @classmethod
+    def _object_or_none(cls, value: Any) -> dict[str, Any] | None:
+        return value if isinstance(value, dict) else None
 
     @model_validator(mode="after")
     def _progress_only_while_running(self) -> "RunOut":
@@ -245,7 +258,7 @@ class ExternalConfusion(BaseModel):
         return self
 
 
-class ExternalRunCreate(BaseModel):
+class ExternalRunCreate(CleanInput):
     """A run trained by another codebase: its setting (as a run spec names it), its metrics per
     epoch or step, and its final result. The setting is free-form (a method missmod does not
     have is fine); the run is recorded as succeeded and marked external everywhere."""
@@ -262,7 +275,11 @@ class ExternalRunCreate(BaseModel):
     name: Printable | None = Field(None, description="Default: derived from the setting")
     source: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
         None, description="Where it was trained (a repository, a paper, a script)")
-    spec: dict[str, Any] = Field(default_factory=dict, description="Any other settings, kept with the run")
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other settings, kept with the run. A setting missmod's runs have too (`lr`, `epochs`, "
+                    "`encoder`, …) must have its type (a number, true or false, text), so the runs list can "
+                    "filter and sort by it")
     metrics: list[ExternalPoint] = Field(default_factory=list, max_length=MAX_EXTERNAL_POINTS)
     test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Fraction, as missmod's runs report it")
     val_accuracy: float | None = Field(None, ge=0.0, le=1.0)
@@ -274,29 +291,30 @@ class ExternalRunCreate(BaseModel):
 
     @field_validator("spec")
     @classmethod
-    def _small_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        import json
-
-        try:
-            text = json.dumps(spec, allow_nan=False)
-        except ValueError:
-            raise ValueError("values must be JSON (no NaN or infinity)") from None
-        if len(text) > 20_000:
+    def _small_typed_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(spec)) > 20_000:
             raise ValueError("at most 20,000 characters of settings")
-        if any(has_control_characters(str(key)) for key in spec):
-            raise ValueError("keys must not contain control characters")
+        wrong = [f"{key}: {query.KIND_NAMES[kind]}, not {value!r}"[:200] for key, value in spec.items()
+                 if key in query.SPEC_FIELDS and key not in NAMED_SPEC_FIELDS
+                 and not query.has_kind(value, kind := query.SPEC_FIELDS[key][0])]
+        if wrong:
+            raise ValueError("settings missmod knows must have their type (or be null): " + "; ".join(wrong))
         return spec
 
     def run_spec(self) -> dict[str, Any]:
         """What is stored as the run's spec: the free-form settings under the named ones."""
-        named = self.model_dump(include={"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"})
-        return {**{k: v for k, v in self.spec.items() if isinstance(k, str)}, **named}
+        named = self.model_dump(include=NAMED_SPEC_FIELDS)
+        return {**self.spec, **named}
+
+
+# The settings an external run names in fields of their own (they win over the same keys of `spec`).
+NAMED_SPEC_FIELDS = {"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"}
 
 
 # --- bulk actions ---------------------------------------------------------------------------
 
 
-class RunIds(BaseModel):
+class RunIds(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=10_000)

@@ -40,6 +40,7 @@ from .schemas import (
     table_out,
     trend_out,
 )
+from .selection_rules import SelectionRulesOut, sweep_sensitivity
 from .stream import sweep_events
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
@@ -67,7 +68,11 @@ def _created(session, queue, response: Response, plan: SweepPlan, key: str | Non
         lambda: service.create_sweep(session, queue, plan, idempotency_key=key, **sweep_fields)[0])
     runs = service.runs_of(session, sweep.id)
     if not created:
-        if sweep.grid != sweep_fields["grid"] or sweep.preset != sweep_fields.get("preset"):
+        # The whole request: its name (given, or derived from the grid), the grid, the preset and
+        # its options — a changed name is another request, as a run's changed body is.
+        asked = (sweep_fields["name"], sweep_fields["grid"], sweep_fields.get("preset"),
+                 sweep_fields.get("preset_options"))
+        if (sweep.name, sweep.grid, sweep.preset, sweep.preset_options) != asked:
             raise idempotency.reused_for_another_request(key)
         response.status_code = status.HTTP_200_OK
         response.headers[idempotency.REPLAYED_HEADER] = "true"
@@ -217,6 +222,21 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
     dataset = results[0].dataset if results else None
     return SweepSummary(table=table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison),
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
+
+
+@router.get("/{sweep_id}/selection-rules", response_model=SelectionRulesOut, responses=NOT_FOUND)
+def get_sweep_selection_rules(sweep_id: SweepId, session: SessionDep,
+                              reference: str | None = ReferenceParam) -> SelectionRulesOut:
+    """The comparison table under every selection rule (best validation accuracy, earliest or
+    latest among ties; lowest validation loss; last epoch), from the epochs the runs recorded: no
+    retraining. Shows where a column's ranking changes with the rule (docs/studies.md)."""
+    sweep = service.get_sweep(session, sweep_id)
+    try:
+        return sweep_sensitivity(session, service.sweep_results(session, sweep_id), service.modality_roles(sweep),
+                                 reference)
+    except UnknownReference as error:
+        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
+                        "msg": str(error)}]) from None
 
 
 def _sweep_exists(sessions, sweep_id: int) -> None:

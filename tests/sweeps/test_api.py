@@ -207,6 +207,20 @@ def test_the_same_idempotency_key_creates_one_sweep(client, settings):
     assert sorted(queued_run_ids(settings)) == sorted(first.json()["run_ids"])  # each id sent once
     other = client.post("/api/sweeps", json={**GRID, "seed": 0}, headers=headers)
     assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    # The name is part of the request too: the same key and grid named A, then B, is another request.
+    named = {"Idempotency-Key": "sweep-named"}
+    assert client.post("/api/sweeps", json={**GRID, "name": "A"}, headers=named).status_code == 201
+    renamed = client.post("/api/sweeps", json={**GRID, "name": "B"}, headers=named)
+    assert renamed.status_code == 422 and renamed.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.post("/api/sweeps", json={**GRID, "name": "A"}, headers=named).status_code == 200
+
+
+def test_a_deleted_sweeps_id_is_never_given_to_another_sweep(client):
+    first = client.post("/api/sweeps", json=GRID).json()["id"]
+    newest = client.post("/api/sweeps", json=GRID).json()["id"]
+    assert client.delete(f"/api/sweeps/{newest}").status_code == 204
+    following = client.post("/api/sweeps", json=GRID).json()["id"]
+    assert following > newest > first  # a link or script holding `newest` never sees another sweep
 
 
 # --- reading ----------------------------------------------------------------------------
