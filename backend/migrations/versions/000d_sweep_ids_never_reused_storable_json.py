@@ -2,7 +2,7 @@
 no lone surrogate)
 
 Revision ID: 000d
-Revises: 000c
+Revises: 0016
 Create Date: 2026-12-02
 """
 import json
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision: str = '000d'
-down_revision: Union[str, None] = '000c'
+down_revision: Union[str, None] = '0016'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
