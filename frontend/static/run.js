@@ -236,6 +236,7 @@
     const steps = run.info && run.info.steps_per_epoch;
     if (steps && steps !== stepsPerEpoch) {
       stepsPerEpoch = steps;
+      page.dataset.stepsPerEpoch = String(steps);  // as the server renders it for a run that has begun
       if (axis === "epoch" && [...series.keys()].some(isStepSeries)) redraw();
     }
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);
