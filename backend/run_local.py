@@ -15,7 +15,7 @@ import uuid
 
 from .db import session_factory
 from .migrate import upgrade
-from .queue import RunQueue
+from .queue import WorkQueue
 from .reconcile import requeue_interrupted
 from .settings import get_settings
 
@@ -89,7 +89,7 @@ def main() -> int:
                 _stop(process, signal.SIGKILL, whole_group=True)
             _wait([server, worker], 5)
 
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     with session_factory(settings.database_url)() as session:
         requeued = requeue_interrupted(session, node, queue)
     queue.close()
