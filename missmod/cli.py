@@ -2,7 +2,7 @@
 
     missmod runs submit dataset=digits method=mle missing_modality=bottom missing_rate=0.9
     missmod runs wait 12                 # exit status 0 if the run succeeded, 1 otherwise
-    missmod runs list --where 'accuracy>0.8' --sort -test_accuracy
+    missmod runs list --where 'accuracy>0.8' --sort=-test_accuracy
     missmod sweeps preset table1 dataset=digits seeds=3 epochs=20 --wait
     missmod sweeps table 3
     missmod --json runs list | jq '.[].test_accuracy'
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--where", action="append", metavar="EXPR",
                      help="FIELD OP VALUE on any spec field or final metric: 'accuracy>0.8', 'encoder=resnet50', "
                           "'metrics.val_loss<0.5' (repeat: all must hold)")
-    sub.add_argument("--sort", default="-id", help="a column or spec field, - first to reverse (default -id)")
+    sub.add_argument("--sort", default="-id", help="a column or spec field, - first to reverse: --sort=-test_accuracy (default -id)")
     sub.add_argument("--limit", type=int, default=None, help="at most this many runs")
     sub.add_argument("--dataset")
     sub.add_argument("--method")
