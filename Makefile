@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run serve worker migrate test bench bench-gpu soak setup setup-test clean
+.PHONY: run serve worker migrate test coverage bench bench-gpu soak setup setup-test clean
 
 setup: $(STAMP)
 setup-test: $(TEST_STAMP)
@@ -45,6 +45,12 @@ worker: setup
 test: setup-test
 	$(PY) -m tests.prerequisites
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The test suite with branch coverage of training/, backend/, worker/ and missmod/, the processes
+## it starts included; a table per module in the terminal, and var/coverage/html/index.html.
+coverage: setup-test
+	rm -rf var/coverage && mkdir -p var/coverage
+	$(PY) -m pytest --cov --cov-report=term --cov-report=html:var/coverage/html $(PYTEST_ARGS)
 
 bench: setup-test
 	$(PY) -m bench

@@ -74,16 +74,23 @@ def seeds_to_reach(alpha: float = ALPHA) -> int:
     return max(2, math.ceil(1 - math.log2(alpha)))
 
 
+def snap_to_zero(value: float) -> float:
+    """0 for a value within TIE of it: accuracies are ratios of counts, so a difference that small
+    is rounding (0.1 − 0.2 + 0.1 is 2.8e-17 in floating point), never a real one."""
+    return 0.0 if abs(value) <= TIE else value
+
+
 def mean_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
-    """Mean of the paired differences and its Student t interval (None below two pairs)."""
+    """Mean of the paired differences and its Student t interval (None below two pairs), each
+    reported as 0 within TIE of it."""
     d = np.asarray(differences, dtype=float)
-    mean = float(d.mean())
+    mean = snap_to_zero(float(d.mean()))
     if len(d) < 2:
         return mean, None, None
     from scipy import stats  # imported here: it costs the API half a second at start-up
 
     half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-    return mean, mean - half, mean + half
+    return mean, snap_to_zero(mean - half), snap_to_zero(mean + half)
 
 
 def wins_ties_losses(differences: Sequence[float]) -> tuple[int, int, int]:

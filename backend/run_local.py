@@ -24,7 +24,7 @@ import httpx
 
 from .db import session_factory
 from .migrate import upgrade
-from .queue import RunQueue
+from .queue import WorkQueue
 from .reconcile import requeue_interrupted
 from .settings import Settings, get_settings
 from .workers.models import Worker
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 _stop(process, signal.SIGKILL, whole_group=True)
             _wait([server, worker], 5)
 
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     with session_factory(settings.database_url)() as session:
         requeued = requeue_interrupted(session, node, queue)
     queue.close()

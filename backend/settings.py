@@ -120,6 +120,14 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _host_patterns(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+                raise ValueError(f"{name!r}: a host name, `*.example.org` for its subdomains, or `*`")
+        return names
+
     @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
                      mode="before")
     @classmethod
@@ -171,6 +179,13 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.var_dir / "broker"
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The Host names a request may carry (Starlette's TrustedHostMiddleware): TRUSTED_HOSTS and
+        the loopback names, an IPv6 address in brackets as a Host header writes it."""
+        loopback = [f"[{name}]" if ":" in name else name for name in sorted(LOOPBACK_HOSTS)]
+        return [*(name.lower().rstrip(".") for name in self.trusted_hosts), *loopback]
 
     @property
     def listens_beyond_localhost(self) -> bool:

@@ -2,9 +2,12 @@
 
     missmod runs submit dataset=digits method=mle missing_modality=bottom missing_rate=0.9
     missmod runs wait 12                 # exit status 0 if the run succeeded, 1 otherwise
-    missmod runs list --where 'accuracy>0.8' --sort=-test_accuracy
+    missmod runs list --where 'accuracy>0.8' --sort -test_accuracy
     missmod sweeps preset table1 dataset=digits seeds=3 epochs=20 --wait
     missmod sweeps table 3
+    missmod studies create dataset=digits missing_modality=bottom missing_rate=0.9 methods=mle,zero_padding \
+        trials=20 epochs=50 --pruner median --wait
+    missmod studies table 1
     missmod --json runs list | jq '.[].test_accuracy'
 
 Tables for people by default, JSON with --json (for pipes). The server and token come from
@@ -26,7 +29,7 @@ from typing import Any
 import httpx
 
 from .client import ApiError, Client, MissmodError, WaitTimeout
-from .models import Run, Sweep
+from .models import Run, Study, Sweep
 
 EXIT_FAILED = 1  # an API error, or a run/sweep that did not succeed
 EXIT_TIMEOUT = 124  # as timeout(1)
@@ -66,40 +69,87 @@ def _percent(value: float | None) -> str:
 
 def print_json(data: Any) -> None:
     def plain(thing):
-        if isinstance(thing, (Run, Sweep)):
+        if isinstance(thing, (Run, Sweep, Study)):
             return thing.to_dict()
         raise TypeError(type(thing).__name__)
 
     print(json.dumps(data, default=plain, indent=2))
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                no_wrap: Sequence[str] = ()) -> None:
+    """`no_wrap`: short columns (ids, counts, states) kept on one line, so the width left goes to
+    the columns of text, which wrap between words."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text  # plain text: a run named "[bold]" or a "[external]" mark is not markup
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in no_wrap)
     for row in rows:
         table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     Console().print(table)
+
+
+def print_notes(notes: Sequence[str]) -> None:
+    """Long texts (error reasons) below a table, each wrapped between words at the terminal's
+    width: a table column of its own would fold them into a few characters a line."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+    for note in notes:
+        console.print(Text(note))
 
 
 def print_runs(runs: Sequence[Run], title: str | None = None) -> None:
     print_table(title, ["id", "name", "state", "method", "fusion", "dataset", "missing", "epochs", "test acc", ""],
                 [[r.id, r.name, r.state, r.method, r.fusion, r.dataset, f"{r.missing_modality}@{r.missing_rate:g}",
                   r.epochs_completed, _percent(r.test_accuracy), "[external]" if r.external else ""]
-                 for r in runs])
+                 for r in runs], no_wrap=["id", "state", "epochs", "test acc"])
+
+
+# What a run's `info` holds (training/prepare.py, training/train.py), in words; keys not listed
+# here are shown by their own names, so a newer server's additions still show.
+INFO_LABELS = {
+    "x_modality": "x (always present)", "y_modality": "y (may be missing)", "split_by": "split by",
+    "n_train": "training samples", "n_train_complete": "complete training samples",
+    "n_train_missing": "training samples without y", "n_train_missing_x": "training samples without x",
+    "realised_missing_rate": "realised missing rate", "n_val": "validation samples", "n_test": "test samples",
+    "n_test_groups": "test groups", "reference_set": "reference set", "reference_set_size": "reference set size",
+    "steps_per_epoch": "steps per epoch", "parameters": "parameters", "device": "device",
+    "accuracy_level": "accuracy counted per", "test_sample_accuracy": "test accuracy per sample",
+    "test_missing_accuracy": "test accuracy with y missing", "resumed_from_epoch": "resumed from epoch",
+    "seconds": "training seconds",
+}
+INFO_PERCENT = frozenset({"realised_missing_rate", "test_sample_accuracy", "test_missing_accuracy"})
+
+
+def info_rows(info: dict[str, Any] | None, prefix: str = "") -> list[list[Any]]:
+    """A run's `info` as (label, value) rows; nested records (bayes_test_accuracy) flattened."""
+    rows: list[list[Any]] = []
+    for key, value in (info or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += info_rows(value, f"{name}.")
+        elif key in INFO_PERCENT and isinstance(value, (int, float)) and not prefix:
+            rows.append([INFO_LABELS[key], f"{100 * value:.2f}%"])
+        else:
+            rows.append([INFO_LABELS.get(name, f"info.{name}"), value])
+    return rows
 
 
 def print_run(run: Run) -> None:
     rows = [["id", run.id], ["name", run.name], ["state", run.state], ["external", run.external],
             ["test accuracy", _percent(run.test_accuracy)], ["val accuracy", _percent(run.val_accuracy)],
             ["best epoch", run.best_epoch], ["epochs", run.epochs_completed], ["sweep", run.sweep_id],
-            ["tags", ", ".join(run.tags)], ["error", run.error]]
+            ["tags", ", ".join(run.tags)]]
+    rows += info_rows(run.info)
     rows += [[f"spec.{key}", value] for key, value in run.spec.items()]
-    print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+    print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")], no_wrap=["field"])
+    if run.error:
+        print_notes([f"error: {run.error}"])
 
 
 def print_sweeps(sweeps: Sequence[Sweep]) -> None:
@@ -109,9 +159,13 @@ def print_sweeps(sweeps: Sequence[Sweep]) -> None:
                   "yes" if s.finished else "no"] for s in sweeps])
 
 
+# A cell's marks in the human table (the LaTeX export's ↑ ↓ †, in plain text).
+MARKS = {"win": "↑", "loss": "↓", "reference": "†"}
+
+
 def print_comparison(table: dict[str, Any], sweep_id: int) -> None:
     columns = ["method (fusion)", *(c["label"] for c in table["columns"])]
-    rows = []
+    rows, used = [], set()
     for row in table["rows"]:
         cells = []
         for cell in row["cells"]:
@@ -119,9 +173,28 @@ def print_comparison(table: dict[str, Any], sweep_id: int) -> None:
                 cells.append("–" if not cell["pending"] else f"({cell['pending']} pending)")
                 continue
             text = f"{100 * cell['mean']:.2f}" + (f" ± {100 * cell['std']:.2f}" if cell["std"] is not None else "")
-            cells.append(f"{text} (n={cell['n']})" + (" *" if cell["best"] else ""))
+            text += f" (n={cell['n']})" + (" *" if cell["best"] else "")
+            mark = "reference" if cell.get("is_reference") else (cell.get("paired") or {}).get("mark")
+            if mark:
+                used.add(mark)
+                text += f" {MARKS[mark]}"
+            if cell.get("pairing_verified") is False:
+                used.add("unverified")
+                text += " (pairing not verified)"
+            cells.append(text)
         rows.append([row["label"], *cells])
     print_table(f"sweep {sweep_id}: test accuracy (%), mean ± std over seeds; * best of column", columns, rows)
+    comparison = table.get("comparison") or {}
+    legend = []
+    if used & {"win", "loss"}:
+        legend.append(f"↑/↓: significantly better/worse than the column's reference †, Holm-adjusted "
+                      f"p < {comparison.get('alpha', 0.05):g}.")
+    elif "reference" in used:
+        legend.append("†: the reference each cell of its column is compared with.")
+    if "unverified" in used:
+        legend.append("pairing not verified: a run trained elsewhere that declared no split is not paired with "
+                      "missmod's runs by seed.")
+    print_notes(legend + ([comparison["note"]] if comparison.get("note") else []))
 
 
 # --- commands --------------------------------------------------------------------------
@@ -208,6 +281,18 @@ def runs_metrics(client: Client, args) -> int:
     return 0
 
 
+def runs_predictions(client: Client, args) -> int:
+    if args.csv:
+        sys.stdout.write(client.request("GET", f"/api/runs/{args.id}/predictions", params={"format": "csv"}).text)
+        return 0
+    predictions = client.predictions(args.id)
+    _show(args, predictions.to_dict(), lambda p: print_table(
+        f"run {args.id}: stored test predictions (--csv: one row each)", ["field", "value"],
+        [["epoch", p["epoch"]], [f"test {p['counted']}", len(p["labels"])], ["correct", sum(predictions.correct)],
+         ["accuracy", _percent(predictions.accuracy)], ["classes", ", ".join(p["classes"])]], no_wrap=["field"]))
+    return 0
+
+
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.4g}"
 
@@ -265,12 +350,12 @@ def _after_sweep_created(client: Client, args, sweep: Sweep) -> int:
 
 
 def sweeps_list(client: Client, args) -> int:
-    _show(args, client.sweeps(), print_sweeps)
+    _show(args, client.sweeps(include_external=args.include_external), print_sweeps)
     return 0
 
 
 def sweeps_show(client: Client, args) -> int:
-    _show(args, client.get_sweep(args.id), lambda s: print_sweeps([s]))
+    _show(args, client.get_sweep(args.id, include_external=args.include_external), lambda s: print_sweeps([s]))
     return 0
 
 
@@ -280,10 +365,14 @@ def sweeps_wait(client: Client, args) -> int:
 
 
 def sweeps_table(client: Client, args) -> int:
-    if args.csv:
-        sys.stdout.write(client.request("GET", f"/api/sweeps/{args.id}/table", params={"format": "csv"}).text)
+    params = {**({"reference": args.reference} if args.reference else {}), "test": args.test,
+              **({"include_external": "true"} if args.include_external else {})}
+    if args.csv or args.latex:
+        params["format"] = "csv" if args.csv else "latex"
+        sys.stdout.write(client.request("GET", f"/api/sweeps/{args.id}/table", params=params).text)
         return 0
-    _show(args, dict(client.table(args.id)), lambda t: print_comparison(t, args.id))
+    table = client.table(args.id, reference=args.reference, test=args.test, include_external=args.include_external)
+    _show(args, dict(table), lambda t: print_comparison(t, args.id))
     return 0
 
 
@@ -298,6 +387,166 @@ def sweeps_delete(client: Client, args) -> int:
     return 0
 
 
+def sweeps_rules(client: Client, args) -> int:
+    _show(args, client.selection_rules(args.id), print_selection_rules)
+    return 0
+
+
+# --- studies ---------------------------------------------------------------------------
+
+# A study's own fields; any other key=value of `studies create` is a spec field every run shares.
+STUDY_FIELDS = ("name", "dataset", "missing_modality", "missing_rate", "methods", "fusion", "trials", "parallel_trials",
+                "trial_seed", "final_seeds")
+
+
+def study_request(pairs: Sequence[str], sampler: str | None, sampler_seed: int | None, pruner: str | None,
+                  space: str | None) -> dict[str, Any]:
+    """`studies create`'s key=value pairs and options as the API's body."""
+    fields = parse_pairs(pairs, lists=True)
+    body: dict[str, Any] = {k: v for k, v in fields.items() if k in STUDY_FIELDS}
+    spec = {k: v for k, v in fields.items() if k not in STUDY_FIELDS}
+    if spec:
+        body["spec"] = spec
+    if isinstance(body.get("methods"), str):
+        body["methods"] = [body["methods"]]
+    if sampler or sampler_seed is not None:
+        body["sampler"] = {**({"name": sampler} if sampler else {}),
+                           **({"seed": sampler_seed} if sampler_seed is not None else {})}
+    if pruner:
+        body["pruner"] = {"name": pruner}
+    if space:
+        try:
+            body["space"] = json.loads(space)
+        except ValueError as error:
+            raise SystemExit(f"missmod: --space is not JSON: {error}") from None
+    return body
+
+
+def print_studies(studies: Sequence[Study]) -> None:
+    print_table(None, ["id", "name", "state", "trials", "complete", "pruned", "failed", "running", "final sweep"],
+                [[s.id, s.name, s.state, f"{s.trials.get('total', 0)}/{s.trials.get('budget', 0)}",
+                  s.trials.get("complete"), s.trials.get("pruned"), s.trials.get("failed"), s.trials.get("running"),
+                  s.final_sweep_id or "–"] for s in studies])
+
+
+def print_study(study: Study) -> None:
+    print_studies([study])
+    print_table(f"study {study.id}: arms (best trial on validation accuracy)",
+                ["arm", "candidate", "setting", "trials", "pruned", "failed", "best val acc", "best parameters"],
+                [[a["index"], a["label"], f"{a['missing_modality']}@{a['missing_rate']:g}", a["asked"], a["pruned"],
+                  a["failed"], _percent(a["best_value"]), _params(a["best_params"])] for a in study.arms])
+
+
+def _params(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "–"
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def print_study_table(table: dict[str, Any], study_id: int) -> None:
+    columns = ["candidate", *(c["label"] for c in table["columns"])]
+    rows = []
+    for row in table["rows"]:
+        cells = []
+        for cell, chosen in zip(row["cells"], row["hyperparameters"]):
+            if cell["mean"] is None:
+                text = "–" if not cell["pending"] else f"({cell['pending']} pending)"
+            else:
+                text = f"{100 * cell['mean']:.2f}" + (f" ± {100 * cell['std']:.2f}" if cell["std"] is not None else "")
+                text += f" (n={cell['n']})" + (" *" if cell["best"] else "")
+            if cell.get("paired"):
+                paired = cell["paired"]
+                text += f"\nΔ {100 * paired['diff']:+.2f}, {paired['wins']}/{paired['ties']}/{paired['losses']}"
+            cells.append(f"{text}\n{_params(chosen['params'])}")
+        rows.append([row["label"], *cells])
+    print_table(f"study {study_id}: test accuracy (%) of each cell's best configuration, mean ± std over the final "
+                "seeds; Δ to the reference, wins/ties/losses; the hyperparameters chosen; * best of column", columns, rows)
+
+
+def print_selection_rules(result: dict[str, Any]) -> None:
+    columns = ["rule", "row", *(c["label"] for c in result["columns"])]
+    rows = [[rule["rule"] + (" (recorded)" if rule["recorded"] else ""), row["label"],
+             *(f"{100 * c['mean']:.2f} ({c['rank']})" if c["mean"] is not None else "–" for c in row["cells"])]
+            for rule in result["rules"] for row in rule["rows"]]
+    print_table("test accuracy (%) under each selection rule (rank in its column)", columns, rows)
+    for line in result["ranking_changes"] or ["No column's ranking changes with the rule."]:
+        print(line)
+
+
+def studies_create(client: Client, args) -> int:
+    study = client.study(study_request(args.fields, args.sampler, args.sampler_seed, args.pruner, args.space))
+    return _after_study_created(client, args, study)
+
+
+def studies_preset(client: Client, args) -> int:
+    fields = parse_pairs(args.fields)
+    if args.pruner:
+        fields["pruner"] = {"name": args.pruner}
+    return _after_study_created(client, args, client.study(preset=args.name, **fields))
+
+
+def _after_study_created(client: Client, args, study: Study) -> int:
+    if args.wait:
+        return _study_outcome(args, client.wait(study, progress=not args.json and not args.quiet,
+                                                timeout=args.timeout))
+    _show(args, study, print_study)
+    return 0
+
+
+def _study_outcome(args, study: Study) -> int:
+    _show(args, study, print_study)
+    return 0 if study.state == "finished" else EXIT_FAILED
+
+
+def studies_list(client: Client, args) -> int:
+    _show(args, client.studies(), print_studies)
+    return 0
+
+
+def studies_show(client: Client, args) -> int:
+    _show(args, client.get_study(args.id), print_study)
+    return 0
+
+
+def studies_wait(client: Client, args) -> int:
+    study = client.get_study(args.id)
+    return _study_outcome(args, client.wait(study, progress=not args.json and not args.quiet, timeout=args.timeout))
+
+
+def studies_trials(client: Client, args) -> int:
+    _show(args, client.trials(args.id, args.arm), lambda trials: print_table(
+        f"study {args.id}: trials (test accuracy hidden until the study is finished)",
+        ["arm", "trial", "state", "run", "val acc", "epochs", "pruned after", "test acc", "parameters"],
+        [[t["arm"], t["number"], t["state"], t["run_id"], _percent(t["value"]), t["epochs"], t["pruned_epoch"] or "–",
+          "hidden" if t["test_hidden"] else _percent(t["test_accuracy"]), _params(t["params"])] for t in trials]))
+    return 0
+
+
+def studies_table(client: Client, args) -> int:
+    if args.csv or args.latex:
+        response = client.request("GET", f"/api/studies/{args.id}/table",
+                                  params={"format": "csv" if args.csv else "latex"})
+        sys.stdout.write(response.text)
+        return 0
+    _show(args, dict(client.study_table(args.id)), lambda t: print_study_table(t, args.id))
+    return 0
+
+
+def studies_rules(client: Client, args) -> int:
+    _show(args, client.selection_rules(client.get_study(args.id)), print_selection_rules)
+    return 0
+
+
+def studies_cancel(client: Client, args) -> int:
+    _show(args, client.cancel_study(args.id), print_study)
+    return 0
+
+
+def studies_delete(client: Client, args) -> int:
+    client.delete_study(args.id)
+    return 0
+
+
 def presets_list(client: Client, args) -> int:
     _show(args, client.presets(), lambda ps: print_table(
         None, ["name", "figure", "title", "methods", "runs per seed", "missing"],
@@ -306,11 +555,17 @@ def presets_list(client: Client, args) -> int:
     return 0
 
 
+def print_datasets(datasets: Sequence[dict[str, Any]]) -> None:
+    unusable = [d for d in datasets if d.get("error")]
+    print_table(None, ["name", "source", "modalities", "classes", "samples", "usable"],
+                [[d["name"], d["source"], ", ".join(d["modalities"]), len(d["classes"]), d["n_samples"],
+                  f"no [{unusable.index(d) + 1}]" if d.get("error") else "yes"] for d in datasets],
+                no_wrap=["classes", "samples", "usable"])
+    print_notes([f"[{i}] {d['name']}: {d['error']}" for i, d in enumerate(unusable, start=1)])
+
+
 def datasets_list(client: Client, args) -> int:
-    _show(args, client.datasets(), lambda ds: print_table(
-        None, ["name", "source", "modalities", "classes", "samples", "usable"],
-        [[d["name"], d["source"], ", ".join(d["modalities"]), len(d["classes"]), d["n_samples"],
-          d["error"] or "yes"] for d in ds]))
+    _show(args, client.datasets(), print_datasets)
     return 0
 
 
@@ -329,17 +584,53 @@ def methods_list(client: Client, args) -> int:
 # --- the parser ------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options also take values that start with `-`:
+    `--sort -test_accuracy`, `--q -draft`, `--where '-…'`.
+
+    argparse sorts every token that starts with `-` into options before any action sees it, so
+    neither `nargs` nor a custom action can take `-test_accuracy` as `--sort`'s value (it answers
+    "expected one argument"; only `--sort=-test_accuracy` worked). Each parser therefore joins
+    such a value to its option (`--sort=-test_accuracy`, which argparse always read right) before
+    parsing, for its own options that take one value, unless the token is one of its options
+    (`--sort --json` still says the value is missing). Sub-command parsers are of this class too
+    and do the same with the tokens handed to them."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._attach_dash_values(tokens), namespace)
+
+    def _attach_dash_values(self, tokens: list[str]) -> list[str]:
+        takes_value = {option for action in self._actions if action.option_strings and action.nargs is None
+                       for option in action.option_strings}
+        attached: list[str] = []
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token == "--":  # everything after is positional
+                return attached + tokens[i:]
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if (token in takes_value and following is not None and following.startswith("-")
+                    and not following.startswith("--") and following not in self._option_string_actions):
+                attached.append(f"{token}={following}")
+                i += 2
+                continue
+            attached.append(token)
+            i += 1
+        return attached
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before the group and after the command alike.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help="server (default: $MISSMOD_URL or "
                                                                  "http://127.0.0.1:8000)")
     common.add_argument("--token", default=argparse.SUPPRESS, help="API token (default: $MISSMOD_TOKEN)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for pipes")
 
-    parser = argparse.ArgumentParser(prog="missmod", parents=[common],
+    parser = Parser(prog="missmod", parents=[common],
                                      description="Submit, follow and compare missmod runs and sweeps.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,presets,datasets,methods}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,studies,presets,datasets,methods}")
 
     def command(group, name: str, handler, help: str) -> argparse.ArgumentParser:
         sub = group.add_parser(name, parents=[common], help=help, description=help)
@@ -361,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--where", action="append", metavar="EXPR",
                      help="FIELD OP VALUE on any spec field or final metric: 'accuracy>0.8', 'encoder=resnet50', "
                           "'metrics.val_loss<0.5' (repeat: all must hold)")
-    sub.add_argument("--sort", default="-id", help="a column or spec field, - first to reverse: --sort=-test_accuracy (default -id)")
+    sub.add_argument("--sort", default="-id", help="a column or spec field, - first to reverse (default -id)")
     sub.add_argument("--limit", type=int, default=None, help="at most this many runs")
     sub.add_argument("--dataset")
     sub.add_argument("--method")
@@ -385,6 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runs, "metrics", runs_metrics, "a run's metrics, one row per epoch")
     sub.add_argument("id", type=int)
     sub.add_argument("--csv", action="store_true")
+    sub = command(runs, "predictions", runs_predictions,
+                  "a run's stored test predictions: a summary, or --csv one row per test sample")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true", help="index, label, predicted, class names, correct")
 
     sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
     sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")
@@ -398,20 +693,73 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("fields", nargs="*", metavar="key=value", help="dataset=…, seeds=…, epochs=…, only_available=true")
     sub.add_argument("--wait", action="store_true")
     waiting(sub)
-    command(sweeps, "list", sweeps_list, "sweeps with their progress")
-    for name, handler, help in (("show", sweeps_show, "one sweep's progress"),
-                                ("retry", sweeps_retry, "queue a sweep's failed and cancelled runs again")):
-        sub = command(sweeps, name, handler, help)
-        sub.add_argument("id", type=int)
+    def external_option(sub, help: str) -> None:
+        sub.add_argument("--include-external", action="store_true", help=help)
+
+    progress_help = "count runs trained elsewhere (logged into the sweep) in its progress too"
+    external_option(command(sweeps, "list", sweeps_list, "sweeps with their progress"), progress_help)
+    sub = command(sweeps, "show", sweeps_show, "one sweep's progress")
+    sub.add_argument("id", type=int)
+    external_option(sub, progress_help)
+    sub = command(sweeps, "retry", sweeps_retry, "queue a sweep's failed and cancelled runs again")
+    sub.add_argument("id", type=int)
     sub = command(sweeps, "wait", sweeps_wait, "follow a sweep until every run finished (exit 0: none failed)")
     sub.add_argument("id", type=int)
     waiting(sub)
-    sub = command(sweeps, "table", sweeps_table, "the comparison table (mean ± std over seeds)")
+    sub = command(sweeps, "table", sweeps_table, "the comparison table (mean ± std over seeds), each cell compared "
+                                                 "with its column's reference")
     sub.add_argument("id", type=int)
-    sub.add_argument("--csv", action="store_true")
+    out = sub.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true")
+    out.add_argument("--latex", action="store_true", help="a booktabs table for a paper")
+    sub.add_argument("--reference", help="the row label (e.g. 'zero_padding (add)') or the method each cell is "
+                                         "compared with (default: the best baseline of each column)")
+    sub.add_argument("--test", choices=["seeds", "samples"], default="seeds",
+                     help="seeds: exact sign-flip over seeds; samples: McNemar over the stored test predictions")
+    external_option(sub, "runs trained elsewhere join Holm's family of comparisons (where their pairing is "
+                         "verified)")
     sub = command(sweeps, "delete", sweeps_delete, "delete a sweep and its runs")
     sub.add_argument("id", type=int)
     sub.add_argument("--keep-runs", action="store_true")
+    sub = command(sweeps, "rules", sweeps_rules, "the table under every selection rule (no retraining)")
+    sub.add_argument("id", type=int)
+
+    studies = groups.add_parser("studies", help="hyperparameter studies").add_subparsers(dest="command", required=True)
+    sub = command(studies, "create", studies_create, "a study: the same trial budget for every method (docs/studies.md)")
+    sub.add_argument("fields", nargs="+", metavar="key=value",
+                     help="dataset=digits missing_modality=bottom missing_rate=0.9 methods=mle,zero_padding trials=20; "
+                          "any other key is a spec field every run shares (epochs=50, batch_size=64)")
+    sub.add_argument("--sampler", choices=["tpe", "random"])
+    sub.add_argument("--sampler-seed", type=int)
+    sub.add_argument("--pruner", choices=["median", "hyperband", "none"])
+    sub.add_argument("--space", metavar="JSON", help='replaces fields of the default spaces, e.g. '
+                                                     '\'{"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-1}}\'')
+    sub.add_argument("--wait", action="store_true", help="wait until it finishes (exit 0 only if it finished)")
+    waiting(sub)
+    sub = command(studies, "preset", studies_preset, "a tuned preset: missmod studies preset mle_vs_zero_padding_tuned "
+                                                     "dataset=digits")
+    sub.add_argument("name")
+    sub.add_argument("fields", nargs="*", metavar="key=value", help="dataset=…, epochs=…, trials=…, final_seeds=…")
+    sub.add_argument("--pruner", choices=["median", "hyperband", "none"])
+    sub.add_argument("--wait", action="store_true")
+    waiting(sub)
+    command(studies, "list", studies_list, "studies with their trials spent")
+    for name, handler, help in (("show", studies_show, "one study: its arms and best trials"),
+                                ("rules", studies_rules, "the final table under every selection rule"),
+                                ("cancel", studies_cancel, "ask no more trials; cancel its runs not ended"),
+                                ("delete", studies_delete, "delete a study with its runs")):
+        sub = command(studies, name, handler, help)
+        sub.add_argument("id", type=int)
+    sub = command(studies, "wait", studies_wait, "follow a study until it finishes (exit 0: finished)")
+    sub.add_argument("id", type=int)
+    waiting(sub)
+    sub = command(studies, "trials", studies_trials, "a study's trials (validation figures)")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--arm", type=int)
+    sub = command(studies, "table", studies_table, "the final runs' table with the chosen hyperparameters")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true")
+    sub.add_argument("--latex", action="store_true")
 
     presets = groups.add_parser("presets", help="the paper's experiments").add_subparsers(dest="command", required=True)
     command(presets, "list", presets_list, "the presets and what each still lacks")

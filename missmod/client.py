@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from .models import Metrics, Point, Run, RunList, Sweep, Table
+from .models import Metrics, Point, Predictions, Run, RunList, Study, Sweep, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE_SIZE = 200
@@ -226,6 +226,12 @@ class Client:
         """{"epoch", "classes", "counts" (rows: true class), "counted"}."""
         return self._json("GET", f"/api/runs/{_id_of(run, Run)}/confusion")
 
+    def predictions(self, run: Any) -> Predictions:
+        """The run's stored test predictions (`.to_pandas()`: one row per test sample), to check a
+        sample-level comparison yourself: `a.discordant(b)` gives McNemar's counts. NotFound when
+        the run kept none."""
+        return Predictions(**self._json("GET", f"/api/runs/{_id_of(run, Run)}/predictions"))
+
     def cancel(self, run: Any) -> Run:
         return Run(**self._json("POST", f"/api/runs/{_id_of(run, Run)}/cancel"))
 
@@ -288,25 +294,37 @@ class Client:
             return Sweep(**self._json("POST", f"/api/presets/{preset}/sweeps", json=body))
         return Sweep(**self._json("POST", "/api/sweeps", json=body))
 
-    def get_sweep(self, sweep: Any) -> Sweep:
-        return Sweep(**self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}"))
+    def get_sweep(self, sweep: Any, *, include_external: bool = False) -> Sweep:
+        """The sweep and its progress; runs trained elsewhere count in it only with include_external."""
+        return Sweep(**self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}",
+                                  params=_external_param(include_external)))
 
-    def sweeps(self, page_size: int = PAGE_SIZE) -> list[Sweep]:
+    def sweeps(self, page_size: int = PAGE_SIZE, *, include_external: bool = False) -> list[Sweep]:
         found, cursor = [], None
         while True:
-            params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            params = {"limit": page_size, **({"cursor": cursor} if cursor else {}), **_external_param(include_external)}
             page = self._json("GET", "/api/sweeps", params=params)
             found += [Sweep(**item) for item in page["items"]]
             cursor = page.get("next_cursor")
             if not cursor:
                 return found
 
-    def table(self, sweep: Any) -> Table:
-        """The comparison table (`.to_pandas()`); rows of runs trained elsewhere have external=True."""
-        return Table(self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/table"))
+    def table(self, sweep: Any, *, reference: str | None = None, test: str = "seeds",
+              include_external: bool = False) -> Table:
+        """The comparison table (`.to_pandas()`, paired statistics included); rows of runs trained
+        elsewhere have external=True. `reference`: the row label (e.g. "zero_padding (add)") or
+        the method each cell is compared with (default: the best baseline of each column);
+        `test`: "seeds" (exact sign-flip over seeds) or "samples" (McNemar over the stored test
+        predictions); `include_external`: runs trained elsewhere join Holm's family of comparisons
+        (where their pairing is verified). See docs/statistics.md."""
+        return Table(self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/table",
+                                params=_comparison_params(reference, test, include_external)))
 
-    def trend(self, sweep: Any) -> dict[str, Any]:
-        return self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/trend")
+    def trend(self, sweep: Any, *, reference: str | None = None, test: str = "seeds",
+              include_external: bool = False) -> dict[str, Any]:
+        """Accuracy against missing rate, each point compared as in table()."""
+        return self._json("GET", f"/api/sweeps/{_id_of(sweep, Sweep)}/trend",
+                          params=_comparison_params(reference, test, include_external))
 
     def retry_sweep(self, sweep: Any) -> list[int]:
         return self._json("POST", f"/api/sweeps/{_id_of(sweep, Sweep)}/retry")["run_ids"]
@@ -314,6 +332,53 @@ class Client:
     def delete_sweep(self, sweep: Any, keep_runs: bool = False) -> None:
         self.request("DELETE", f"/api/sweeps/{_id_of(sweep, Sweep)}",
                      params={"keep_runs": "true" if keep_runs else "false"})
+
+    def selection_rules(self, sweep_or_study: Any) -> dict[str, Any]:
+        """The comparison table under every selection rule, from the epochs the runs recorded (no
+        retraining), with the columns whose ranking changes (docs/studies.md)."""
+        if isinstance(sweep_or_study, Study):
+            return self._json("GET", f"/api/studies/{sweep_or_study.id}/selection-rules")
+        return self._json("GET", f"/api/sweeps/{_id_of(sweep_or_study, Sweep)}/selection-rules")
+
+    # --- studies -----------------------------------------------------------------------
+
+    def study(self, body: Mapping[str, Any] | None = None, *, preset: str | None = None, **fields: Any) -> Study:
+        """A hyperparameter study (docs/studies.md): study(dataset="digits", missing_modality="bottom",
+        missing_rate=0.9, methods=["mle", "zero_padding"], trials=20, spec={"epochs": 50},
+        pruner={"name": "median"}) — or a tuned preset: study(preset="mle_vs_zero_padding_tuned",
+        dataset="digits", epochs=50, trials=20)."""
+        payload = {**(body or {}), **fields}
+        if preset is not None:
+            return Study(**self._json("POST", f"/api/studies/presets/{preset}", json=payload))
+        return Study(**self._json("POST", "/api/studies", json=payload))
+
+    def get_study(self, study: Any) -> Study:
+        return Study(**self._json("GET", f"/api/studies/{_id_of(study, Study)}"))
+
+    def studies(self, page_size: int = PAGE_SIZE) -> list[Study]:
+        found, cursor = [], None
+        while True:
+            params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._json("GET", "/api/studies", params=params)
+            found += [Study(**item) for item in page["items"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return found
+
+    def trials(self, study: Any, arm: int | None = None) -> list[dict[str, Any]]:
+        """The trials (validation figures; test accuracy hidden until the study is finished)."""
+        params = {} if arm is None else {"arm": arm}
+        return self._json("GET", f"/api/studies/{_id_of(study, Study)}/trials", params=params)
+
+    def study_table(self, study: Any) -> Table:
+        """The final runs' table with the hyperparameters chosen for each cell (`.to_pandas()`)."""
+        return Table(self._json("GET", f"/api/studies/{_id_of(study, Study)}/table"))
+
+    def cancel_study(self, study: Any) -> Study:
+        return Study(**self._json("POST", f"/api/studies/{_id_of(study, Study)}/cancel"))
+
+    def delete_study(self, study: Any) -> None:
+        self.request("DELETE", f"/api/studies/{_id_of(study, Study)}")
 
     # --- catalogue and dataset jobs ----------------------------------------------------
 
@@ -342,12 +407,14 @@ class Client:
 
     # --- waiting -----------------------------------------------------------------------
 
-    def wait(self, run_or_sweep: Any, progress: bool = True, timeout: float | None = None) -> Run | Sweep:
-        """Follow a run (epochs) or a sweep (finished runs) live until it finishes; returns it.
-        Raises WaitTimeout after `timeout` seconds."""
+    def wait(self, run_or_sweep: Any, progress: bool = True, timeout: float | None = None) -> Run | Sweep | Study:
+        """Follow a run (epochs) or a sweep (finished runs) live, or a study (its trials, then its
+        final runs), until it finishes; returns it. Raises WaitTimeout after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(run_or_sweep, Sweep):
             return self._wait_sweep(run_or_sweep.id, progress, deadline)
+        if isinstance(run_or_sweep, Study):
+            return self._wait_study(run_or_sweep.id, progress, deadline)
         return self._wait_run(_id_of(run_or_sweep, Run), progress, deadline)
 
     def stream(self, path: str, deadline: float | None, last_event_id: str | None = None) -> Iterator[Any]:
@@ -435,6 +502,38 @@ class Client:
             if bar is not None:
                 bar.close()
         return self.get_sweep(sweep_id)
+
+    # A study has no live stream of its own: its state is read every STUDY_POLL seconds.
+    STUDY_POLL = 1.0
+
+    def _wait_study(self, study_id: int, progress: bool, deadline: float | None) -> Study:
+        study = self.get_study(study_id)
+        bar = _progress_bar(progress and not study.finished, study.trials.get("budget"), f"study {study_id}")
+        try:
+            while not study.finished:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"study {study_id}: still {study.state}")
+                time.sleep(self.STUDY_POLL)
+                study = self.get_study(study_id)
+                if bar is not None:
+                    counts = study.trials
+                    bar.n = counts.get("total", 0) - counts.get("running", 0)
+                    bar.set_postfix_str(f"{study.state}, {counts.get('pruned', 0)} pruned, "
+                                        f"{counts.get('failed', 0)} failed", refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        return study
+
+
+def _external_param(include_external: bool) -> dict[str, str]:
+    # Sent only when asked: the default is the server's, and an older server knows no such parameter.
+    return {"include_external": "true"} if include_external else {}
+
+
+def _comparison_params(reference: str | None, test: str, include_external: bool) -> dict[str, str]:
+    return {**({"reference": reference} if reference is not None else {}), "test": test,
+            **_external_param(include_external)}
 
 
 def _points(metrics: Any) -> list[dict[str, Any]]:

@@ -11,16 +11,15 @@ machine). This library knows nothing of either beyond that.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import io
-import tempfile
+import json
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .spec import ABLATION_DEFAULTS
+from .atomic import atomic_write
+from .spec import DEFAULTS_OF_LATER_OPTIONS
 
 FORMAT_VERSION = 1
 
@@ -28,16 +27,35 @@ FORMAT_VERSION = 1
 # Fields that do not change the training: `device` (a run may resume on another GPU), and how
 # often it is logged (a checkpoint written before log_every_steps existed still matches).
 NOT_IN_FINGERPRINT = frozenset({"device", "compile", "log_every_steps"})
+# Fields added to the spec after checkpoints were written, at the value that trains as before:
+# left out of the fingerprint there, so those checkpoints still resume.
+LATER_FIELD_DEFAULTS: dict[str, Any] = DEFAULTS_OF_LATER_OPTIONS
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
     """Fields that change the training; `device` and `compile` do not, so a run may resume on
     another GPU, and fields added later do not at their default (the fingerprint of a spec is as
-    it was): the ablations' and `precision: auto`."""
+    it was): the ablations', the selection rule's, `precision: auto`, `deterministic: false`."""
     relevant = {k: v for k, v in spec_fields.items()
-                if k not in NOT_IN_FINGERPRINT and not (k in ABLATION_DEFAULTS and v == ABLATION_DEFAULTS[k])
-                and not (k == "precision" and v == "auto")}
+                if k not in NOT_IN_FINGERPRINT and not (k in LATER_FIELD_DEFAULTS and v == LATER_FIELD_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's random generators a run draws from while it trains (dropout): the CPU's, and the
+    GPU's when it trains on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """As `random_state` left them; a GPU's state is restored on a GPU only (a run resumed on the
+    CPU draws its own)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @runtime_checkable
@@ -56,18 +74,8 @@ def save_checkpoint(path: Path | CheckpointTarget, state: dict[str, Any]) -> Non
         torch.save({"format": FORMAT_VERSION, **state}, buffer)
         path.write_bytes(buffer.getvalue())
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save({"format": FORMAT_VERSION, **state}, file)
 
 
 def load_checkpoint(path: Path | CheckpointTarget | None, fingerprint: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch._dynamo
 from torch import nn
 
 from .spec import BACKBONES, IMAGE_ENCODERS  # noqa: F401  (listed once, in the module without torch)
@@ -91,15 +92,18 @@ class SmallCNN(nn.Sequential):
 
 
 class Standardise(nn.Module):
-    """(x − mean) / std per channel, after moving x to this module's device as float32."""
+    """(x − mean) / std per channel, after moving x to this module's device as float32, in
+    `memory_format` (channels-last when the model is: training/speed.py)."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean.reshape(-1, 1, 1).float())
         self.register_buffer("std", std.reshape(-1, 1, 1).float())
+        self.memory_format = torch.preserve_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.mean.device, non_blocking=True).float()
+        # Laid out before the conversion to float32: a quarter of the bytes to move for uint8 frames.
+        x = x.to(self.mean.device, non_blocking=True, memory_format=self.memory_format).float()
         return (x - self.mean) / self.std
 
 
@@ -144,4 +148,8 @@ class ImageEncoder(nn.Module):
         self.project = nn.Linear(size, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.trunk(self.standardise(x)))
+        x = self.standardise(x)
+        # Each part of a batch and each evaluation chunk has a size of its own: a compiled trunk
+        # (training/speed.py) takes the batch size as dynamic instead of compiling once per size.
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return self.project(self.trunk(x))

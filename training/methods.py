@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batches import device_index
 from .fusion import fuse
 from .likelihood import in_fp32, log_posterior, marginal_scores, pair_scores
 from .model import MLPImputer, TwoViewModel, two_view_model
@@ -28,15 +29,53 @@ EVAL_CHUNK = 4096
 
 @dataclass
 class Batch:
+    """A training batch. Its rows come in the order complete | y missing | x missing, and `parts`
+    holds the size of each part, known on the host (the batch sampler drew them), so a method
+    takes a part by slicing. Taking it with a mask instead (`x[has_y]`, `has_y.any()`) reads the
+    mask back from the device: on a GPU each such read waits until every queued kernel has run,
+    several times a step. Built without `parts` (tests, benchmarks, scripts), the batch reads its
+    masks once and puts its rows in that order."""
+
     x: torch.Tensor
     y: torch.Tensor  # rows where has_y is False hold zeros and are never read (same for x)
     z: torch.Tensor
     has_x: torch.Tensor
     has_y: torch.Tensor
+    # How many rows are complete, lack y, lack x (rows after these, if any, have neither and are
+    # in no part: the batch sampler never draws such rows, a test may).
+    parts: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parts is None:
+            self._order_rows_by_part()
+
+    def _order_rows_by_part(self) -> None:
+        has_x, has_y = self.has_x.cpu(), self.has_y.cpu()
+        kinds = (has_x & has_y, has_x & ~has_y, ~has_x & has_y, ~has_x & ~has_y)  # the last: in no part
+        order = torch.cat([torch.nonzero(kind).flatten() for kind in kinds])
+        self.parts = tuple(int(kind.sum()) for kind in kinds[:3])
+        if not torch.equal(order, torch.arange(len(order))):
+            order = order.to(self.x.device)
+            self.x, self.y, self.z, self.has_x, self.has_y = (t[order] for t in (self.x, self.y, self.z, self.has_x,
+                                                                                  self.has_y))
 
     @property
     def complete(self) -> torch.Tensor:
         return self.has_x & self.has_y
+
+    @property
+    def complete_rows(self) -> slice:
+        return slice(0, self.parts[0])
+
+    @property
+    def y_missing_rows(self) -> slice:
+        complete, y_missing, _ = self.parts
+        return slice(complete, complete + y_missing)
+
+    @property
+    def x_missing_rows(self) -> slice:
+        complete, y_missing, x_missing = self.parts
+        return slice(complete + y_missing, complete + y_missing + x_missing)
 
 
 @dataclass
@@ -46,6 +85,22 @@ class ReferenceInputs:
 
     y: torch.Tensor | None = None
     x: torch.Tensor | None = None
+
+
+class YBank:
+    """The training y's that test-time eq. 5 marginalises over (`evaluate_missing`), and their g
+    features, computed once per evaluation by the first method that asks (not again for every
+    chunk of test rows: with 2,000 test rows in chunks of 256 and a 4,096-row bank, g ran over
+    32,768 rows instead of 4,096)."""
+
+    def __init__(self, inputs: torch.Tensor):
+        self.inputs = inputs
+        self._g: torch.Tensor | None = None
+
+    def g_features(self, model: TwoViewModel) -> torch.Tensor:
+        if self._g is None:
+            self._g = _features(model.g, self.inputs)
+        return self._g
 
 
 def _features(encoder: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -64,9 +119,9 @@ class Method:
     def __init__(self, spec: TrainSpec):
         self.spec = spec
         # The terms of the last batch's loss, for the per-step metrics: name → (summed −log Q over
-        # the term's samples, how many samples), detached tensors (read only when logged, so
-        # recording them costs no device sync). Methods with one term leave it empty.
-        self.last_terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the term's samples, a detached tensor read only when logged; how many samples, known on
+        # the host), so recording them costs no device sync. Methods with one term leave it empty.
+        self.last_terms: dict[str, tuple[torch.Tensor, int]] = {}
 
     def build_model(self, x: ModalityInput, y: ModalityInput, n_classes: int) -> TwoViewModel:
         return two_view_model(self.spec, x, y, n_classes)
@@ -98,10 +153,10 @@ class Method:
 
     @torch.no_grad()
     def predict_log_proba_without_y(self, model: TwoViewModel, x: torch.Tensor, log_prior: torch.Tensor,
-                                    y_bank: torch.Tensor) -> torch.Tensor:
+                                    y_bank: YBank) -> torch.Tensor:
         """log Q(z|x) when y is missing at test time: eq. 5 with S = a bank of training y's.
         For any model trained through eq. 4 this is the Q(z|x) its eq. 3 implies."""
-        g_bank = _features(model.g, y_bank)
+        g_bank = y_bank.g_features(model)
         return log_posterior(marginal_scores(model.f(x), g_bank, model.label_embeddings(), model.fusion), log_prior)
 
 
@@ -133,31 +188,30 @@ class MaximumLikelihood(Method):
 
     def loss(self, model, batch, log_prior, references):
         H = model.label_embeddings()
-        complete, z = batch.complete, batch.z
+        z, (n_complete, n_y_missing, n_x_missing) = batch.z, batch.parts
+        complete, y_missing, x_missing = batch.complete_rows, batch.y_missing_rows, batch.x_missing_rows
         stop_reference, freeze = self.spec.mle_stop_reference_gradient, self.spec.mle_freeze_class_offset
         f_complete = model.f(batch.x[complete])
         g_complete = model.g(batch.y[complete])
         total = _summed_nll(log_posterior(pair_scores(f_complete, g_complete, H, model.fusion), log_prior), z[complete])
-        self.last_terms = {"loss_complete": (total.detach(), complete.sum())}  # eq. 4
-        y_missing = batch.has_x & ~batch.has_y
-        if y_missing.any():
+        self.last_terms = {"loss_complete": (total.detach(), n_complete)}  # eq. 4
+        if n_y_missing:
             g_reference = g_complete if references.y is None else model.g(references.y)
             if stop_reference:
                 g_reference = g_reference.detach()
             scores = marginal_scores(model.f(batch.x[y_missing]), g_reference, H, model.fusion, missing="y",
                                      freeze_class_offset=freeze)
             term = _summed_nll(log_posterior(scores, log_prior), z[y_missing])
-            self.last_terms["loss_missing"] = (term.detach(), y_missing.sum())  # eq. 5
+            self.last_terms["loss_missing"] = (term.detach(), n_y_missing)  # eq. 5
             total = total + term
-        x_missing = ~batch.has_x & batch.has_y
-        if x_missing.any():
+        if n_x_missing:
             f_reference = f_complete if references.x is None else model.f(references.x)
             if stop_reference:
                 f_reference = f_reference.detach()
             scores = marginal_scores(model.g(batch.y[x_missing]), f_reference, H, model.fusion, missing="x",
                                      freeze_class_offset=freeze)
             term = _summed_nll(log_posterior(scores, log_prior), z[x_missing])
-            self.last_terms["loss_missing_x"] = (term.detach(), x_missing.sum())  # eq. 5, x and y swapped
+            self.last_terms["loss_missing_x"] = (term.detach(), n_x_missing)  # eq. 5, x and y swapped
             total = total + term
         return total / len(z)
 
@@ -188,17 +242,30 @@ class ZeroPadding(Method):
 
     name = "zero_padding"
 
-    def _padded(self, encoder, inputs, present, k):
-        # Not inputs.new_zeros: image inputs are uint8, the features are float.
-        features = torch.zeros(len(inputs), k, device=inputs.device, dtype=next(encoder.parameters()).dtype)
-        if present.any():
-            features[present] = encoder(inputs[present])
-        return features
+    @staticmethod
+    def _padded(encoder, inputs: torch.Tensor, present: tuple[slice, ...], k: int) -> torch.Tensor:
+        """encoder(inputs) on the rows of the `present` slices, zeros on the others. The zeros take
+        the encoder's output dtype (16 bits under autocast): assembled by concatenation, never
+        written into a tensor of another dtype."""
+        present = tuple(rows for rows in present if rows.stop > rows.start)
+        if not present:  # not inputs.new_zeros: image inputs are uint8, the features are float
+            return torch.zeros(len(inputs), k, device=inputs.device, dtype=next(encoder.parameters()).dtype)
+        # One encoder call over the present rows, in order, as a masked index would have gathered them.
+        features = encoder(torch.cat([inputs[rows] for rows in present]) if len(present) > 1 else inputs[present[0]])
+        pieces, done, used = [], 0, 0
+        for rows in present:
+            if rows.start > done:
+                pieces.append(features.new_zeros(rows.start - done, k))
+            pieces.append(features[used : used + rows.stop - rows.start])
+            used, done = used + rows.stop - rows.start, rows.stop
+        if done < len(inputs):
+            pieces.append(features.new_zeros(len(inputs) - done, k))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def loss(self, model, batch, log_prior, references):
         k = model.feature_dim
-        f = self._padded(model.f, batch.x, batch.has_x, k)
-        g = self._padded(model.g, batch.y, batch.has_y, k)
+        f = self._padded(model.f, batch.x, (batch.complete_rows, batch.y_missing_rows), k)
+        g = self._padded(model.g, batch.y, (batch.complete_rows, batch.x_missing_rows), k)
         scores = pair_scores(f, g, model.label_embeddings(), model.fusion)
         return F.nll_loss(log_posterior(scores, log_prior), batch.z)
 
@@ -207,6 +274,11 @@ class ZeroPadding(Method):
         f = model.f(x)
         scores = pair_scores(f, torch.zeros_like(f), model.label_embeddings(), model.fusion)
         return log_posterior(scores, log_prior)
+
+
+# φ for the H-score and soft-HGR, in fp32 like them (under autocast the encoders' features are
+# 16-bit, and an outer product of two of them would round each product to 8 bits of mantissa).
+fuse_in_fp32 = in_fp32(fuse)
 
 
 @in_fp32
@@ -250,27 +322,32 @@ class MaximalCorrelation(Method):
     def loss(self, model, batch, log_prior, references):
         H = model.label_embeddings()
         total = batch.z.new_zeros((), dtype=H.dtype)
-        complete = batch.complete
-        if complete.sum() >= 2:
-            phi = fuse(model.f(batch.x[complete]), model.g(batch.y[complete]), model.fusion)
-            total = total + complete.sum() * soft_hgr(phi, H[batch.z[complete]])
-        single_view_parts = ((batch.has_x & ~batch.has_y, model.f, batch.x, model.h_x),
-                             (~batch.has_x & batch.has_y, model.g, batch.y, model.h_y))
-        for present, encoder, inputs, head in single_view_parts:
-            if present.sum() >= 2:
-                label_features = head.weight.T[batch.z[present]] + head.bias
-                total = total + present.sum() * soft_hgr(encoder(inputs[present]), label_features)
+        n_complete, n_y_missing, n_x_missing = batch.parts
+        complete = batch.complete_rows
+        if n_complete >= 2:
+            phi = fuse_in_fp32(model.f(batch.x[complete]), model.g(batch.y[complete]), model.fusion)
+            total = total + n_complete * soft_hgr(phi, H[batch.z[complete]])
+        single_view_parts = ((batch.y_missing_rows, n_y_missing, model.f, batch.x, model.h_x),
+                             (batch.x_missing_rows, n_x_missing, model.g, batch.y, model.h_y))
+        for rows, n, encoder, inputs, head in single_view_parts:
+            if n >= 2:
+                label_features = head.weight.T[batch.z[rows]] + head.bias
+                total = total + n * soft_hgr(encoder(inputs[rows]), label_features)
         return -total / len(batch.z)
 
     @torch.no_grad()
     def fit_statistics(self, model, train):
+        # Means in fp32: evaluation runs under autocast, where the features are 16-bit.
         complete = train.complete
-        f = _features(model.f, train.x[complete])
-        g = _features(model.g, train.y[complete])
+        f = _features(model.f, train.x[complete]).float()
+        g = _features(model.g, train.y[complete]).float()
         self.mean_phi = fuse(f, g, model.fusion).mean(0)
-        self.mean_f = _features(model.f, train.x[train.has_x]).mean(0)
+        self.mean_f = _features(model.f, train.x[train.has_x]).float().mean(0)
 
+    @in_fp32
     def _h_score(self, features, mean, label_features, log_prior):
+        # In fp32: in bf16, 30 of 512 predictions changed on the same features, and 47 rows had
+        # tied maxima, so an hgr run's accuracy would have depended on its precision.
         prior = log_prior.exp()
         centred_labels = label_features - prior @ label_features
         score = 1.0 + (features - mean) @ centred_labels.T
@@ -279,7 +356,7 @@ class MaximalCorrelation(Method):
 
     @torch.no_grad()
     def predict_log_proba(self, model, x, y, log_prior):
-        phi = fuse(model.f(x), model.g(y), model.fusion)
+        phi = fuse_in_fp32(model.f(x), model.g(y), model.fusion)
         return self._h_score(phi, self.mean_phi, model.label_embeddings(), log_prior)
 
     @torch.no_grad()
@@ -333,15 +410,16 @@ class AutoencoderImputation(Method):
         for _ in range(self.spec.imputer_epochs):
             imputer.train()
             order = rng.permutation(rows)
-            loss_sum = 0.0
+            loss_sum = None  # on the device, in float64 (the sum a Python float made): read once an epoch
             for start in range(0, len(order), size):
-                index = torch.as_tensor(order[start : start + size], device=source.device)
+                index = device_index(order[start : start + size], source.device)
                 loss = F.mse_loss(imputer(source[index]), target[index])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                loss_sum += loss.item() * len(index)
-            if not report(loss_sum / len(rows)):
+                weighted = loss.detach().double() * len(index)
+                loss_sum = weighted if loss_sum is None else loss_sum + weighted
+            if not report(loss_sum.item() / len(rows)):
                 return False
         imputer.eval()
         return True

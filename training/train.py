@@ -2,9 +2,10 @@
 
 Protocol (paper §3.2): stratified 70/15/15 split by group (or by subject); the missing
 modality removed from `missing_rate` of the training groups; each epoch is evaluated on
-complete validation and test data; the model is selected on validation accuracy and the test
-accuracy of that epoch is reported, with its confusion matrix. Probabilities of samples that
-share a group (segments of one video) are averaged before the group's label is predicted.
+complete validation and test data; the model is selected on validation accuracy (the spec's
+selection rule: training/selection.py) and the test accuracy of that epoch is reported, with its
+confusion matrix. Probabilities of samples that share a group (segments of one video) are
+averaged before the group's label is predicted.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint, spec_fingerprint
+from .checkpoint import load_checkpoint, random_state, restore_random_state, save_checkpoint, spec_fingerprint
 from .datasets import DatasetError, DatasetInfo, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
 from .device import pick_device
-from .methods import Batch, Method, ReferenceInputs, make_method
+from .methods import Batch, Method, ReferenceInputs, YBank, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
+from .selection import EpochScore, improves
 from .spec import TrainSpec, spec_errors_for_dataset
 from .step_log import StepLog
 from .speed import EpochClock, TrainingSpeed
@@ -102,8 +104,9 @@ class TrainResult:
     test_labels: list[int] | None = None
 
     @property
-    def cancelled(self) -> bool:
-        """Ended before its last epoch was asked to (cancelled or shut down)."""
+    def stopped_early(self) -> bool:
+        """Ended before its last epoch, for whatever reason (cancelled or shut down): `stopped`
+        says which."""
         return self.stopped is not StopReason.finished
 
 
@@ -125,6 +128,20 @@ def stratified_batches(kinds: list[np.ndarray], batch_size: int, rng: np.random.
         n_batches = min(n_batches, len(complete))
     parts = [np.array_split(rng.permutation(rows), n_batches) for rows in kinds]
     return [np.concatenate(batch_parts) for batch_parts in zip(*parts)]
+
+
+# A training sample's part of a batch: complete, y missing, x missing (the order of stratified_batches' kinds).
+PARTS = 3
+
+
+def part_sizes(parts_of_rows: np.ndarray) -> tuple[int, int, int]:
+    """How many rows of a batch are complete, lack y, lack x, given each row's part in order: the
+    methods take each part by slicing (training/methods.py: Batch), which holds only if the rows
+    come part after part."""
+    if np.any(parts_of_rows[1:] < parts_of_rows[:-1]):
+        raise AssertionError("a batch's rows must come part after part: complete, y missing, x missing")
+    complete, y_missing, x_missing = np.bincount(parts_of_rows, minlength=PARTS).tolist()
+    return complete, y_missing, x_missing
 
 
 def cycled_batches(rows: np.ndarray, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -181,24 +198,31 @@ class Evaluation:
 
 @dataclass
 class BestEpoch:
-    """The epoch chosen on validation accuracy, with its test evaluations."""
+    """The epoch chosen by the spec's selection rule (training/selection.py; by default the best
+    validation accuracy, earliest among ties), with its test evaluations."""
 
     val_accuracy: float
     epoch: int
     test: Evaluation
     test_without_y: Evaluation | None  # evaluate_missing: test with y removed (eq. 5)
+    val_loss: float | None = None  # what the val_loss rule compares; None in checkpoints from before it
 
     def to_state(self) -> list:
-        # A list, as checkpoints have always stored it, so older checkpoints still resume.
+        # A list, as checkpoints have always stored it, so older checkpoints still resume; the
+        # validation loss is appended (a checkpoint of four entries predates it).
         return [self.val_accuracy, self.epoch, self.test.to_state(),
-                None if self.test_without_y is None else self.test_without_y.to_state()]
+                None if self.test_without_y is None else self.test_without_y.to_state(), self.val_loss]
 
     @classmethod
     def from_state(cls, state: list | None) -> "BestEpoch | None":
         if state is None:
             return None
-        val_accuracy, epoch, test, test_without_y = state
-        return cls(val_accuracy, epoch, Evaluation.from_state(test), Evaluation.from_state(test_without_y))
+        val_accuracy, epoch, test, test_without_y, *rest = state
+        return cls(val_accuracy, epoch, Evaluation.from_state(test), Evaluation.from_state(test_without_y),
+                   rest[0] if rest else None)
+
+    def score(self) -> EpochScore:
+        return EpochScore(self.epoch, self.val_accuracy, self.val_loss)
 
 
 def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluation:
@@ -245,7 +269,9 @@ class Trainer:
         self.model: TwoViewModel = self.speed.prepare_model(
             self.method.build_model(prepared.x_input, prepared.y_input, len(prepared.classes)).to(device))
         self._gather, self._gathering = None, None
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        self._parts_of, self._parts_for = None, None
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
+                                          **self.speed.optimiser_options())
         self.steps_per_epoch = math.ceil(len(train.z) / spec.batch_size)
         self.y_bank = _y_bank(train, np.random.default_rng([spec.seed, 4])) if spec.evaluate_missing else None
         self.eval_seconds: float | None = None  # the last evaluation's duration, for the run's ETA
@@ -259,29 +285,46 @@ class Trainer:
             return choice, ReferenceInputs()
         return choice, ReferenceInputs(y=train.y[complete], x=train.x[complete])
 
-    def epoch_batches(self, train: TrainingSet) -> list[np.ndarray]:
-        has_x, has_y = train.has_x.cpu().numpy(), train.has_y.cpu().numpy()
-        complete = np.flatnonzero(has_x & has_y)
+    def parts_of(self, train: TrainingSet) -> np.ndarray:
+        """Each training sample's part (0 complete, 1 y missing, 2 x missing; -1 neither), read
+        from the device once per training set."""
+        if self._parts_for is not train:
+            has_x, has_y = train.has_x.cpu().numpy(), train.has_y.cpu().numpy()
+            parts = np.full(len(has_x), -1, dtype=np.int64)
+            parts[has_x & has_y], parts[has_x & ~has_y], parts[~has_x & has_y] = 0, 1, 2
+            self._parts_of, self._parts_for = parts, train
+        return self._parts_of
+
+    def epoch_batches(self, train: TrainingSet) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+        """The epoch's batches: each one's rows (complete, then y missing, then x missing) and the
+        size of each of these parts."""
+        parts = self.parts_of(train)
+        complete = np.flatnonzero(parts == 0)
         if not self.method.trains_on_missing:
-            return cycled_batches(complete, self.spec.batch_size, self.steps_per_epoch, self.batch_rng)
-        kinds = [complete, np.flatnonzero(has_x & ~has_y), np.flatnonzero(~has_x & has_y)]
-        return stratified_batches(kinds, self.spec.batch_size, self.batch_rng)
+            return [(rows, (len(rows), 0, 0))
+                    for rows in cycled_batches(complete, self.spec.batch_size, self.steps_per_epoch, self.batch_rng)]
+        kinds = [complete, np.flatnonzero(parts == 1), np.flatnonzero(parts == 2)]
+        return [(rows, part_sizes(parts[rows])) for rows in stratified_batches(kinds, self.spec.batch_size,
+                                                                                self.batch_rng)]
 
     def batches_per_epoch(self, train: TrainingSet) -> int:
         """How many batches epoch_batches gives, without drawing them (that would move its RNG)."""
         if not self.method.trains_on_missing:
             return self.steps_per_epoch
-        has_x, has_y = train.has_x.cpu().numpy(), train.has_y.cpu().numpy()
-        n_complete = int((has_x & has_y).sum())
-        n_batches = math.ceil(int((has_x | has_y).sum()) / self.spec.batch_size)
+        parts = self.parts_of(train)
+        n_complete = int((parts == 0).sum())
+        n_batches = math.ceil(int((parts >= 0).sum()) / self.spec.batch_size)
         return min(n_batches, n_complete) if n_complete else n_batches
 
     def train_epoch(self, train: TrainingSet, references: ReferenceInputs, epoch: int = 1) -> tuple[float, int]:
-        """The epoch's mean training loss, and how many samples it trained on."""
+        """The epoch's mean training loss, and how many samples it trained on. Nothing is read
+        back from the device between steps but the per-step metrics, in one read every
+        `log_every_steps` steps (training/step_log.py): on a GPU the steps are queued back to back,
+        and the next batch is gathered and copied while the current one computes."""
         self.model.train()
         if self._gathering is not train:  # the method may replace the training set (imputation)
             self._gather, self._gathering = self.speed.gatherer(train, self.spec.batch_size), train
-        loss_sum, seen = 0.0, 0
+        seen = 0
         batches = self.epoch_batches(train)
         # A callback written before per-step metrics (not a TrainingCallback subclass) has no on_step.
         report = getattr(self.callback, "on_step", None) or TrainingCallback().on_step
@@ -290,19 +333,17 @@ class Trainer:
                       terms=lambda: self.method.last_terms, eval_seconds=self.eval_seconds)
         # Callbacks written before these hooks (duck-typed ones too) may lack them.
         should_abort = getattr(self.callback, "should_abort", None) or TrainingCallback().should_abort
-        for step, rows in enumerate(batches, 1):
+        for step, (rows, parts) in enumerate(batches, 1):
             if should_abort():
                 raise TrainingAborted("abandoned mid-epoch at the caller's request")
             # Gathered where the data lives (the CPU for images, through pinned memory to a GPU).
-            batch = Batch(*self._gather(rows))
+            batch = Batch(*self._gather(rows), parts=parts)
             with self.speed.autocast():
                 loss = self.method.loss(self.model, batch, self.prepared.log_prior, references)
             self.speed.step(loss, self.optimiser)
-            value = loss.item()
-            loss_sum += value * len(rows)
             seen += len(rows)
-            log.after_step(step, value, len(rows))
-        return loss_sum / seen, seen
+            log.after_step(step, loss, len(rows))
+        return log.epoch_loss_sum / seen, seen
 
     @torch.no_grad()
     def evaluate(self, train: TrainingSet) -> tuple[Evaluation, Evaluation, Evaluation | None]:
@@ -320,8 +361,8 @@ class Trainer:
 
         test_without_y = None
         if self.y_bank is not None:
-            test = self.prepared.test
-            predict = lambda x: self.method.predict_log_proba_without_y(self.model, x, log_prior, self.y_bank)
+            test, bank = self.prepared.test, YBank(self.y_bank)  # its g features: once per evaluation
+            predict = lambda x: self.method.predict_log_proba_without_y(self.model, x, log_prior, bank)
             test_without_y = score_predictions(in_chunks(predict, test.x, chunk=self.model.eval_chunk), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
 
@@ -334,9 +375,14 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "batch_rng": self.batch_rng.bit_generator.state,
+            # torch's generators (dropout, on the CPU and the GPU) and the fp16 loss scale: without
+            # them a resumed run draws other dropout masks and restarts its scale at 2^16.
+            "random": random_state(self.device),
             "method": self.method.state_dict(),
             "best": None if best is None else best.to_state(),
         }
+        if self.speed.scaler is not None:
+            state["scaler"] = self.speed.scaler.state_dict()
         if train is not self.prepared.train:  # the method changed the training data (imputation)
             state["train"] = {"x": train.x, "y": train.y, "has_x": train.has_x, "has_y": train.has_y}
         save_checkpoint(self.checkpoint_path, state)
@@ -345,6 +391,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.batch_rng.bit_generator.state = state["batch_rng"]
+        # Checkpoints written before these were kept have neither: such a run resumes as it always did.
+        if "random" in state:
+            restore_random_state(state["random"], self.device)
+        if "scaler" in state and self.speed.scaler is not None:
+            self.speed.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"], self.device)
         train = self.prepared.train
         if "train" in state:
@@ -378,6 +429,10 @@ class Trainer:
         return metrics
 
     def run(self) -> TrainResult:
+        with self.speed.switches():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         started = time.perf_counter()
         info = dict(self.prepared.info)
         checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint)
@@ -406,18 +461,24 @@ class Trainer:
             evaluation_started = time.perf_counter()
             val, test, test_without_y = self.evaluate(train)
             self.eval_seconds = time.perf_counter() - evaluation_started
-            if best is None or val.accuracy > best.val_accuracy:
-                best = BestEpoch(val.accuracy, epoch, test, test_without_y)
+            if improves(self.spec.selection_rule, EpochScore(epoch, val.accuracy, val.loss),
+                        None if best is None else best.score()):
+                best = BestEpoch(val.accuracy, epoch, test, test_without_y, val.loss)
             epochs_completed = epoch
             self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
             # After the points are reported: a crash in between replays this epoch on resume, and
-            # the replayed points (identical) are absorbed by idempotent writes, leaving no gap.
+            # idempotent writes keep the first of each replayed point, leaving no gap. On the CPU
+            # the replayed points are identical; on a GPU they may differ in the last bits (cuDNN's
+            # autotuning and kernels that sum with atomics are not deterministic) unless the spec
+            # asks for `deterministic` (docs/gpu-host.md).
             self.save(epoch, train, best)
             if self.callback.should_stop():
                 stopped = self.callback.stop_reason()
                 break
         if stopped is StopReason.shutdown and epochs_completed == self.spec.epochs:
             stopped = StopReason.finished  # nothing is left to resume elsewhere
+        if self.speed.scaler is not None:  # fp16: where the loss scale ended (it halves at each overflow)
+            info["loss_scale"] = self.speed.scaler.get_scale()
         info["seconds"] = round(time.perf_counter() - started, 3)
         return self.result(best, epochs_completed, stopped, info)
 
@@ -456,7 +517,7 @@ def _preprocess_as_a_stage(spec: TrainSpec, callback: TrainingCallback, data_dir
     return None if report is None else report.summary()
 
 
-def check_against_dataset(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
+def checked_dataset_info(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
     """The dataset's catalogue entry, or SpecError naming what does not fit (before a long
     preprocessing, not after it). The catalogue describes a raw dataset as it will be once
     preprocessed, so this one check holds for the data loaded afterwards."""
@@ -476,7 +537,7 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
     the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
-    info = check_against_dataset(spec, data_dir, video)
+    info = checked_dataset_info(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
     if preprocessing is False:
         return TrainResult(None, None, None, 0, callback.stop_reason(), None, list(info.classes),

@@ -7,6 +7,8 @@ RUNS_PER_GPU pool processes (slots) train one run each at a time; each run gets 
 the cores (worker/slots.py). The worker registers itself and its slots in the database
 (worker/registry.py) for the workers page."""
 
+import os
+
 from backend.queue import make_celery
 from backend.settings import get_settings
 
@@ -14,6 +16,11 @@ from backend.settings import get_settings
 from . import slots  # noqa: F401,I001
 from . import preload, shutdown, tasks  # noqa: F401  (the signal handlers and the shared tasks)
 from .registry import WorkerRegistry
+
+# CUDA numbers GPUs as nvidia-smi and NVML do (by PCI bus; CUDA's own default is fastest first),
+# so a GPU index in CUDA_VISIBLE_DEVICES names one GPU for the run and for its system metrics.
+# Read by CUDA when a run's process first uses it, after the fork: set here, in the parent.
+os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 settings = get_settings()
 slots.THREADS_PER_RUN = slots.thread_budget(settings.runs_per_gpu, settings.threads_per_run)

@@ -107,26 +107,60 @@ class SlotLock:
             os.close(lock)
 
 
+# What an allocation that failed says, beside torch.OutOfMemoryError: the CUDA caching allocator
+# and the CPU's ("out of memory", "not enough memory"), and the libraries that allocate on their
+# own when the GPU is full: cuBLAS creating its handle or workspace, cuDNN's workspace (when no
+# algorithm's workspace fits, cuDNN reports that no algorithm is valid), cuFFT.
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "not enough memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                          "CUDNN_STATUS_ALLOC_FAILED", "Unable to find a valid cuDNN algorithm", "CUFFT_ALLOC_FAILED")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA allocation that failed, or a CPU one (the allocator's own message)."""
+    """A CUDA allocation that failed (torch's, cuBLAS's, cuDNN's), or a CPU one."""
     import torch
 
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+    return isinstance(error, RuntimeError) and any(message in text for message in OUT_OF_MEMORY_MESSAGES)
 
 
-# A test hook: with this set in a worker's environment, a run that shares its GPU (or CPU) with
-# other runs fails with out-of-memory as it starts, the way a large run does beside others.
-SIMULATE_OOM_ENV = "MISSMOD_TEST_OUT_OF_MEMORY_WHILE_SHARED"
+# The CUDA contexts of the runs sharing a GPU (a few hundred MiB each) lie outside the caching
+# allocator's count: a run's share leaves them room.
+CONTEXT_ALLOWANCE = 0.05
 
 
-def simulate_out_of_memory_if_asked(shares_the_gpu: bool) -> None:
-    if shares_the_gpu and os.environ.get(SIMULATE_OOM_ENV):
-        import torch
+def memory_share(runs_per_gpu: int, needs_own_slot: bool) -> float:
+    """The fraction of its GPU's memory a run may allocate: all of it alone, else an equal share
+    less the contexts' allowance. A run that needs more than its share then runs out of memory
+    itself, and is queued again for a slot of its own, instead of taking what the runs beside it
+    had counted on and making one of them fail."""
+    if needs_own_slot or runs_per_gpu <= 1:
+        return 1.0
+    return (1.0 - CONTEXT_ALLOWANCE) / runs_per_gpu
 
-        raise torch.OutOfMemoryError(f"simulated: the run shares its device with other runs ({SIMULATE_OOM_ENV})")
+
+def limit_device_memory(share: float, device_choice: str) -> None:
+    """In a run's own process, before it trains (this initialises CUDA, as the run is about to)."""
+    if share >= 1.0 or device_choice == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share)
+
+
+def release_device_memory() -> None:
+    """Hand the memory a run cached back to the driver at once (for the runs beside it), not when
+    its process ends. Call it once the failed step's tensors are unreachable (out of the except
+    block that caught the error: its traceback holds them)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # Set by worker/celery_app.py from the settings, in the main process, before the pool forks.

@@ -40,7 +40,8 @@ def _nvml():
 
 def visible_gpu(environ: dict[str, str] | None = None) -> GpuIdentity | None:
     """The GPU a run of this process trains on (`cuda` is the first one CUDA_VISIBLE_DEVICES
-    names, by index or UUID; all GPUs when it is unset); None on a CPU-only host."""
+    names, by index or UUID; all GPUs when it is unset); None on a CPU-only host, and where the
+    index could name another GPU for NVML than for CUDA."""
     environ = os.environ if environ is None else environ
     nvml = _nvml()
     if nvml is None:
@@ -48,7 +49,15 @@ def visible_gpu(environ: dict[str, str] | None = None) -> GpuIdentity | None:
     try:
         visible = environ.get("CUDA_VISIBLE_DEVICES")
         first = visible.split(",")[0].strip() if visible is not None else "0"
-        if first in ("", "-1") or nvml.nvmlDeviceGetCount() == 0:
+        count = nvml.nvmlDeviceGetCount()
+        if first in ("", "-1") or count == 0:
+            return None
+        if first.isdigit() and count > 1 and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+            # NVML numbers GPUs by PCI bus, CUDA fastest first unless told otherwise: the figures
+            # would be another GPU's. The worker sets PCI_BUS_ID (worker/celery_app.py).
+            log.warning("GPU %s of %d: CUDA_DEVICE_ORDER is not PCI_BUS_ID, so CUDA's and NVML's numbering may "
+                        "differ; no GPU figures (set CUDA_DEVICE_ORDER=PCI_BUS_ID or name the GPU by UUID)",
+                        first, count)
             return None
         handle = (nvml.nvmlDeviceGetHandleByIndex(int(first)) if first.isdigit()
                   else nvml.nvmlDeviceGetHandleByUUID(first))

@@ -14,16 +14,7 @@ from .models import Leased, State
 
 log = logging.getLogger("missmod.lifecycle")
 
-Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, RunQueue.enqueue_job)
-
-
-class BrokerUnavailable(RuntimeError):
-    """The row was saved but its id could not be sent to the broker. No longer raised when a row
-    is submitted (it stays queued, awaiting the broker: enqueue_committed); kept for callers."""
-
-    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
-    # carry its address, goes to the server log only.
-    public_message = "the broker is unreachable: the run was saved and is sent once the broker is back"
+Send = Callable[[int], None]  # sends one id to the broker (WorkQueue.send_run, WorkQueue.send_job)
 
 
 class AlreadyFinished(RuntimeError):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..paired_statistics import RunPredictions
-from .models import ConfusionMatrix
+from .models import ConfusionMatrix, Run
 
 
 def _dtype(n_classes: int) -> np.dtype:
@@ -35,3 +36,33 @@ def load_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunP
                     ConfusionMatrix.test_labels.is_not(None)))
     return {run_id: RunPredictions(unpack_labels(predicted, len(classes)), unpack_labels(labels, len(classes)))
             for run_id, classes, predicted, labels in session.execute(query)}
+
+
+class NoStoredPredictions(LookupError):
+    """The run kept no test predictions: not finished, finished before they were kept, or
+    logged from elsewhere without them."""
+
+
+@dataclass(frozen=True)
+class StoredPredictions:
+    """What GET /api/runs/{id}/predictions serves: a run's test predictions with their setting."""
+
+    run_id: int
+    epoch: int
+    classes: list[str]
+    counted: str  # "samples", or "groups" (videos) where the run's accuracy is per group
+    predictions: RunPredictions
+
+
+def stored_predictions(session: Session, run_id: int) -> StoredPredictions:
+    """One run's stored test predictions, in the order of its test set (raises
+    NoStoredPredictions; the caller checked that the run exists)."""
+    matrix = session.get(ConfusionMatrix, run_id)
+    if matrix is None or matrix.test_predictions is None or matrix.test_labels is None:
+        raise NoStoredPredictions(run_id)
+    run = session.get(Run, run_id)
+    grouped = run is not None and (run.info or {}).get("accuracy_level") == "group"
+    n_classes = len(matrix.classes)
+    return StoredPredictions(run_id, matrix.epoch, list(matrix.classes), "groups" if grouped else "samples",
+                             RunPredictions(unpack_labels(matrix.test_predictions, n_classes),
+                                            unpack_labels(matrix.test_labels, n_classes)))

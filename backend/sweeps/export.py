@@ -1,11 +1,15 @@
-"""The comparison table as CSV (one row per method (fusion), three columns per cell: mean,
+r"""The comparison table as CSV (one row per method (fusion), three columns per cell: mean,
 std, n; then the paired comparison of each cell with its column's reference) and as a LaTeX
 table in the paper's layout (booktabs; best per column in bold; significant wins and losses
-against the reference marked, the reference daggered). Both print test accuracy in %."""
+against the reference marked, the reference daggered), ready to paste: a caption naming the
+setting (dataset, missing modality, rates, seeds, test set) and the marks it uses, and a
+\label. Both print test accuracy in %."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..csv_export import SafeCSVWriter
 from .analysis import Cell, ComparisonTable
@@ -55,7 +59,8 @@ def _p(value: float | None) -> str:
 def _paired_fields(cell: Cell) -> list:
     paired = cell.paired
     if paired is None:
-        return ["(this row)" if cell.is_reference else "", *[""] * (len(PAIRED_COLUMNS) - 1)]
+        note = "(this row)" if cell.is_reference else "" if cell.pairing_verified else "(pairing not verified)"
+        return [note, *[""] * (len(PAIRED_COLUMNS) - 1)]
     return [paired.reference, _percent(paired.diff, 4), _percent(paired.ci_low, 4), _percent(paired.ci_high, 4),
             paired.wins, paired.ties, paired.losses, _p(paired.p_value), _p(paired.p_adjusted),
             paired.mark or "", paired.test]
@@ -65,33 +70,103 @@ def _paired_fields(cell: Cell) -> list:
 LATEX_MARKS = {"win": r"$^{\uparrow}$", "loss": r"$^{\downarrow}$", "reference": r"$^{\dagger}$"}
 
 
-def _latex_cell(cell: Cell) -> str:
+@dataclass(frozen=True)
+class LatexSetting:
+    """What a LaTeX table's caption and label name besides the table itself."""
+
+    sweep_id: int
+    sweep_name: str  # in a comment above the table: the paper names the setting, not the sweep
+    datasets: Sequence[str]
+
+
+def _mark(cell: Cell, compared: bool) -> str | None:
+    """The cell's mark: a significant win or loss, or † for the reference of a column in which
+    something was compared with it (a reference nothing was compared with is not marked)."""
+    if cell.is_reference:
+        return "reference" if compared else None
+    return cell.paired.mark if cell.paired is not None else None
+
+
+def _latex_cell(cell: Cell, compared: bool) -> str:
     if cell.mean is None:
         return "--"
     text = f"{100 * cell.mean:.2f}"
     if cell.std is not None:
         text += rf" $\pm$ {100 * cell.std:.2f}"
     text = rf"\textbf{{{text}}}" if cell.best else text
-    mark = "reference" if cell.is_reference else cell.paired.mark if cell.paired is not None else None
+    mark = _mark(cell, compared)
     return text + LATEX_MARKS[mark] if mark else text
 
 
-def _comparison_caption(comparison: PairedSummary | None) -> str:
-    if comparison is None or not comparison.tests:
-        return ""
-    against = (rf"the best baseline of each column" if comparison.reference is None
-               else latex_escape(comparison.reference))
-    test = ("McNemar's exact test over test samples pooled over seeds" if comparison.test == "samples"
-            else "an exact sign-flip test over seeds")
-    text = (rf" $\uparrow$/$\downarrow$: significantly better/worse than {against} ($\dagger$), "
-            rf"by {test}, Holm-adjusted $p < {comparison.alpha:g}$ over the table's {comparison.tests} comparisons.")
-    if comparison.test == "seeds" and comparison.smallest_p >= comparison.alpha:
-        text += (rf" With {comparison.max_seeds} seeds this test cannot reach $p < {comparison.alpha:g}$ "
-                 rf"(it needs {comparison.seeds_for_alpha} or more).")
+def _series(items: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _seeds_text(seeds: Sequence[int], fewest: int) -> str:
+    """The seeds behind the cells: "mean ± standard deviation over 5 seeds (0--4)"; "up to" when
+    a cell has fewer (a run failed or is pending)."""
+    if not seeds:
+        return "no finished run yet"
+    contiguous = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    listed = f"{seeds[0]}--{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
+    if len(seeds) == 1:
+        return f"one run per cell (seed {listed})"
+    up_to = "up to " if 0 < fewest < len(seeds) else ""
+    return rf"mean $\pm$ standard deviation over {up_to}{len(seeds)} seeds ({listed})"
+
+
+def _setting_caption(table: ComparisonTable, setting: LatexSetting) -> str:
+    """Test accuracy on which dataset, with which modality missing from how many training samples,
+    over which seeds, evaluated on what."""
+    own = [row for row in table.rows if not row.external] or table.rows
+    cells = [cell for row in own for cell in row.cells if cell.n]
+    seeds = sorted({seed for cell in cells for seed in cell.seeds})
+    fewest = min((cell.n for cell in cells), default=0)
+    modalities = list(dict.fromkeys(c.missing_modality + (f" ({c.role})" if c.role else "") for c in table.columns))
+    rates = [f"{rate * 100:g}\\%" for rate in sorted({c.missing_rate for c in table.columns})]
+    dataset = _series([latex_escape(d) for d in setting.datasets]) if setting.datasets else "this dataset"
+    missing = (f"modality {latex_escape(modalities[0])}" if len(modalities) == 1
+               else f"modality {_series([latex_escape(m) for m in modalities])} (by column)")
+    seeds_text = _seeds_text(seeds, fewest)
+    return (rf"Test accuracy (\%) on {dataset} with the {missing} missing from "
+            rf"{_series(rates) if len(rates) < 4 else rates[0] + ' to ' + rates[-1]} of the training samples, "
+            rf"on the complete test set at the epoch of best validation accuracy: {seeds_text}; best of each column "
+            rf"in bold.")
+
+
+def _legend(table: ComparisonTable, comparison: PairedSummary | None, compared_columns: set[int]) -> str:
+    """The marks the table uses, and only those."""
+    used = {_mark(cell, i in compared_columns) for row in table.rows for i, cell in enumerate(row.cells)
+            if cell.mean is not None}
+    text = ""
+    if comparison is not None and used & {"win", "loss", "reference"}:
+        references = {label for label in comparison.references if label is not None}
+        against = (latex_escape(next(iter(references))) if len(references) == 1
+                   else "the best baseline of its column" if comparison.reference is None
+                   else latex_escape(comparison.reference))
+        test = ("McNemar's exact test over the test samples, pooled over seeds" if comparison.test == "samples"
+                else "an exact sign-flip test over seeds")
+        family = (rf"Holm-adjusted $p < {comparison.alpha:g}$ over the table's {comparison.tests} "
+                  rf"comparison{'s' if comparison.tests != 1 else ''}")
+        if used & {"win", "loss"}:
+            text += (rf" $\uparrow$/$\downarrow$: significantly better/worse than {against} ($\dagger$) by {test}, "
+                     rf"{family}.")
+        else:
+            text += rf" $\dagger$: {against}, the reference of the paired comparisons; no difference is significant by {test} ({family})."
+    external = [row for row in table.rows if row.external]
+    if external:
+        text += " [external]: trained outside missmod"
+        unverified = any(not cell.pairing_verified for row in table.rows for cell in row.cells)
+        if unverified:
+            text += ", not paired with missmod's runs (its split is not verified)"
+        elif comparison is not None and comparison.outside_family:
+            text += ", compared outside the correction"
+        text += "."
     return text
 
 
-def table_latex(table: ComparisonTable, sweep_name: str, comparison: PairedSummary | None = None) -> str:
+def table_latex(table: ComparisonTable, setting: LatexSetting, comparison: PairedSummary | None = None) -> str:
     modalities: list[tuple[str, int]] = []  # (label, number of rate columns), in order
     for column in table.columns:
         label = column.missing_modality + (f" ({column.role})" if column.role else "")
@@ -99,14 +174,16 @@ def table_latex(table: ComparisonTable, sweep_name: str, comparison: PairedSumma
             modalities[-1] = (label, modalities[-1][1] + 1)
         else:
             modalities.append((label, 1))
-    seeds = max((cell.n for row in table.rows for cell in row.cells), default=0)
+    compared_columns = {i for i in range(len(table.columns)) if any(row.cells[i].paired for row in table.rows)}
+    name = " ".join(setting.sweep_name.split())
     lines = [
         r"% needs \usepackage{booktabs}",
+        f"% missmod sweep {setting.sweep_id}: {name}",
+        *(f"% {' '.join(note.split())}" for note in (comparison.notes if comparison is not None else [])),
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{Test accuracy (\%) of {latex_escape(sweep_name)}: mean $\pm$ standard deviation over "
-        rf"up to {seeds} seed{'s' if seeds != 1 else ''}; best of each column in bold."
-        rf"{_comparison_caption(comparison)}}}",
+        rf"\caption{{{_setting_caption(table, setting)}{_legend(table, comparison, compared_columns)}}}",
+        rf"\label{{tab:missmod-sweep-{setting.sweep_id}}}",
         r"\begin{tabular}{l" + "".join(" " + "c" * n for _, n in modalities) + "}",
         r"\toprule",
     ]
@@ -120,6 +197,7 @@ def table_latex(table: ComparisonTable, sweep_name: str, comparison: PairedSumma
     lines.append(" & ".join(["", *(latex_escape(f"{c.missing_rate * 100:g}%") for c in table.columns)]) + r" \\")
     lines.append(r"\midrule")
     for row in table.rows:
-        lines.append(" & ".join([latex_escape(row.label), *(_latex_cell(cell) for cell in row.cells)]) + r" \\")
+        lines.append(" & ".join([latex_escape(row.label), *(_latex_cell(cell, i in compared_columns)
+                                                           for i, cell in enumerate(row.cells))]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -17,14 +17,21 @@ For each cell against the reference cell of its column:
 - Holm's step-down correction over every cell of the table tested; a cell is a significant win or
   loss only when its adjusted p-value is below alpha.
 
+Runs trained elsewhere (external rows) are paired only where their pairing is verified (`Pairing`:
+a run that shows it used missmod's split and missing samples for its seed); an unverified cell is
+marked, never paired silently by seed. Verified or not, they stay outside Holm's family unless
+asked (`include_external`), so logging a run from elsewhere never changes the adjustment of
+missmod's own cells.
+
 Plain functions over the table (no database); the statistics themselves are
 backend/paired_statistics.py's, shared with the comparison of runs side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 import numpy as np
@@ -32,14 +39,46 @@ import numpy as np
 from ..paired_statistics import (ALPHA, TARGET_POWER, TIE, RunPredictions, discordant_pairs,
                                  holm, mcnemar_p, mean_interval, seeds_needed, seeds_to_reach, sign_flip_p,
                                  smallest_sign_flip_p, wins_ties_losses)
-from .analysis import Cell, ComparisonTable, Row
+from ..refused import Refused
+from .analysis import Cell, ComparisonTable, Row, RunResult
 
 Test = Literal["seeds", "samples"]
 BASELINE_EXCLUDED = frozenset({"mle"})  # the paper's method; every other method is a baseline
 
 
-class UnknownReference(ValueError):
-    """The reference asked for is neither a row label nor a method of the table."""
+class UnknownReference(Refused):
+    """The reference asked for (the `reference` parameter) is neither a row label nor a method of
+    the table: a 422 naming it."""
+
+    def __init__(self, reference: str, message: str):
+        super().__init__([{"type": "value_error", "loc": ("query", "reference"), "input": reference, "msg": message}])
+
+
+class Pairing(Enum):
+    """Whether a run may be paired by seed with missmod's runs of its setting."""
+
+    verified = "verified"  # the seed fixes its split and missing samples: missmod's own runs
+    not_verified = "not_verified"  # trained elsewhere, with no split shown to be missmod's
+
+
+PairingOf = Callable[[int], Pairing]  # run id → its pairing
+
+
+def pairing_by_origin(results: Sequence[RunResult]) -> PairingOf:
+    """missmod's own runs are verified (training/protocol.py derives the split and the missing
+    samples from the seed); a run trained elsewhere is not, since it declares no split.
+
+    Where external runs can declare their split (the protocol helper of live and external runs),
+    this is the one place to check it: verified when the declared split and missing mask are
+    those missmod derives for the run's dataset, seed, split and missing rate; not_verified
+    otherwise (none declared, or another)."""
+    external = {r.run_id for r in results if r.external}
+    return lambda run_id: Pairing.not_verified if run_id in external else Pairing.verified
+
+
+def _pairing_of_rows(table: ComparisonTable) -> PairingOf:
+    external = {run_id for row in table.rows if row.external for c in row.cells for run_id in c.run_ids}
+    return lambda run_id: Pairing.not_verified if run_id in external else Pairing.verified
 
 
 # --- a table's comparisons ----------------------------------------------------------------
@@ -63,8 +102,9 @@ class Paired:
     test: Test  # which of the two p_value is
     seeds_needed: int | None
     p_value: float | None = None
-    p_adjusted: float | None = None
+    p_adjusted: float | None = None  # None outside Holm's family
     significant: bool = False
+    in_family: bool = True  # in Holm's family: missmod's own cells, external ones only when included
 
     @property
     def mark(self) -> str | None:
@@ -90,6 +130,9 @@ class PairedSummary:
     note: str
     cells_without_predictions: int = 0
     notes: list[str] = field(default_factory=list)
+    include_external: bool = False  # external rows joined the family (and could be the reference)
+    outside_family: int = 0  # external cells compared but left out of Holm's family
+    not_verified: int = 0  # cells not paired: a run trained elsewhere whose pairing is not verified
 
 
 def _paired_values(cell: Cell) -> dict[int, tuple[float, int]]:
@@ -100,27 +143,41 @@ def _paired_values(cell: Cell) -> dict[int, tuple[float, int]]:
     return out
 
 
-def _reference_rows(table: ComparisonTable, reference: str | None) -> list[Row | None]:
+def _reference_rows(table: ComparisonTable, reference: str | None, include_external: bool,
+                    pairing: PairingOf) -> list[Row | None]:
     """The reference row of each column: the named row, the best row of the named method, or
     (by default) the best baseline — the best row of a method other than mle; the best row when
-    the table has no baseline."""
+    the table has no baseline. A method's rows and the default are missmod's own rows, and
+    external rows whose runs are all verified when include_external; a label names any row."""
     rows = table.rows
+
+    def eligible(row: Row) -> bool:
+        return not row.external or (include_external and all(
+            pairing(run_id) is Pairing.verified for cell in row.cells for run_id in cell.run_ids))
+
+    own = [row for row in rows if eligible(row)] or rows
     if reference is not None:
         named = [row for row in rows if row.label == reference]
         if named:
             return [named[0]] * len(table.columns)
-        candidates = [row for row in rows if row.method == reference]
+        candidates = [row for row in own if row.method == reference] or [row for row in rows if row.method == reference]
         if not candidates:
-            raise UnknownReference(f"no row {reference!r} in this table (a row label such as "
+            raise UnknownReference(reference, f"no row {reference!r} in this table (a row label such as "
                                    f"{rows[0].label!r}, or a method: {', '.join(dict.fromkeys(r.method for r in rows))})"
                                    if rows else "the table has no rows")
     else:
-        candidates = [row for row in rows if row.method not in BASELINE_EXCLUDED] or rows
+        candidates = [row for row in own if row.method not in BASELINE_EXCLUDED] or own
     chosen: list[Row | None] = []
     for i in range(len(table.columns)):
         scored = [row for row in candidates if row.cells[i].mean is not None]
         chosen.append(max(scored, key=lambda row: row.cells[i].mean) if scored else None)  # first of equals
     return chosen
+
+
+def _paired_runs(cell: Cell, reference_cell: Cell) -> list[int]:
+    """The run ids a comparison of these two cells would pair (both sides, the seeds in common)."""
+    ours, theirs = _paired_values(cell), _paired_values(reference_cell)
+    return [run_id for seed in set(ours) & set(theirs) for run_id in (ours[seed][1], theirs[seed][1])]
 
 
 def compare_cell(cell: Cell, reference_cell: Cell, reference_label: str, test: Test,
@@ -151,22 +208,34 @@ def compare_cell(cell: Cell, reference_cell: Cell, reference_label: str, test: T
 
 
 def compare_table(table: ComparisonTable, *, reference: str | None = None, test: Test = "seeds",
-                  predictions: Mapping[int, RunPredictions] | None = None, alpha: float = ALPHA) -> PairedSummary:
+                  predictions: Mapping[int, RunPredictions] | None = None, alpha: float = ALPHA,
+                  include_external: bool = False, pairing: PairingOf | None = None) -> PairedSummary:
     """Set `paired` on every cell that has seeds in common with its column's reference cell
-    (the reference cell itself is marked `is_reference`), then Holm-correct over them all."""
+    (the reference cell itself is marked `is_reference`), then Holm-correct over them all.
+    `pairing` (default: external rows' runs not verified) says which runs may be paired by seed:
+    a cell whose comparison would pair an unverified run gets `pairing_verified` False instead.
+    External cells join Holm's family only with `include_external`."""
     predictions = predictions or {}
-    references = _reference_rows(table, reference)
-    tested: list[Paired] = []
+    pairing = pairing or _pairing_of_rows(table)
+    references = _reference_rows(table, reference, include_external, pairing)
+    compared: list[Paired] = []
+    not_verified = 0
     for i, reference_row in enumerate(references):
         for row in table.rows:
             cell = row.cells[i]
-            cell.paired, cell.is_reference = None, reference_row is row
+            cell.paired, cell.is_reference, cell.pairing_verified = None, reference_row is row, True
             if reference_row is None or reference_row is row:
+                continue
+            if any(pairing(run_id) is not Pairing.verified for run_id in _paired_runs(cell, reference_row.cells[i])):
+                cell.pairing_verified = False
+                not_verified += 1
                 continue
             paired = compare_cell(cell, reference_row.cells[i], reference_row.label, test, predictions)
             if paired is not None:
+                paired.in_family = include_external or not (row.external or reference_row.external)
                 cell.paired = paired
-                tested.append(paired)
+                compared.append(paired)
+    tested = [p for p in compared if p.in_family]
     for paired, adjusted in zip(tested, holm([p.p_value for p in tested])):
         paired.p_adjusted = adjusted
         paired.significant = adjusted < alpha and paired.diff is not None and abs(paired.diff) > TIE
@@ -176,7 +245,8 @@ def compare_table(table: ComparisonTable, *, reference: str | None = None, test:
         reference=reference, references=[r.label if r is not None else None for r in references], test=test,
         alpha=alpha, tests=len(tested), max_seeds=max_seeds, smallest_p=smallest_sign_flip_p(max_seeds),
         seeds_for_alpha=seeds_to_reach(alpha), significant=sum(p.significant for p in tested),
-        with_predictions=with_predictions, cells_without_predictions=len(tested) - with_predictions, note="")
+        with_predictions=with_predictions, cells_without_predictions=len(tested) - with_predictions, note="",
+        include_external=include_external, outside_family=len(compared) - len(tested), not_verified=not_verified)
     summary.notes = _notes(summary, tested)
     summary.note = " ".join(summary.notes)
     return summary
@@ -184,7 +254,7 @@ def compare_table(table: ComparisonTable, *, reference: str | None = None, test:
 
 def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
     if not tested:
-        return ["No cell shares a seed with its reference yet: nothing to compare."]
+        return ["No cell shares a seed with its reference yet: nothing to compare.", *_external_notes(summary)]
     notes = []
     seed_level = summary.test == "seeds" or summary.with_predictions < summary.tests
     if seed_level and summary.smallest_p >= summary.alpha:
@@ -204,4 +274,16 @@ def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
                      "predictions (finished before they were recorded): they use the seed-level test.")
     notes.append(f"{summary.significant} of {summary.tests} comparisons significant at {summary.alpha:g} after "
                  f"Holm's correction over the table ({'McNemar over test samples, pooled over seeds' if summary.test == 'samples' else 'exact sign-flip test over seeds'}).")
+    return notes + _external_notes(summary)
+
+
+def _external_notes(summary: PairedSummary) -> list[str]:
+    notes = []
+    if summary.not_verified:
+        notes.append(f"{summary.not_verified} comparison{'s' if summary.not_verified != 1 else ''} with runs trained "
+                     "elsewhere not made: pairing not verified (those runs declared no split shown to be missmod's, "
+                     "so they are not paired by seed).")
+    if summary.outside_family:
+        notes.append(f"{summary.outside_family} cell{'s' if summary.outside_family != 1 else ''} of runs trained "
+                     "elsewhere compared outside Holm's family (include_external adds them).")
     return notes

@@ -1,5 +1,5 @@
-"""Sweeps as plain functions over a session: create (atomically, then enqueue), list, read
-progress and results, retry, delete. Runs are created and queued through backend.runs.service,
+"""Sweeps as plain functions over a session: create (atomically, then send the runs to the
+workers), list, read progress and results, retry, delete. Runs are created and queued through backend.runs.service,
 the same way POST /api/runs does it."""
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from sqlalchemy.orm import Session
 
 from training.datasets.naming import backbone_of, source_dataset
 
+from .. import pagination
 from ..db import utcnow
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..runs import service as runs
+from ..runs.artifacts import StoreLocation
 from ..runs.models import TERMINAL_STATES, Run, RunState
 from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
 from .grid import SweepPlan
 from .models import Sweep
-from .paired import PairedSummary, Test, compare_table
+from .paired import PairedSummary, Test, compare_table, pairing_by_origin
 from .presets import PRESETS
 
 
@@ -43,7 +45,7 @@ def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
     return f"{datasets}: {' × '.join(varying) or 'one setting'} ({runs} runs)"[:200]
 
 
-def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
+def create_sweep(session: Session, queue: WorkQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
                  preset: str | None = None, preset_options: dict[str, Any] | None = None,
                  idempotency_key: str | None = None) -> tuple[Sweep, list[Run]]:
     """One transaction writes the sweep and all its runs; only then are the run ids sent, in
@@ -76,36 +78,51 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
-def progress_of(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Runs per state of each sweep, in one query."""
+def progress_of(session: Session, sweep_ids: Sequence[int],
+                include_external: bool = False) -> dict[int, dict[str, Any]]:
+    """Runs per state of each sweep, in one query: the sweep's own runs, and those trained
+    elsewhere and logged into it only with include_external (they are counted apart, `external`)."""
     counts: dict[int, Counter] = {sweep_id: Counter() for sweep_id in sweep_ids}
+    external: Counter = Counter()
     if sweep_ids:
-        query = (select(Run.sweep_id, Run.state, func.count(Run.id))
-                 .where(Run.sweep_id.in_(list(sweep_ids))).group_by(Run.sweep_id, Run.state))
-        for sweep_id, state, count in session.execute(query):
-            counts[sweep_id][state] = count
-    return {sweep_id: progress_from_counts(c) for sweep_id, c in counts.items()}
+        query = (select(Run.sweep_id, Run.state, Run.external, func.count(Run.id))
+                 .where(Run.sweep_id.in_(list(sweep_ids))).group_by(Run.sweep_id, Run.state, Run.external))
+        for sweep_id, state, is_external, count in session.execute(query):
+            if is_external:
+                external[sweep_id] += count
+            if include_external or not is_external:
+                counts[sweep_id][state] += count
+    return {sweep_id: progress_from_counts(c, external[sweep_id]) for sweep_id, c in counts.items()}
 
 
-def progress_from_counts(counts: Counter) -> dict[str, Any]:
+def progress_from_counts(counts: Counter, external: int = 0) -> dict[str, Any]:
     total = sum(counts.values())
     finished = sum(counts[state] for state in TERMINAL_STATES)
-    return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total}
+    return {**{state.value: counts[state] for state in RunState}, "total": total, "done": total > 0 and finished == total,
+            "external": external}
 
 
 def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
-                before_id: int | None = None) -> tuple[list[Sweep], int, str | None]:
+                cursor: str | None = None) -> tuple[list[Sweep], int, str | None]:
     """A page of sweeps, newest first, the total, and the cursor of the next page (None at the
-    end): the id of the page's last sweep, the next page starting below it."""
+    end; backend/pagination.py). Pages by `offset` or by `cursor`, not both."""
+    pagination.one_way_to_page(cursor, offset)
     total = session.scalar(select(func.count(Sweep.id))) or 0
     query = select(Sweep).order_by(Sweep.id.desc()).limit(limit + 1)
-    query = query.where(Sweep.id < before_id) if before_id is not None else query.offset(offset)
+    if cursor:
+        _, sweep_id = pagination.decode(cursor, pagination.NEWEST_FIRST)
+        query = query.where(Sweep.id < sweep_id)
+    else:
+        query = query.offset(offset)
     sweeps = list(session.scalars(query))
-    next_cursor = str(sweeps[limit - 1].id) if len(sweeps) > limit else None
+    next_cursor = None
+    if len(sweeps) > limit:
+        last = sweeps[limit - 1]
+        next_cursor = pagination.encode(pagination.NEWEST_FIRST, last.id, last.id)
     return sweeps[:limit], int(total), next_cursor
 
 
-def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir=None) -> None:
+def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, store: StoreLocation | None = None) -> None:
     """Delete the sweep and, by the database's cascade, its runs and then their files — or
     keep the runs, detached."""
     get_sweep(session, sweep_id)
@@ -114,17 +131,17 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
         session.execute(update(Run).where(Run.sweep_id == sweep_id).values(sweep_id=None))
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
     session.commit()
-    runs.remove_artifacts(artifact_dir, run_ids)
+    runs.remove_artifacts(store, run_ids)
 
 
-def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=None) -> list[int]:
+def retry_sweep(session: Session, sweep_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> list[int]:
     """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
     they wait for it)."""
     get_sweep(session, sweep_id)
     retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
     ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
     for run_id in ids:
-        runs.retry_run(session, run_id, queue, artifact_dir)
+        runs.retry_run(session, run_id, queue, store)
     return ids
 
 
@@ -182,12 +199,15 @@ def run_predictions(session: Session, run_ids: Sequence[int]) -> dict[int, RunPr
     return load_predictions(session, run_ids)
 
 
-def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
-                test: Test = "seeds") -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
+def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None, test: Test = "seeds",
+                include_external: bool = False) -> tuple[ComparisonTable, list[RunResult], PairedSummary]:
     """The comparison table with every cell compared, paired, to its column's reference
-    (raises paired.UnknownReference for a reference that names no row or method)."""
+    (raises paired.UnknownReference for a reference that names no row or method); runs trained
+    elsewhere are paired only where verified (paired.pairing_by_origin) and join Holm's family
+    only with include_external."""
     results = sweep_results(session, sweep.id)
     table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
     finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
-    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished))
+    summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished),
+                            include_external=include_external, pairing=pairing_by_origin(results))
     return table, results, summary

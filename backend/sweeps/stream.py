@@ -46,7 +46,8 @@ def _runs(session, sweep_id: int) -> list[SweepRunOut]:
     query = (select(Run.id, Run.name, Run.state, Run.method, Run.fusion, Run.missing_modality, Run.missing_rate,
                     Run.seed, Run.epochs_completed, Run.spec["epochs"].as_integer().label("epochs"), Run.test_accuracy,
                     Run.best_epoch,
-                    and_(Run.state == RunState.queued, Run.broker_error.is_not(None)).label("awaiting_broker"))
+                    and_(Run.state == RunState.queued, Run.broker_error.is_not(None)).label("awaiting_broker"),
+                    Run.external)
              .where(Run.sweep_id == sweep_id).order_by(Run.id))
     return [SweepRunOut.model_validate(row) for row in session.execute(query)]
 
@@ -87,8 +88,9 @@ class SweepWatcher:
             if changed or removed or first:
                 events.append({"event": "runs", "data": json.dumps({
                     "full": first, "runs": [run.model_dump(mode="json") for run in changed], "removed": removed})})
-            counts = Counter(run.state for run in current.values())
-            progress = service.progress_from_counts(counts)
+            # Runs trained elsewhere and logged into the sweep are not its progress (service.progress_of).
+            counts = Counter(run.state for run in current.values() if not run.external)
+            progress = service.progress_from_counts(counts, sum(run.external for run in current.values()))
             events.append({"event": "progress", "data": json.dumps(progress)})
             results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
             if results_key != self.results_key:

@@ -19,7 +19,6 @@
   let axis = "epoch";
   let stepsPerEpoch = Number(page.dataset.stepsPerEpoch) || null;
   let bestEpoch = null;
-  let confusionShown = false;
 
   // Per-step series are named step/…; the learning rate and throughput get their own chart.
   const isStepSeries = (name) => name.startsWith("step/");
@@ -207,12 +206,9 @@
   }
 
   async function showConfusion() {
-    if (confusionShown) return;
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
-    if (!ok) return;
-    confusionShown = true;
-    document.getElementById("confusion-waiting")?.remove();
-    missmodCharts.confusion(document.getElementById("chart-confusion"), body);
+    if (await missmodCharts.runConfusion(document.getElementById("chart-confusion"), runId)) {
+      document.getElementById("confusion-waiting")?.remove();
+    }
   }
 
   function showInfo(info, run) {
@@ -272,6 +268,7 @@
     const steps = run.info && run.info.steps_per_epoch;
     if (steps && steps !== stepsPerEpoch) {
       stepsPerEpoch = steps;
+      page.dataset.stepsPerEpoch = String(steps);  // as the server renders it for a run that has begun
       if (axis === "epoch" && [...series.keys()].some(isStepSeries)) redraw();
     }
     if (run.best_epoch && missmod.terminal(run.state)) markBestEpoch(run.best_epoch);

@@ -167,10 +167,12 @@
     const div = missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id });
     const after = [...grid.children].find((other) => Number(other.dataset.runId) > run.id);
     grid.insertBefore(div, after || null);  // in run order, whatever order they load in
-    const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
-    if (!ok || !chosen.has(run.id)) { confusionShown.delete(run.id); div.remove(); return; }
-    missmodCharts.confusion(div, body, `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
-                                        `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`);
+    const title = `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
+                  `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`;
+    if (!await missmodCharts.runConfusion(div, run.id, { title, wanted: () => chosen.has(run.id) })) {
+      confusionShown.delete(run.id);
+      div.remove();
+    }
   }
 
   // --- table and trend ---------------------------------------------------------------------
@@ -212,6 +214,10 @@
       td.dataset.mark = "reference";
       return missmod.el("div", "reference", { class: "paired", title: "the reference of this column's comparisons" });
     }
+    if (cell.pairing_verified === false) {
+      return missmod.el("div", "pairing not verified", {
+        class: "paired", title: "a run trained elsewhere that declared no split shown to be missmod's: not paired by seed" });
+    }
     const p = cell.paired;
     if (!p) return null;
     td.dataset.diff = String(p.diff);
@@ -227,7 +233,9 @@
     if (p.mark) line.append(missmod.el("span", p.mark === "win" ? " ▲" : " ▼", { class: "mark", title: `significant ${p.mark}` }));
     const tests = [`seeds: exact sign-flip p ${p.p_seeds.toPrecision(2)}`];
     if (p.p_samples !== null) tests.push(`test samples: McNemar p ${p.p_samples.toPrecision(2)} (discordant ${p.discordant.join(" vs ")})`);
-    line.title = `vs ${p.reference} over ${p.n} seeds — ${tests.join("; ")}; Holm-adjusted p ${p.p_adjusted.toPrecision(2)}`
+    const adjusted = p.p_adjusted === null ? "outside Holm's family (trained elsewhere)"
+      : `Holm-adjusted p ${p.p_adjusted.toPrecision(2)}`;
+    line.title = `vs ${p.reference} over ${p.n} seeds — ${tests.join("; ")}; ${adjusted}`
       + (p.seeds_needed ? `; about ${p.seeds_needed} seeds would detect this difference` : "");
     return line;
   }

@@ -24,3 +24,13 @@ def test_global_options_before_or_after_the_command():
     assert before.json is True and before.url == "http://h:1"
     assert after.json is True and after.token == "t"
     assert not hasattr(parser.parse_args(["runs", "list"]), "json")  # main() fills the defaults
+
+
+def test_option_values_may_start_with_a_dash():
+    parser = build_parser()
+    args = parser.parse_args(["runs", "list", "--where", "accuracy>0.8", "--sort", "-test_accuracy", "--q", "-draft"])
+    assert (args.sort, args.q, args.where) == ("-test_accuracy", "-draft", ["accuracy>0.8"])
+    assert parser.parse_args(["runs", "list", "--sort=-id"]).sort == "-id"
+    assert parser.parse_args(["--token", "-secret", "runs", "list"]).token == "-secret"
+    with pytest.raises(SystemExit):  # an option is not taken for a missing value
+        parser.parse_args(["runs", "list", "--sort", "--json"])

@@ -20,11 +20,13 @@ SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality
 TOKEN = "client-test-token-0123456789"
 
 
-def cli(base: str, *args: str, token: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def cli(base: str, *args: str, token: str | None = None, timeout: float = 180,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`missmod …` as a user runs it (python -m missmod: the same entry point as the console
-    script), configured from the environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MISSMOD_")}
+    script), configured from the environment (`env` adds to it: COLUMNS=80 for a narrow terminal)."""
+    extra, env = env or {}, {k: v for k, v in os.environ.items() if not k.startswith("MISSMOD_")}
     env.update(MISSMOD_URL=base, PYTHONPATH=str(ROOT), COLUMNS="200")  # tables one row per line
+    env.update(extra)
     if token:
         env["MISSMOD_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "missmod", *args], cwd=ROOT, env=env, capture_output=True,

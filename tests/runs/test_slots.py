@@ -4,11 +4,14 @@ it has alone; the workers page and API show both slots busy; the thread budget."
 
 from __future__ import annotations
 
+import pytest
+
 from backend.db import session_factory
 from backend.workers import service as workers_service
+from bench.points import assert_exactly_once, run_expected_points
 from training.spec import TrainSpec
 from training.train import TrainingCallback, train
-from worker.slots import thread_budget
+from worker.slots import is_out_of_memory, memory_share, thread_budget
 
 from tests.support import wait_for, wait_in_page
 
@@ -38,6 +41,27 @@ def test_thread_budget_shares_the_cores_among_the_slots():
     assert thread_budget(2, threads_per_run=5, cores=16, environ={"OMP_NUM_THREADS": "3"}) == 5  # THREADS_PER_RUN
 
 
+def test_allocation_failures_of_cublas_and_cudnn_count_as_out_of_memory():
+    import torch
+
+    for message in ("CUDA out of memory. Tried to allocate 2.00 GiB",
+                    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                    "Unable to find a valid cuDNN algorithm to run convolution",
+                    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"):
+        assert is_out_of_memory(RuntimeError(message)), message
+    assert is_out_of_memory(torch.OutOfMemoryError("x")) and is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # a value error is the caller's, not the allocator's
+
+
+def test_a_run_beside_others_may_allocate_its_share_of_the_gpu():
+    assert memory_share(1, needs_own_slot=False) == 1.0
+    assert memory_share(4, needs_own_slot=True) == 1.0  # it ran out of memory beside others: all of it now
+    assert memory_share(2, needs_own_slot=False) == memory_share(4, needs_own_slot=False) * 2 < 0.5
+
+
+@pytest.mark.browser  # the workers page
 def test_two_slots_train_two_runs_at_once_each_with_its_exact_points(embedded_settings, client_for, start_worker,
                                                                      start_server, page):
     client = client_for(embedded_settings)
@@ -70,8 +94,8 @@ def test_two_slots_train_two_runs_at_once_each_with_its_exact_points(embedded_se
                         ("succeeded", "failed") and r, 180, interval=0.2, what=f"run {run['id']} to end")
         assert done["state"] == "succeeded", done["error_detail"]
         points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
-        keys = [(p["epoch"], p["step"], p["name"]) for p in points]
-        assert len(keys) == len(set(keys))  # each point once, per-step ones included
+        assert done["epochs_completed"] == spec["epochs"]
+        assert_exactly_once(points, run_expected_points(done))  # every epoch's and logged step's, once
         # The epochs' points bit for bit what the spec gives trained alone (per-step points carry
         # samples/s, a timing).
         got = {(p["epoch"], p["name"]): p["value"] for p in points if not p["name"].startswith("step/")}
@@ -105,14 +129,15 @@ def test_a_worker_that_stops_leaves_the_list(embedded_settings, client_for, star
 def test_a_run_out_of_memory_beside_others_is_requeued_on_a_slot_of_its_own(embedded_settings, client_for,
                                                                             start_worker):
     client = client_for(embedded_settings)
-    # The test hook: a run that shares the worker with other slots runs out of memory as it starts.
-    start_worker(embedded_settings, {"RUNS_PER_GPU": "2", "MISSMOD_TEST_OUT_OF_MEMORY_WHILE_SHARED": "1"})
+    # The fault, injected by the test's own app module: a run given a share of its device runs out
+    # of memory as it starts; alone on it, it trains.
+    start_worker(embedded_settings, {"RUNS_PER_GPU": "2"}, app="tests.support.out_of_memory_worker")
     run = client.post("/api/runs", json={**SPEC, "epochs": 3}).json()
     done = wait_for(lambda: (r := client.get(f"/api/runs/{run['id']}").json())["state"] in
                     ("succeeded", "failed") and r, 120, interval=0.2, what="the run to end")
     assert done["state"] == "succeeded", done["error"]  # not failed: queued again, then trained alone
     assert done["needs_own_slot"] is True and done["attempts"] == 2 and done["worker_losses"] == 0
-    assert done["error"] is None
+    assert done["error"] is None and done["awaiting_broker"] is False  # its id was sent again at once
     points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
-    assert sorted({p["epoch"] for p in points}) == [1, 2, 3]
+    assert_exactly_once(points, run_expected_points(done))
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
-import statistics
-import time
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from backend.db import session_factory
 from backend.runs.models import ConfusionMatrix, MetricPoint, Run
 
-from tests.support import wait_for, wait_in_page
+from tests.support import sample_std, wait_for, wait_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -30,19 +29,41 @@ def database_cells(settings, sweep_id: int) -> dict[tuple[str, str, float], tupl
     groups: dict[tuple[str, str, float], list[float]] = {}
     for method, fusion, rate, accuracy in rows:
         groups.setdefault((method, fusion, rate), []).append(accuracy)
-    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v)) for k, v in groups.items()}
+    return {k: (sum(v) / len(v), sample_std(v) if len(v) > 1 else None, len(v)) for k, v in groups.items()}
+
+
+# What the sweep page shows: trend points, filled table cells, progress.
+PAGE_STATE = """() => {
+    const traces = [...document.querySelectorAll('#trend-charts .chart')].flatMap(div => div.data || []);
+    const points = traces.filter(t => t.meta === 'sweep').reduce((n, t) => n + t.x.length, 0);
+    const cells = document.querySelectorAll('#sweep-table td[data-mean]').length;
+    const page = document.getElementById('sweep-page');
+    return {points, cells, succeeded: Number(page.dataset.succeeded || 0), ended: !!page.dataset.streamEnded,
+            marker: window.__sameDocument === true};
+}"""
 
 
 def page_state(page) -> dict:
-    """What the sweep page shows right now: trend points, filled table cells, progress."""
-    return page.evaluate("""() => {
-        const traces = [...document.querySelectorAll('#trend-charts .chart')].flatMap(div => div.data || []);
-        const points = traces.filter(t => t.meta === 'sweep').reduce((n, t) => n + t.x.length, 0);
-        const cells = document.querySelectorAll('#sweep-table td[data-mean]').length;
-        const page = document.getElementById('sweep-page');
-        return {points, cells, succeeded: Number(page.dataset.succeeded || 0), ended: !!page.dataset.streamEnded,
-                marker: window.__sameDocument === true};
+    return page.evaluate(PAGE_STATE)
+
+
+def record_page_states(page) -> None:
+    """Keep, in the page, every distinct state it shows, as it draws it (a MutationObserver): no
+    state is missed however busy the machine, as sampling from the test every so often would."""
+    page.evaluate("() => { const state = " + PAGE_STATE + """;
+        window.__states = [];
+        const record = () => {
+            const now = JSON.stringify(state());
+            if (window.__states[window.__states.length - 1] !== now) window.__states.push(now);
+        };
+        record();
+        new MutationObserver(record).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                             characterData: true});
     }""")
+
+
+def recorded_page_states(page) -> list[dict]:
+    return [json.loads(state) for state in page.evaluate("window.__states")]
 
 
 def shown_table(page) -> list[dict]:
@@ -103,16 +124,12 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     assert (start["points"], start["cells"], start["succeeded"]) == (0, 0, 0)
     assert page.locator("#sweep-runs tbody tr").count() == 8
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    record_page_states(page)
 
     # the worker starts only now, so every result arrives while the page watches
     start_worker(embedded_settings)
-    seen = []
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        seen.append(page_state(page))
-        if seen[-1]["ended"]:
-            break
-        time.sleep(0.05)
+    wait_in_page(page, "!!document.getElementById('sweep-page').dataset.streamEnded", timeout=240)
+    seen = recorded_page_states(page)
     final = page_state(page)
     assert final["ended"] and final["succeeded"] == 8, final
     assert final["points"] == 4 and final["cells"] == 4  # 2 methods × 2 rates
@@ -120,8 +137,10 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     for key in ("points", "cells", "succeeded"):
         values = [s[key] for s in seen]
         assert values == sorted(values), f"{key} went backwards: {values}"
-    assert len({s["points"] for s in seen}) >= 3, "the trend did not gain points while runs finished"
-    assert len({s["cells"] for s in seen}) >= 3, "the table did not gain cells while runs finished"
+    # Every state the page drew was recorded; the runs end one at a time, seconds apart, on the one
+    # worker, and the stream reads them every 0.1 s: the cells and points come in over several steps.
+    assert len({s["points"] for s in seen}) >= 3, f"the trend did not gain points while runs finished: {seen}"
+    assert len({s["cells"] for s in seen}) >= 3, f"the table did not gain cells while runs finished: {seen}"
 
     # the table and the trend are the database's numbers
     expected = database_cells(embedded_settings, sweep_id)
@@ -270,7 +289,8 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
 
 def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
     """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
-    from backend.runs import lease
+    from backend.runs import recording
+    from tests.support import as_worker
 
     base = start_server(embedded_settings)
     api = client_for(embedded_settings)
@@ -278,8 +298,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     kept, doomed, broken = (api.post("/api/runs", json={**spec, "seed": s, "name": n}).json()["id"]
                             for s, n in [(0, "kept"), (1, "doomed"), (2, "broken")])
     with session_factory(embedded_settings.database_url)() as session:
-        lease.start_run(session, broken, "test")
-        lease.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
+        as_worker.start_run(session, broken, "test")
+        as_worker.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
 
     # tags and a note on the run page; user text stays text
     page.goto(f"{base}/runs/{kept}")
@@ -332,7 +352,8 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
     """A run that ends with `wrong` of `samples` test samples misclassified (the first ones),
     written through the worker's own service calls, test predictions included. Each seed has a
     test set of its own (another split), as in training."""
-    from backend.runs import lease
+    from backend.runs import recording
+    from tests.support import as_worker
 
     labels = [(i * (seed + 1)) % 10 for i in range(samples)]
     predicted = [(label + 1) % 10 if i < wrong else label for i, label in enumerate(labels)]
@@ -341,9 +362,9 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
         confusion[label][guess] += 1
     accuracy = 1 - wrong / samples
     with session_factory(settings.database_url)() as session:
-        lease.start_run(session, run_id, "test")
-        lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
-        lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
+        recording.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
                          classes=[str(c) for c in range(10)], confusion=confusion, info={},
                          test_predictions=predicted, test_labels=labels)
 

@@ -16,7 +16,7 @@ from backend import paired_statistics as statistics
 from backend.runs.predictions import RunPredictions, pack_labels, unpack_labels
 from backend.sweeps import paired
 from backend.sweeps.analysis import RunResult, comparison_table, missing_rate_trend
-from backend.sweeps.export import table_csv, table_latex
+from backend.sweeps.export import LatexSetting, table_csv, table_latex
 
 
 # --- the statistics ----------------------------------------------------------------------
@@ -59,6 +59,16 @@ def test_mean_interval_is_the_student_t_interval():
     assert low == pytest.approx(3 - 1.9632432, abs=1e-6)
     assert high == pytest.approx(3 + 1.9632432, abs=1e-6)
     assert statistics.mean_interval([0.02]) == (0.02, None, None)
+
+
+def test_a_difference_below_1e_12_is_reported_as_zero():
+    # Accuracies 0.9, 0.8, 0.4 against 0.8, 0.6, 0.7: the differences cancel, but in floating
+    # point their mean is 3.7e-17.
+    differences = [a - b for a, b in zip([0.9, 0.8, 0.4], [0.8, 0.6, 0.7])]
+    assert np.mean(differences) != 0
+    mean, low, high = statistics.mean_interval(differences)
+    assert mean == 0.0 and low < 0 < high
+    assert statistics.mean_interval([0.1 - 0.2 + 0.1] * 2) == (0.0, 0.0, 0.0)
 
 
 def test_wins_ties_losses():
@@ -203,7 +213,7 @@ def test_exports_and_trend_carry_the_comparison():
     table = small_table(6)
     only_mle = comparison_table([r for r in _results_of(table) if r.method != "lower_bound"])
     summary = paired.compare_table(only_mle)
-    latex = table_latex(only_mle, "why", summary)
+    latex = table_latex(only_mle, LatexSetting(7, "why", ["digits"]), summary)
     mle_line = next(line for line in latex.splitlines() if line.startswith("mle"))
     assert r"$^{\uparrow}$" in mle_line
     zero_line = next(line for line in latex.splitlines() if line.startswith(r"zero\_padding"))
@@ -217,3 +227,59 @@ def test_exports_and_trend_carry_the_comparison():
     assert mle_row["bottom 90% mean"]  # the existing columns are still there
     trend = {s.method: s for s in missing_rate_trend(only_mle)}
     assert trend["mle"].marks == ["win"] and trend["zero_padding"].marks == ["reference"]
+
+
+def external(run_id: int, method: str, seed: int, accuracy: float) -> RunResult:
+    return RunResult(**{**result(run_id, method, seed, accuracy).__dict__, "external": True})
+
+
+def test_external_rows_are_not_paired_unverified_and_stay_outside_holms_family():
+    table = small_table(6)
+    own = paired.compare_table(table)
+    mle_alone = cell(table, "mle").paired.p_adjusted
+    # A run trained elsewhere per seed, better than every baseline: not the default reference,
+    # not paired by seed (its split is not verified), and missmod's cells keep their adjustment.
+    results = _results_of(table) + [external(100 + seed, "their_method", seed, 0.99) for seed in range(6)]
+    mixed = comparison_table(results)
+    summary = paired.compare_table(mixed, pairing=paired.pairing_by_origin(results))
+    theirs = next(row for row in mixed.rows if row.external).cells[0]
+    assert summary.references == own.references == ["zero_padding (add)"]
+    assert theirs.paired is None and theirs.pairing_verified is False
+    assert summary.tests == own.tests == 2 and summary.not_verified == 1
+    assert cell(mixed, "mle").paired.p_adjusted == mle_alone
+    assert "pairing not verified" in summary.note
+    # Verified (as a declared split will make it): compared, but outside the family by default…
+    verified = paired.compare_table(mixed, pairing=lambda run_id: paired.Pairing.verified)
+    assert theirs.pairing_verified and theirs.paired.in_family is False and theirs.paired.p_adjusted is None
+    assert verified.tests == 2 and verified.outside_family == 1
+    assert cell(mixed, "mle").paired.p_adjusted == mle_alone
+    # …and in it when asked: three comparisons now share the correction.
+    included = paired.compare_table(mixed, pairing=lambda run_id: paired.Pairing.verified, include_external=True)
+    assert included.tests == 3 and included.references == ["their_method (add) [external]"]
+    # A cell whose reference is an unverified external row is not paired either.
+    paired.compare_table(mixed, reference="their_method (add) [external]", pairing=paired.pairing_by_origin(results))
+    assert cell(mixed, "mle").paired is None and not cell(mixed, "mle").pairing_verified
+    rows = list(csv.DictReader(io.StringIO(table_csv(mixed))))
+    assert next(r for r in rows if r["method"] == "mle")["bottom 90% reference"] == "(pairing not verified)"
+
+
+def test_latex_names_the_setting_labels_itself_and_explains_only_the_marks_it_uses():
+    setting = LatexSetting(12, "digits: 2 methods × 6 seeds (12 runs)", ["digits"])
+    table = comparison_table([r for r in _results_of(small_table(6)) if r.method != "lower_bound"])
+    latex = table_latex(table, setting, paired.compare_table(table))
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption"))
+    assert r"\label{tab:missmod-sweep-12}" in latex
+    for named in ("on digits", "modality bottom missing from 90\\% of the training samples", "complete test set",
+                  "over 6 seeds (0--5)", r"$\uparrow$/$\downarrow$", r"($\dagger$)", "sign-flip"):
+        assert named in caption, named
+    assert "2 methods" not in caption and "% missmod sweep 12: digits: 2 methods" in latex  # the name: a comment
+    # One row: nothing is compared, so no mark and no legend.
+    one = comparison_table([r for r in _results_of(table) if r.method == "mle"][:3])
+    latex = table_latex(one, setting, paired.compare_table(one))
+    assert r"\dagger" not in latex and r"\uparrow" not in latex and "over 3 seeds (0--2)" in latex
+    # Compared, none significant (3 seeds): † is explained, ↑/↓ are not mentioned.
+    three = comparison_table([r for r in _results_of(table) if r.seed < 3])
+    latex = table_latex(three, setting, paired.compare_table(three))
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption"))
+    assert r"$\dagger$: zero\_padding (add)" in caption and r"\uparrow" not in caption
+    assert "no difference is significant" in caption and "cannot reach" not in caption

@@ -25,3 +25,42 @@ def test_gpu_bench_dry_mode_runs_on_cpu(tmp_path):
     step = next(r for w, r in rows.items() if "bf16 mixed-precision step" in w)
     assert step["figure"] > 0 and step["baseline"] > 0
     assert rows["GPU utilisation while training (bf16)"]["figure"] is None  # no GPU: absent, not zero
+
+
+# Runs bench/gpu.py's main() up to its first fork, with the small run replaced by a probe that
+# reports, from the forked child, whether CUDA is unusable there (a "bad fork"); then the same
+# after this process has called torch.cuda.is_available(), the mechanism the bench must avoid.
+FORK_PROBE = """
+import torch
+import bench.gpu as bench
+
+
+class Forked(Exception):
+    pass
+
+
+def probe(job):
+    raise Forked(torch.cuda._is_in_bad_fork())
+
+
+def child_state(*args):
+    try:
+        bench.main(["--tiny", *args])
+    except Forked as child:
+        return child.args[0]
+
+
+bench._one_small_run = probe
+print(child_state("--device", "auto"), child_state("--device", "cuda"))  # --device cuda: main checked CUDA first
+torch.cuda.is_available()
+print(child_state("--device", "auto"))
+"""
+
+
+def test_the_bench_forks_its_small_runs_before_touching_cuda():
+    done = subprocess.run([sys.executable, "-c", FORK_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = done.stdout.strip().splitlines()[-2:]
+    assert before == "False False"  # the children can use CUDA
+    assert after == "True"  # the check can fail: after is_available() in the parent, they cannot
