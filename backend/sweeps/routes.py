@@ -221,12 +221,8 @@ def get_sweep_selection_rules(sweep_id: SweepId, session: SessionDep,
     latest among ties; lowest validation loss; last epoch), from the epochs the runs recorded: no
     retraining. Shows where a column's ranking changes with the rule (docs/studies.md)."""
     sweep = service.get_sweep(session, sweep_id)
-    try:
-        return sweep_sensitivity(session, service.sweep_results(session, sweep_id), service.modality_roles(sweep),
-                                 reference)
-    except UnknownReference as error:
-        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
-                        "msg": str(error)}]) from None
+    return sweep_sensitivity(session, service.sweep_results(session, sweep_id), service.modality_roles(sweep),
+                             reference)
 
 
 def _sweep_exists(sessions, sweep_id: int) -> None:

@@ -289,7 +289,6 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
 
 def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
     """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
-    from backend.runs import recording
     from tests.support import as_worker
 
     base = start_server(embedded_settings)
