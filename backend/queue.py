@@ -17,7 +17,10 @@ DATASET_JOB_TASK = "missmod.dataset_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("missmod", broker=settings.broker_url, set_as_current=False)
+    # The filesystem transport has no host; naming one spares every process kombu's warning that
+    # "filesystem://" supplies none.
+    broker = "filesystem://localhost/" if settings.uses_filesystem_broker else settings.broker_url
+    app = Celery("missmod", broker=broker, set_as_current=False)
     # Redis hands an unacknowledged run id to another worker after this many seconds: keep it
     # above the longest run. A duplicate delivery would be refused by the database anyway.
     transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout}

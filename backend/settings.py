@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     gpu_lock_dir: Path | None = Field(
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "warning", description="`make run`'s server and worker: warning shows problems only; info (or `--verbose`) "
+                               "adds Celery's banner and log and every request the server answers")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value):  # LOG_LEVEL=INFO, as loggers spell it
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("threads_per_run", mode="before")
     @classmethod
