@@ -239,3 +239,24 @@ def test_processes_advancing_one_study_at_once_ask_each_trial_once(embedded_sett
         assert study.state == "final" and study.final_sweep_id is not None
         finals = session.scalars(select(Run).where(Run.sweep_id == study.final_sweep_id)).all()
         assert len(finals) == 2 * 2  # each arm's best, over the two final seeds: started once
+
+
+def test_the_tuned_presets_tune_the_paper_comparisons_candidates_at_each_rate(embedded_settings, client_for):
+    client = client_for(embedded_settings)
+    presets = {p["name"]: p for p in client.get("/api/studies/presets").json()}
+    assert presets["table1_tuned"]["title"] == "Table 1, tuned"
+    assert presets["mle_vs_zero_padding_tuned"]["candidates"] == ["zero_padding (add)", "mle (add)"]
+    request = {"dataset": "digits", "epochs": 3, "trials": 2, "parallel_trials": 1}
+    tuned = client.post("/api/studies/presets/mle_vs_zero_padding_tuned", json=request)
+    assert tuned.status_code == 201, tuned.text
+    study = tuned.json()
+    assert study["preset"] == "mle_vs_zero_padding_tuned" and study["base_spec"] == {"epochs": 3}
+    assert [(s["missing_modality"], s["missing_rate"]) for s in study["settings"]] == \
+        [("bottom", 0.8), ("bottom", 0.9), ("bottom", 0.95)]  # the paper's `audio` role: digits' second half
+    assert len(study["arms"]) == 6 and study["trials"]["budget"] == 12
+    table1 = client.post("/api/studies/presets/table1_tuned", json=request).json()
+    labels = [c["label"] for c in table1["candidates"]]
+    assert len(labels) == 11 and "zero_padding (outer)" not in labels and "hgr (outer)" in labels
+    assert len(table1["settings"]) == 6 and table1["trials"]["budget"] == 11 * 6 * 2
+    assert client.post("/api/studies/presets/table1_tuned", json={**request, "audio": "left"}).status_code == 422
+    assert client.post("/api/studies/presets/table9", json=request).status_code == 404
