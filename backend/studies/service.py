@@ -342,6 +342,17 @@ def advance_active(session: Session, queue: WorkQueue) -> None:
 # --- what a worker reports ------------------------------------------------------------------
 
 
+def first_prunable_epoch(pruner: dict[str, Any]) -> float:
+    """The first epoch at which the pruner can stop a trial, by its own rules (the median pruner
+    waits n_warmup_epochs, Hyperband's first rung is min_epochs): before it, an epoch's value is
+    only recorded, without asking Optuna."""
+    if pruner["name"] == "median":
+        return pruner.get("n_warmup_epochs", 5) + 1
+    if pruner["name"] == "hyperband":
+        return pruner.get("min_epochs", 5)
+    return math.inf
+
+
 def report_epoch(session: Session, run_id: int, epoch: int, val_accuracy: float | None) -> bool:
     """A trial's run finished `epoch` with this validation accuracy: record it and ask the
     arm's pruner whether to stop the trial. True: pruned — the trial is marked so and its run's
@@ -357,7 +368,7 @@ def report_epoch(session: Session, run_id: int, epoch: int, val_accuracy: float 
     started = time.perf_counter()
     intermediate = {**(trial.intermediate or {}), str(epoch): float(val_accuracy)}
     prune, system_attrs = False, trial.system_attrs or {}
-    if study.pruner["name"] != "none" and epoch < epochs_of(study):  # the last epoch is not worth stopping
+    if first_prunable_epoch(study.pruner) <= epoch < epochs_of(study):  # the last epoch is not worth stopping
         from .optimiser import judge
 
         others = [t for t in trials_of(session, study.id, trial.arm) if t.id != trial.id]

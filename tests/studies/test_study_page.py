@@ -91,6 +91,10 @@ def test_a_study_of_three_methods_on_two_slots_from_a_script_the_cli_and_its_pag
     assert pruned_rows == sum(t["state"] == "pruned" for t in trials if t["arm"] == 0)
     assert page.js_errors == []
 
+    page.goto(f"{base}/studies")
+    wait_in_page(page, f"document.querySelector('#studies-table tr[data-study-id=\"{study.id}\"] .state')"
+                       f"?.textContent === 'finished'")
+
     # A trial is an ordinary run with a page of its own, which names its study.
     pruned = next(t for t in trials if t["state"] == "pruned")
     page.goto(f"{base}/runs/{pruned['run_id']}")
