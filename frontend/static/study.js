@@ -156,25 +156,8 @@
 
   async function showRules() {
     if (!study || study.state !== "finished" || rulesShown) return;
-    const { ok, body } = await missmod.api(`/api/studies/${studyId}/selection-rules`);
-    if (!ok) return;
-    rulesShown = true;
-    document.getElementById("section-rules").hidden = false;
-    document.getElementById("ranking-changes").replaceChildren(...(body.ranking_changes.length
-      ? body.ranking_changes.map((line) => missmod.el("li", line))
-      : [missmod.el("li", "No column's ranking changes with the rule.")]));
-    const head = document.querySelector("#rules-table thead");
-    head.replaceChildren(cellsRow(["Rule", "Candidate", ...body.columns.map((c) => c.label)]));
-    const rows = [];
-    for (const rule of body.rules) {
-      for (const row of rule.rows) {
-        const tr = cellsRow([rule.rule + (rule.recorded ? " (recorded)" : ""), row.label,
-                             ...row.cells.map((c) => (c.n ? `${missmod.meanStd(c.mean, c.std)} (${c.rank})` : "–"))]);
-        tr.dataset.rule = rule.rule;
-        rows.push(tr);
-      }
-    }
-    document.querySelector("#rules-table tbody").replaceChildren(...rows);
+    rulesShown = await missmodRules.show(document.getElementById("section-rules"),
+                                         `/api/studies/${studyId}/selection-rules`);
   }
 
   // --- actions -------------------------------------------------------------------------------

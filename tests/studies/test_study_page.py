@@ -91,6 +91,12 @@ def test_a_study_of_three_methods_on_two_slots_from_a_script_the_cli_and_its_pag
     assert pruned_rows == sum(t["state"] == "pruned" for t in trials if t["arm"] == 0)
     assert page.js_errors == []
 
+    # The final runs are a sweep: its page links the study, and reads its table under every rule on demand.
+    page.goto(f"{base}/sweeps/{finished.final_sweep_id}")
+    assert page.locator("#study-note a").get_attribute("href") == f"/studies/{study.id}"
+    page.click("#show-rules")
+    wait_in_page(page, "document.querySelectorAll('#rules-result tbody tr').length === 12")
+
     page.goto(f"{base}/studies")
     wait_in_page(page, f"document.querySelector('#studies-table tr[data-study-id=\"{study.id}\"] .state')"
                        f"?.textContent === 'finished'")
