@@ -14,7 +14,7 @@ from training.spec import DEFAULTS_OF_LATER_OPTIONS, TrainSpec
 
 from ..refused import ErrorDict, Refused
 from ..runs.validation import DatasetCatalog, validate_run
-from .schemas import NOT_IN_SPEC, StudyCreate
+from .schemas import StudyCreate, spec_fields
 
 Loc = tuple[str | int, ...]
 
@@ -82,16 +82,13 @@ def plan_study(payload: StudyCreate, catalog: DatasetCatalog) -> StudyPlan:
     settings = payload.settings()
     candidates: list[dict[str, Any]] = []
     labels: set[str] = set()
-    base = {"dataset": payload.dataset, "seed": payload.trial_seed, **payload.spec}
-    for field in payload.spec:
-        if field not in TrainSpec.model_fields:
-            errors.add(("spec", field), f"{field!r} is not a field of a run spec")
+    fixed = spec_fields(payload.spec)
+    base = {"dataset": payload.dataset, "seed": payload.trial_seed, **fixed}
     for i, candidate in enumerate(payload.candidates()):
         fusion = candidate.fusion or payload.fusion
-        for field in candidate.options:
-            if field not in TrainSpec.model_fields or field in NOT_IN_SPEC:
-                errors.add(("methods", i, "options", field), f"{field!r} is not an option a candidate can fix")
-            elif field in payload.spec:
+        options = spec_fields(candidate.options)
+        for field in options:
+            if field in fixed:
                 errors.add(("methods", i, "options", field), f"{field!r} is also fixed in the study's spec")
         space: dict[str, Any] = dict(default_search_space(candidate.method))
         where: dict[str, Loc] = {name: ("methods", i, "space", name) for name in space}
@@ -102,8 +99,8 @@ def plan_study(payload: StudyCreate, catalog: DatasetCatalog) -> StudyPlan:
                 else:
                     space[name], where[name] = distribution, (*loc, name)
         for name in list(space):
-            if name in payload.spec or name in candidate.options:
-                errors.add(where[name], f"{name!r} is fixed ({'spec' if name in payload.spec else 'options'}) "
+            if name in fixed or name in options:
+                errors.add(where[name], f"{name!r} is fixed ({'spec' if name in fixed else 'options'}) "
                                         f"and searched at once: remove it from one (a null in `space` removes a "
                                         f"default)")
                 space.pop(name)
@@ -112,16 +109,16 @@ def plan_study(payload: StudyCreate, catalog: DatasetCatalog) -> StudyPlan:
             if reason:
                 errors.add(where[name], reason)
                 space.pop(name)
-        label = candidate_label(candidate.method, fusion, candidate.options)
+        label = candidate_label(candidate.method, fusion, options)
         if label in labels:
             errors.add(("methods", i), f"{label} is listed twice")
         labels.add(label)
         for setting in settings:
-            combination = {**base, "method": candidate.method, "fusion": fusion, **candidate.options, **setting}
+            combination = {**base, "method": candidate.method, "fusion": fusion, **options, **setting}
             _, refused = validate_run(combination, catalog)
             for error in refused:
                 field = str(error["loc"][-1]) if len(error["loc"]) > 1 else "body"
-                at = _spec_loc(field, payload.spec, candidate.options, i)
+                at = _spec_loc(field, fixed, options, i)
                 errors.add(at if field in TrainSpec.model_fields else ("methods", i), f"{label}, "
                            f"{setting['missing_modality']} {setting['missing_rate']:g}: {error['msg']}", error.get("input"))
             if refused:
@@ -132,14 +129,14 @@ def plan_study(payload: StudyCreate, catalog: DatasetCatalog) -> StudyPlan:
                     for error in refused_value:
                         errors.add(where[name], f"{label}: {name}={value!r} ({describe(distribution)}) makes a run no "
                                                 f"worker can train: {error['msg']}", value)
-        candidates.append({"method": candidate.method, "fusion": fusion, "options": dict(candidate.options),
+        candidates.append({"method": candidate.method, "fusion": fusion, "options": options,
                            "space": {name: d.model_dump() for name, d in space.items()}, "label": label})
     if errors.items:
         raise Refused(list(errors.items.values()))
     rates = ", ".join(setting_label(s) for s in settings)
     name = payload.name or (f"{payload.dataset}, {rates}: {' vs '.join(c['label'] for c in candidates)}, "
                             f"{payload.trials} trials each")[:200]
-    return StudyPlan(name=name, dataset=payload.dataset, base_spec=dict(payload.spec), candidates=candidates,
+    return StudyPlan(name=name, dataset=payload.dataset, base_spec=fixed, candidates=candidates,
                      settings=settings, trials_per_arm=payload.trials, sampler=payload.sampler.model_dump(),
                      pruner=payload.pruner.model_dump(), parallel_trials=payload.parallel_trials,
                      trial_seed=payload.trial_seed, final_seeds=payload.final_seeds)

@@ -77,7 +77,7 @@ def create_study(payload: StudyCreate, response: Response, session: SessionDep, 
     configuration (on validation accuracy) trains over the final seeds."""
     key = idempotency.checked_key(idempotency_key)
     plan = plan_study(payload, _catalog(settings, session))
-    return _created(session, queue, response, plan, key, payload.model_dump(mode="json"))
+    return _created(session, queue, response, plan, key, payload.model_dump(mode="json", exclude_none=True))
 
 
 @router.get("", response_model=StudyPage)
@@ -109,8 +109,8 @@ def create_preset_study(name: str, request: StudyPresetRequest, response: Respon
     catalog = _catalog(settings, session)
     payload, roles = preset_study(preset, request, catalog)
     plan = plan_study(payload, catalog)
-    return _created(session, queue, response, plan, key, request.model_dump(mode="json"), preset=preset.name,
-                    preset_options={"roles": roles})
+    return _created(session, queue, response, plan, key, request.model_dump(mode="json", exclude_none=True),
+                    preset=preset.name, preset_options={"roles": roles})
 
 
 @router.get("/{study_id}", response_model=StudyOut, responses=NOT_FOUND)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from training.search_space import Distribution
-from training.spec import FusionName, MethodName
+from training.spec import FusionName, MethodName, TrainSpec
 
 from ..api.params import CleanInput, DisplayName
 from ..sweeps.schemas import CellOut, ColumnOut, ComparisonOut
@@ -23,6 +23,26 @@ def _one_or_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _optional(name: str) -> tuple[Any, Any]:
+    field = TrainSpec.model_fields[name]
+    one = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return (one | None, Field(None, description=field.description))
+
+
+# The spec fields a study's `spec` (and a candidate's `options`) may fix, each typed and bounded as
+# a run's: any of them, none required. That each combination makes a valid run is checked by
+# building the runs' specs (backend/studies/plan.py).
+StudySpec = create_model(
+    "StudySpec", __config__=ConfigDict(extra="forbid"),
+    __doc__="Fields of a run spec, fixed for every run of the study (or of one candidate)",
+    **{name: _optional(name) for name in TrainSpec.model_fields if name not in NOT_IN_SPEC})
+
+
+def spec_fields(spec: BaseModel) -> dict[str, Any]:
+    """The fields a StudySpec was given, as a plain dict."""
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
 class CandidateIn(CleanInput):
     """One of the compared: a method with its fusion, any options fixed for it, and its space."""
 
@@ -30,7 +50,7 @@ class CandidateIn(CleanInput):
 
     method: MethodName
     fusion: FusionName | None = Field(None, description="Default: the study's `fusion`")
-    options: dict[str, Any] = Field(default_factory=dict, description="Spec fields fixed for this candidate only "
+    options: StudySpec = Field(default_factory=StudySpec, description="Spec fields fixed for this candidate only "
                                                                       "(e.g. an ablation of mle)")
     space: dict[str, Distribution | None] = Field(
         default_factory=dict, description="Replaces fields of its default space; null removes one")
@@ -79,7 +99,7 @@ class StudyCreate(CleanInput):
         "The candidates: method names (with the study's fusion and their default spaces) or objects "
         "{method, fusion, options, space}"))
     fusion: FusionName = Field("add", description="The fusion of the candidates that do not name one")
-    spec: dict[str, Any] = Field(default_factory=dict, description=(
+    spec: StudySpec = Field(default_factory=StudySpec, description=(
         "Other spec fields every trial and final run shares (epochs, batch_size, encoder, selection_rule, …)"))
     space: dict[str, Distribution | None] = Field(default_factory=dict, description=(
         "Replaces fields of every candidate's default space (GET /api/studies/spaces); null removes one"))
@@ -107,14 +127,6 @@ class StudyCreate(CleanInput):
         if any(isinstance(v, str) and not 1 <= len(v) <= 100 for v in values):
             raise ValueError("a modality name has 1 to 100 characters")
         return value
-
-    @field_validator("spec")
-    @classmethod
-    def _spec_fields(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        taken = [name for name in spec if name in NOT_IN_SPEC]
-        if taken:
-            raise ValueError(f"{', '.join(taken)}: set by the study's own fields, not in spec")
-        return spec
 
     @model_validator(mode="after")
     def _not_too_many(self) -> "StudyCreate":

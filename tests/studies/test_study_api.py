@@ -42,7 +42,8 @@ def test_a_study_request_is_checked_field_by_field_before_anything_is_written(em
          "not available for method 'zero_padding'"),
         ({"methods": ["mle", "mle"]}, ["methods", 1], "listed twice"),
         ({"missing_modality": "left"}, ["missing_modality"], "has no modality 'left'"),
-        ({"spec": {"method": "mle"}}, ["spec"], "set by the study's own fields"),
+        ({"spec": {"method": "mle"}}, ["spec", "method"], "Extra inputs are not permitted"),
+        ({"spec": {"epochs": 0}}, ["spec", "epochs"], "greater than or equal to 1"),
     ]
     for change, loc, message in refused:
         response = client.post("/api/studies", json={**base, **change})
