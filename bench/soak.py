@@ -11,8 +11,11 @@ otherwise. It prints, and writes as JSON with --json:
   (MB/min; target < 1: flat); a worker's pool process (a fresh one per run) is shown apart, as
   PSS, since it is replaced after each run;
 - errors: failed HTTP calls, 5xx answers, failed runs, broken streams;
-- exactness: every succeeded run has exactly one point per (epoch, step, metric) — none lost, none
-  duplicated — and every stream followed to its end delivered exactly the run's points.
+- exactness: every succeeded run has exactly the points its spec asks for, once each — every
+  epoch's metrics and every logged step's (bench/points.py), none lost, none duplicated, none
+  stray — and every stream followed to its end delivered exactly the run's points;
+- coverage: how many workers trained runs, how many SSE clients followed at least one run to its
+  end, and whether any run was cancelled after it had started (the drain cancels queued ones).
 
     python -m bench.soak                       # 10 minutes, 3 workers, 50 SSE clients
     python -m bench.soak --seconds 60 --workers 2 --json var/soak.json
@@ -38,8 +41,9 @@ from pathlib import Path
 import httpx2 as httpx
 import psutil
 
+from bench.points import check_points, expected_points
+
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy")
 RUN_SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "epochs": 3}
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -61,6 +65,7 @@ class Tally:
     exceptions: Counter = field(default_factory=Counter)  # connection errors, timeouts, by type
     submitted: list[int] = field(default_factory=list)
     streams_completed: int = 0
+    clients_served: int = 0  # SSE clients that followed at least one run to its end
     streams_exact: int = 0
     stream_points_lost: int = 0
     stream_points_duplicated: int = 0
@@ -149,6 +154,7 @@ def follow(api: Api, run_id: int, stop: threading.Event) -> bool | None:
 
 
 def sse_client(api: Api, stop: threading.Event) -> None:
+    served = False
     while not stop.is_set():
         with api.tally.lock:
             recent = api.tally.submitted[-10:]
@@ -156,7 +162,9 @@ def sse_client(api: Api, stop: threading.Event) -> None:
             stop.wait(0.2)
             continue
         try:
-            follow(api, random.choice(recent), stop)
+            if follow(api, random.choice(recent), stop) is not None and not served:
+                served = True
+                api.tally.add(clients_served=1)
         except httpx.HTTPError as error:
             if not stop.is_set():
                 with api.tally.lock:
@@ -264,9 +272,12 @@ def stop_processes(processes: dict[str, subprocess.Popen]) -> None:
 
 
 def check_runs(api: Api, run_ids: list[int]) -> dict:
-    """Every run's final state, and whether each succeeded one has exactly its points."""
+    """Every run's final state, whether each succeeded one has exactly its points, which workers
+    trained them, and the runs cancelled after they had started."""
     states: Counter = Counter()
     inexact: list[int] = []
+    workers: set[str] = set()
+    cancelled_after_start: list[int] = []
     for run_id in run_ids:
         run = api.call("GET", f"/api/runs/{run_id}")
         if run is None or run.status_code != 200:
@@ -274,17 +285,19 @@ def check_runs(api: Api, run_ids: list[int]) -> dict:
             continue
         run = run.json()
         states[run["state"]] += 1
+        if run["state"] == "cancelled" and run["started_at"] is not None:
+            cancelled_after_start.append(run_id)
         if run["state"] != "succeeded":
             continue
+        workers.add(run["worker"].rpartition("/")[0])  # the node, whichever pool process it used
         points = api.call("GET", f"/api/runs/{run_id}/metrics").json()["points"]
-        # Each point once, per-step ones included (a point is its epoch, step and name); the
-        # per-epoch metrics of every epoch all there.
-        counts = Counter((p["epoch"], p.get("step"), p["name"]) for p in points)
-        per_epoch = {(epoch, name) for epoch, _, name in counts if not name.startswith("step/")}
-        wanted = {(e, m) for e in range(1, run["spec"]["epochs"] + 1) for m in METRICS}
-        if per_epoch != wanted or set(counts.values()) != {1}:
+        # Every point the spec asks for (each epoch's metrics, each logged step's), each once,
+        # nothing else: a check of repeats alone could not fail (it is the table's own key).
+        wanted = expected_points(run["spec"], run["info"]["steps_per_epoch"], run["spec"]["epochs"])
+        if run["epochs_completed"] != run["spec"]["epochs"] or not check_points(points, wanted).exact:
             inexact.append(run_id)
-    return {"states": dict(states), "inexact_runs": inexact}
+    return {"states": dict(states), "inexact_runs": inexact, "workers_that_trained": len(workers),
+            "cancelled_after_start": cancelled_after_start}
 
 
 def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, database_url: str | None,
@@ -331,12 +344,13 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
         stop.set()
         for thread in threads:
             thread.join(timeout=70)
-        # Drain: the runs in flight finish (bounded); what is still queued then is cancelled.
+        # Drain: the runs in flight and the backlog still queued finish (bounded); what is still
+        # queued after that is cancelled.
         api = Api(base, tally)
         deadline = time.monotonic() + drain_seconds
         while time.monotonic() < deadline:
-            running = api.call("GET", "/api/runs", params={"state": "running", "limit": 1})
-            if running is not None and running.status_code == 200 and running.json()["total"] == 0:
+            left = [api.call("GET", "/api/runs", params={"state": state, "limit": 1}) for state in ("queued", "running")]
+            if all(page is not None and page.status_code == 200 and page.json()["total"] == 0 for page in left):
                 break
             time.sleep(1)
         for run in api.call("GET", "/api/runs", params={"state": "queued", "limit": 500}).json()["items"]:
@@ -363,10 +377,12 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
         "requests": tally.requests, "http_5xx": tally.http_5xx, "http_unexpected_4xx": tally.http_other_errors,
         "request_exceptions": dict(tally.exceptions), "stream_errors": dict(tally.stream_errors),
         "runs_submitted": len(tally.submitted), "run_states": runs["states"], "inexact_runs": runs["inexact_runs"],
-        "streams_followed_to_end": tally.streams_completed, "streams_exact": tally.streams_exact,
+        "workers_that_trained": runs["workers_that_trained"], "cancelled_after_start": runs["cancelled_after_start"],
+        "clients_served": tally.clients_served, "streams_followed_to_end": tally.streams_completed, "streams_exact": tally.streams_exact,
         "stream_points_lost": tally.stream_points_lost, "stream_points_duplicated": tally.stream_points_duplicated,
         "worker_log_errors": worker_logs.count("ERROR"),
-        "errors": errors + tally.stream_points_lost + tally.stream_points_duplicated + len(runs["inexact_runs"]),
+        "errors": (errors + tally.stream_points_lost + tally.stream_points_duplicated + len(runs["inexact_runs"])
+                   + len(runs["cancelled_after_start"])),
         "rss": rss,
     }
 
@@ -378,8 +394,10 @@ def report(summary: dict) -> str:
              f"{summary['http_unexpected_4xx']}, exceptions {summary['request_exceptions'] or 0}, "
              f"stream errors {summary['stream_errors'] or 0}",
              f"  runs submitted {summary['runs_submitted']}: {summary['run_states']}; inexact points in "
-             f"{len(summary['inexact_runs'])}",
-             f"  streams followed to the end {summary['streams_followed_to_end']}, exact "
+             f"{len(summary['inexact_runs'])}; trained by {summary['workers_that_trained']} workers; cancelled "
+             f"after start {len(summary['cancelled_after_start'])}",
+             f"  SSE clients served {summary['clients_served']} of {summary['sse_clients']}; streams followed "
+             f"to the end {summary['streams_followed_to_end']}, exact "
              f"{summary['streams_exact']}; points lost {summary['stream_points_lost']}, duplicated "
              f"{summary['stream_points_duplicated']}",
              f"  RSS (MB) and slope after {summary['warm_up_seconds']:.0f} s warm-up (target < 1 MB/min):"]

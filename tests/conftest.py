@@ -32,6 +32,16 @@ from .support import (CHROMIUM, CHROMIUM_ARGS, POSTGRES_ADMIN_URL, REDIS_URL, WO
                       Process, ServerURL, free_port, settings_env)
 
 
+# --- markers ----------------------------------------------------------------------------
+
+
+def require_marker(request, marker: str, what: str) -> None:
+    """A test that uses `what` must carry `marker`, so that `-m "not services"` (or "not
+    browser") deselects every test that needs it: a missing marker fails the test at once."""
+    if request.node.get_closest_marker(marker) is None:
+        pytest.fail(f"{request.node.nodeid} uses {what} but is not marked @pytest.mark.{marker}", pytrace=False)
+
+
 # --- settings ---------------------------------------------------------------------------
 
 
@@ -46,8 +56,9 @@ def embedded_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(request) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    require_marker(request, "services", "PostgreSQL")
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
     name = f"missmod_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -66,8 +77,10 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url(request) -> str:
     import redis
+
+    require_marker(request, "services", "Redis")
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
     try:
@@ -136,7 +149,7 @@ def start_worker(tmp_path: Path):
 
     yield start
     for process in processes:
-        process.stop()
+        process.kill()
 
 
 @pytest.fixture
@@ -160,7 +173,7 @@ def start_server(tmp_path: Path):
 
     yield start
     for process in processes:
-        process.stop()
+        process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +190,8 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
+def page(request, browser):
+    require_marker(request, "browser", "Chromium")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []

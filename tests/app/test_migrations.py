@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -40,6 +41,7 @@ def test_sqlite_migrations(tmp_path):
     check_round_trip(f"sqlite:///{tmp_path / 'm.db'}")
 
 
+@pytest.mark.services
 def test_postgresql_migrations(postgres_url):
     check_round_trip(postgres_url)
 
@@ -73,5 +75,6 @@ def test_sqlite_upgrade_keeps_data(tmp_path):
     check_upgrade_keeps_data(f"sqlite:///{tmp_path / 'm.db'}")
 
 
+@pytest.mark.services
 def test_postgresql_upgrade_keeps_data(postgres_url):
     check_upgrade_keeps_data(postgres_url)

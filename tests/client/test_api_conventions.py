@@ -79,6 +79,11 @@ def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(backend, reques
     assert [r["id"] for r in listed(where="lr>=0.01", sort="lr")["items"]] == [ids[0], ids[4], ids[2]]
     assert [r["id"] for r in listed(where=["lr<0.01", "seed>=3"])["items"]] == [ids[3]]
     assert listed(where="pretrained=false")["total"] == 6 and listed(where="external=true")["total"] == 0
+    # A number typed by a person equals a stored double within 1e-9, and no further.
+    assert [r["id"] for r in listed(where="lr=0.0030000005")["items"]] == [ids[1]]
+    assert listed(where="lr=0.003000002")["total"] == 0
+    assert ids[1] not in {r["id"] for r in listed(where="lr!=0.0030000005", limit=50)["items"]}
+    assert ids[1] in {r["id"] for r in listed(where="lr!=0.003000002", limit=50)["items"]}
     external = client.post("/api/runs/external", json={
         "dataset": "digits", "method": "theirs", "missing_modality": "bottom", "missing_rate": 0.9, "spec": {"lr": 0.5},
         "metrics": [{"epoch": 1, "name": "val_loss", "value": 0.9}, {"epoch": 2, "name": "val_loss", "value": 0.2}],

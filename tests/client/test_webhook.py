@@ -90,9 +90,14 @@ def test_a_failed_run_and_a_finished_sweep_are_announced(embedded_settings, star
         session.execute(update(Run).where(Run.id == broken)
                         .values(spec={**run.spec, "missing_modality": "left"}))
         session.commit()
-    start_worker(settings)
+    worker = start_worker(settings)
+
+    def tasks_ended(n: int):  # each run's task sends its events before it returns (notify.py)
+        return lambda: worker.log().count("] succeeded in") == n
 
     wait_for(lambda: receiver.delivered("sweep.finished"), 180, what="the sweep-finished notification")
+    # Once: counted when both runs' tasks are over, when a second announcement would have been sent.
+    wait_for(tasks_ended(2), 60, what="both runs' tasks to end")
     failed = receiver.delivered("run.failed")
     assert [body["run"]["id"] for body in failed] == [broken]
     assert failed[0]["text"].startswith(f"missmod: run {broken} (") and "no modality 'left'" in failed[0]["text"]
@@ -105,4 +110,9 @@ def test_a_failed_run_and_a_finished_sweep_are_announced(embedded_settings, star
     client.retry(broken)
     assert client.get_sweep(sweep).finished_at is None
     wait_for(lambda: len(receiver.delivered("sweep.finished")) == 2, 180, what="the second notification")
+    wait_for(tasks_ended(3), 60, what="the retried run's task to end")
+    # With the worker and the API stopped, nothing more can come: exactly one more of each.
+    worker.stop()
+    base.process.stop()
+    assert len(receiver.delivered("sweep.finished")) == 2
     assert len(receiver.delivered("run.failed")) == 2  # it failed again, for the same reason

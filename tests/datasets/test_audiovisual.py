@@ -280,7 +280,14 @@ def test_small_cnn_trains_end_to_end_and_scores_videos(preprocessed):
 @pytest.mark.parametrize("method", ["zero_padding", "hgr", "lower_bound"])
 def test_baselines_train_on_images(preprocessed, method):
     result = train(video_spec(method=method, epochs=1, evaluate_missing=True), data_dir=preprocessed, video=OPTIONS)
-    assert result.test_accuracy is not None and "test_missing_accuracy" in result.info
+    # One epoch learns the generated clips (a colour and a tone per class; chance is 1 of 6): measured
+    # 6 of 6 test videos and every segment for each baseline, audio alone included for the two that
+    # train on the videos missing their frames. lower_bound's Q(z|x) is a by-product of eq. 4,
+    # measured at chance after one epoch: only its presence is checked.
+    assert result.test_accuracy >= 5 / 6 and result.info["test_sample_accuracy"] >= 0.8, result.info
+    assert 0 <= result.info["test_missing_accuracy"] <= 1
+    if method != "lower_bound":
+        assert result.info["test_missing_accuracy"] >= 5 / 6, result.info
 
 
 def test_a_resumed_image_run_ends_like_an_uninterrupted_one(preprocessed, tmp_path):
@@ -338,17 +345,23 @@ def test_backbones_encode_frames_and_spectrograms(backbone, size):
 
 
 def test_pretrained_weights_come_from_the_torch_cache_or_a_clear_error(tmp_path, monkeypatch):
-    import time
+    import socket
 
     import torchvision
 
     from training.encoders import PretrainedWeightsUnavailable, backbone, pretrained_weights_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    started = time.monotonic()
+    connections = []
+
+    def no_network(sock, address):  # a GPU host may have no internet: nothing may try to reach it
+        connections.append(address)
+        raise OSError(f"no network in this test: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(PretrainedWeightsUnavailable, match=r"resnet34-b627a593\.pth.*pretrained off"):
         backbone("resnet34", pretrained=True)
-    assert time.monotonic() - started < 5  # no download attempt, no hang
+    assert connections == []  # no download attempt (a hang would be pytest-timeout's to catch)
     path, _ = pretrained_weights_path("resnet34")
     assert path.parent == tmp_path / "torch" / "hub" / "checkpoints"
     reference = torchvision.models.resnet34(weights=None)
@@ -375,7 +388,9 @@ def test_frozen_backbone_features_train_with_ae1_ae2_and_mle(preprocessed, tmp_p
         result = train(TrainSpec(dataset="ravdess-resnet34-random", method=method, missing_modality="audio",
                                  missing_rate=0.5, epochs=2, imputer_epochs=2, self_training_rounds=2),
                        data_dir=data_dir, video=OPTIONS)
-        assert result.test_accuracy is not None and sum(map(sum, result.confusion_matrix)) == 6
+        # features of an untrained backbone still separate the colours and tones: measured 6 of 6
+        assert result.test_accuracy >= 5 / 6 and result.info["test_sample_accuracy"] >= 0.8, (method, result.info)
+        assert sum(map(sum, result.confusion_matrix)) == 6
 
 
 def test_small_cnn_trains_in_bf16_autocast_on_cpu_to_the_fp32_band(preprocessed):

@@ -4,8 +4,6 @@ once on the production services of this machine (PostgreSQL + Redis)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
@@ -14,12 +12,10 @@ from backend.queue import RunQueue
 from backend.runs.models import Run, RunState
 from backend.sweeps.service import run_predictions
 from backend.db import utcnow
+from bench.points import assert_exactly_once, run_expected_points
 
 from tests.support import wait_for
 
-METRICS = {"train_loss", "val_loss", "val_accuracy", "test_accuracy"}
-# Logged every log_every_steps (default 10) optimiser steps and at each epoch's last step.
-STEP_METRICS = {"step/train_loss", "step/loss_complete", "step/loss_missing", "step/lr", "step/samples_per_second"}
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 4, "seed": 0}
 
@@ -39,18 +35,11 @@ def check_trained_run(client, run_id: int, epochs: int) -> None:
     assert run["started_at"] and run["finished_at"] and run["heartbeat_at"] and run["worker"]
     assert run["info"]["reference_set"] == "all_complete"
     everything = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
+    # Every epoch's metrics where the epoch ended, and every logged step's, each exactly once:
+    # none lost, none repeated (also across a resume).
+    assert run["epochs_completed"] == epochs
+    assert_exactly_once(everything, run_expected_points(run))
     points = [p for p in everything if not p["name"].startswith("step/")]
-    counts = Counter((p["epoch"], p["name"]) for p in points)
-    assert set(counts) == {(e, m) for e in range(1, epochs + 1) for m in METRICS}
-    assert set(counts.values()) == {1}  # exactly one point per epoch per metric
-    steps = run["info"]["steps_per_epoch"]
-    assert all(p["step"] == p["epoch"] * steps for p in points)  # where each epoch ended
-    # Per-step points: exactly one per logged step and metric, none lost (also across a resume).
-    logged = [(e - 1) * steps + k for e in range(1, epochs + 1) for k in range(1, steps + 1) if k % 10 == 0 or k == steps]
-    step_counts = Counter((p["step"], p["name"]) for p in everything if p["name"].startswith("step/"))
-    assert set(step_counts) == {(s, m) for s in logged for m in STEP_METRICS if m != "step/loss_missing" or
-                                run["spec"]["missing_rate"] > 0}
-    assert set(step_counts.values()) == {1}
     chosen = {p["name"]: p["value"] for p in points if p["epoch"] == run["best_epoch"]}
     assert chosen["test_accuracy"] == run["test_accuracy"]
     confusion = client.get(f"/api/runs/{run_id}/confusion").json()

@@ -16,6 +16,7 @@ import pytest
 
 from backend.settings import Settings
 from backend.storage import store_for
+from bench.points import assert_exactly_once, run_expected_points
 
 from tests.runs.test_end_to_end import wait_for_state
 from tests.runs.test_faults import EPOCHS, check_resumed, run_json, start_long_run, wait_for_epochs
@@ -152,8 +153,7 @@ def test_a_sweep_submitted_while_redis_is_down_waits_for_it_then_all_its_runs_su
             run = wait_for_state(client, run_id, {"succeeded", "failed", "cancelled"}, timeout=180)
             assert (run["state"], run["attempts"], run["awaiting_broker"]) == ("succeeded", 1, False), run
             points = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
-            keys = [(p["epoch"], p["step"], p["name"]) for p in points]
-            assert len(keys) == len(set(keys)) and {e for e, _, _ in keys} == {1, 2}  # each point once
+            assert_exactly_once(points, run_expected_points(run))  # both epochs' points, each once
         progress = client.get(f"/api/sweeps/{sweep['id']}").json()["progress"]
         assert (progress["succeeded"], progress["failed"], progress["done"]) == (12, 0, True)
     finally:

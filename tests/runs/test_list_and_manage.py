@@ -14,7 +14,8 @@ from backend.db import session_factory
 from backend.runs import lease
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.downsample import downsample_min_max
-from backend.runs.models import ConfusionMatrix, MetricPoint, RunTag
+from backend.runs.models import ConfusionMatrix, MetricPoint, Run, RunTag
+from backend.runs.system import SystemMetricPoint
 
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 2, "seed": 0}
@@ -220,15 +221,31 @@ def test_delete_removes_the_run_with_its_points_matrix_and_tags(client, settings
 
 
 def test_a_worker_finishing_a_deleted_run_leaves_it_deleted(client, settings):
+    """A worker that has not yet noticed the delete writes an epoch, then finishes (or fails):
+    nothing of the run comes back, no row anywhere."""
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
         lease.start_run(session, run["id"], "test")
-    client.delete(f"/api/runs/{run['id']}")
-    with sessions(settings)() as session:
-        lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
-                         classes=["a"], confusion=[[1]], info={})
-        lease.fail_run(session, run["id"], "late")
+        lease.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5}, "test", step=10)
+    assert client.delete(f"/api/runs/{run['id']}").status_code == 204
+    late_writes = [
+        lambda session: lease.record_epoch(session, run["id"], 2, {"val_accuracy": 0.6}, "test", step=20),
+        lambda session: lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+                                         best_epoch=1, classes=["a"], confusion=[[1]], info={}, worker="test"),
+        lambda session: lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+                                         best_epoch=1, classes=["a"], confusion=[[1]], info={}),
+        lambda session: lease.fail_run(session, run["id"], "late"),
+    ]
+    for write in late_writes:
+        with sessions(settings)() as session:
+            try:
+                write(session)
+            except lease.LeaseLost:
+                pass  # the worker's own writes are refused: it then stops
     assert client.get(f"/api/runs/{run['id']}").status_code == 404
+    with sessions(settings)() as session:
+        for model in (Run, MetricPoint, ConfusionMatrix, RunTag, SystemMetricPoint):
+            assert session.scalar(select(func.count()).select_from(model)) == 0, model.__name__
 
 
 def test_downsampling_keeps_the_extremes_and_the_ends():
@@ -274,8 +291,11 @@ def test_a_deleted_runs_id_is_never_given_to_another_run(client):
 
 @pytest.mark.timeout(300)
 def test_deleting_a_running_run_stops_its_worker_mid_epoch(client, settings, start_worker):
-    """An epoch of this run lasts a minute or more (tiny batches over many samples); the worker
-    must stop within a heartbeat or two of the deletion, not at the end of the epoch."""
+    """An epoch of this run is tens of thousands of tiny steps; the worker must stop within a
+    heartbeat or two of the deletion, not at the end of the epoch. Judged against the epoch's own
+    time left (its ETA when the run is deleted), measured in the same run, not a fixed duration."""
+    import time
+
     import numpy as np
 
     from tests.support import wait_for
@@ -289,13 +309,22 @@ def test_deleting_a_running_run_stops_its_worker_mid_epoch(client, settings, sta
              left=(rng.normal(size=(n, 8)) + labels[:, None]).astype(np.float32),
              right=rng.normal(size=(n, 8)).astype(np.float32))
     run = client.post("/api/runs", json={"dataset": "long_epochs", "method": "mle", "missing_modality": "right",
-                                         "missing_rate": 0.5, "epochs": 2, "batch_size": 2}).json()
+                                         "missing_rate": 0.5, "epochs": 2, "batch_size": 2,
+                                         "log_every_steps": 100}).json()
     worker = start_worker(settings)
-    # Training has begun once the run's info is written (on_start, after the data is prepared).
-    wait_for(lambda: (client.get(f"/api/runs/{run['id']}").json().get("info") or {}).get("n_train"), 120,
-             what="training to start")
+
+    def progressed():  # far enough into the epoch that its ETA is the steady pace, not the first steps'
+        progress = client.get(f"/api/runs/{run['id']}").json()["progress"] or {}
+        return progress if progress.get("step", 0) >= 500 else None
+
+    progress = wait_for(progressed, 120, interval=0.05, what="training to be well into its first epoch")
+    assert progress["epoch"] == 1 and progress["steps"] == 70_000
+    deleted_at = time.monotonic()
     assert client.delete(f"/api/runs/{run['id']}").status_code == 204
     # The task is over (Celery logs its return) well before the epoch could have ended.
-    wait_for(lambda: "succeeded in" in worker.log(), 30, what="the worker's task to end")
+    wait_for(lambda: "succeeded in" in worker.log(), 120, what="the worker's task to end")
+    stopped_after = time.monotonic() - deleted_at
+    print(f"stopped {stopped_after:.1f} s after the delete; the epoch had {progress['eta_seconds']:.0f} s left")
+    assert stopped_after < progress["eta_seconds"] / 3, (stopped_after, progress)
     assert "stopped mid-epoch" in worker.log()
     assert client.get(f"/api/runs/{run['id']}").status_code == 404

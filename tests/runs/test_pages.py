@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import wait_for, wait_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -172,7 +172,11 @@ def test_user_text_is_shown_as_text_never_run(page, embedded_settings, start_ser
     page.wait_for_selector("#run-state")
     assert page.text_content("#run-name") == name
     assert page.title().startswith(name)
-    page.wait_for_timeout(500)
+    # Everything the page shows of the run is drawn once its history is and its live stream is
+    # open (the stream's first run event included): text made into markup would be elements by then.
+    wait_in_page(page, "document.getElementById('run-page').dataset.historyLoaded === 'true' && "
+                       "Number(document.getElementById('run-page').dataset.streamConnections) >= 1")
+    wait_in_page(page, "document.getElementById('run-progress').textContent === 'epoch 0 of 1'")
     assert dialogs == []
     assert page.evaluate("() => document.querySelectorAll('main script, main img[src=x]').length") == 0
     assert page.js_errors == [] and violations == []

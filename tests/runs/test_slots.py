@@ -4,8 +4,11 @@ it has alone; the workers page and API show both slots busy; the thread budget."
 
 from __future__ import annotations
 
+import pytest
+
 from backend.db import session_factory
 from backend.workers import service as workers_service
+from bench.points import assert_exactly_once, run_expected_points
 from training.spec import TrainSpec
 from training.train import TrainingCallback, train
 from worker.slots import is_out_of_memory, memory_share, thread_budget
@@ -58,6 +61,7 @@ def test_a_run_beside_others_may_allocate_its_share_of_the_gpu():
     assert memory_share(2, needs_own_slot=False) == memory_share(4, needs_own_slot=False) * 2 < 0.5
 
 
+@pytest.mark.browser  # the workers page
 def test_two_slots_train_two_runs_at_once_each_with_its_exact_points(embedded_settings, client_for, start_worker,
                                                                      start_server, page):
     client = client_for(embedded_settings)
@@ -90,8 +94,8 @@ def test_two_slots_train_two_runs_at_once_each_with_its_exact_points(embedded_se
                         ("succeeded", "failed") and r, 180, interval=0.2, what=f"run {run['id']} to end")
         assert done["state"] == "succeeded", done["error_detail"]
         points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
-        keys = [(p["epoch"], p["step"], p["name"]) for p in points]
-        assert len(keys) == len(set(keys))  # each point once, per-step ones included
+        assert done["epochs_completed"] == spec["epochs"]
+        assert_exactly_once(points, run_expected_points(done))  # every epoch's and logged step's, once
         # The epochs' points bit for bit what the spec gives trained alone (per-step points carry
         # samples/s, a timing).
         got = {(p["epoch"], p["name"]): p["value"] for p in points if not p["name"].startswith("step/")}
@@ -135,5 +139,5 @@ def test_a_run_out_of_memory_beside_others_is_requeued_on_a_slot_of_its_own(embe
     assert done["needs_own_slot"] is True and done["attempts"] == 2 and done["worker_losses"] == 0
     assert done["error"] is None and done["awaiting_broker"] is False  # its id was sent again at once
     points = client.get(f"/api/runs/{run['id']}/metrics").json()["points"]
-    assert sorted({p["epoch"] for p in points}) == [1, 2, 3]
+    assert_exactly_once(points, run_expected_points(done))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import statistics
 
 import pytest
 from sqlalchemy import func, select
@@ -22,7 +21,7 @@ from backend.sweeps.paper import TABLE_1, TABLE_2
 from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
 from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
-from tests.support import queued_run_ids
+from tests.support import queued_run_ids, sample_std
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
         "missing_rate": [0.5, 0.9], "seed": [0, 1, 2], "epochs": 2}
@@ -236,8 +235,14 @@ def expected_cells(settings, sweep_id: int) -> dict[tuple[str, float], tuple[flo
     groups: dict[tuple[str, float], list[float]] = {}
     for method, rate, accuracy in rows:
         groups.setdefault((method, rate), []).append(accuracy)
-    return {key: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
-            for key, v in groups.items()}
+    return {key: (sum(v) / len(v), sample_std(v) if len(v) > 1 else None, len(v)) for key, v in groups.items()}
+
+
+def test_the_expected_std_is_right_on_numbers_worked_by_hand():
+    # deviations −0.013, 0, +0.013: Σ = 2 · 0.013², over n − 1 = 2: std = 0.013
+    assert sample_std([0.80, 0.813, 0.826]) == pytest.approx(0.013, abs=1e-15)
+    # deviations −1.5, −0.5, 0.5, 1.5: Σ = 5, over 3: std = sqrt(5/3)
+    assert sample_std([1, 2, 3, 4]) == pytest.approx((5 / 3) ** 0.5, abs=1e-15)
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
-import statistics
-import time
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from backend.db import session_factory
 from backend.runs.models import ConfusionMatrix, MetricPoint, Run
 
-from tests.support import wait_for, wait_in_page
+from tests.support import sample_std, wait_for, wait_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -30,19 +29,41 @@ def database_cells(settings, sweep_id: int) -> dict[tuple[str, str, float], tupl
     groups: dict[tuple[str, str, float], list[float]] = {}
     for method, fusion, rate, accuracy in rows:
         groups.setdefault((method, fusion, rate), []).append(accuracy)
-    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v)) for k, v in groups.items()}
+    return {k: (sum(v) / len(v), sample_std(v) if len(v) > 1 else None, len(v)) for k, v in groups.items()}
+
+
+# What the sweep page shows: trend points, filled table cells, progress.
+PAGE_STATE = """() => {
+    const traces = [...document.querySelectorAll('#trend-charts .chart')].flatMap(div => div.data || []);
+    const points = traces.filter(t => t.meta === 'sweep').reduce((n, t) => n + t.x.length, 0);
+    const cells = document.querySelectorAll('#sweep-table td[data-mean]').length;
+    const page = document.getElementById('sweep-page');
+    return {points, cells, succeeded: Number(page.dataset.succeeded || 0), ended: !!page.dataset.streamEnded,
+            marker: window.__sameDocument === true};
+}"""
 
 
 def page_state(page) -> dict:
-    """What the sweep page shows right now: trend points, filled table cells, progress."""
-    return page.evaluate("""() => {
-        const traces = [...document.querySelectorAll('#trend-charts .chart')].flatMap(div => div.data || []);
-        const points = traces.filter(t => t.meta === 'sweep').reduce((n, t) => n + t.x.length, 0);
-        const cells = document.querySelectorAll('#sweep-table td[data-mean]').length;
-        const page = document.getElementById('sweep-page');
-        return {points, cells, succeeded: Number(page.dataset.succeeded || 0), ended: !!page.dataset.streamEnded,
-                marker: window.__sameDocument === true};
+    return page.evaluate(PAGE_STATE)
+
+
+def record_page_states(page) -> None:
+    """Keep, in the page, every distinct state it shows, as it draws it (a MutationObserver): no
+    state is missed however busy the machine, as sampling from the test every so often would."""
+    page.evaluate("() => { const state = " + PAGE_STATE + """;
+        window.__states = [];
+        const record = () => {
+            const now = JSON.stringify(state());
+            if (window.__states[window.__states.length - 1] !== now) window.__states.push(now);
+        };
+        record();
+        new MutationObserver(record).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                             characterData: true});
     }""")
+
+
+def recorded_page_states(page) -> list[dict]:
+    return [json.loads(state) for state in page.evaluate("window.__states")]
 
 
 def shown_table(page) -> list[dict]:
@@ -103,16 +124,12 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     assert (start["points"], start["cells"], start["succeeded"]) == (0, 0, 0)
     assert page.locator("#sweep-runs tbody tr").count() == 8
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    record_page_states(page)
 
     # the worker starts only now, so every result arrives while the page watches
     start_worker(embedded_settings)
-    seen = []
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        seen.append(page_state(page))
-        if seen[-1]["ended"]:
-            break
-        time.sleep(0.05)
+    wait_in_page(page, "!!document.getElementById('sweep-page').dataset.streamEnded", timeout=240)
+    seen = recorded_page_states(page)
     final = page_state(page)
     assert final["ended"] and final["succeeded"] == 8, final
     assert final["points"] == 4 and final["cells"] == 4  # 2 methods × 2 rates
@@ -120,8 +137,10 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     for key in ("points", "cells", "succeeded"):
         values = [s[key] for s in seen]
         assert values == sorted(values), f"{key} went backwards: {values}"
-    assert len({s["points"] for s in seen}) >= 3, "the trend did not gain points while runs finished"
-    assert len({s["cells"] for s in seen}) >= 3, "the table did not gain cells while runs finished"
+    # Every state the page drew was recorded; the runs end one at a time, seconds apart, on the one
+    # worker, and the stream reads them every 0.1 s: the cells and points come in over several steps.
+    assert len({s["points"] for s in seen}) >= 3, f"the trend did not gain points while runs finished: {seen}"
+    assert len({s["cells"] for s in seen}) >= 3, f"the table did not gain cells while runs finished: {seen}"
 
     # the table and the trend are the database's numbers
     expected = database_cells(embedded_settings, sweep_id)

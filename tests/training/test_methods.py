@@ -94,6 +94,10 @@ def test_evaluation_with_the_modality_missing_at_test_time(method):
     values = [m["test_missing_accuracy"] for _, m in recorder.epochs]
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
     assert result.info["test_missing_accuracy"] == values[result.best_epoch - 1]
+    # From the top half alone (chance 0.1): measured 0.81-0.85 for the methods that train on the
+    # samples missing y, 0.45 for lower_bound, whose Q(z|x) is only a by-product of eq. 4.
+    floor = 0.3 if method == "lower_bound" else 0.7
+    assert result.info["test_missing_accuracy"] > floor, result.info["test_missing_accuracy"]
 
 
 def test_mle_uses_the_incomplete_samples_at_test_time_too():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from training.spec import METHODS, TrainSpec
-from training.train import SpecError, TrainingCallback, train
+from training.train import (ALL_COMPLETE_REFERENCE_LIMIT, SpecError, Trainer, TrainingCallback, choose_reference_set,
+                            stratified_batches, train)
 
 from tests.support import ROOT
 
@@ -72,10 +75,110 @@ def test_reference_set_is_recorded():
     assert collect.info["reference_set"] == "none"
 
 
+def check_stratified(kinds: list[np.ndarray], batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    batches = stratified_batches(kinds, batch_size, np.random.default_rng(seed))
+    every_row = np.concatenate(kinds)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(every_row.tolist())  # each sample once an epoch
+    assert all(np.isin(batch, kinds[0]).sum() >= 1 for batch in batches)  # a complete sample in every batch
+    for rows in kinds:  # each kind spread evenly: its share of any two batches differs by one at most
+        shares = [int(np.isin(batch, rows).sum()) for batch in batches]
+        assert max(shares) - min(shares) <= 1, shares
+    return batches
+
+
+def check_stratified_without_complete(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    batches = stratified_batches([rows[:0], rows], batch_size, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == sorted(rows.tolist())
+    return batches
+
+
+def test_stratified_batches_hold_every_sample_once_and_a_complete_one_each():
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(1000)
+    # 5% complete (50), 80% missing y, 15% missing x, batches of 64: ceil(1000 / 64) = 16 batches
+    batches = check_stratified([rows[:50], rows[50:850], rows[850:]], 64)
+    assert len(batches) == 16 and max(map(len, batches)) <= 64
+    # fewer complete samples than batches: one complete sample each, and the batches grow
+    batches = check_stratified([rows[:5], rows[5:]], 64)
+    assert len(batches) == 5 and [np.isin(b, rows[:5]).sum() for b in batches] == [1] * 5
+    assert all(len(b) == 200 for b in batches)
+    # no complete sample at all (methods that need none): plain batches
+    assert len(check_stratified_without_complete(rows, 64)) == 16
+    # the order is the seed's: the same seed, the same batches
+    again = stratified_batches([rows[:50], rows[50:]], 64, np.random.default_rng(3))
+    assert all(np.array_equal(a, b) for a, b in zip(again, stratified_batches([rows[:50], rows[50:]], 64,
+                                                                             np.random.default_rng(3))))
+
+
 def test_high_missing_rate_with_batch_reference_set_trains():
-    """At 95% missing, every stratified batch still holds a complete sample for eq. 5."""
-    result = train(digits_spec(missing_rate=0.95, reference_set="batch", epochs=3, fusion="outer"))
+    """At 95% missing, every stratified batch of the run still holds a complete sample for
+    eq. 5 (the batches the loop draws are checked), and it learns."""
+    drawn = []
+    original = Trainer.epoch_batches
+
+    def recorded(self, training_set):
+        batches = original(self, training_set)
+        drawn.append((batches, training_set.complete.cpu().numpy()))
+        return batches
+
+    with pytest.MonkeyPatch.context() as patch:  # watches the loop's own batches; changes nothing
+        patch.setattr(Trainer, "epoch_batches", recorded)
+        result = train(digits_spec(missing_rate=0.95, reference_set="batch", epochs=3, fusion="outer"))
+    assert len(drawn) == 3
+    for batches, complete in drawn:
+        assert 0.04 < complete.mean() < 0.06
+        assert all(complete[rows].any() for rows, _ in batches)  # each batch: its rows and its kinds' sizes
     assert result.test_accuracy > 0.5
+
+
+def test_every_method_takes_the_same_number_of_optimiser_steps():
+    """The README's fair comparison: same batch size, same number of optimiser steps an epoch,
+    whether a method trains on every sample (stratified batches) or on the complete ones only
+    (lower_bound cycles through them). Counted: one on_step per step with log_every_steps=1."""
+    class Steps(TrainingCallback):
+        def __init__(self):
+            self.steps, self.info = [], None
+
+        def on_start(self, info):
+            self.info = info
+
+        def on_step(self, epoch, step, metrics, progress):
+            self.steps.append(step)
+
+    counted = {}
+    for method in METHODS:
+        steps = Steps()
+        train(digits_spec(method=method, epochs=2, log_every_steps=1, imputer_epochs=1, self_training_rounds=1),
+              steps)
+        per_epoch = steps.info["steps_per_epoch"]
+        assert steps.steps == list(range(1, 2 * per_epoch + 1)), method
+        counted[method] = per_epoch
+    n_train = steps.info["n_train"]
+    assert set(counted.values()) == {math.ceil(n_train / 64)}, counted
+
+
+def test_the_reference_set_is_every_complete_sample_up_to_4096(tmp_path):
+    """`auto` (the default): S = every complete training sample while there are at most 4,096 of
+    them (feature vectors), else the complete samples of the batch."""
+    assert ALL_COMPLETE_REFERENCE_LIMIT == 4096
+    auto = digits_spec(reference_set="auto")
+    assert choose_reference_set(auto, 4096) == "all_complete"
+    assert choose_reference_set(auto, 4097) == "batch"
+    assert choose_reference_set(digits_spec(reference_set="all_complete"), 10_000) == "all_complete"
+    # a features dataset of 6,000 samples: 4,200 training samples, all complete above the limit,
+    # 3,780 at 10% missing below it
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 6000)
+    (tmp_path / "features").mkdir()
+    np.savez(tmp_path / "features" / "six_thousand.npz", label=labels,
+             left=(rng.normal(size=(6000, 4)) + labels[:, None]).astype(np.float32),
+             right=rng.normal(size=(6000, 4)).astype(np.float32))
+    for rate, choice in [(0.0, "batch"), (0.1, "all_complete")]:
+        collect = Collect()
+        train(TrainSpec(dataset="six_thousand", method="mle", missing_modality="right", missing_rate=rate, epochs=1,
+                        batch_size=512), collect, data_dir=tmp_path)
+        assert (collect.info["n_train_complete"] > 4096) == (choice == "batch"), collect.info["n_train_complete"]
+        assert collect.info["reference_set"] == choice
 
 
 def test_stop_request_ends_training_after_that_epoch():
