@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -38,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.rows import Row, print_table, write_json  # noqa: E402
+from bench.rows import Row  # noqa: E402
 
 
 def generated_dataset(data_dir: Path, tiny: bool) -> tuple[str, int]:
@@ -243,20 +241,9 @@ def measure(device_choice: str, tiny: bool) -> tuple[list[Row], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/gpu_checklist.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--tiny", action="store_true", help="dry mode: small CNN on 16² images, on any device")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    rows, name = measure(args.device, args.tiny)
-    print(f"\nmissmod GPU checklist on {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"{time.perf_counter() - started:.0f} s\n")
-    print_table(rows)
-    if args.out:
-        write_json(rows, args.out)
-    return 0
+    from bench.gpu import run_device_script
+
+    return run_device_script("bench/gpu_checklist.py", __doc__, "GPU checklist", measure, argv)
 
 
 if __name__ == "__main__":
