@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run serve worker migrate test bench bench-gpu soak setup setup-test clean
+.PHONY: run serve worker migrate test coverage bench bench-gpu soak setup setup-test clean
 
 setup: $(STAMP)
 setup-test: $(TEST_STAMP)
@@ -29,7 +29,7 @@ migrate: setup
 
 ## The dashboard with one local worker (SQLite + filesystem broker unless configured otherwise).
 run: setup
-	$(PY) -m backend.run_local
+	$(PY) -m backend.run_local $(RUN_ARGS)
 
 ## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis). HOST and PORT
 ## come from the shell's environment (not from .env): `HOST=0.0.0.0 make serve`.
@@ -40,8 +40,18 @@ serve: migrate
 worker: setup
 	$(PY) -m worker.gpu_worker
 
+## The whole suite. First what it needs outside Python (tests/prerequisites.py): as root on Debian,
+## Chromium and docker-compose are installed and Redis and PostgreSQL started when down; elsewhere
+## it stops at once, saying what to install.
 test: setup-test
+	$(PY) -m tests.prerequisites
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The test suite with branch coverage of training/, backend/, worker/ and missmod/, the processes
+## it starts included; a table per module in the terminal, and var/coverage/html/index.html.
+coverage: setup-test
+	rm -rf var/coverage && mkdir -p var/coverage
+	$(PY) -m pytest --cov --cov-report=term --cov-report=html:var/coverage/html $(PYTEST_ARGS)
 
 bench: setup-test
 	$(PY) -m bench

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -29,6 +31,51 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
+
+
+def _unencodable(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_unencodable(key) or _unencodable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(map(_unencodable, value))
+    return False
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(key): _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
+
+
+def readable(value: Any) -> Any:
+    """A JSON value as any response can carry it: a lone surrogate (which a JSON document can
+    escape, and which an older server stored from a client's input) escaped as text. The value
+    itself when it holds none, which is nearly always."""
+    return _escaped(value) if _unencodable(value) else value
+
+
+class StoredJSON(TypeDecorator):
+    """JSON that clients wrote (a spec, an external run's settings and source, a sweep's grid):
+    read back always as something a response can carry, so one row stored by an older server
+    with a lone surrogate can never make a list or a page fail (it shows the escape instead)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect) -> Any:
+        return readable(value)
 
 
 def utcnow() -> datetime:

@@ -11,6 +11,7 @@ from .db import Base
 from .jobs import models as jobs  # noqa: F401
 from .runs import models as runs  # noqa: F401
 from .runs import system as system_metrics  # noqa: F401
+from .studies import models as studies  # noqa: F401
 from .sweeps import models as sweeps  # noqa: F401
 from .workers import models as workers  # noqa: F401
 

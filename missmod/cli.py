@@ -5,6 +5,9 @@
     missmod runs list --where 'accuracy>0.8' --sort -test_accuracy
     missmod sweeps preset table1 dataset=digits seeds=3 epochs=20 --wait
     missmod sweeps table 3
+    missmod studies create dataset=digits missing_modality=bottom missing_rate=0.9 methods=mle,zero_padding \
+        trials=20 epochs=50 --pruner median --wait
+    missmod studies table 1
     missmod --json runs list | jq '.[].test_accuracy'
 
 Tables for people by default, JSON with --json (for pipes). The server and token come from
@@ -26,7 +29,7 @@ from typing import Any
 import httpx
 
 from .client import ApiError, Client, MissmodError, WaitTimeout
-from .models import Run, Sweep
+from .models import Run, Study, Sweep
 
 EXIT_FAILED = 1  # an API error, or a run/sweep that did not succeed
 EXIT_TIMEOUT = 124  # as timeout(1)
@@ -66,7 +69,7 @@ def _percent(value: float | None) -> str:
 
 def print_json(data: Any) -> None:
     def plain(thing):
-        if isinstance(thing, (Run, Sweep)):
+        if isinstance(thing, (Run, Sweep, Study)):
             return thing.to_dict()
         raise TypeError(type(thing).__name__)
 
@@ -384,6 +387,166 @@ def sweeps_delete(client: Client, args) -> int:
     return 0
 
 
+def sweeps_rules(client: Client, args) -> int:
+    _show(args, client.selection_rules(args.id), print_selection_rules)
+    return 0
+
+
+# --- studies ---------------------------------------------------------------------------
+
+# A study's own fields; any other key=value of `studies create` is a spec field every run shares.
+STUDY_FIELDS = ("name", "dataset", "missing_modality", "missing_rate", "methods", "fusion", "trials", "parallel_trials",
+                "trial_seed", "final_seeds")
+
+
+def study_request(pairs: Sequence[str], sampler: str | None, sampler_seed: int | None, pruner: str | None,
+                  space: str | None) -> dict[str, Any]:
+    """`studies create`'s key=value pairs and options as the API's body."""
+    fields = parse_pairs(pairs, lists=True)
+    body: dict[str, Any] = {k: v for k, v in fields.items() if k in STUDY_FIELDS}
+    spec = {k: v for k, v in fields.items() if k not in STUDY_FIELDS}
+    if spec:
+        body["spec"] = spec
+    if isinstance(body.get("methods"), str):
+        body["methods"] = [body["methods"]]
+    if sampler or sampler_seed is not None:
+        body["sampler"] = {**({"name": sampler} if sampler else {}),
+                           **({"seed": sampler_seed} if sampler_seed is not None else {})}
+    if pruner:
+        body["pruner"] = {"name": pruner}
+    if space:
+        try:
+            body["space"] = json.loads(space)
+        except ValueError as error:
+            raise SystemExit(f"missmod: --space is not JSON: {error}") from None
+    return body
+
+
+def print_studies(studies: Sequence[Study]) -> None:
+    print_table(None, ["id", "name", "state", "trials", "complete", "pruned", "failed", "running", "final sweep"],
+                [[s.id, s.name, s.state, f"{s.trials.get('total', 0)}/{s.trials.get('budget', 0)}",
+                  s.trials.get("complete"), s.trials.get("pruned"), s.trials.get("failed"), s.trials.get("running"),
+                  s.final_sweep_id or "–"] for s in studies])
+
+
+def print_study(study: Study) -> None:
+    print_studies([study])
+    print_table(f"study {study.id}: arms (best trial on validation accuracy)",
+                ["arm", "candidate", "setting", "trials", "pruned", "failed", "best val acc", "best parameters"],
+                [[a["index"], a["label"], f"{a['missing_modality']}@{a['missing_rate']:g}", a["asked"], a["pruned"],
+                  a["failed"], _percent(a["best_value"]), _params(a["best_params"])] for a in study.arms])
+
+
+def _params(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "–"
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def print_study_table(table: dict[str, Any], study_id: int) -> None:
+    columns = ["candidate", *(c["label"] for c in table["columns"])]
+    rows = []
+    for row in table["rows"]:
+        cells = []
+        for cell, chosen in zip(row["cells"], row["hyperparameters"]):
+            if cell["mean"] is None:
+                text = "–" if not cell["pending"] else f"({cell['pending']} pending)"
+            else:
+                text = f"{100 * cell['mean']:.2f}" + (f" ± {100 * cell['std']:.2f}" if cell["std"] is not None else "")
+                text += f" (n={cell['n']})" + (" *" if cell["best"] else "")
+            if cell.get("paired"):
+                paired = cell["paired"]
+                text += f"\nΔ {100 * paired['diff']:+.2f}, {paired['wins']}/{paired['ties']}/{paired['losses']}"
+            cells.append(f"{text}\n{_params(chosen['params'])}")
+        rows.append([row["label"], *cells])
+    print_table(f"study {study_id}: test accuracy (%) of each cell's best configuration, mean ± std over the final "
+                "seeds; Δ to the reference, wins/ties/losses; the hyperparameters chosen; * best of column", columns, rows)
+
+
+def print_selection_rules(result: dict[str, Any]) -> None:
+    columns = ["rule", "row", *(c["label"] for c in result["columns"])]
+    rows = [[rule["rule"] + (" (recorded)" if rule["recorded"] else ""), row["label"],
+             *(f"{100 * c['mean']:.2f} ({c['rank']})" if c["mean"] is not None else "–" for c in row["cells"])]
+            for rule in result["rules"] for row in rule["rows"]]
+    print_table("test accuracy (%) under each selection rule (rank in its column)", columns, rows)
+    for line in result["ranking_changes"] or ["No column's ranking changes with the rule."]:
+        print(line)
+
+
+def studies_create(client: Client, args) -> int:
+    study = client.study(study_request(args.fields, args.sampler, args.sampler_seed, args.pruner, args.space))
+    return _after_study_created(client, args, study)
+
+
+def studies_preset(client: Client, args) -> int:
+    fields = parse_pairs(args.fields)
+    if args.pruner:
+        fields["pruner"] = {"name": args.pruner}
+    return _after_study_created(client, args, client.study(preset=args.name, **fields))
+
+
+def _after_study_created(client: Client, args, study: Study) -> int:
+    if args.wait:
+        return _study_outcome(args, client.wait(study, progress=not args.json and not args.quiet,
+                                                timeout=args.timeout))
+    _show(args, study, print_study)
+    return 0
+
+
+def _study_outcome(args, study: Study) -> int:
+    _show(args, study, print_study)
+    return 0 if study.state == "finished" else EXIT_FAILED
+
+
+def studies_list(client: Client, args) -> int:
+    _show(args, client.studies(), print_studies)
+    return 0
+
+
+def studies_show(client: Client, args) -> int:
+    _show(args, client.get_study(args.id), print_study)
+    return 0
+
+
+def studies_wait(client: Client, args) -> int:
+    study = client.get_study(args.id)
+    return _study_outcome(args, client.wait(study, progress=not args.json and not args.quiet, timeout=args.timeout))
+
+
+def studies_trials(client: Client, args) -> int:
+    _show(args, client.trials(args.id, args.arm), lambda trials: print_table(
+        f"study {args.id}: trials (test accuracy hidden until the study is finished)",
+        ["arm", "trial", "state", "run", "val acc", "epochs", "pruned after", "test acc", "parameters"],
+        [[t["arm"], t["number"], t["state"], t["run_id"], _percent(t["value"]), t["epochs"], t["pruned_epoch"] or "–",
+          "hidden" if t["test_hidden"] else _percent(t["test_accuracy"]), _params(t["params"])] for t in trials]))
+    return 0
+
+
+def studies_table(client: Client, args) -> int:
+    if args.csv or args.latex:
+        response = client.request("GET", f"/api/studies/{args.id}/table",
+                                  params={"format": "csv" if args.csv else "latex"})
+        sys.stdout.write(response.text)
+        return 0
+    _show(args, dict(client.study_table(args.id)), lambda t: print_study_table(t, args.id))
+    return 0
+
+
+def studies_rules(client: Client, args) -> int:
+    _show(args, client.selection_rules(client.get_study(args.id)), print_selection_rules)
+    return 0
+
+
+def studies_cancel(client: Client, args) -> int:
+    _show(args, client.cancel_study(args.id), print_study)
+    return 0
+
+
+def studies_delete(client: Client, args) -> int:
+    client.delete_study(args.id)
+    return 0
+
+
 def presets_list(client: Client, args) -> int:
     _show(args, client.presets(), lambda ps: print_table(
         None, ["name", "figure", "title", "methods", "runs per seed", "missing"],
@@ -467,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="missmod", parents=[common],
                                      description="Submit, follow and compare missmod runs and sweeps.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,presets,datasets,methods}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{runs,sweeps,studies,presets,datasets,methods}")
 
     def command(group, name: str, handler, help: str) -> argparse.ArgumentParser:
         sub = group.add_parser(name, parents=[common], help=help, description=help)
@@ -558,6 +721,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(sweeps, "delete", sweeps_delete, "delete a sweep and its runs")
     sub.add_argument("id", type=int)
     sub.add_argument("--keep-runs", action="store_true")
+    sub = command(sweeps, "rules", sweeps_rules, "the table under every selection rule (no retraining)")
+    sub.add_argument("id", type=int)
+
+    studies = groups.add_parser("studies", help="hyperparameter studies").add_subparsers(dest="command", required=True)
+    sub = command(studies, "create", studies_create, "a study: the same trial budget for every method (docs/studies.md)")
+    sub.add_argument("fields", nargs="+", metavar="key=value",
+                     help="dataset=digits missing_modality=bottom missing_rate=0.9 methods=mle,zero_padding trials=20; "
+                          "any other key is a spec field every run shares (epochs=50, batch_size=64)")
+    sub.add_argument("--sampler", choices=["tpe", "random"])
+    sub.add_argument("--sampler-seed", type=int)
+    sub.add_argument("--pruner", choices=["median", "hyperband", "none"])
+    sub.add_argument("--space", metavar="JSON", help='replaces fields of the default spaces, e.g. '
+                                                     '\'{"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-1}}\'')
+    sub.add_argument("--wait", action="store_true", help="wait until it finishes (exit 0 only if it finished)")
+    waiting(sub)
+    sub = command(studies, "preset", studies_preset, "a tuned preset: missmod studies preset mle_vs_zero_padding_tuned "
+                                                     "dataset=digits")
+    sub.add_argument("name")
+    sub.add_argument("fields", nargs="*", metavar="key=value", help="dataset=…, epochs=…, trials=…, final_seeds=…")
+    sub.add_argument("--pruner", choices=["median", "hyperband", "none"])
+    sub.add_argument("--wait", action="store_true")
+    waiting(sub)
+    command(studies, "list", studies_list, "studies with their trials spent")
+    for name, handler, help in (("show", studies_show, "one study: its arms and best trials"),
+                                ("rules", studies_rules, "the final table under every selection rule"),
+                                ("cancel", studies_cancel, "ask no more trials; cancel its runs not ended"),
+                                ("delete", studies_delete, "delete a study with its runs")):
+        sub = command(studies, name, handler, help)
+        sub.add_argument("id", type=int)
+    sub = command(studies, "wait", studies_wait, "follow a study until it finishes (exit 0: finished)")
+    sub.add_argument("id", type=int)
+    waiting(sub)
+    sub = command(studies, "trials", studies_trials, "a study's trials (validation figures)")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--arm", type=int)
+    sub = command(studies, "table", studies_table, "the final runs' table with the chosen hyperparameters")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--csv", action="store_true")
+    sub.add_argument("--latex", action="store_true")
 
     presets = groups.add_parser("presets", help="the paper's experiments").add_subparsers(dest="command", required=True)
     command(presets, "list", presets_list, "the presets and what each still lacks")

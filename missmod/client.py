@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from .models import Metrics, Point, Predictions, Run, RunList, Sweep, Table
+from .models import Metrics, Point, Predictions, Run, RunList, Study, Sweep, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE_SIZE = 200
@@ -333,6 +333,53 @@ class Client:
         self.request("DELETE", f"/api/sweeps/{_id_of(sweep, Sweep)}",
                      params={"keep_runs": "true" if keep_runs else "false"})
 
+    def selection_rules(self, sweep_or_study: Any) -> dict[str, Any]:
+        """The comparison table under every selection rule, from the epochs the runs recorded (no
+        retraining), with the columns whose ranking changes (docs/studies.md)."""
+        if isinstance(sweep_or_study, Study):
+            return self._json("GET", f"/api/studies/{sweep_or_study.id}/selection-rules")
+        return self._json("GET", f"/api/sweeps/{_id_of(sweep_or_study, Sweep)}/selection-rules")
+
+    # --- studies -----------------------------------------------------------------------
+
+    def study(self, body: Mapping[str, Any] | None = None, *, preset: str | None = None, **fields: Any) -> Study:
+        """A hyperparameter study (docs/studies.md): study(dataset="digits", missing_modality="bottom",
+        missing_rate=0.9, methods=["mle", "zero_padding"], trials=20, spec={"epochs": 50},
+        pruner={"name": "median"}) — or a tuned preset: study(preset="mle_vs_zero_padding_tuned",
+        dataset="digits", epochs=50, trials=20)."""
+        payload = {**(body or {}), **fields}
+        if preset is not None:
+            return Study(**self._json("POST", f"/api/studies/presets/{preset}", json=payload))
+        return Study(**self._json("POST", "/api/studies", json=payload))
+
+    def get_study(self, study: Any) -> Study:
+        return Study(**self._json("GET", f"/api/studies/{_id_of(study, Study)}"))
+
+    def studies(self, page_size: int = PAGE_SIZE) -> list[Study]:
+        found, cursor = [], None
+        while True:
+            params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._json("GET", "/api/studies", params=params)
+            found += [Study(**item) for item in page["items"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return found
+
+    def trials(self, study: Any, arm: int | None = None) -> list[dict[str, Any]]:
+        """The trials (validation figures; test accuracy hidden until the study is finished)."""
+        params = {} if arm is None else {"arm": arm}
+        return self._json("GET", f"/api/studies/{_id_of(study, Study)}/trials", params=params)
+
+    def study_table(self, study: Any) -> Table:
+        """The final runs' table with the hyperparameters chosen for each cell (`.to_pandas()`)."""
+        return Table(self._json("GET", f"/api/studies/{_id_of(study, Study)}/table"))
+
+    def cancel_study(self, study: Any) -> Study:
+        return Study(**self._json("POST", f"/api/studies/{_id_of(study, Study)}/cancel"))
+
+    def delete_study(self, study: Any) -> None:
+        self.request("DELETE", f"/api/studies/{_id_of(study, Study)}")
+
     # --- catalogue and dataset jobs ----------------------------------------------------
 
     def presets(self) -> list[dict[str, Any]]:
@@ -360,12 +407,14 @@ class Client:
 
     # --- waiting -----------------------------------------------------------------------
 
-    def wait(self, run_or_sweep: Any, progress: bool = True, timeout: float | None = None) -> Run | Sweep:
-        """Follow a run (epochs) or a sweep (finished runs) live until it finishes; returns it.
-        Raises WaitTimeout after `timeout` seconds."""
+    def wait(self, run_or_sweep: Any, progress: bool = True, timeout: float | None = None) -> Run | Sweep | Study:
+        """Follow a run (epochs) or a sweep (finished runs) live, or a study (its trials, then its
+        final runs), until it finishes; returns it. Raises WaitTimeout after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(run_or_sweep, Sweep):
             return self._wait_sweep(run_or_sweep.id, progress, deadline)
+        if isinstance(run_or_sweep, Study):
+            return self._wait_study(run_or_sweep.id, progress, deadline)
         return self._wait_run(_id_of(run_or_sweep, Run), progress, deadline)
 
     def stream(self, path: str, deadline: float | None, last_event_id: str | None = None) -> Iterator[Any]:
@@ -453,6 +502,28 @@ class Client:
             if bar is not None:
                 bar.close()
         return self.get_sweep(sweep_id)
+
+    # A study has no live stream of its own: its state is read every STUDY_POLL seconds.
+    STUDY_POLL = 1.0
+
+    def _wait_study(self, study_id: int, progress: bool, deadline: float | None) -> Study:
+        study = self.get_study(study_id)
+        bar = _progress_bar(progress and not study.finished, study.trials.get("budget"), f"study {study_id}")
+        try:
+            while not study.finished:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"study {study_id}: still {study.state}")
+                time.sleep(self.STUDY_POLL)
+                study = self.get_study(study_id)
+                if bar is not None:
+                    counts = study.trials
+                    bar.n = counts.get("total", 0) - counts.get("running", 0)
+                    bar.set_postfix_str(f"{study.state}, {counts.get('pruned', 0)} pruned, "
+                                        f"{counts.get('failed', 0)} failed", refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        return study
 
 
 def _external_param(include_external: bool) -> dict[str, str]:

@@ -78,6 +78,25 @@ class Sweep(_Model):
         return bool(self.progress.get("done"))
 
 
+class Study(_Model):
+    """A hyperparameter study (docs/studies.md): `trials` counts them per state, `arms` holds each
+    candidate × setting with its best trial so far."""
+
+    id: int
+    name: str
+    state: str
+    dataset: str = ""
+    trials: dict[str, int] = {}
+    arms: list[dict[str, Any]] = []
+    final_sweep_id: int | None = None
+    run_ids: list[int] = []
+
+    @property
+    def finished(self) -> bool:
+        """Ended: finished (its final runs ended) or cancelled."""
+        return self.state in ("finished", "cancelled")
+
+
 class Predictions(_Model):
     """A run's stored test predictions at its selected epoch, one per test sample (or group,
     `counted`), in the order of its test set: two runs of the same dataset, seed and split list
@@ -176,11 +195,14 @@ class Table(dict):
         cell's paired comparison with its column's reference (PAIRED_COLUMNS: is_reference,
         reference, diff, ci_low, ci_high, wins, ties, losses, p_value, p_adjusted, significant,
         mark, test; empty for the reference itself and cells not compared). wide: the paper's
-        layout, mean accuracy per row label × column label."""
+        layout, mean accuracy per row label × column label. A study's table adds the chosen
+        trial, its val_accuracy and a `param.<name>` column per hyperparameter."""
         pd = _pandas()
         records = []
         for row in self.rows:
-            for column, cell in zip(self.columns, row["cells"]):
+            # A study's table: the configuration each cell was trained with.
+            chosen_per_cell = row.get("hyperparameters") or [None] * len(row["cells"])
+            for column, cell, chosen in zip(self.columns, row["cells"], chosen_per_cell):
                 paired = cell.get("paired") or {}
                 records.append({"label": row["label"], "method": row["method"], "fusion": row["fusion"],
                                 "external": row.get("external", False), **row.get("extras", {}),
@@ -191,6 +213,9 @@ class Table(dict):
                                 "pairing_verified": cell.get("pairing_verified", True),
                                 **{k: paired.get(k) for k in PAIRED_COLUMNS},
                                 "significant": bool(paired.get("significant", False))})
+                if chosen is not None:
+                    records[-1].update(trial=chosen.get("trial"), val_accuracy=chosen.get("value"),
+                                       **{f"param.{k}": v for k, v in (chosen.get("params") or {}).items()})
         frame = pd.DataFrame.from_records(records)
         if wide and records:
             frame = frame.pivot(index="label", columns="column", values="mean")

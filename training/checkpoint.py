@@ -11,16 +11,15 @@ machine). This library knows nothing of either beyond that.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import io
-import tempfile
+import json
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .spec import ABLATION_DEFAULTS
+from .atomic import atomic_write
+from .spec import DEFAULTS_OF_LATER_OPTIONS
 
 FORMAT_VERSION = 1
 
@@ -30,13 +29,13 @@ FORMAT_VERSION = 1
 NOT_IN_FINGERPRINT = frozenset({"device", "compile", "log_every_steps"})
 # Fields added to the spec after checkpoints were written, at the value that trains as before:
 # left out of the fingerprint there, so those checkpoints still resume.
-LATER_FIELD_DEFAULTS: dict[str, Any] = {**ABLATION_DEFAULTS, "precision": "auto", "deterministic": False}
+LATER_FIELD_DEFAULTS: dict[str, Any] = DEFAULTS_OF_LATER_OPTIONS
 
 
 def spec_fingerprint(spec_fields: dict[str, Any]) -> str:
     """Fields that change the training; `device` and `compile` do not, so a run may resume on
     another GPU, and fields added later do not at their default (the fingerprint of a spec is as
-    it was): the ablations', `precision: auto`, `deterministic: false`."""
+    it was): the ablations', the selection rule's, `precision: auto`, `deterministic: false`."""
     relevant = {k: v for k, v in spec_fields.items()
                 if k not in NOT_IN_FINGERPRINT and not (k in LATER_FIELD_DEFAULTS and v == LATER_FIELD_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -75,18 +74,8 @@ def save_checkpoint(path: Path | CheckpointTarget, state: dict[str, Any]) -> Non
         torch.save({"format": FORMAT_VERSION, **state}, buffer)
         path.write_bytes(buffer.getvalue())
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save({"format": FORMAT_VERSION, **state}, file)
 
 
 def load_checkpoint(path: Path | CheckpointTarget | None, fingerprint: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .selection import DEFAULT_SELECTION_RULE, SelectionRule
 from .two_view import DatasetInfo
 
 # --- the choices a spec offers: each listed once, here --------------------------------------
@@ -148,6 +149,12 @@ class TrainSpec(BaseModel):
         description="R_Z in eq. 4 and 5 (every method): the training labels' frequencies, as in the paper, "
         "or uniform (an ablation)",
     )
+    selection_rule: SelectionRule = Field(
+        DEFAULT_SELECTION_RULE,
+        description="Which epoch the run reports (its test accuracy, confusion matrix and predictions): the best "
+                    "validation accuracy, earliest (the default, as every run before this option) or latest epoch "
+                    "among ties; the lowest validation loss; or the last epoch (docs/studies.md)",
+    )
     split_by: SplitBy = Field(
         "group", description="Split 70/15/15 by group (video), or by subject for subject-independent results"
     )
@@ -253,6 +260,14 @@ ABLATION_DEFAULTS: dict[str, object] = {
     "mle_freeze_class_offset": False,
     "label_prior": "empirical",
 }
+
+# Options added after runs were recorded without them, with the value that means what every run
+# did before: at that value they are left out of a checkpoint's fingerprint (an interrupted run
+# resumes across the upgrade: training/checkpoint.py) and out of a comparison table's row labels, and
+# a stored spec that lacks one reads as having it (backend/sweeps/analysis.py). The ablations above,
+# the selection rule (training/selection.py), the precision and the deterministic switch.
+DEFAULTS_OF_LATER_OPTIONS: dict[str, object] = {**ABLATION_DEFAULTS, "selection_rule": DEFAULT_SELECTION_RULE,
+                                                "precision": "auto", "deterministic": False}
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 Protocol (paper §3.2): stratified 70/15/15 split by group (or by subject); the missing
 modality removed from `missing_rate` of the training groups; each epoch is evaluated on
-complete validation and test data; the model is selected on validation accuracy and the test
-accuracy of that epoch is reported, with its confusion matrix. Probabilities of samples that
-share a group (segments of one video) are averaged before the group's label is predicted.
+complete validation and test data; the model is selected on validation accuracy (the spec's
+selection rule: training/selection.py) and the test accuracy of that epoch is reported, with its
+confusion matrix. Probabilities of samples that share a group (segments of one video) are
+averaged before the group's label is predicted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .device import pick_device
 from .methods import Batch, Method, ReferenceInputs, YBank, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
+from .selection import EpochScore, improves
 from .spec import TrainSpec, spec_errors_for_dataset
 from .step_log import StepLog
 from .speed import EpochClock, TrainingSpeed
@@ -102,8 +104,9 @@ class TrainResult:
     test_labels: list[int] | None = None
 
     @property
-    def cancelled(self) -> bool:
-        """Ended before its last epoch was asked to (cancelled or shut down)."""
+    def stopped_early(self) -> bool:
+        """Ended before its last epoch, for whatever reason (cancelled or shut down): `stopped`
+        says which."""
         return self.stopped is not StopReason.finished
 
 
@@ -195,24 +198,31 @@ class Evaluation:
 
 @dataclass
 class BestEpoch:
-    """The epoch chosen on validation accuracy, with its test evaluations."""
+    """The epoch chosen by the spec's selection rule (training/selection.py; by default the best
+    validation accuracy, earliest among ties), with its test evaluations."""
 
     val_accuracy: float
     epoch: int
     test: Evaluation
     test_without_y: Evaluation | None  # evaluate_missing: test with y removed (eq. 5)
+    val_loss: float | None = None  # what the val_loss rule compares; None in checkpoints from before it
 
     def to_state(self) -> list:
-        # A list, as checkpoints have always stored it, so older checkpoints still resume.
+        # A list, as checkpoints have always stored it, so older checkpoints still resume; the
+        # validation loss is appended (a checkpoint of four entries predates it).
         return [self.val_accuracy, self.epoch, self.test.to_state(),
-                None if self.test_without_y is None else self.test_without_y.to_state()]
+                None if self.test_without_y is None else self.test_without_y.to_state(), self.val_loss]
 
     @classmethod
     def from_state(cls, state: list | None) -> "BestEpoch | None":
         if state is None:
             return None
-        val_accuracy, epoch, test, test_without_y = state
-        return cls(val_accuracy, epoch, Evaluation.from_state(test), Evaluation.from_state(test_without_y))
+        val_accuracy, epoch, test, test_without_y, *rest = state
+        return cls(val_accuracy, epoch, Evaluation.from_state(test), Evaluation.from_state(test_without_y),
+                   rest[0] if rest else None)
+
+    def score(self) -> EpochScore:
+        return EpochScore(self.epoch, self.val_accuracy, self.val_loss)
 
 
 def score_predictions(log_proba: torch.Tensor, part: EvaluationSet) -> Evaluation:
@@ -451,8 +461,9 @@ class Trainer:
             evaluation_started = time.perf_counter()
             val, test, test_without_y = self.evaluate(train)
             self.eval_seconds = time.perf_counter() - evaluation_started
-            if best is None or val.accuracy > best.val_accuracy:
-                best = BestEpoch(val.accuracy, epoch, test, test_without_y)
+            if improves(self.spec.selection_rule, EpochScore(epoch, val.accuracy, val.loss),
+                        None if best is None else best.score()):
+                best = BestEpoch(val.accuracy, epoch, test, test_without_y, val.loss)
             epochs_completed = epoch
             self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
             # After the points are reported: a crash in between replays this epoch on resume, and
@@ -506,7 +517,7 @@ def _preprocess_as_a_stage(spec: TrainSpec, callback: TrainingCallback, data_dir
     return None if report is None else report.summary()
 
 
-def check_against_dataset(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
+def checked_dataset_info(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
     """The dataset's catalogue entry, or SpecError naming what does not fit (before a long
     preprocessing, not after it). The catalogue describes a raw dataset as it will be once
     preprocessed, so this one check holds for the data loaded afterwards."""
@@ -526,7 +537,7 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
     the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
-    info = check_against_dataset(spec, data_dir, video)
+    info = checked_dataset_info(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
     if preprocessing is False:
         return TrainResult(None, None, None, 0, callback.stop_reason(), None, list(info.classes),

@@ -13,14 +13,16 @@ from typing import Any
 
 from backend import notify
 from backend.db import session_factory, utcnow
-from backend.queue import RunQueue
-from backend.runs import lease, outcomes
+from backend.lifecycle.lease import LeaseLost
+from backend.queue import WorkQueue
+from backend.runs import outcomes, recording
 from backend.runs import service as runs_service
 from backend.runs.artifacts import RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
 from backend.settings import Settings
+from backend.studies import outcomes as study_outcomes, service as studies
 from backend.sweeps import outcomes as sweep_outcomes
 from backend.workers import service as workers
 
@@ -30,13 +32,15 @@ from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
 from . import slots
 from .artifacts import fetch_dataset, run_checkpoints, save_confusion
-from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
+from .lease_holder import Done, Executed, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
 
-# The runs this worker ends may finish their sweep (backend/runs/outcomes.py calls who registered).
+# The runs this worker ends may finish their sweep, or move their study on (backend/runs/outcomes.py
+# calls who registered).
 sweep_outcomes.listen()
+study_outcomes.listen()
 
 
 class DatabaseRecorder(TrainingCallback):
@@ -59,7 +63,7 @@ class DatabaseRecorder(TrainingCallback):
 
     def _write_batch(self, points: list[Point], run_values: dict[str, Any]) -> None:
         self.holder.write_and_check(
-            lambda session: lease.record_batch(session, self.run_id, points, self.worker, **run_values))
+            lambda session: recording.record_batch(session, self.run_id, points, self.worker, **run_values))
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
@@ -70,7 +74,7 @@ class DatabaseRecorder(TrainingCallback):
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
         # on the curves without touching the classifier's epoch count.
         self.holder.write_and_check(
-            lambda session: lease.record_points(session, self.run_id, epoch, metrics, self.worker))
+            lambda session: recording.record_points(session, self.run_id, epoch, metrics, self.worker))
 
     def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
         # Shown on the run page while the stage lasts (run.info.stage); on_start then replaces it.
@@ -103,10 +107,27 @@ class DatabaseRecorder(TrainingCallback):
     def should_abort(self) -> bool:
         # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
         # within a heartbeat, not at the end of a long epoch.
-        return self.holder.lost.is_set()
+        return self.holder.lease_lost.is_set()
 
     def stop_reason(self) -> StopReason:
         return self.holder.stop_reason()
+
+
+class TrialRecorder(DatabaseRecorder):
+    """A study's trial (backend/studies): after each epoch's points, its validation accuracy goes to
+    the study, whose pruner may stop the trial there; it then ends like a cancelled run (its points
+    kept), at once, and its slot takes the study's next trial."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        super().on_epoch_end(epoch, metrics)
+        value = metrics.get("val_accuracy")
+        if self.holder.write(lambda session: studies.report_epoch(session, self.run_id, epoch, value)):
+            self.holder.cancel_requested = True  # the study set the run's cancel flag too
+
+
+def recorder_for(holder: LeaseHolder, system: SystemSampler | None) -> DatabaseRecorder:
+    is_trial = holder.write(lambda session: studies.trial_of_run(session, holder.row_id) is not None)
+    return (TrialRecorder if is_trial else DatabaseRecorder)(holder, system)
 
 
 def checkpoint_path(settings: Settings, run_id: int, attempt: int = 1, resume_after_attempt: int = 0) -> RunCheckpoints:
@@ -123,7 +144,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
     log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
     slots.release_device_memory()
     if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker, error)):
-        queue = RunQueue(settings)
+        queue = WorkQueue(settings)
         try:
             holder.write(lambda session: runs_service.enqueue_committed(session, [session.get(Run, run_id)], queue))
         finally:
@@ -133,7 +154,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
 
 
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
-                stop_requested: Callable[[], bool] = lambda: False) -> str:
+                stop_requested: Callable[[], bool] = lambda: False) -> Executed:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
     configure_features(settings.feature_limits())
 
@@ -146,10 +167,10 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         try:
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
                 slots.limit_device_memory(share, spec.device)
-                result = train(spec, DatabaseRecorder(holder, system), data_dir=settings.data_dir,
+                result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options())
-        except TrainingAborted:
-            raise Abandoned(f"run {run_id}") from None
+        except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
+            raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:
             if not slots.is_out_of_memory(error):
                 raise
@@ -162,7 +183,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         if out_of_memory is not None:  # out of the except block: the failed step's tensors can be freed
             return _queue_again_on_its_own_slot(settings, holder, out_of_memory)
         def store(session, cancelled: bool) -> None:
-            lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
+            recording.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
                              confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
                              test_predictions=result.test_predictions, test_labels=result.test_labels)
@@ -171,14 +192,10 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
 
         return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
-    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
-    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+    executed = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if executed.ended_the_row:
         announce_end(settings, run_id)
-    return outcome
-
-
-# What execute_leased returns when the run reached its end here.
-ENDED = ("succeeded", "failed", "cancelled")
+    return executed
 
 
 def announce_end(settings: Settings, run_id: int) -> None:

@@ -27,6 +27,7 @@ def preload_training_library() -> float:
     import sklearn.datasets  # noqa: F401  (digits)
     import torch
     import torch._dynamo  # noqa: F401  (imported by the first optimizer a run builds: 2-3 s)
+    from backend.studies import optimiser  # noqa: F401  (optuna: a trial asks its pruner after each epoch; 1 s)
 
     from . import executor  # noqa: F401  (the training library and its datasets)
 

@@ -60,6 +60,7 @@ OPERATION_IDS = {
     "sign_in": "session-create",
     "sign_out": "session-delete",
     "list_datasets": "datasets-list",
+    "delete_dataset": "datasets-delete",
     "list_methods": "methods-list",
     "list_choices": "choices-list",
     "create_run": "runs-create",
@@ -102,6 +103,19 @@ OPERATION_IDS = {
     "list_workers": "workers-list",
     "get_queue": "workers-queue",
     "stream_workers": "workers-stream",
+    "default_study_spaces": "studies-spaces",
+    "create_study": "studies-create",
+    "list_studies": "studies-list",
+    "list_study_presets": "studies-presets-list",
+    "create_preset_study": "studies-presets-create",
+    "get_study": "studies-get",
+    "list_study_trials": "studies-trials",
+    "get_study_plots": "studies-plots",
+    "get_study_table": "studies-table",
+    "get_study_selection_rules": "studies-selection-rules",
+    "cancel_study": "studies-cancel",
+    "delete_study": "studies-delete",
+    "get_sweep_selection_rules": "sweeps-selection-rules",
 }
 
 

@@ -4,10 +4,13 @@ an overflow or an encoding error inside the driver (the API fuzz test finds thos
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, StringConstraints, field_validator
+
+from ..refused import Refused
 
 # Ids are INTEGER columns; cursors and offsets are compared with 64-bit integers.
 MAX_ID = 2**31 - 1
@@ -24,6 +27,7 @@ def id_in_path(what: str):
 RunId = id_in_path("run")
 SweepId = id_in_path("sweep")
 JobId = id_in_path("job")
+StudyId = id_in_path("study")
 Offset = Annotated[int, Query(ge=0, le=MAX_CURSOR, description="Rows to skip")]
 DatasetName = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS,
                                   description="A dataset's name, as in GET /api/datasets")]
@@ -34,45 +38,75 @@ def has_control_characters(text: str, allow_newlines: bool = False) -> bool:
     return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
 
 
-def _printable(text: str | None) -> str | None:
-    if text is not None and has_control_characters(text):
+def _no_control_characters(text: str) -> str:
+    if has_control_characters(text):
         raise ValueError("must not contain control characters")
     return text
 
 
-# A name shown on a page and stored in the database (runs, sweeps).
+def _no_control_characters_but_line_breaks(text: str) -> str:
+    if has_control_characters(text, allow_newlines=True):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return text
 
-DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
+
+def printable_text(max_length: int, *, min_length: int = 0, line_breaks: bool = False, strip: bool = False) -> Any:
+    """The one type of text a client sends that is stored and shown on a page (names, notes,
+    labels, settings): at most `max_length` characters and no control character (PostgreSQL
+    cannot store NUL, and a tab or a newline breaks a name in a table), line breaks and tabs
+    allowed where `line_breaks` (a note); surrounding spaces removed first where `strip`."""
+    check = _no_control_characters_but_line_breaks if line_breaks else _no_control_characters
+    constraints = StringConstraints(min_length=min_length, max_length=max_length, strip_whitespace=strip)
+    return Annotated[str, constraints, AfterValidator(check)]
+
+
+# A name shown on a page and stored in the database (runs, sweeps).
+DisplayName = printable_text(200)
 
 
 # --- JSON input that can neither be stored nor sent back ---------------------------------
-# Python's JSON parser accepts NaN, Infinity and "\udcff" (a lone surrogate); none of them is
-# JSON a client can read back, no database column takes the surrogate, and a NaN learning rate
-# trains nothing. They are refused at the edge with a 422 naming the field (CleanInput), and the
-# 422 itself echoes the input made printable (serialisable), never a 500.
+# Python's JSON parser accepts NaN, Infinity, "\udcff" (a lone surrogate) and "\u0000"; none of
+# them is JSON a client can read back or a database can query: no column takes the surrogate,
+# PostgreSQL cannot turn a NUL inside a JSON document into text (so one stored NUL breaks every
+# query on a spec field of any run), and a NaN learning rate trains nothing. They are refused at
+# the edge with a 422 naming the field (CleanInput), anywhere in a body: free-form settings
+# (an external run's `spec`), keys as well as values, at any depth. The 422 itself echoes the
+# input made printable (serialisable), never a 500.
+
+MAX_JSON_DEPTH = 20  # objects and lists inside one another: a spec is two or three deep
 
 
-def why_unencodable(value: Any) -> str | None:
-    """Why `value` (anything JSON parsed into) holds a non-finite number or a lone surrogate; None when it is clean."""
+def why_unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why `value` (anything JSON parsed into) cannot be stored and read back: a non-finite
+    number, a lone surrogate or a NUL in a string, a control character in a key, too deep a
+    nesting. None when it is clean."""
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value!r} is not a number JSON allows (finite numbers only)"
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "holds an invalid Unicode character (a lone surrogate)"
+        if "\x00" in value:
+            return "holds a NUL character (\\u0000), which cannot be stored"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds an invalid Unicode character (a lone surrogate)"
         return None
+    if depth >= MAX_JSON_DEPTH and isinstance(value, (dict, list, tuple)):
+        return f"nested more than {MAX_JSON_DEPTH} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():
-            if why_unencodable(key):
-                return f"a key {why_unencodable(key)}"
-            reason = why_unencodable(item)
+            key_text = key if isinstance(key, str) else str(key)
+            reason = why_unstorable(key_text) or (
+                "holds a control character" if has_control_characters(key_text) else None)
             if reason:
-                return f"{key!r}: {reason}"
+                return f"a key {reason}"
+            reason = why_unstorable(item, depth + 1)
+            if reason:
+                return f"{printable(key_text)!r}: {reason}"
         return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            reason = why_unencodable(item)
+            reason = why_unstorable(item, depth + 1)
             if reason:
                 return f"item {index}: {reason}"
     return None
@@ -93,19 +127,27 @@ def printable(value: Any) -> Any:
 
 
 class CleanInput(BaseModel):
-    """Base of the request bodies: a field holding NaN, an infinity or a lone surrogate is a
-    422 naming it, whatever else the field accepts."""
+    """Base of every request body: a field holding NaN, an infinity, a lone surrogate or a NUL
+    (in a value or a key, at any depth) is a 422 naming it, whatever else the field accepts."""
 
     @field_validator("*", mode="before")
     @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        reason = why_unencodable(value)
+    def _storable(cls, value: Any) -> Any:
+        reason = why_unstorable(value)
         if reason:
             raise ValueError(reason)
         return value
 
 
-def id_cursor(cursor: str | None) -> int | None:
-    """A list's `cursor` that is the last id of the previous page, bounded to what an id can be
-    (a larger one, which this server never hands out, means "from the start")."""
-    return None if not cursor else min(int(cursor), MAX_ID)
+def id_list(text: str, parameter: str, *, most: int, noun: str) -> list[int]:
+    """Comma-separated ids (a query parameter), each once, in order; Refused (a 422 naming the
+    parameter) when one is not an id or there are more than `most`."""
+    ids = []
+    for part in text.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise Refused.field("query", parameter, text, f"{part.strip()!r} is not a {noun} id")
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > most:
+        raise Refused.field("query", parameter, text, f"{len(ids)} {noun}s; at most {most}")
+    return ids

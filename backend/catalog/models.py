@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String
+from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..db import Base, UTCDateTime, utcnow
+from ..db import Base, StoredJSON, UTCDateTime, utcnow
 
 
 class RegisteredDataset(Base):
@@ -25,6 +25,6 @@ class RegisteredDataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # training.two_view.DatasetInfo as JSON: what the API lists and validates runs against
     # without reading the file.
-    info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    info: Mapped[dict[str, Any]] = mapped_column(StoredJSON)
     job_id: Mapped[int | None] = mapped_column(Integer)  # the job that made it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -7,10 +7,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..db import Base
+from ..db import Base, StoredJSON
 from ..lifecycle.models import Leased
 
 
@@ -26,7 +26,7 @@ class DatasetJob(Leased, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(30))
     dataset: Mapped[str] = mapped_column(String(200), index=True)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(StoredJSON)
     done: Mapped[int] = mapped_column(Integer, default=0)  # clips (preprocess) or segments (features)
     total: Mapped[int] = mapped_column(Integer, default=0)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)

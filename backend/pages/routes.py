@@ -14,6 +14,7 @@ from training.spec import FUSIONS
 
 from ..api.deps import SessionDep, SettingsDep
 from ..runs import service
+from ..studies import service as studies
 from ..sweeps import service as sweeps
 from ..sweeps.presets import PRESETS
 from ..security import safe_next_path
@@ -63,6 +64,19 @@ def sweep_page(request: Request, sweep_id: int, session: SessionDep):
     sweep = sweeps.get_sweep(session, sweep_id)
     preset = PRESETS.get(sweep.preset or "")
     return templates.TemplateResponse(request, "sweep.html", {"title": sweep.name, "sweep": sweep, "preset": preset})
+
+
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page(request: Request):
+    return templates.TemplateResponse(request, "studies.html", {"title": "Studies"})
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(request: Request, study_id: int, session: SessionDep):
+    if not 1 <= study_id <= 2**31 - 1:
+        raise studies.StudyNotFound(study_id)
+    study = studies.get_study(session, study_id)  # not found: backend/api/errors.py answers
+    return templates.TemplateResponse(request, "study.html", {"title": study.name, "study": study})
 
 
 @router.get("/compare", response_class=HTMLResponse)

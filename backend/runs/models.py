@@ -9,7 +9,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Int
                         false)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..db import Base, UTCDateTime, utcnow
+from ..db import Base, StoredJSON, UTCDateTime, utcnow
 from ..lifecycle.models import TERMINAL_STATES, Leased, State  # noqa: F401  (TERMINAL_STATES: read from here too)
 
 # A BIGINT primary key on PostgreSQL; SQLite only auto-increments "INTEGER PRIMARY KEY".
@@ -38,7 +38,7 @@ class Run(Leased, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(StoredJSON)
     # Typed copies of the spec fields people filter and group by (SPEC_COLUMNS).
     dataset: Mapped[str] = mapped_column(String(200), index=True)
     method: Mapped[str] = mapped_column(String(50), index=True)
@@ -58,10 +58,10 @@ class Run(Leased, Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float, index=True)  # sorting by it pages by keyset
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
-    info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    info: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)
     # Where the worker is inside the current epoch (step, steps, samples/s, ETA), written with
     # each batch of points; shown while the run is running (RunOut.progress).
-    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)
     # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # Checkpoints of attempts up to this one are not resumed from (a retry starts over).
@@ -123,7 +123,7 @@ class ConfusionMatrix(Base):
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)
-    classes: Mapped[list[str]] = mapped_column(JSON)
+    classes: Mapped[list[str]] = mapped_column(StoredJSON)
     counts: Mapped[list[list[int]]] = mapped_column(JSON)
     # The predicted and the true class of every test sample (video, where groups exist) at that
     # epoch, packed one byte per sample (backend/runs/predictions.py: pack_labels), so methods can be

@@ -9,7 +9,9 @@ and sorting by any spec field.
 
 Repeat `where` for several (all must hold): `?where=accuracy>0.8&where=encoder=resnet50`.
 Numbers compare as numbers, `true`/`false` as booleans, anything else as text. A spec field a
-run was created without (it predates the field) counts as the field's default.
+run was created without (it predates the field) counts as the field's default. A stored value of
+another type than its field's (an external run logged before its settings were typed) counts as
+absent, on every database alike, so it can never make a filter or a sort fail.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, false, func, select, true
+from sqlalchemy import ColumnElement, String, and_, case, false, func, select, true
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement as SqlExpression
+from sqlalchemy.sql.functions import FunctionElement
 
 from training.spec import TrainSpec
 
+from ..api.params import has_control_characters
+from ..refused import Refused
 from .models import MetricPoint, Run
 
 Kind = Literal["number", "text", "bool"]
+KIND_NAMES: dict[Kind, str] = {"number": "a number", "text": "text", "bool": "true or false"}
 
 # The spec fields copied into typed, indexed columns of the runs table.
 TYPED_COLUMNS: dict[str, tuple[Any, Kind]] = {
@@ -78,10 +86,48 @@ SORTABLE = [*TYPED_COLUMNS, *(n for n in RESULT_COLUMNS if n not in ("accuracy",
             *(n for n in SPEC_FIELDS if n not in TYPED_COLUMNS)]
 
 
+def has_kind(value: Any, kind: Kind) -> bool:
+    """Whether a spec value has its field's kind (None, an absent value, has every kind)."""
+    if value is None:
+        return True
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, bool) if kind == "bool" else isinstance(value, str)
+
+
+class json_kind(FunctionElement):
+    """The JSON type of `spec[key]` named alike on every database: 'number', 'string',
+    'boolean', 'null', 'object', 'array' (NULL when absent)."""
+
+    type = String()
+    inherit_cache = True
+    name = "json_kind"
+
+
+@compiles(json_kind, "postgresql")
+def _json_kind_postgresql(element, compiler, **kw):
+    column, key = element.clauses
+    return f"json_typeof({compiler.process(column, **kw)} -> {compiler.process(key, **kw)})"
+
+
+@compiles(json_kind, "sqlite")
+def _json_kind_sqlite(element, compiler, **kw):
+    column, key = element.clauses
+    kind = f"json_type({compiler.process(column, **kw)}, '$.\"' || {compiler.process(key, **kw)} || '\"')"
+    return (f"CASE {kind} WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' WHEN 'text' THEN 'string' "
+            f"WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' ELSE {kind} END")
+
+
+JSON_KINDS: dict[Kind, str] = {"number": "number", "text": "string", "bool": "boolean"}
+
+
 def _spec_expression(name: str) -> tuple[SqlExpression, Kind]:
     kind, default = SPEC_FIELDS[name]
     element = Run.spec[name]
-    value = {"number": element.as_float, "bool": element.as_boolean, "text": element.as_string}[kind]()
+    typed = {"number": element.as_float, "bool": element.as_boolean, "text": element.as_string}[kind]()
+    # Only a value of the field's own type is read as it: "abc" cast to a number would fail the
+    # whole query on PostgreSQL (and compare as text with numbers on SQLite).
+    value = case((json_kind(Run.spec, name) == JSON_KINDS[kind], typed))
     if default is not None:
         # A run created before the field existed had its default; a run trained elsewhere
         # (external) has only the settings it was logged with.
@@ -177,6 +223,26 @@ def parse_condition(text: str) -> Condition:
     return condition
 
 
+def parse_conditions(texts: Sequence[str]) -> tuple[Condition, ...]:
+    """The `where` parameters of a request; Refused (a 422 naming the one at fault) otherwise."""
+    conditions = []
+    for index, text in enumerate(texts):
+        if len(text) > 300 or has_control_characters(text):
+            raise Refused.field("query", ("where", index), text, "at most 300 printable characters")
+        try:
+            conditions.append(parse_condition(text))
+        except InvalidQuery as error:
+            raise Refused.field("query", ("where", index), text, str(error)) from None
+    return tuple(conditions)
+
+
+def check_sort(sort: str) -> None:
+    """Refused (a 422 naming `sort`) unless it is a sortable key, `-` first to reverse."""
+    if sort.lstrip("-") not in SORTABLE:
+        raise Refused.field("query", "sort", sort, f"sort by one of: {', '.join(SORTABLE)} (prefix - to reverse)",
+                            kind="enum")
+
+
 def sort_expression(name: str) -> tuple[SqlExpression, Kind]:
     if name not in SORTABLE:
         raise InvalidQuery(f"sort by one of: {', '.join(SORTABLE)} (prefix - to reverse)")
@@ -188,7 +254,10 @@ def sort_value(run: Run, name: str) -> Any:
     if name in TYPED_COLUMNS or name in RESULT_COLUMNS:
         return getattr(run, RESULT_COLUMNS.get(name, TYPED_COLUMNS.get(name))[0].key)
     kind, default = SPEC_FIELDS[name]
-    value = (run.spec or {}).get(name, default)
+    spec = run.spec if isinstance(run.spec, dict) else {}
+    value = spec.get(name)
+    if value is None or not has_kind(value, kind):  # as _spec_expression reads it
+        value = default if not run.external else None
     if value is None:
         return None
     if kind == "number":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -10,21 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 
 from training.spec import TrainSpec
 
-from ..api.params import CleanInput, has_control_characters
+from ..api.params import CleanInput, DisplayName, printable_text
+from . import query
 
 
 class RunCreate(CleanInput, TrainSpec):
     """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
-    name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, name: str | None) -> str | None:
-        # PostgreSQL cannot store NUL, and no control character belongs in a name shown on a page.
-        if name is not None and has_control_characters(name):
-            raise ValueError("must not contain control characters")
-        return name
+    name: DisplayName | None = Field(None, description="Shown in the runs list; default: derived from the spec")
 
     def training_spec(self) -> dict[str, Any]:
         """The spec as the run row stores it and the worker reads it back (TrainSpec's fields)."""
@@ -78,6 +72,17 @@ class RunOut(BaseModel):
                           "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
                           "end), `run_eta_seconds` (the run's end), `at` (when measured); null otherwise")
 
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _spec_as_stored(cls, spec: Any) -> dict[str, Any]:
+        # A row is shown whatever its JSON holds: a list stays a page that answers, not a 500.
+        return spec if isinstance(spec, dict) else {}
+
+    @field_validator("info", "progress", mode="before")
+    @classmethod
+    def _object_or_none(cls, value: Any) -> dict[str, Any] | None:
+        return value if isinstance(value, dict) else None
+
     @model_validator(mode="after")
     def _progress_only_while_running(self) -> "RunOut":
         if self.state != "running":
@@ -99,8 +104,8 @@ class RunPage(BaseModel):
     )
 
 
-# Tags are typed in a comma-separated field, hence no commas; no control characters either.
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
+# Tags are typed in a comma-separated field, hence no commas.
+Tag = Annotated[printable_text(50, min_length=1, strip=True), StringConstraints(pattern=r"^[^,]+$")]
 
 
 class RunUpdate(CleanInput):
@@ -108,8 +113,8 @@ class RunUpdate(CleanInput):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    note: str | None = Field(None, max_length=10_000, description="Free text; empty or null removes it")
+    name: printable_text(200, min_length=1) | None = None
+    note: printable_text(10_000, line_breaks=True) | None = Field(None, description="Free text; empty or null removes it")
     tags: list[Tag] | None = Field(None, max_length=50, description="The whole set of tags (replaces the old set)")
 
     @field_validator("name")
@@ -117,16 +122,7 @@ class RunUpdate(CleanInput):
     def _name_not_blank(cls, name: str | None) -> str | None:
         if name is not None and not name.strip():
             raise ValueError("the name cannot be blank")
-        if name is not None and has_control_characters(name):
-            raise ValueError("must not contain control characters")
         return name.strip() if name is not None else None
-
-    @field_validator("note")
-    @classmethod
-    def _note_storable(cls, note: str | None) -> str | None:
-        if note is not None and has_control_characters(note, allow_newlines=True):
-            raise ValueError("must not contain control characters other than line breaks and tabs")
-        return note
 
 
 class MetricPointOut(BaseModel):
@@ -218,7 +214,6 @@ class PredictionsOut(BaseModel):
 
 # --- runs trained elsewhere ---------------------------------------------------------------
 
-Printable = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 MAX_EXTERNAL_POINTS = 100_000
 
 
@@ -226,14 +221,14 @@ class ExternalPoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epoch: int = Field(ge=0, le=10_000_000, description="Epoch (or step) the value was measured at")
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    name: printable_text(100, min_length=1)
     value: float | None = Field(description="null (or a non-finite number) for a diverged value")
 
 
 class ExternalConfusion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    classes: list[Printable] = Field(min_length=1, max_length=1000)
+    classes: list[printable_text(200, min_length=1)] = Field(min_length=1, max_length=1000)
     counts: list[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
         description="Rows: true class; columns: predicted class (K × K)")
 
@@ -245,24 +240,27 @@ class ExternalConfusion(BaseModel):
         return self
 
 
-class ExternalRunCreate(BaseModel):
+class ExternalRunCreate(CleanInput):
     """A run trained by another codebase: its setting (as a run spec names it), its metrics per
     epoch or step, and its final result. The setting is free-form (a method missmod does not
     have is fine); the run is recorded as succeeded and marked external everywhere."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Printable
-    method: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    fusion: Annotated[str, StringConstraints(min_length=1, max_length=20, pattern=r"^[^\x00-\x1f\x7f]+$")] = "add"
-    missing_modality: Annotated[str, StringConstraints(min_length=1, max_length=100,
-                                                       pattern=r"^[^\x00-\x1f\x7f]+$")]
+    dataset: printable_text(200, min_length=1)
+    method: printable_text(50, min_length=1)
+    fusion: printable_text(20, min_length=1) = "add"
+    missing_modality: printable_text(100, min_length=1)
     missing_rate: float = Field(ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    name: Printable | None = Field(None, description="Default: derived from the setting")
-    source: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
+    name: printable_text(200, min_length=1) | None = Field(None, description="Default: derived from the setting")
+    source: printable_text(500) | None = Field(
         None, description="Where it was trained (a repository, a paper, a script)")
-    spec: dict[str, Any] = Field(default_factory=dict, description="Any other settings, kept with the run")
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other settings, kept with the run. A setting missmod's runs have too (`lr`, `epochs`, "
+                    "`encoder`, …) must have its type (a number, true or false, text), so the runs list can "
+                    "filter and sort by it")
     metrics: list[ExternalPoint] = Field(default_factory=list, max_length=MAX_EXTERNAL_POINTS)
     test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Fraction, as missmod's runs report it")
     val_accuracy: float | None = Field(None, ge=0.0, le=1.0)
@@ -274,29 +272,30 @@ class ExternalRunCreate(BaseModel):
 
     @field_validator("spec")
     @classmethod
-    def _small_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
-        import json
-
-        try:
-            text = json.dumps(spec, allow_nan=False)
-        except ValueError:
-            raise ValueError("values must be JSON (no NaN or infinity)") from None
-        if len(text) > 20_000:
+    def _small_typed_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(spec)) > 20_000:
             raise ValueError("at most 20,000 characters of settings")
-        if any(has_control_characters(str(key)) for key in spec):
-            raise ValueError("keys must not contain control characters")
+        wrong = [f"{key}: {query.KIND_NAMES[kind]}, not {value!r}"[:200] for key, value in spec.items()
+                 if key in query.SPEC_FIELDS and key not in NAMED_SPEC_FIELDS
+                 and not query.has_kind(value, kind := query.SPEC_FIELDS[key][0])]
+        if wrong:
+            raise ValueError("settings missmod knows must have their type (or be null): " + "; ".join(wrong))
         return spec
 
     def run_spec(self) -> dict[str, Any]:
         """What is stored as the run's spec: the free-form settings under the named ones."""
-        named = self.model_dump(include={"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"})
-        return {**{k: v for k, v in self.spec.items() if isinstance(k, str)}, **named}
+        named = self.model_dump(include=NAMED_SPEC_FIELDS)
+        return {**self.spec, **named}
+
+
+# The settings an external run names in fields of their own (they win over the same keys of `spec`).
+NAMED_SPEC_FIELDS = {"dataset", "method", "fusion", "missing_modality", "missing_rate", "seed"}
 
 
 # --- bulk actions ---------------------------------------------------------------------------
 
 
-class RunIds(BaseModel):
+class RunIds(CleanInput):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=10_000)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.spec import ABLATION_DEFAULTS
+from training.spec import DEFAULTS_OF_LATER_OPTIONS
 
 # The fields a table lays out by itself; any other field that varies joins the row key.
 LAYOUT_FIELDS = frozenset({"method", "fusion", "missing_modality", "missing_rate", "seed"})
@@ -90,10 +90,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        # An ablation left at the paper's setting is not named: "mle (add)", not "mle (add),
-        # mle_freeze_class_offset=False, …" beside the row that turns it on.
+        # An ablation left at the paper's setting (or the default selection rule) is not named:
+        # "mle (add)", not "mle (add), mle_freeze_class_offset=False, …" beside the row that turns it on.
         extra = "".join(f", {name}={value}" for name, value in self.extras
-                        if not (name in ABLATION_DEFAULTS and value == ABLATION_DEFAULTS[name]))
+                        if not (name in DEFAULTS_OF_LATER_OPTIONS and value == DEFAULTS_OF_LATER_OPTIONS[name]))
         return f"{self.method} ({self.fusion}){extra}{EXTERNAL_MARK if self.external else ''}"
 
 
@@ -106,6 +106,12 @@ class ComparisonTable:
 PaperLookup = Callable[[Row, Column], float | None]
 
 
+def spec_value(spec: dict[str, Any], name: str) -> Any:
+    """A field of a stored spec; an option added later, absent from the specs stored before it,
+    has the value that means what those runs did (so old and new runs share a row)."""
+    return spec.get(name, DEFAULTS_OF_LATER_OPTIONS.get(name))
+
+
 def varying_fields(results: Sequence[RunResult]) -> list[str]:
     """Spec fields (other than the layout's) whose value differs between the runs (missmod's own:
     an external run's free-form settings do not split missmod's rows)."""
@@ -113,7 +119,7 @@ def varying_fields(results: Sequence[RunResult]) -> list[str]:
     names = list(dict.fromkeys(name for r in results for name in r.spec))
     return [name for name in names
             if name not in LAYOUT_FIELDS and name not in NEUTRAL_FIELDS
-            and len({repr(r.spec.get(name)) for r in results}) > 1]
+            and len({repr(spec_value(r.spec, name)) for r in results}) > 1]
 
 
 def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None = None,
@@ -130,20 +136,31 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
 
     rows: dict[tuple, Row] = {}
     for r in results:
-        extras = tuple((name, r.spec.get(name)) for name in extras_names if not r.external or name in r.spec)
+        extras = tuple((name, spec_value(r.spec, name)) for name in extras_names if not r.external or name in r.spec)
         key = (r.method, r.fusion, repr(extras), r.external)
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row(r.method, r.fusion, extras, [Cell() for _ in columns], external=r.external)
-        cell = row.cells[column_index[(r.missing_modality, r.missing_rate)]]
-        if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
-            cell.values.append(r.test_accuracy)
-            cell.run_ids.append(r.run_id)
-            cell.seeds.append(r.seed)
-        elif r.state in ("queued", "running"):
-            cell.pending += 1
+        add_result(row.cells[column_index[(r.missing_modality, r.missing_rate)]], r)
     table = ComparisonTable(columns=columns, rows=list(rows.values()))
-    for i, column in enumerate(columns):
+    mark_best(table, paper)
+    return table
+
+
+def add_result(cell: Cell, r: RunResult) -> None:
+    """One run into its cell: a value when it succeeded with a finite accuracy, pending while it
+    is queued or running."""
+    if r.state == "succeeded" and r.test_accuracy is not None and math.isfinite(r.test_accuracy):
+        cell.values.append(r.test_accuracy)
+        cell.run_ids.append(r.run_id)
+        cell.seeds.append(r.seed)
+    elif r.state in ("queued", "running"):
+        cell.pending += 1
+
+
+def mark_best(table: ComparisonTable, paper: PaperLookup | None = None) -> None:
+    """Mark the highest mean of each column (and set the paper's number of each cell)."""
+    for i, column in enumerate(table.columns):
         means = [row.cells[i].mean for row in table.rows if row.cells[i].mean is not None]
         top = max(means, default=None)
         for row in table.rows:
@@ -151,7 +168,6 @@ def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None 
             cell.best = top is not None and cell.mean is not None and math.isclose(cell.mean, top, abs_tol=1e-12)
             if paper is not None:
                 cell.paper = paper(row, column)
-    return table
 
 
 @dataclass

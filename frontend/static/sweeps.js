@@ -40,11 +40,12 @@
     if (!ok) return;
     body.replaceChildren(...page.items.map(row));
     document.getElementById("sweeps-empty").hidden = page.total > 0;
+    document.getElementById("sweeps-list").hidden = page.total === 0;
     const last = Math.min(offset + page.items.length, page.total);
     document.getElementById("page-info").textContent = page.total ? `${offset + 1}–${last} of ${page.total}` : "";
     document.getElementById("prev-page").disabled = offset === 0;
     document.getElementById("next-page").disabled = last >= page.total;
-    if (page.items.some((s) => !s.progress.done)) timer = setTimeout(load, 3000);
+    if (page.total === 0 || page.items.some((s) => !s.progress.done)) timer = setTimeout(load, 3000);
   }
 
   document.getElementById("prev-page").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });

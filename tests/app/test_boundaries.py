@@ -29,7 +29,9 @@ FORBIDDEN = {
     "missmod": ("worker", "training", "torch", "backend"),
     # A sweep is made of runs: runs know nothing of sweeps (what both use lies below both, and a
     # sweep hears of its runs' ends through backend/runs/outcomes.py's listeners).
-    "backend.runs": ("backend.sweeps",),
+    "backend.runs": ("backend.sweeps", "backend.studies"),
+    # A study is made of runs and of a sweep (its final runs): neither knows of studies.
+    "backend.sweeps": ("backend.studies",),
 }
 
 
@@ -144,8 +146,17 @@ def modules_loaded_by(statement: str) -> set[str]:
 
 def test_the_api_and_its_pages_load_without_torch():
     loaded = modules_loaded_by("from backend.main import create_app; import backend.sweeps.routes, "
-                               "backend.pages.routes, backend.runs.validation, backend.sweeps.presets")
+                               "backend.pages.routes, backend.runs.validation, backend.sweeps.presets, "
+                               "backend.studies.routes")
     assert "torch" not in loaded
+    # optuna (a second to import) waits for a study's first decision: the API starts without it.
+    assert "optuna" not in loaded
+
+
+def test_a_study_decides_without_torch():
+    """The API asks Optuna for a study's trials and draws its figures: optuna, never torch."""
+    loaded = modules_loaded_by("import backend.studies.optimiser, optuna.visualization")
+    assert "optuna" in loaded and "torch" not in loaded
 
 
 def test_the_training_library_loads_nothing_of_the_web_side():

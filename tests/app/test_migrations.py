@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -78,3 +80,41 @@ def test_sqlite_upgrade_keeps_data(tmp_path):
 @pytest.mark.services
 def test_postgresql_upgrade_keeps_data(postgres_url):
     check_upgrade_keeps_data(postgres_url)
+
+
+def check_client_json_is_made_storable(url: str) -> None:
+    """An older server stored an external run's settings with "\\u0000" and lone surrogates:
+    PostgreSQL kept them in a json column and then failed every query on a spec field. 000d
+    replaces each with U+FFFD and keeps the rest (valid non-ASCII characters included)."""
+    command.upgrade(alembic_config(url), "000c")
+    engine = make_engine(url)
+    spec = '{"lr": 0.1, "note": "a\\u0000b", "\\udcffkey": "\\ud800", "fine": "\\u00e9t\\u00e9 \\ud83d\\ude00"}'
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO runs (id, name, spec, dataset, method, fusion, missing_modality, missing_rate, seed, state, "
+            "created_at, attempts, cancel_requested, epochs_completed, info) VALUES (1, 'r', :spec, 'digits', 'x', "
+            "'add', 'bottom', 0.9, 0, 'succeeded', '2026-01-01 00:00:00+00:00', 1, false, 2, :info)"),
+            {"spec": spec, "info": '{"source": "\\udfff"}'})
+        connection.execute(text("INSERT INTO confusion_matrices (run_id, epoch, classes, counts) "
+                                "VALUES (1, 2, :classes, '[[1]]')"), {"classes": '["a\\u0000"]'})
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        stored, info = connection.execute(text("SELECT CAST(spec AS TEXT), CAST(info AS TEXT) FROM runs")).one()
+        assert json.loads(stored) == {"lr": 0.1, "note": "a\ufffdb", "\ufffdkey": "\ufffd", "fine": "été \U0001F600"}
+        assert json.loads(info) == {"source": "\ufffd"}
+        classes = connection.execute(text("SELECT CAST(classes AS TEXT) FROM confusion_matrices")).scalar()
+        assert json.loads(classes) == ["a\ufffd"]
+        if engine.dialect.name == "postgresql":  # a field of the document can be read again
+            assert connection.execute(text("SELECT spec ->> 'note' FROM runs")).scalar() == "a\ufffdb"
+    engine.dispose()
+
+
+def test_sqlite_client_json_is_made_storable(tmp_path):
+    check_client_json_is_made_storable(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+@pytest.mark.services
+def test_postgresql_client_json_is_made_storable(postgres_url):
+    check_client_json_is_made_storable(postgres_url)

@@ -336,3 +336,24 @@ def test_non_finite_numbers_and_lone_surrogates_are_a_422_naming_the_field(clien
 def test_a_token_with_a_lone_surrogate_is_a_422_at_sign_in(client):
     response = client.post("/api/session", content=b'{"token": "\\udcff"}', headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "token"]
+
+
+def test_every_request_body_refuses_what_cannot_be_stored(client_for, embedded_settings):
+    """Each JSON body the API takes is a CleanInput (NaN, infinities, lone surrogates and NUL
+    refused in values and keys at any depth): a new route's body cannot forget it. The fuzz test
+    (tests/app/test_fuzz.py) sends them."""
+    from backend.api.params import CleanInput
+
+    def subclasses(model):
+        for sub in model.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    checked = {model.__name__ for model in subclasses(CleanInput)}
+    openapi = client_for(embedded_settings).get("/openapi.json").json()
+    bodies = {(method.upper(), path): operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+              for path, operations in openapi["paths"].items() for method, operation in operations.items()
+              if "application/json" in operation.get("requestBody", {}).get("content", {})}
+    assert len(bodies) >= 8
+    unchecked = {route: ref for route, ref in bodies.items() if ref.rsplit("/", 1)[-1] not in checked}
+    assert unchecked == {}

@@ -201,3 +201,41 @@ def test_a_run_submitted_while_the_broker_is_down_shows_waiting_for_the_broker(p
     page.goto(f"{base_url}/")
     page.wait_for_selector("td .state[data-state=awaiting-broker]")
     assert page.js_errors == []
+
+
+def test_a_step_series_that_grows_past_8000_points_is_redrawn_with_webgl(page, embedded_settings, start_server):
+    """The README: charts are SVG; on the run page a series longer than 8,000 points switches to
+    WebGL (scattergl). Points written as a worker writes them, while the page watches."""
+    from backend.db import session_factory
+    from backend.runs import lease
+    from backend.runs.ingest import Point
+
+    server = start_server(embedded_settings)
+    run_id = page.request.post(f"{server}/api/runs", data={
+        "dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1}).json()["id"]
+    sessions = session_factory(embedded_settings.database_url)
+
+    def write(steps: range) -> None:
+        points = [Point(1, step, name, 1.0 / step) for step in steps for name in ("step/train_loss", "step/lr")
+                  if name == "step/train_loss" or step <= 100]
+        with sessions() as session:
+            lease.record_batch(session, run_id, points, "test")
+
+    with sessions() as session:
+        assert lease.claim_run(session, run_id, "test").row is not None  # running, as on a worker
+    write(range(1, 101))
+    page.goto(f"{server}/runs/{run_id}")
+    page.wait_for_selector("#run-page[data-history-loaded=true]")
+    traces = """(name) => {
+        const div = [...document.querySelectorAll('.js-plotly-plot')].find(d => (d.data || []).some(t => t.name === name));
+        const trace = div.data.find(t => t.name === name);
+        return [trace.type || 'scatter', trace.x.length];
+    }"""
+    assert page.evaluate(traces, "step/train_loss") == ["scatter", 100]
+    for start in range(101, 8101, 2000):  # 8,000 more, in batches, as a worker flushes them
+        write(range(start, start + 2000))
+    wait_in_page(page, "(() => { const t = document.getElementById('chart-loss').data"
+                       ".find(t => t.name === 'step/train_loss'); return t.x.length === 8100; })()", timeout=60)
+    assert page.evaluate(traces, "step/train_loss") == ["scattergl", 8100]
+    assert page.evaluate(traces, "step/lr") == ["scatter", 100]  # the short series stays SVG
+    assert page.js_errors == []

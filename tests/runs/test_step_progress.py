@@ -24,6 +24,7 @@ PAGE_STATE = """() => {
         etaEpoch: document.getElementById('run-eta-epoch').textContent,
         etaRun: document.getElementById('run-eta-run').textContent,
         state: document.getElementById('run-state').textContent,
+        stepsPerEpoch: Number(document.getElementById('run-page').dataset.stepsPerEpoch) || null,
     };
 }"""
 
@@ -56,10 +57,10 @@ def test_a_small_cnn_run_shows_its_loss_moving_within_its_first_epoch(page, embe
         run = page.request.get(f"{server}/api/runs/{run_id}").json()  # read after the page: still epoch 1 then
         trace.append((run["state"], run["epochs_completed"], len(seen["loss"]), seen["progressShown"], seen["x"][:3]))
         assert run["state"] in ("queued", "running"), trace[-25:]
-        # On the epoch axis the step points sit inside the first epoch once the page knows the
-        # steps per epoch (from the run event that follows the points).
+        # The page places the step points on the epoch axis once it knows the steps per epoch
+        # (from the run event that follows the first points): that is the moment to look.
         if (run["epochs_completed"] == 0 and len(set(seen["loss"])) >= 2 and seen["progressShown"]
-                and all(0 < x < 1 for x in seen["x"])):
+                and seen["stepsPerEpoch"]):
             within_first_epoch = (seen, run)
         time.sleep(0.1)
 
@@ -69,6 +70,13 @@ def test_a_small_cnn_run_shows_its_loss_moving_within_its_first_epoch(page, embe
     assert run["progress"]["eta_seconds"] >= 0 and run["progress"]["run_eta_seconds"] >= run["progress"]["eta_seconds"]
     assert seen["step"].startswith("step ") and f" of {steps} (epoch 1 of 2)" in seen["step"]
     assert seen["speed"].endswith("samples/s") and seen["etaEpoch"] != "–" and seen["etaRun"] != "–"
+    # On the epoch axis, inside the first epoch: each step point at step / steps, for the steps
+    # logged (every 2nd, and the epoch's last), from the first on.
+    assert seen["stepsPerEpoch"] == steps
+    logged = [round(x * steps) for x in seen["x"]]
+    assert seen["x"] == pytest.approx([k / steps for k in logged], abs=1e-12), seen["x"]
+    assert logged[0] == 2 and logged == sorted(logged) and all(k % 2 == 0 or k == steps for k in logged), logged
+    assert all(0 < x <= 1 for x in seen["x"]), seen["x"]
 
     # The step axis: the same curve against the optimiser step.
     page.check("#axis-step")
