@@ -231,7 +231,7 @@ with TestClient(create_app(settings)) as client:
     for path in ("/api/health", "/api/datasets", "/api/choices", "/api/methods", "/api/runs", "/api/sweeps",
                  f"/api/runs/{run.json()['id']}", f"/api/runs/{run.json()['id']}/metrics", "/", "/runs/new",
                  f"/runs/{run.json()['id']}", "/sweeps", "/sweeps/new", f"/sweeps/{sweep.json()['id']}", "/compare",
-                 "/workers", f"/api/sweeps/{sweep.json()['id']}/table"):
+                 "/workers", f"/api/sweeps/{sweep.json()['id']}/table", "/studies", "/api/studies"):
         answer = client.get(path)
         assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
 assert not BLOCKED & {name.split(".")[0] for name in sys.modules}
