@@ -13,10 +13,11 @@ TEST_STAMP := $(VENV)/.installed-test
 setup: $(STAMP)
 setup-test: $(TEST_STAMP)
 
-# Re-install when the dependencies change. torch/torchvision are pinned in pyproject.toml.
+# Re-install when the dependencies change. torch/torchvision are pinned in pyproject.toml; the
+# `worker` extra brings them (`make run` trains locally).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[worker]'
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)

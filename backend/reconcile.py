@@ -2,7 +2,9 @@
 both kinds a worker executes (runs and dataset jobs): the database is the source of truth, so
 it looks there for rows that no live worker holds any more and for ids that may never have
 reached the broker (backend/lifecycle/reconcile.py). It is what makes a kill -9, a lost host or
-a broker that cannot redeliver (the embedded filesystem broker) lose no run and no job."""
+a broker that cannot redeliver (the embedded filesystem broker) lose no run and no job. It also
+advances every study not ended (backend/studies/service.py), so a process that died between a
+trial's end and asking for the next costs a study a pass's delay, not its trials."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from sqlalchemy import ColumnElement, Row, delete, func, select
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -227,31 +227,89 @@ def remove_artifacts(store: StoreLocation | None, run_ids: Iterable[int]) -> Non
 RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and a sweep's retry) takes
 
 
+@dataclass
+class BulkOutcome:
+    """What a bulk action did to each run asked for."""
+
+    done: list[int] = field(default_factory=list)
+    not_found: list[int] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+
+
 def retry_run(session: Session, run_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> Run:
     """Queue a failed or cancelled run again under the same id (so its sweep sees the new
-    result in the same cell), from scratch. Its old points and matrix are removed first:
-    points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
-    new; and its files, since a worker resumes a run from the checkpoint it finds there."""
-    run = get_run(session, run_id)
-    if run.external:
-        raise RunNotRetryable(f"run {run_id} was trained elsewhere (external): there is nothing to queue")
-    if run.state not in RETRYABLE_STATES:
-        raise RunNotRetryable(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
-    session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
-    session.execute(delete(ConfusionMatrix).where(ConfusionMatrix.run_id == run_id))
-    session.execute(delete(SystemMetricPoint).where(SystemMetricPoint.run_id == run_id))
-    session.expire(run, ["confusion"])
-    lifecycle.queue_again_from_scratch(run)
-    # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
-    run.resume_after_attempt = run.attempts
-    run.epochs_completed = 0
-    run.test_accuracy = run.val_accuracy = run.best_epoch = None
-    run.info = None
-    outcomes.queued_again(session, [run])  # its sweep, say, has a run to finish again
-    session.commit()
-    remove_artifacts(store, [run_id])
-    enqueue_committed(session, [run], queue)
+    result in the same cell), from scratch (retry_runs). RunNotRetryable when it is not failed or
+    cancelled (a concurrent retry took it first), RunNotFound when it is gone (deleted meanwhile)."""
+    outcome = retry_runs(session, [run_id], queue, store)
+    if outcome.refused:
+        raise RunNotRetryable(outcome.refused[0][1])
+    run = session.get(Run, run_id, populate_existing=True) if outcome.done else None
+    if run is None:
+        raise RunNotFound(run_id)
     return run
+
+
+def _why_not_retryable(run_id: int, state: str, external: bool) -> str | None:
+    if external:
+        return f"run {run_id} was trained elsewhere (external): there is nothing to queue"
+    if state not in RETRYABLE_STATES:
+        return f"run {run_id} is {state}; only failed or cancelled runs can be retried"
+    return None
+
+
+def retry_runs(session: Session, run_ids: Sequence[int], queue: WorkQueue,
+               store: StoreLocation | None = None) -> BulkOutcome:
+    """Queue failed or cancelled runs again, from scratch. Their old points and matrices are
+    removed: points are written insert-or-ignore per (run, epoch, step, name), so stale ones
+    would shadow the new; and their files, since a worker resumes a run from the checkpoint it
+    finds there. One conditional UPDATE moves them from failed or cancelled to queued: of
+    concurrent retries of one run exactly one wins and sends its id once, the others find it
+    queued (refused); a run deleted meanwhile is not found. The ids are read in one query, so
+    thousands of unknown ones cost one round trip."""
+    ids = list(dict.fromkeys(run_ids))
+    outcome = BulkOutcome()
+    if not ids:
+        return outcome
+
+    def read(wanted: Sequence[int]) -> dict[int, tuple[str, bool]]:
+        return {row.id: (row.state, row.external)
+                for row in session.execute(select(Run.id, Run.state, Run.external).where(Run.id.in_(wanted)))}
+
+    found = read(ids)
+    candidates = [i for i in ids if i in found and _why_not_retryable(i, *found[i]) is None]
+    rows: list[Run] = []
+    if candidates:
+        # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
+        won = list(session.scalars(
+            update(Run).where(Run.id.in_(candidates), Run.state.in_(RETRYABLE_STATES), Run.external.is_(False))
+            .values(**lifecycle.fresh_queue_values(), resume_after_attempt=Run.attempts, epochs_completed=0,
+                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None)
+            .returning(Run.id).execution_options(synchronize_session=False)))
+        if won:
+            for table in (MetricPoint, ConfusionMatrix, SystemMetricPoint):
+                session.execute(delete(table).where(table.run_id.in_(won)))
+            rows = list(session.scalars(select(Run).where(Run.id.in_(won)).order_by(Run.id)
+                                        .execution_options(populate_existing=True)))
+            outcomes.queued_again(session, rows)  # its sweep, say, has a run to finish again
+        session.commit()
+        lost = [i for i in candidates if i not in set(won)]
+        if lost:  # to a concurrent retry (now queued) or a delete (gone)
+            for run_id in lost:
+                found.pop(run_id)
+            found.update(read(lost))
+    done = {run.id for run in rows}
+    for run_id in ids:
+        if run_id in done:
+            outcome.done.append(run_id)
+        elif run_id not in found:
+            outcome.not_found.append(run_id)
+        else:
+            outcome.refused.append((run_id, _why_not_retryable(run_id, *found[run_id])
+                                    or f"run {run_id} was retried meanwhile"))
+    if rows:
+        remove_artifacts(store, [run.id for run in rows])
+        enqueue_committed(session, rows, queue)
+    return outcome
 
 
 def delete_runs(session: Session, run_ids: Iterable[int], store: StoreLocation | None = None) -> int:
@@ -264,15 +322,6 @@ def delete_runs(session: Session, run_ids: Iterable[int], store: StoreLocation |
     session.commit()
     remove_artifacts(store, ids)
     return int(deleted or 0)
-
-
-@dataclass
-class BulkOutcome:
-    """What a bulk action did to each run asked for."""
-
-    done: list[int] = field(default_factory=list)
-    not_found: list[int] = field(default_factory=list)
-    refused: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
 
 
 def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
@@ -290,17 +339,9 @@ def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
 
 def bulk_retry(session: Session, run_ids: Sequence[int], queue: WorkQueue,
                store: StoreLocation | None = None) -> BulkOutcome:
-    """Retry each; with the broker down the runs wait for it (`awaiting_broker`), as one retry does."""
-    outcome = BulkOutcome()
-    for run_id in dict.fromkeys(run_ids):
-        try:
-            retry_run(session, run_id, queue, store)
-            outcome.done.append(run_id)
-        except RunNotFound:
-            outcome.not_found.append(run_id)
-        except RunNotRetryable as error:
-            outcome.refused.append((run_id, str(error)))
-    return outcome
+    """Retry each that is failed or cancelled (retry_runs); with the broker down the runs wait for it
+    (`awaiting_broker`), as one retry does."""
+    return retry_runs(session, run_ids, queue, store)
 
 
 def bulk_delete(session: Session, run_ids: Sequence[int], store: StoreLocation | None = None) -> BulkOutcome:

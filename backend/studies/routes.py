@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from training.search_space import default_search_space
 from training.spec import METHODS
@@ -131,7 +130,7 @@ def list_study_trials(study_id: StudyId, session: SessionDep,
 
 
 @router.get("/{study_id}/plots", responses=NOT_FOUND)
-async def get_study_plots(study_id: StudyId, session: SessionDep,
+def get_study_plots(study_id: StudyId, session: SessionDep,
                     arm: int = Query(0, ge=0, le=10_000, description="Which arm (candidate × setting)")) -> dict:
     """optuna.visualization's figures of one arm as Plotly JSON (`data`, `layout`): optimisation
     history, per-epoch validation accuracy of each trial (pruned ones stop early), parallel
@@ -144,7 +143,7 @@ async def get_study_plots(study_id: StudyId, session: SessionDep,
 
     records = [service.record_of(t) for t in service.trials_of(session, study_id, arm)]
     return {"arm": arm, "label": service.arm_label(study, arm),
-            "figures": await run_in_threadpool(figures, service.optuna_arm(study, arm), records)}
+            "figures": figures(service.optuna_arm(study, arm), records)}
 
 
 ReferenceParam = Query(None, max_length=200, description=(
@@ -154,8 +153,8 @@ ReferenceParam = Query(None, max_length=200, description=(
 @router.get("/{study_id}/table", response_model=StudyTableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
 def get_study_table(study_id: StudyId, session: SessionDep, format: Literal["json", "csv", "latex"] = Query("json"),
-              reference: str | None = ReferenceParam,
-              test: Literal["seeds", "samples"] = Query("seeds")) -> StudyTableOut | Response:
+                    reference: str | None = ReferenceParam,
+                    test: Literal["seeds", "samples"] = Query("seeds")) -> StudyTableOut | Response:
     """The final runs as a comparison table (rows: candidates; columns: settings; cells: mean ±
     std over the final seeds, compared seed by seed with the column's reference) with the
     hyperparameters each cell's runs were trained with (its best trial on validation accuracy)."""
@@ -178,7 +177,7 @@ def get_study_table(study_id: StudyId, session: SessionDep, format: Literal["jso
 
 @router.get("/{study_id}/selection-rules", response_model=SelectionRulesOut, responses=NOT_FOUND)
 def get_study_selection_rules(study_id: StudyId, session: SessionDep,
-                        reference: str | None = ReferenceParam) -> SelectionRulesOut:
+                              reference: str | None = ReferenceParam) -> SelectionRulesOut:
     """The final table under every selection rule, from the epochs the final runs recorded (no
     retraining), with where the ranking of a column changes."""
     study = service.get_study(session, study_id)

@@ -354,18 +354,20 @@ def report_epoch(session: Session, run_id: int, epoch: int, val_accuracy: float 
     study = session.get(Study, trial.study_id)
     if trial.state != TrialState.running or study.state != StudyState.searching or val_accuracy is None:
         return False
-    from .optimiser import judge
-
     started = time.perf_counter()
     intermediate = {**(trial.intermediate or {}), str(epoch): float(val_accuracy)}
-    others = [t for t in trials_of(session, study.id, trial.arm) if t.id != trial.id]
-    me = record_of(trial)
-    records = [record_of(t) for t in others] + [type(me)(me.number, me.params, me.state, None,
-                                                           {int(k): v for k, v in intermediate.items()},
-                                                           me.system_attrs)]
-    decision = judge(optuna_arm(study, trial.arm), records, trial.number)
-    prune = decision.prune and epoch < epochs_of(study)  # the last epoch is not worth stopping
-    values: dict[str, Any] = {"intermediate": intermediate, "system_attrs": decision.system_attrs,
+    prune, system_attrs = False, trial.system_attrs or {}
+    if study.pruner["name"] != "none" and epoch < epochs_of(study):  # the last epoch is not worth stopping
+        from .optimiser import judge
+
+        others = [t for t in trials_of(session, study.id, trial.arm) if t.id != trial.id]
+        me = record_of(trial)
+        records = [record_of(t) for t in others] + [type(me)(me.number, me.params, me.state, None,
+                                                               {int(k): v for k, v in intermediate.items()},
+                                                               me.system_attrs)]
+        decision = judge(optuna_arm(study, trial.arm), records, trial.number)
+        prune, system_attrs = decision.prune, decision.system_attrs
+    values: dict[str, Any] = {"intermediate": intermediate, "system_attrs": system_attrs,
                               "overhead_seconds": StudyTrial.overhead_seconds + (time.perf_counter() - started)}
     if prune:
         values.update(state=TrialState.pruned, pruned_epoch=epoch, finished_at=utcnow())

@@ -140,9 +140,7 @@ def retry_sweep(session: Session, sweep_id: int, queue: WorkQueue, store: StoreL
     get_sweep(session, sweep_id)
     retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
     ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
-    for run_id in ids:
-        runs.retry_run(session, run_id, queue, store)
-    return ids
+    return runs.retry_runs(session, ids, queue, store).done
 
 
 # --- results ----------------------------------------------------------------------------

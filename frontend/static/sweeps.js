@@ -20,17 +20,11 @@
 
   function row(sweep) {
     const p = sweep.progress;
-    const tr = document.createElement("tr");
-    tr.dataset.sweepId = sweep.id;
     const counts = `${p.succeeded}/${p.total} succeeded` + (p.failed ? `, ${p.failed} failed` : "") +
                    (p.running ? `, ${p.running} running` : "");
-    const cells = [sweep.id, missmod.el("a", sweep.name, { href: `/sweeps/${sweep.id}` }), sweep.preset || "–",
-                   bar(p), counts, missmod.when(sweep.created_at)];
-    for (const cell of cells) {
-      const td = document.createElement("td");
-      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-      tr.append(td);
-    }
+    const tr = missmod.row([sweep.id, missmod.el("a", sweep.name, { href: `/sweeps/${sweep.id}` }), sweep.preset || "–",
+                            bar(p), counts, missmod.when(sweep.created_at)]);
+    tr.dataset.sweepId = sweep.id;
     return tr;
   }
 
