@@ -50,6 +50,7 @@ test: setup-test
 ## The test suite with branch coverage of training/, backend/, worker/ and missmod/, the processes
 ## it starts included; a table per module in the terminal, and var/coverage/html/index.html.
 coverage: setup-test
+	$(PY) -m tests.prerequisites
 	rm -rf var/coverage && mkdir -p var/coverage
 	$(PY) -m pytest --cov --cov-report=term --cov-report=html:var/coverage/html $(PYTEST_ARGS)
 
