@@ -5,6 +5,7 @@ its checkpoint at the next `make run`. Real processes, the embedded default."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 
 import httpx2 as httpx
@@ -45,7 +46,7 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
         first.popen.send_signal(signal.SIGINT)  # Ctrl-C: the terminal signals the launcher's process group
         assert first.popen.wait(60) == 0, first.log()[-3000:]
     finally:
-        first.kill()
+        stop(first)
     # Stopped after an epoch and queued again: by the worker's warm shutdown, or by the launcher
     # once the worker is gone (each says so).
     with session_factory(settings.database_url)() as session:
@@ -62,12 +63,24 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
                         what="the run to finish")
         points = api.get(f"/api/runs/{run_id}/metrics").json()["points"]
     finally:
-        second.kill()
+        stop(second)
         api.close()
     assert done["state"] == "succeeded", done["error_detail"]
     assert done["attempts"] == 2 and done["worker_losses"] == 0  # given back by the shutdown, not lost
     assert done["info"]["resumed_from_epoch"] >= 2  # from its checkpoint, not from epoch 0
     assert_exactly_once(points, run_expected_points(done))
+
+
+def stop(process: Process) -> None:
+    """Ctrl-C, as a person stops it: `make run` stops its server and worker, which run in sessions
+    of their own (a SIGKILL to its group would leave them running)."""
+    if process.popen.poll() is None:
+        process.popen.send_signal(signal.SIGINT)
+        try:
+            process.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    process.kill()
 
 
 def _answers(api: httpx.Client) -> bool:
