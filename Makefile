@@ -28,7 +28,7 @@ migrate: setup
 
 ## The dashboard with one local worker (SQLite + filesystem broker unless configured otherwise).
 run: setup
-	$(PY) -m backend.run_local
+	$(PY) -m backend.run_local $(RUN_ARGS)
 
 ## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis). HOST and PORT
 ## come from the shell's environment (not from .env): `HOST=0.0.0.0 make serve`.
@@ -39,7 +39,11 @@ serve: migrate
 worker: setup
 	$(PY) -m worker.gpu_worker
 
+## The whole suite. First what it needs outside Python (tests/prerequisites.py): as root on Debian,
+## Chromium and docker-compose are installed and Redis and PostgreSQL started when down; elsewhere
+## it stops at once, saying what to install.
 test: setup-test
+	$(PY) -m tests.prerequisites
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## The test suite with branch coverage of training/, backend/, worker/ and missmod/, the processes

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from training.datasets import configure_features
 
@@ -21,10 +22,11 @@ from .live import StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
-from .queue import RunQueue
+from .queue import WorkQueue
 from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
 from .runs import system_routes
+from .runs.metrics import MetricsCaches
 from .runs.stream import RunHub
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
@@ -70,14 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         # The reconcile step, at start-up and then periodically (backend/reconcile.py): runs and dataset jobs.
         reconciler = asyncio.create_task(
-            reconcile_periodically(settings, app.state.sessions, app.state.run_queue), name="reconcile")
+            reconcile_periodically(settings, app.state.sessions, app.state.work_queue), name="reconcile")
         yield
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
         await app.state.run_hub.close()
         await app.state.sweep_hub.close()
-        app.state.run_queue.close()
+        app.state.work_queue.close()
 
     app = FastAPI(
         title="missmod",
@@ -90,13 +92,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
-    app.state.run_queue = RunQueue(settings)
+    app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
+    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
     app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
     app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
+    # Outermost: a Host naming another server is refused (400) before anything else, which is
+    # what stops DNS rebinding (a page of evil.example whose name now points here: its Origin
+    # agrees with its Host, so only the name gives it away).
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
 
     errors.register(app)  # every error as problem details (backend/api/errors.py)
     app.include_router(health.router)

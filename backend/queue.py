@@ -1,4 +1,5 @@
-"""The Celery side both processes share: how to reach the broker and how a run is enqueued.
+"""The Celery side both processes share: how to reach the broker and how a run or a dataset job
+is sent to the workers.
 
 The broker only carries run ids; the database holds everything else. The API sends tasks by
 name, so it never imports the worker's code (nor torch). worker/celery_app.py builds the
@@ -16,7 +17,10 @@ DATASET_JOB_TASK = "missmod.dataset_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("missmod", broker=settings.broker_url, set_as_current=False)
+    # The filesystem transport has no host; naming one spares every process kombu's warning that
+    # "filesystem://" supplies none.
+    broker = "filesystem://localhost/" if settings.uses_filesystem_broker else settings.broker_url
+    app = Celery("missmod", broker=broker, set_as_current=False)
     # Redis hands an unacknowledged run id to another worker after this many seconds: keep it
     # above the longest run. A duplicate delivery would be refused by the database anyway.
     transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout}
@@ -53,16 +57,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-class RunQueue:
-    """Sends run ids (and dataset-job ids) to the workers. The task id is the run id."""
+class WorkQueue:
+    """Sends the ids of what the workers execute: runs and dataset jobs. A run's task id is its id."""
 
     def __init__(self, settings: Settings):
         self.celery = make_celery(settings)
 
-    def enqueue(self, run_id: int) -> None:
+    def send_run(self, run_id: int) -> None:
         self.celery.send_task(TRAIN_RUN_TASK, args=[run_id], task_id=str(run_id))
 
-    def enqueue_job(self, job_id: int) -> None:
+    def send_job(self, job_id: int) -> None:
         """A dataset job (preprocessing, feature extraction); task ids `job-<id>` never meet run ids."""
         self.celery.send_task(DATASET_JOB_TASK, args=[job_id], task_id=f"job-{job_id}")
 

@@ -2,7 +2,9 @@
 both kinds a worker executes (runs and dataset jobs): the database is the source of truth, so
 it looks there for rows that no live worker holds any more and for ids that may never have
 reached the broker (backend/lifecycle/reconcile.py). It is what makes a kill -9, a lost host or
-a broker that cannot redeliver (the embedded filesystem broker) lose no run and no job."""
+a broker that cannot redeliver (the embedded filesystem broker) lose no run and no job. It also
+advances every study not ended (backend/studies/service.py), so a process that died between a
+trial's end and asking for the next costs a study a pass's delay, not its trials."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .jobs.models import DatasetJob
 from .lifecycle import reconcile as lifecycle
 from .lifecycle.models import Leased
 from .lifecycle.reconcile import ReconcileReport
-from .queue import RunQueue
+from .queue import WorkQueue
 from .runs import outcomes
 from .runs.models import Run
 from .settings import Settings
@@ -27,13 +29,13 @@ from .studies import service as studies
 log = logging.getLogger("missmod.reconcile")
 
 # Every leased kind, and how its ids are sent to the workers.
-KINDS: dict[type[Leased], Callable[[RunQueue], Callable[[int], None]]] = {
-    Run: lambda queue: queue.enqueue,
-    DatasetJob: lambda queue: queue.enqueue_job,
+KINDS: dict[type[Leased], Callable[[WorkQueue], Callable[[int], None]]] = {
+    Run: lambda queue: queue.send_run,
+    DatasetJob: lambda queue: queue.send_job,
 }
 
 
-def reconcile(session: Session, queue: RunQueue, *, heartbeat_timeout: float, max_retries: int,
+def reconcile(session: Session, queue: WorkQueue, *, heartbeat_timeout: float, max_retries: int,
               now: datetime | None = None) -> dict[type[Leased], ReconcileReport]:
     """One pass over every kind: what was queued again, failed, cancelled and sent, per kind."""
     return {model: lifecycle.reconcile(session, model, send(queue), heartbeat_timeout=heartbeat_timeout,
@@ -41,20 +43,20 @@ def reconcile(session: Session, queue: RunQueue, *, heartbeat_timeout: float, ma
             for model, send in KINDS.items()}
 
 
-def send_awaiting(session: Session, queue: RunQueue, *, queued_before: datetime) -> dict[type[Leased], list[int]]:
+def send_awaiting(session: Session, queue: WorkQueue, *, queued_before: datetime) -> dict[type[Leased], list[int]]:
     """Send the ids of every kind queued before `queued_before` whose id may not have been sent
     (e.g. given back by a worker shutting down)."""
     return {model: lifecycle.send_awaiting(session, model, send(queue), queued_before=queued_before)
             for model, send in KINDS.items()}
 
 
-def requeue_interrupted(session: Session, worker_prefix: str, queue: RunQueue) -> dict[type[Leased], list[int]]:
+def requeue_interrupted(session: Session, worker_prefix: str, queue: WorkQueue) -> dict[type[Leased], list[int]]:
     """Queue again what the workers named `worker_prefix…` left running (the local stack stopped)."""
     return {model: lifecycle.requeue_interrupted(session, model, worker_prefix, send(queue))
             for model, send in KINDS.items()}
 
 
-def reconcile_once(settings: Settings, sessions: sessionmaker, queue: RunQueue) -> dict[type[Leased], ReconcileReport]:
+def reconcile_once(settings: Settings, sessions: sessionmaker, queue: WorkQueue) -> dict[type[Leased], ReconcileReport]:
     with sessions() as session:
         reports = reconcile(session, queue, heartbeat_timeout=settings.heartbeat_timeout,
                             max_retries=settings.run_max_retries)
@@ -70,7 +72,7 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: RunQueue) 
     return reports
 
 
-async def reconcile_periodically(settings: Settings, sessions: sessionmaker, queue: RunQueue) -> None:
+async def reconcile_periodically(settings: Settings, sessions: sessionmaker, queue: WorkQueue) -> None:
     while True:
         try:
             await run_in_threadpool(reconcile_once, settings, sessions, queue)

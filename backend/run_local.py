@@ -1,10 +1,16 @@
 """`make run`: the whole dashboard on one machine with nothing to install — migrations, the
 API (uvicorn) and one Celery worker on the configured broker (by default the filesystem
-broker and SQLite under VAR_DIR). Ctrl-C stops both: a run that was training stops after its
-current epoch, is queued again and resumes from its checkpoint at the next `make run`."""
+broker and SQLite under VAR_DIR).
+
+Quiet by default: once the server answers and the worker has registered, its last lines say
+where to go, where the data lives and what will train; LOG_LEVEL=info (or --verbose) brings
+back Celery's banner and log and the server's access log. Ctrl-C stops both: a run that was
+training stops after its current epoch, is queued again and resumes from its checkpoint at
+the next `make run`."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -12,15 +18,22 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
+
+import httpx
 
 from .db import session_factory
 from .migrate import upgrade
-from .queue import RunQueue
+from .queue import WorkQueue
 from .reconcile import requeue_interrupted
-from .settings import get_settings
+from .settings import Settings, get_settings
+from .workers.models import Worker
+from .workers.service import live_workers
 
 # A worker's warm shutdown takes a few seconds of Celery's own, plus the end of the current epoch.
 GRACE_SECONDS = 20
+# The start of Celery's SecurityWarning for a worker run as root (a PYTHONWARNINGS message filter).
+ROOT_WARNING = "ignore:You're running the worker with superuser privileges"
 
 
 def _stop(process: subprocess.Popen, sig: int, whole_group: bool = False) -> None:
@@ -41,25 +54,87 @@ def _wait(processes: list[subprocess.Popen], seconds: float) -> bool:
     return all(p.poll() is not None for p in processes)
 
 
-def main() -> int:
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _shown(path: Path) -> str:
+    """A path as the person who typed `make run` would write it: relative to where they are."""
+    try:
+        return f"./{path.relative_to(Path.cwd())}"
+    except ValueError:
+        return str(path)
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
+def ready_lines(settings: Settings, url: str, worker: Worker) -> list[str]:
+    """What a newcomer needs once everything is up: where to go, where the data lives, what trains."""
+    sqlite = settings.database_url.startswith("sqlite:///")
+    database = (f"{_shown(Path(settings.database_url.removeprefix('sqlite:///')))} (SQLite)" if sqlite
+                else _without_password(settings.database_url))
+    files = _shown(Path(settings.artifact_url)) if settings.artifacts_are_local else settings.artifact_url
+    slots = f"{worker.slots} slot{'s' if worker.slots != 1 else ''}"
+    return [
+        f"missmod is ready at {url}",
+        f"  database:  {database}",
+        f"  run files: {files}",
+        f"  datasets:  {_shown(settings.data_dir)} (your own .npz files go in {_shown(settings.data_dir / 'features')})",
+        f"  workers:   {slots} ready on {worker.gpu_name or 'cpu'} (RUNS_PER_GPU sets how many)",
+        "  Ctrl-C stops it; a run that was training resumes at the next `make run`.",
+    ]
+
+
+def _registered(settings: Settings, node: str) -> Worker | None:
+    with session_factory(settings.database_url)() as session:
+        return next((w for w in live_workers(session, settings.heartbeat_timeout) if w.name == node), None)
+
+
+def _answers(url: str) -> bool:
+    """Whether the server answers HTTP at all (a 400 for an untrusted Host is an answer too)."""
+    try:
+        httpx.get(f"{url}api/health", timeout=1.0)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.run_local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="Celery's banner and log, and every request the server answers (as LOG_LEVEL=info)")
+    args = parser.parse_args(argv)
     settings = get_settings()
-    print(f"missmod: database {settings.database_url.split('@')[-1]}, broker {settings.broker_url.split('@')[-1]}",
-          flush=True)
+    level = "info" if args.verbose and settings.log_level in ("warning", "error") else settings.log_level
+    chatty = level in ("debug", "info")
+    print("missmod: starting the server and a worker…", flush=True)
     upgrade(settings.database_url)
     node = f"local-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    worker_env = dict(os.environ)
+    if running_as_root():
+        # Celery warns at length about root; said once, plainly, here instead.
+        worker_env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), ROOT_WARNING]))
+        print("missmod: running as root. Fine on a machine of your own; on a shared host, run it as a normal "
+              "user.", flush=True)
     # Own process groups: Ctrl-C reaches this launcher only, which then stops both in order.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-         "--hostname", node, "--without-gossip", "--without-mingle"],
-        start_new_session=True,
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *([] if chatty else ["--quiet"]), "worker",
+         "--loglevel", level.upper(), "--hostname", node, "--without-gossip", "--without-mingle"],
+        start_new_session=True, env=worker_env,
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
-         "--host", settings.host, "--port", str(settings.port)],
+         "--host", settings.host, "--port", str(settings.port), "--log-level", level,
+         *([] if chatty else ["--no-access-log"])],
         start_new_session=True,
     )
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
-    print(f"\n  missmod is serving at http://{shown_host}:{settings.port}/  (Ctrl-C stops it)\n", flush=True)
+    url = f"http://{shown_host}:{settings.port}/"
+    probe_host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+    probe_url = f"http://{'[' + probe_host + ']' if ':' in probe_host else probe_host}:{settings.port}/"
 
     stopping = False
 
@@ -69,7 +144,11 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    announced = False
     while not stopping and worker.poll() is None and server.poll() is None:
+        if not announced and _answers(probe_url) and (registered := _registered(settings, node)):
+            print("\n" + "\n".join(ready_lines(settings, url, registered)) + "\n", flush=True)
+            announced = True
         time.sleep(0.2)
 
     exit_code = 0
@@ -89,7 +168,7 @@ def main() -> int:
                 _stop(process, signal.SIGKILL, whole_group=True)
             _wait([server, worker], 5)
 
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     with session_factory(settings.database_url)() as session:
         requeued = requeue_interrupted(session, node, queue)
     queue.close()

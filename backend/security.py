@@ -6,7 +6,7 @@
   `Sec-Fetch-Site` header, or failing that `Origin` against `Host`; a request with neither is
   not from a browser (curl, scripts) and has nothing to forge.
 - Host names (setting TRUSTED_HOSTS, plus the loopback names): a request naming another host is
-  refused (400), which is what stops DNS rebinding.
+  refused (400) by Starlette's TrustedHostMiddleware (backend/main.py), which stops DNS rebinding.
 - API token (setting API_TOKEN): when set, every request needs it except /api/health (for
   health checks), the sign-in page and the static assets. Scripts send
   `Authorization: Bearer <token>`; a browser signs in once and holds a signed session cookie
@@ -33,12 +33,13 @@ from itsdangerous import BadSignature, TimestampSigner
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.requests import cookie_parser
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api.problems import problem_response
 from .browser_sessions import session_is_open
-from .settings import LOOPBACK_HOSTS, Settings
+from .settings import Settings
 
 SESSION_COOKIE = "missmod_session"
 SESSION_MAX_AGE_SECONDS = 14 * 24 * 3600
@@ -95,32 +96,6 @@ class Sessions:
         return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
 
 
-def host_name(host_header: str) -> str:
-    """The name in a Host header, without its port: `[::1]:8000` → `::1`."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:host.index("]")] if "]" in host else ""
-    return host.partition(":")[0].rstrip(".")
-
-
-class TrustedHosts:
-    """The Host header must name this server (setting TRUSTED_HOSTS, and the loopback names):
-    in a DNS-rebinding attack a page of evil.example talks to this address under its own name,
-    and its Origin agrees with that Host, so only the name itself gives it away."""
-
-    def __init__(self, names: list[str]):
-        self.names = {name.lower().rstrip(".") for name in [*names, *LOOPBACK_HOSTS]}
-
-    def allows(self, host_header: str) -> bool:
-        host = host_name(host_header)
-        if not host:
-            return False
-        for name in self.names:
-            if name == "*" or host == name or (name.startswith("*.") and host.endswith(name[1:])):
-                return True
-        return False
-
-
 class SignInThrottle:
     """Wrong tokens per client address in a sliding minute; past the limit sign-in answers 429."""
 
@@ -158,17 +133,6 @@ class SignInThrottle:
                 self._failures.pop(next(iter(self._failures)))
 
 
-def _cookies(headers: Headers) -> dict[str, str]:
-    from http.cookies import SimpleCookie
-
-    jar = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # a malformed Cookie header counts as no cookie
-        return {}
-    return {key: morsel.value for key, morsel in jar.items()}
-
-
 def _wants_a_page(scope: Scope) -> bool:
     path = scope["path"]
     return scope["method"] == "GET" and not path.startswith("/api/") and path not in ("/openapi.json",)
@@ -180,7 +144,6 @@ class AccessGuard:
     def __init__(self, app: ASGIApp, settings: Settings, database: sessionmaker):
         self.app = app
         self.database = database
-        self.trusted_hosts = TrustedHosts(settings.trusted_hosts)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.sessions = Sessions(token) if token else None
 
@@ -189,9 +152,6 @@ class AccessGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if not self.trusted_hosts.allows(headers.get("host", "")):
-            await PlainTextResponse("invalid host header", status_code=400)(scope, receive, send)
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -218,7 +178,7 @@ class AccessGuard:
     async def _authenticated(self, headers: Headers) -> bool:
         if self.sessions.bearer_matches(headers):
             return True
-        session_id = self.sessions.session_id(_cookies(headers).get(SESSION_COOKIE))
+        session_id = self.sessions.session_id(cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE))
         if session_id is None:
             return False
 

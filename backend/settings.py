@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     gpu_lock_dir: Path | None = Field(
         None, description="Where the workers of one host claim their GPU (`python -m worker.gpu_worker`); shared "
                           "by the workers of the host; default VAR_DIR/gpu-locks")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "warning", description="`make run`'s server and worker: warning shows problems only; info (or `--verbose`) "
+                               "adds Celery's banner and log and every request the server answers")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value):  # LOG_LEVEL=INFO, as loggers spell it
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("threads_per_run", mode="before")
     @classmethod
@@ -111,6 +119,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _host_patterns(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+                raise ValueError(f"{name!r}: a host name, `*.example.org` for its subdomains, or `*`")
+        return names
 
     @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
                      mode="before")
@@ -163,6 +179,13 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.var_dir / "broker"
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The Host names a request may carry (Starlette's TrustedHostMiddleware): TRUSTED_HOSTS and
+        the loopback names, an IPv6 address in brackets as a Host header writes it."""
+        loopback = [f"[{name}]" if ":" in name else name for name in sorted(LOOPBACK_HOSTS)]
+        return [*(name.lower().rstrip(".") for name in self.trusted_hosts), *loopback]
 
     @property
     def listens_beyond_localhost(self) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import IO
 
 import fsspec
 
+from training.atomic import atomic_write
 from training.paths import PathOutsideRoot, inside
 
 __all__ = ["ArtifactStore", "InvalidKey", "StoredFile", "clean_key", "store_for"]
@@ -112,17 +112,8 @@ class ArtifactStore:
 
     @staticmethod
     def _replace_locally(path: Path, write) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as file:
+            write(file)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -79,8 +79,14 @@ def slots() -> list[Row]:
     return slots_throughput.measure(quick=QUICK)
 
 
+def studies() -> list[Row]:
+    from . import study_throughput
+
+    return study_throughput.measure(quick=QUICK)
+
+
 SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "streams": streams,
-            "pages": pages, "slots": slots}
+            "pages": pages, "slots": slots, "studies": studies}
 QUICK = False
 
 

@@ -3,7 +3,7 @@
 Each writer is a separate process playing one run the way the worker does since per-step
 metrics: five per-step points every step (loss, the eq. 4 and eq. 5 terms, learning rate,
 samples/s) and five per-epoch points, fed to the batching writer (backend/runs/ingest.py), which
-commits a batch (backend.runs.lease.record_batch: one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING, the heartbeat and
+commits a batch (backend.runs.recording.record_batch: one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING, the heartbeat and
 the progress, the cancel check) when its oldest point is 0.5 s old, when 10,000 points wait, and
 at every epoch's end. Measured with 1 and 8 writers on PostgreSQL (a fresh database on the
 server given by --postgres), beside the same batches sent through psycopg alone (the same
@@ -56,9 +56,9 @@ def _workload(epochs: int):
 
 
 def _writer(url: str, run_id: int, epochs: int, ready, results) -> None:
-    """The worker's path: backend.runs.ingest.BatchingWriter through backend.runs.lease.record_batch."""
+    """The worker's path: backend.runs.ingest.BatchingWriter through backend.runs.recording.record_batch."""
     from backend.db import session_factory
-    from backend.runs import lease
+    from backend.runs import recording
     from backend.runs.ingest import BatchingWriter, points_of
 
     sessions = session_factory(url)
@@ -67,7 +67,7 @@ def _writer(url: str, run_id: int, epochs: int, ready, results) -> None:
 
     def write(points, run_values):
         with sessions() as session:
-            return lease.record_batch(session, run_id, points, worker, **run_values)
+            return recording.record_batch(session, run_id, points, worker, **run_values)
 
     writer = BatchingWriter(write, interval=0.5, max_points=MAX_BATCH)
     ready.wait()

@@ -3,7 +3,7 @@ client, over 200 points.
 
 A real uvicorn process serves the API on the embedded default (SQLite in a temporary
 VAR_DIR); this process commits one epoch every 50 ms through the worker's write path
-(`record_epoch`) and, in a thread, reads the run's stream the way the browser does. Both
+(`recording.record_points`) and, in a thread, reads the run's stream the way the browser does. Both
 clocks are this machine's, so arrival − commit is the latency a user sees (plus drawing).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from backend.db import session_factory, utcnow
 from backend.migrate import upgrade
-from backend.runs import lease
+from backend.runs import recording
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
@@ -75,7 +75,7 @@ def measure() -> list[Row]:
             commits: dict[int, float] = {}
             for epoch in range(1, POINTS + 1):
                 with sessions() as session:
-                    lease.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5})
+                    recording.record_points(session, run_id, epoch, {"val_accuracy": 0.5}, epochs_completed=epoch)
                 commits[epoch] = time.time()
                 time.sleep(INTERVAL)
             done.wait(timeout=30)

@@ -3,8 +3,8 @@
 A real uvicorn process serves the embedded default (SQLite in a temporary VAR_DIR). This
 process opens STREAMS Server-Sent Events streams (httpx, asyncio) spread over RUNS runs,
 commits an epoch of each run every EPOCH_INTERVAL seconds through the worker's write path
-(`record_epoch`) for SECONDS seconds, and meanwhile times `GET /api/runs` back to back. The
-same runs list is timed first with no stream open: the baseline, in the same run.
+(`recording.record_points`) for SECONDS seconds, and meanwhile times `GET /api/runs` back to
+back. The same runs list is timed first with no stream open: the baseline, in the same run.
 
     python -m bench.live_streams                 # 500 streams over 10 runs, held 20 s
     python -m bench.live_streams --streams 100 --seconds 8
@@ -25,7 +25,7 @@ import numpy as np
 
 from backend.db import session_factory, utcnow
 from backend.migrate import upgrade
-from backend.runs import lease
+from backend.runs import recording
 from backend.runs.models import Run, RunState
 from backend.settings import Settings
 
@@ -45,11 +45,12 @@ def _write_epochs(settings: Settings, run_ids: list[int], epochs: int, stop: thr
     for epoch in range(1, epochs + 1):
         for run_id in run_ids:
             with sessions() as session:
-                lease.record_epoch(session, run_id, epoch, {"val_accuracy": 0.5, "train_loss": 1.0})
+                recording.record_points(session, run_id, epoch, {"val_accuracy": 0.5, "train_loss": 1.0},
+                                        epochs_completed=epoch)
         stop.wait(EPOCH_INTERVAL)
     with sessions() as session:
         for run_id in run_ids:
-            lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+            recording.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
                                best_epoch=epochs, classes=["0", "1"], confusion=None, info={})
 
 

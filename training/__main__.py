@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         progress.close()
     if as_json:
-        # `cancelled` as well as `stopped`: scripts written before the stop reason read it.
-        print(json.dumps({**asdict(result), "cancelled": result.cancelled}, indent=2))
+        # `cancelled` (stopped early, for any reason) as well as `stopped`: scripts written before
+        # the stop reason read it.
+        print(json.dumps({**asdict(result), "cancelled": result.stopped_early}, indent=2))
     else:
         if result.test_accuracy is None:
             print("stopped before the first epoch")

@@ -11,15 +11,14 @@ machine). This library knows nothing of either beyond that.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import io
-import tempfile
+import json
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .atomic import atomic_write
 from .spec import DEFAULTS_OF_LATER_OPTIONS
 
 FORMAT_VERSION = 1
@@ -75,18 +74,8 @@ def save_checkpoint(path: Path | CheckpointTarget, state: dict[str, Any]) -> Non
         torch.save({"format": FORMAT_VERSION, **state}, buffer)
         path.write_bytes(buffer.getvalue())
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save({"format": FORMAT_VERSION, **state}, file)
 
 
 def load_checkpoint(path: Path | CheckpointTarget | None, fingerprint: str) -> dict[str, Any] | None:

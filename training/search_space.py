@@ -45,34 +45,28 @@ class _Distribution(BaseModel):
         raise NotImplementedError
 
 
-class LogUniform(_Distribution):
-    distribution: Literal["loguniform"] = "loguniform"
-    low: float = Field(gt=0, allow_inf_nan=False)
-    high: float = Field(gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "LogUniform":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
-        return self
-
-    def values_to_check(self) -> list[Any]:
-        return [self.low, self.high]
-
-
-class Uniform(_Distribution):
-    distribution: Literal["uniform"] = "uniform"
+class _FloatRange(_Distribution):
     low: float = Field(allow_inf_nan=False)
     high: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Uniform":
+    def _ordered(self) -> "_FloatRange":
         if not self.low < self.high:
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         return self
 
     def values_to_check(self) -> list[Any]:
         return [self.low, self.high]
+
+
+class LogUniform(_FloatRange):
+    distribution: Literal["loguniform"] = "loguniform"
+    low: float = Field(gt=0, allow_inf_nan=False)
+    high: float = Field(gt=0, allow_inf_nan=False)
+
+
+class Uniform(_FloatRange):
+    distribution: Literal["uniform"] = "uniform"
 
 
 class IntRange(_Distribution):

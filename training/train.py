@@ -104,8 +104,9 @@ class TrainResult:
     test_labels: list[int] | None = None
 
     @property
-    def cancelled(self) -> bool:
-        """Ended before its last epoch was asked to (cancelled or shut down)."""
+    def stopped_early(self) -> bool:
+        """Ended before its last epoch, for whatever reason (cancelled or shut down): `stopped`
+        says which."""
         return self.stopped is not StopReason.finished
 
 
@@ -516,7 +517,7 @@ def _preprocess_as_a_stage(spec: TrainSpec, callback: TrainingCallback, data_dir
     return None if report is None else report.summary()
 
 
-def check_against_dataset(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
+def checked_dataset_info(spec: TrainSpec, data_dir: Path | None, video) -> DatasetInfo:
     """The dataset's catalogue entry, or SpecError naming what does not fit (before a long
     preprocessing, not after it). The catalogue describes a raw dataset as it will be once
     preprocessed, so this one check holds for the data loaded afterwards."""
@@ -536,7 +537,7 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
     the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
-    info = check_against_dataset(spec, data_dir, video)
+    info = checked_dataset_info(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
     if preprocessing is False:
         return TrainResult(None, None, None, 0, callback.stop_reason(), None, list(info.classes),

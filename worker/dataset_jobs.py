@@ -17,13 +17,13 @@ from backend.settings import Settings
 from training.train import StopReason
 
 from .artifacts import register_features
-from .lease_holder import Done, LeaseHolder, execute_leased
+from .lease_holder import Done, Executed, LeaseHolder, execute_leased
 
 log = logging.getLogger("missmod.worker")
 
 
 def execute_job(job_id: int, settings: Settings, worker: str | None = None,
-                stop_requested: Callable[[], bool] = lambda: False) -> str:
+                stop_requested: Callable[[], bool] = lambda: False) -> Executed:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
 
     def work(job: DatasetJob, holder: LeaseHolder) -> Done:

@@ -13,8 +13,9 @@ from typing import Any
 
 from backend import notify
 from backend.db import session_factory, utcnow
-from backend.queue import RunQueue
-from backend.runs import lease, outcomes
+from backend.lifecycle.lease import LeaseLost
+from backend.queue import WorkQueue
+from backend.runs import outcomes, recording
 from backend.runs import service as runs_service
 from backend.runs.artifacts import RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
@@ -31,7 +32,7 @@ from training.train import StopReason, TrainingAborted, TrainingCallback, train
 
 from . import slots
 from .artifacts import fetch_dataset, run_checkpoints, save_confusion
-from .lease_holder import Abandoned, Done, LeaseHolder, execute_leased
+from .lease_holder import Done, Executed, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
 
 log = logging.getLogger("missmod.worker")
@@ -62,7 +63,7 @@ class DatabaseRecorder(TrainingCallback):
 
     def _write_batch(self, points: list[Point], run_values: dict[str, Any]) -> None:
         self.holder.write_and_check(
-            lambda session: lease.record_batch(session, self.run_id, points, self.worker, **run_values))
+            lambda session: recording.record_batch(session, self.run_id, points, self.worker, **run_values))
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
@@ -73,7 +74,7 @@ class DatabaseRecorder(TrainingCallback):
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
         # on the curves without touching the classifier's epoch count.
         self.holder.write_and_check(
-            lambda session: lease.record_points(session, self.run_id, epoch, metrics, self.worker))
+            lambda session: recording.record_points(session, self.run_id, epoch, metrics, self.worker))
 
     def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
         # Shown on the run page while the stage lasts (run.info.stage); on_start then replaces it.
@@ -106,7 +107,7 @@ class DatabaseRecorder(TrainingCallback):
     def should_abort(self) -> bool:
         # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
         # within a heartbeat, not at the end of a long epoch.
-        return self.holder.lost.is_set()
+        return self.holder.lease_lost.is_set()
 
     def stop_reason(self) -> StopReason:
         return self.holder.stop_reason()
@@ -143,7 +144,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
     log.warning("run %s ran out of memory while sharing its GPU; queued again for a slot of its own", run_id)
     slots.release_device_memory()
     if holder.write(lambda session: workers.requeue_on_own_slot(session, run_id, holder.worker, error)):
-        queue = RunQueue(settings)
+        queue = WorkQueue(settings)
         try:
             holder.write(lambda session: runs_service.enqueue_committed(session, [session.get(Run, run_id)], queue))
         finally:
@@ -153,7 +154,7 @@ def _queue_again_on_its_own_slot(settings: Settings, holder: LeaseHolder, error:
 
 
 def execute_run(run_id: int, settings: Settings, worker: str | None = None,
-                stop_requested: Callable[[], bool] = lambda: False) -> str:
+                stop_requested: Callable[[], bool] = lambda: False) -> Executed:
     """`worker` names who runs it (Celery node name and pid). Returns what happened."""
     configure_features(settings.feature_limits())
 
@@ -168,8 +169,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 slots.limit_device_memory(share, spec.device)
                 result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options())
-        except TrainingAborted:
-            raise Abandoned(f"run {run_id}") from None
+        except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
+            raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:
             if not slots.is_out_of_memory(error):
                 raise
@@ -182,7 +183,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         if out_of_memory is not None:  # out of the except block: the failed step's tensors can be freed
             return _queue_again_on_its_own_slot(settings, holder, out_of_memory)
         def store(session, cancelled: bool) -> None:
-            lease.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
+            recording.finish_run(session, run_id, cancelled=cancelled, test_accuracy=result.test_accuracy,
                              val_accuracy=result.val_accuracy, best_epoch=result.best_epoch, classes=result.classes,
                              confusion=result.confusion_matrix, info=result.info, worker=holder.worker,
                              test_predictions=result.test_predictions, test_labels=result.test_labels)
@@ -191,14 +192,10 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
 
         return Done(result.stopped, store, reached=f"after epoch {result.epochs_completed} (checkpoint kept)")
 
-    outcome = execute_leased(Run, run_id, settings, work, worker, stop_requested)
-    if outcome in ENDED or outcome.startswith(("skipped: failed", "skipped: cancelled")):
+    executed = execute_leased(Run, run_id, settings, work, worker, stop_requested)
+    if executed.ended_the_row:
         announce_end(settings, run_id)
-    return outcome
-
-
-# What execute_leased returns when the run reached its end here.
-ENDED = ("succeeded", "failed", "cancelled")
+    return executed
 
 
 def announce_end(settings: Settings, run_id: int) -> None:

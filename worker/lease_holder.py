@@ -5,7 +5,8 @@ then finish it, fail it, or give it back when the worker shuts down.
 
 Every write is conditional on still holding the row (backend/lifecycle/lease.py): if this worker
 was taken for dead (no heartbeat for HEARTBEAT_TIMEOUT) and the row went to another worker, its
-next write raises LeaseLost and it stops without touching the row.
+next write raises LeaseLost and it stops without touching the row. The heartbeat finds it out too
+(`LeaseHolder.lease_lost`), and the work then stops at once by raising LeaseLost itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -25,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.db import session_factory
 from backend.lifecycle import lease
-from backend.lifecycle.lease import LeaseLost
+from backend.lifecycle.lease import Claim, LeaseLost
 from backend.lifecycle.models import Leased
 from backend.settings import Settings
 
@@ -37,11 +39,6 @@ T = TypeVar("T")
 
 # The database cannot be reached (down, restarting, network): transient, unlike a failing run.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
-
-
-class Abandoned(Exception):
-    """The work stopped at once, mid-step, because its row is gone (deleted) or another worker's
-    (the heartbeat found it so: `LeaseHolder.lost`)."""
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -101,7 +98,7 @@ class LeaseHolder:
         self.stop_requested = stop_requested
         self.database_patience = database_patience
         self.cancel_requested = False
-        self.lost = threading.Event()  # set by the heartbeat: the row is gone or another worker's
+        self.lease_lost = threading.Event()  # set by the heartbeat: the row is gone or another worker's
         self._progress_written_at = 0.0
 
     @property
@@ -159,7 +156,7 @@ class Heartbeat:
                 if not self.holder.beat():
                     log.warning("%s is no longer held by %s (deleted, or taken for dead); it stops now",
                                 self.holder.name, self.holder.worker)
-                    self.holder.lost.set()
+                    self.holder.lease_lost.set()
                     return
             except Exception as error:  # a missed beat is not fatal; the next one may land
                 log.warning("heartbeat of %s failed: %s", self.holder.name, error)
@@ -173,6 +170,39 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+class Outcome(StrEnum):
+    """How one delivery of a row ended here."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    queued_again = "queued again"  # given back on shutdown
+    lease_lost = "lease lost"  # the row is gone or another worker's: nothing more written
+    database_unreachable = "database unreachable"  # the reconcile step queues it again
+    skipped = "skipped"  # not claimed (Executed.claim says why)
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What execute_leased did: the outcome, and the claim when the row was not taken."""
+
+    outcome: Outcome
+    claim: Claim | None = None
+
+    @property
+    def ended_the_row(self) -> bool:
+        """The row reached its end through this delivery (its end is then announced): it finished,
+        failed or was cancelled here, or the claim itself cancelled or failed it."""
+        if self.outcome is Outcome.skipped:
+            return self.claim is not None and self.claim.ended_the_row
+        return self.outcome in (Outcome.succeeded, Outcome.failed, Outcome.cancelled)
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.skipped and self.claim is not None:
+            return f"skipped: {self.claim.reason}"
+        return self.outcome.value
+
+
 @dataclass
 class Done:
     stopped: StopReason  # why the work ended: finished (succeeded), cancelled, or shutdown (given back)
@@ -182,10 +212,10 @@ class Done:
 
 
 def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: Callable[[Leased, LeaseHolder], Done],
-                   worker: str | None = None, stop_requested: Callable[[], bool] = lambda: False) -> str:
+                   worker: str | None = None, stop_requested: Callable[[], bool] = lambda: False) -> Executed:
     """Claim the row for `worker` (Celery node name and pid; the host and pid by default), do
     `work(row, holder)` under a heartbeat, and end the row as the work says. Returns what
-    happened, for the log and the tests. Raises DatabaseUnavailable when the row could not
+    happened (an Executed). The work raises LeaseLost when it finds the row no longer its own. Raises DatabaseUnavailable when the row could not
     even be claimed (the task then gives its id back to the broker)."""
     worker = worker or f"{socket.gethostname()}/{os.getpid()}"
     name = f"{model.noun} {row_id}"
@@ -198,7 +228,7 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
         raise DatabaseUnavailable(f"{type(error).__name__}: {error.orig if hasattr(error, 'orig') else error}") from None
     if claim.row is None:
         log.info("%s not started here: %s", name, claim.reason)
-        return f"skipped: {claim.reason}"
+        return Executed(Outcome.skipped, claim)
 
     log.info("%s %s on %s", name, claim.reason, worker)
     holder = LeaseHolder(sessions, model, row_id, worker, stop_requested, database_patience=settings.heartbeat_timeout)
@@ -210,15 +240,11 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
         # second, this usually comes before the heartbeat notices).
         log.warning("%s is no longer held by %s (deleted, or given to another worker while this one was taken "
                     "for dead): stopped mid-epoch without writing", name, worker)
-        return "lease lost"
-    except Abandoned:
-        log.warning("%s is no longer held by %s (deleted, or given to another worker while this one was taken "
-                    "for dead): stopped mid-epoch", name, worker)
-        return "lease lost"
+        return Executed(Outcome.lease_lost)
     except DATABASE_ERRORS as error:
         # Its heartbeat stops with it: the reconcile step queues it again once the database is back.
         log.error("%s stopped: the database stayed unreachable (%s)", name, error)
-        return "database unreachable"
+        return Executed(Outcome.database_unreachable)
     except Exception as error:
         log.exception("%s failed", name)
         try:
@@ -226,7 +252,7 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
                                                     traceback.format_exc(), worker))
         except DATABASE_ERRORS:
             log.error("%s failed and the database is unreachable to say so", name)
-        return "failed"
+        return Executed(Outcome.failed)
 
     try:
         if done.stopped is StopReason.shutdown:
@@ -234,14 +260,14 @@ def execute_leased(model: type[Leased], row_id: int, settings: Settings, work: C
             # (worker/shutdown.py), or by the reconcile step.
             if holder.write(lambda session: lease.release(session, model, row_id, worker)):
                 log.info("%s stopped %s for a shutdown and is queued again", name, done.reached)
-            return "queued again"
+            return Executed(Outcome.queued_again)
         holder.write(lambda session: done.store(session, done.stopped is StopReason.cancelled))
     except LeaseLost:
         log.warning("%s ended here but was given to another worker meanwhile; its result is theirs", name)
-        return "lease lost"
+        return Executed(Outcome.lease_lost)
     except DATABASE_ERRORS as error:
         log.error("%s ended but the database stayed unreachable (%s); it will be resumed and end again", name, error)
-        return "database unreachable"
-    state = "cancelled" if done.stopped is StopReason.cancelled else "succeeded"
-    log.info("%s %s", name, state)
-    return state
+        return Executed(Outcome.database_unreachable)
+    ended = Outcome.cancelled if done.stopped is StopReason.cancelled else Outcome.succeeded
+    log.info("%s %s", name, ended)
+    return Executed(ended)

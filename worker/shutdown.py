@@ -78,12 +78,12 @@ def _pass_warm_shutdown_to_the_runs(how: str = "", **_) -> None:
 def _send_the_runs_given_back(**_) -> None:
     # Imported here: the main process must not import the training code (nor torch) up front.
     from backend.db import session_factory, utcnow
-    from backend.queue import RunQueue
+    from backend.queue import WorkQueue
     from backend.reconcile import send_awaiting
     from backend.settings import get_settings
 
     settings = get_settings()
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     try:
         with session_factory(settings.database_url)() as session:
             sent = send_awaiting(session, queue, queued_before=utcnow())

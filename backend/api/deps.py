@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..settings import Settings
 
 
@@ -21,10 +21,10 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _run_queue(request: Request) -> RunQueue:
-    return request.app.state.run_queue
+def _work_queue(request: Request) -> WorkQueue:
+    return request.app.state.work_queue
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
-RunQueueDep = Annotated[RunQueue, Depends(_run_queue)]
+WorkQueueDep = Annotated[WorkQueue, Depends(_work_queue)]

@@ -1,5 +1,5 @@
 """Errors → HTTP responses, in one place: the services raise what went wrong in their own terms
-(a run that does not exist, a broker that cannot be reached, a request refused field by field)
+(a run that does not exist, a request refused field by field)
 and the routes let it through; the handlers registered here answer for all, every one as RFC 9457
 problem details (backend/api/problems.py says the format). Extend `register` for new kinds of
 errors rather than catching them in routes."""
@@ -18,12 +18,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from ..jobs.service import JobNotFound
+from ..catalog.registry import NotRegistered
+from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
+from ..lifecycle.api import AlreadyFinished
+from ..refused import Refused
+from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
 from ..runs.predictions import NoStoredPredictions
-from ..runs.service import BrokerUnavailable, RunNotFound
-from ..runs.validation import Refused
+from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
 from ..studies.presets import StudyPresetNotFound
-from ..studies.service import StudyNotFound
+from ..studies.service import StudyFinished, StudyNotFound
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
 from .params import printable
@@ -39,11 +42,17 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     SweepNotFound: lambda error: f"sweep {error.args[0]} not found",
     JobNotFound: lambda error: f"job {error.args[0]} not found",
     PresetNotFound: str,
+    NoConfusionMatrix: lambda error: f"run {error.args[0]} has no confusion matrix yet",
+    ArtifactNotFound: lambda error: f"run {error.args[0]} has no file {error.args[1]!r}",
+    DatasetNotFound: lambda error: f"unknown dataset {error.args[0]!r}",
+    NotRegistered: lambda error: f"no dataset {error.args[0]!r} is registered (made by a job)",
     StudyNotFound: lambda error: f"study {error.args[0]} not found",
     StudyPresetNotFound: str,
     NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
                                         "before they were kept, or logged from elsewhere without them)"),
 }
+# What a 409 is: the request does not fit the state the thing is in (its message says why).
+CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
@@ -51,10 +60,13 @@ def _not_found(request: Request, error: LookupError) -> JSONResponse:
     return problem_response(status.HTTP_404_NOT_FOUND, message, request=request)
 
 
-def _broker_unavailable(request: Request, error: BrokerUnavailable) -> JSONResponse:
-    # The broker's own message can carry its address: the server log has it, the client gets
-    # what was saved and what to do (the exception's public message).
-    return problem_response(status.HTTP_503_SERVICE_UNAVAILABLE, error.public_message, request=request)
+def _conflict(request: Request, error: Exception) -> JSONResponse:
+    return problem_response(status.HTTP_409_CONFLICT, str(error), request=request)
+
+
+def _outside_the_run(request: Request, error: PathOutsideRoot) -> JSONResponse:
+    return problem_response(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory",
+                            request=request)
 
 
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -89,7 +101,9 @@ def _internal_error(request: Request, error: Exception) -> JSONResponse:
 def register(app: FastAPI) -> None:
     for kind in NOT_FOUND:
         app.add_exception_handler(kind, _not_found)
-    app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    for kind in CONFLICT:
+        app.add_exception_handler(kind, _conflict)
+    app.add_exception_handler(PathOutsideRoot, _outside_the_run)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

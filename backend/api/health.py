@@ -6,13 +6,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from .deps import RunQueueDep, SessionDep, SettingsDep
+from .deps import SessionDep, SettingsDep, WorkQueueDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/api/health")
-def health(session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> JSONResponse:
+def health(session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         session.execute(text("SELECT 1"))

@@ -60,6 +60,7 @@ OPERATION_IDS = {
     "sign_in": "session-create",
     "sign_out": "session-delete",
     "list_datasets": "datasets-list",
+    "delete_dataset": "datasets-delete",
     "list_methods": "methods-list",
     "list_choices": "choices-list",
     "create_run": "runs-create",

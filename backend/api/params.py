@@ -4,10 +4,13 @@ an overflow or an encoding error inside the driver (the API fuzz test finds thos
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, StringConstraints, field_validator
+
+from ..refused import Refused
 
 # Ids are INTEGER columns; cursors and offsets are compared with 64-bit integers.
 MAX_ID = 2**31 - 1
@@ -35,15 +38,30 @@ def has_control_characters(text: str, allow_newlines: bool = False) -> bool:
     return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
 
 
-def _printable(text: str | None) -> str | None:
-    if text is not None and has_control_characters(text):
+def _no_control_characters(text: str) -> str:
+    if has_control_characters(text):
         raise ValueError("must not contain control characters")
     return text
 
 
-# A name shown on a page and stored in the database (runs, sweeps).
+def _no_control_characters_but_line_breaks(text: str) -> str:
+    if has_control_characters(text, allow_newlines=True):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return text
 
-DisplayName = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
+
+def printable_text(max_length: int, *, min_length: int = 0, line_breaks: bool = False, strip: bool = False) -> Any:
+    """The one type of text a client sends that is stored and shown on a page (names, notes,
+    labels, settings): at most `max_length` characters and no control character (PostgreSQL
+    cannot store NUL, and a tab or a newline breaks a name in a table), line breaks and tabs
+    allowed where `line_breaks` (a note); surrounding spaces removed first where `strip`."""
+    check = _no_control_characters_but_line_breaks if line_breaks else _no_control_characters
+    constraints = StringConstraints(min_length=min_length, max_length=max_length, strip_whitespace=strip)
+    return Annotated[str, constraints, AfterValidator(check)]
+
+
+# A name shown on a page and stored in the database (runs, sweeps).
+DisplayName = printable_text(200)
 
 
 # --- JSON input that can neither be stored nor sent back ---------------------------------
@@ -121,7 +139,15 @@ class CleanInput(BaseModel):
         return value
 
 
-def id_cursor(cursor: str | None) -> int | None:
-    """A list's `cursor` that is the last id of the previous page, bounded to what an id can be
-    (a larger one, which this server never hands out, means "from the start")."""
-    return None if not cursor else min(int(cursor), MAX_ID)
+def id_list(text: str, parameter: str, *, most: int, noun: str) -> list[int]:
+    """Comma-separated ids (a query parameter), each once, in order; Refused (a 422 naming the
+    parameter) when one is not an id or there are more than `most`."""
+    ids = []
+    for part in text.split(","):
+        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
+            raise Refused.field("query", parameter, text, f"{part.strip()!r} is not a {noun} id")
+        ids.append(int(part))
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > most:
+        raise Refused.field("query", parameter, text, f"{len(ids)} {noun}s; at most {most}")
+    return ids

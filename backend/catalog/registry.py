@@ -100,14 +100,28 @@ def registered(session: Session, name: str) -> RegisteredDataset | None:
     return session.scalar(select(RegisteredDataset).where(RegisteredDataset.name == name))
 
 
-def delete_registered(session: Session, store: ArtifactStore, name: str) -> bool:
-    row = registered(session, name)
+class NotRegistered(LookupError):
+    """args: the name of a dataset the shared catalogue does not hold."""
+
+
+def delete_registered(session: Session, store: ArtifactStore, name: str, data_dir: Path | None = None) -> None:
+    """Remove a registered dataset: its row, its file from the artifact store, and this host's
+    copy in DATA_DIR/features/ when it is the registered file (same checksum; a different file of
+    that name is the host's own and stays). NotRegistered when there is none. Runs trained on it
+    keep their results; other hosts' fetched copies are no longer offered by the API."""
+    row = registered(session, name) if NAME_PATTERN.match(name) else None
     if row is None:
-        return False
+        raise NotRegistered(name)
+    key, sha256 = row.key, row.sha256
     session.delete(row)
     session.commit()
-    store.delete(row.key)
-    return True
+    store.delete(key)
+    if data_dir is not None:
+        local = Path(data_dir) / "features" / f"{name}.npz"
+        with _fetch_lock:
+            if local.is_file() and sha256_of(local) == sha256:
+                local.unlink()
+    log.info("deleted registered dataset %s (%s)", name, key)
 
 
 # A worker checks a local copy against the registry once per (file, size, mtime, sha).

@@ -4,7 +4,7 @@ and new-sweep forms are built from these, so they list nothing of their own."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from training.datasets import dataset_infos
@@ -12,6 +12,8 @@ from training import spec
 from training.spec import METHODS
 
 from ..api.deps import SessionDep, SettingsDep
+from ..api.params import DatasetName
+from ..storage import store_for
 from . import registry
 
 router = APIRouter(tags=["catalog"])
@@ -81,6 +83,17 @@ def list_datasets(settings: SettingsDep, session: SessionDep) -> list[DatasetOut
     out += [DatasetOut.model_validate(info, from_attributes=True).model_copy(update={"shared": True})
             for name, info in sorted(shared.items()) if name not in local]
     return out
+
+
+@router.delete("/api/datasets/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={404: {"description": "No dataset of this name is registered (made by a job)"}})
+def delete_dataset(name: DatasetName, settings: SettingsDep, session: SessionDep) -> Response:
+    """Delete a dataset made by a job (extracted features, `shared` in GET /api/datasets): its entry
+    in the shared catalogue and its file in the artifact store (and this host's fetched copy).
+    Runs trained on it keep their results. Built-in datasets and a host's own files are not
+    registered and cannot be deleted here."""
+    registry.delete_registered(session, store_for(settings), name, settings.data_dir)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/api/methods", response_model=list[MethodOut])

@@ -3,12 +3,10 @@ it with a frozen backbone, follow and cancel them. Thin: logic in service.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from training.datasets import UnknownDatasetError, dataset_info
-
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId, id_cursor
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
+from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
 from . import service
 from .models import JobKind
 from .schemas import FeatureExtractionCreate, JobOut
@@ -17,18 +15,6 @@ router = APIRouter(tags=["dataset jobs"])
 
 NOT_A_VIDEO_DATASET = {404: {"description": "No such dataset"},
                        409: {"description": "Not a raw video dataset, or one that cannot be used"}}
-
-
-def _video_dataset(name: str, settings) -> None:
-    try:
-        info = dataset_info(name, settings.data_dir, settings.video_options())
-    except UnknownDatasetError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown dataset {name!r}") from None
-    if info.source != "video":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {name!r} is not a raw video dataset; only ravdess "
-                                                      f"and enterface05 are preprocessed")
-    if info.error:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {name!r} cannot be used: {info.error}")
 
 
 def _start(session, queue, response: Response, kind: str, dataset: str, params: dict) -> JobOut:
@@ -42,19 +28,19 @@ def _start(session, queue, response: Response, kind: str, dataset: str, params: 
 
 @router.post("/api/datasets/{name}/preprocess", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
-def preprocess_dataset(name: DatasetName, response: Response, session: SessionDep, queue: RunQueueDep,
+def preprocess_dataset(name: DatasetName, response: Response, session: SessionDep, queue: WorkQueueDep,
                        settings: SettingsDep) -> JobOut:
     """Decode every clip of a raw video dataset into the cache (resumes; nothing to do when it is done)."""
-    _video_dataset(name, settings)
+    service.check_video_dataset(name, settings.data_dir, settings.video_options())
     return _start(session, queue, response, JobKind.preprocess, name, {})
 
 
 @router.post("/api/datasets/{name}/features", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              responses={**NOT_A_VIDEO_DATASET, 200: {"description": "The same job was already queued or running"}})
 def extract_features(name: DatasetName, payload: FeatureExtractionCreate, response: Response, session: SessionDep,
-                     queue: RunQueueDep, settings: SettingsDep) -> JobOut:
+                     queue: WorkQueueDep, settings: SettingsDep) -> JobOut:
     """Encode every segment with a frozen backbone into DATA_DIR/features/<name>.npz (a new dataset)."""
-    _video_dataset(name, settings)
+    service.check_video_dataset(name, settings.data_dir, settings.video_options())
     return _start(session, queue, response, JobKind.extract_features, name, payload.model_dump())
 
 
@@ -71,14 +57,12 @@ NEXT_PAGE_HEADERS = {
 def list_jobs(request: Request, response: Response,
               session: SessionDep, dataset: str | None = Query(None, max_length=200, pattern=NO_CONTROL_CHARACTERS),
               limit: int = Query(50, ge=1, le=500),
-              cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+              cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                          description="The X-Next-Cursor header of the previous page")) -> list[JobOut]:
     """Dataset jobs, newest first. The body stays a plain list (scripts read it so); the next
     page's cursor comes in the X-Next-Cursor and Link headers."""
-    jobs = service.list_jobs(session, dataset, limit + 1, before_id=id_cursor(cursor))
-    if len(jobs) > limit:
-        jobs = jobs[:limit]
-        next_cursor = str(jobs[-1].id)
+    jobs, next_cursor = service.list_jobs(session, dataset, limit, cursor=cursor)
+    if next_cursor is not None:
         response.headers["X-Next-Cursor"] = next_cursor
         response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
     return [JobOut.model_validate(job) for job in jobs]
@@ -93,7 +77,4 @@ def get_job(job_id: JobId, session: SessionDep) -> JobOut:
              responses={404: {"description": "No such job"}, 409: {"description": "Already finished"}})
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
-    try:
-        return JobOut.model_validate(service.request_cancel(session, job_id))
-    except service.JobFinished as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    return JobOut.model_validate(service.request_cancel(session, job_id))

@@ -9,12 +9,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from training.datasets import UnknownDatasetError, dataset_info
+
+from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
-from ..lifecycle.api import AlreadyFinished as JobFinished  # noqa: F401  (raised from here)
-from ..lifecycle.api import BrokerUnavailable
 from ..lifecycle.models import State
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from .models import DatasetJob
 
 
@@ -22,8 +23,25 @@ class JobNotFound(LookupError):
     pass
 
 
-class JobNotQueued(BrokerUnavailable):
-    public_message = "the broker is unreachable: the job was saved as failed; try again shortly"
+class DatasetNotFound(LookupError):
+    """args: the dataset's name."""
+
+
+class NotAVideoDataset(RuntimeError):
+    """Only a raw video dataset, one that can be used, is preprocessed or has features extracted."""
+
+
+def check_video_dataset(name: str, data_dir, video) -> None:
+    """DatasetNotFound or NotAVideoDataset unless `name` is a raw video dataset that can be used."""
+    try:
+        info = dataset_info(name, data_dir, video)
+    except UnknownDatasetError:
+        raise DatasetNotFound(name) from None
+    if info.source != "video":
+        raise NotAVideoDataset(f"dataset {name!r} is not a raw video dataset; only ravdess and enterface05 are "
+                               f"preprocessed")
+    if info.error:
+        raise NotAVideoDataset(f"dataset {name!r} cannot be used: {info.error}")
 
 
 def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]) -> DatasetJob | None:
@@ -34,7 +52,7 @@ def active_job(session: Session, kind: str, dataset: str, params: dict[str, Any]
     return next((job for job in jobs if job.params == params), None)
 
 
-def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any], queue: RunQueue) -> DatasetJob:
+def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any], queue: WorkQueue) -> DatasetJob:
     """Commit, then send (as for runs); if the broker cannot be reached, the job stays queued,
     awaiting the broker, and the reconcile step sends it once it is back."""
     now = utcnow()
@@ -42,7 +60,7 @@ def create_job(session: Session, kind: str, dataset: str, params: dict[str, Any]
                      awaiting_broker_since=now)
     session.add(job)
     session.commit()
-    lifecycle.enqueue_committed(session, DatasetJob, [job], queue.enqueue_job)
+    lifecycle.enqueue_committed(session, DatasetJob, [job], queue.send_job)
     return job
 
 
@@ -54,14 +72,19 @@ def get_job(session: Session, job_id: int) -> DatasetJob:
 
 
 def list_jobs(session: Session, dataset: str | None = None, limit: int = 50,
-              before_id: int | None = None) -> list[DatasetJob]:
-    """Newest first; `before_id`: only older jobs than that one (the next page)."""
+              cursor: str | None = None) -> tuple[list[DatasetJob], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None at the end;
+    backend/pagination.py)."""
     query = select(DatasetJob)
     if dataset:
         query = query.where(DatasetJob.dataset == dataset)
-    if before_id is not None:
-        query = query.where(DatasetJob.id < before_id)
-    return list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit)))
+    if cursor:
+        _, job_id = pagination.decode(cursor, pagination.NEWEST_FIRST)
+        query = query.where(DatasetJob.id < job_id)
+    jobs = list(session.scalars(query.order_by(DatasetJob.id.desc()).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    return jobs[:limit], pagination.encode(pagination.NEWEST_FIRST, jobs[limit - 1].id, jobs[limit - 1].id)
 
 
 def request_cancel(session: Session, job_id: int) -> DatasetJob:

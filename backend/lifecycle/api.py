@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import update
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -14,16 +15,7 @@ from .models import Leased, State
 
 log = logging.getLogger("missmod.lifecycle")
 
-Send = Callable[[int], None]  # sends one id to the broker (RunQueue.enqueue, RunQueue.enqueue_job)
-
-
-class BrokerUnavailable(RuntimeError):
-    """The row was saved but its id could not be sent to the broker. No longer raised when a row
-    is submitted (it stays queued, awaiting the broker: enqueue_committed); kept for callers."""
-
-    # What the API tells the client (backend/api/errors.py); the broker's own message, which can
-    # carry its address, goes to the server log only.
-    public_message = "the broker is unreachable: the run was saved and is sent once the broker is back"
+Send = Callable[[int], None]  # sends one id to the broker (WorkQueue.send_run, WorkQueue.send_job)
 
 
 class AlreadyFinished(RuntimeError):
@@ -65,27 +57,35 @@ def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leas
                       len(rows) - index, error)
             mark_sent(session, model, sent)
             mark_unsent(session, model, [r.id for r in rows[index:]], error)
-            for r in rows:
-                session.refresh(r)
+            _refresh(session, rows)
             return False
         sent.append(row.id)
     mark_sent(session, model, sent)
-    for row in rows:
-        session.refresh(row)
+    _refresh(session, rows)
     return True
+
+
+def _refresh(session: Session, rows: Sequence[Leased]) -> None:
+    for row in rows:
+        try:
+            session.refresh(row)
+        except InvalidRequestError:  # deleted meanwhile (a delete racing a retry): nothing left to read
+            pass
+
+
+def fresh_queue_values() -> dict[str, object]:
+    """The life-cycle columns of a new row, awaiting the broker: what a retry sets (attempts keep
+    counting). For an UPDATE that changes the state only where it still is what was read."""
+    return {"state": State.queued, "cancel_requested": False, "started_at": None, "finished_at": None,
+            "heartbeat_at": None, "worker": None, "worker_losses": 0, "awaiting_broker_since": utcnow(),
+            "broker_error": None, "error": None, "error_detail": None}
 
 
 def queue_again_from_scratch(row: Leased) -> None:
     """Reset the life-cycle columns of an ended row to those of a new one, awaiting the broker
     (a retry; attempts keep counting). The caller resets its own result columns and commits."""
-    row.state = State.queued
-    row.cancel_requested = False
-    row.started_at = row.finished_at = row.heartbeat_at = None
-    row.worker = None
-    row.worker_losses = 0
-    row.awaiting_broker_since = utcnow()
-    row.broker_error = None
-    row.error = row.error_detail = None
+    for column, value in fresh_queue_values().items():
+        setattr(row, column, value)
 
 
 def request_cancel(session: Session, row: Leased) -> Leased:

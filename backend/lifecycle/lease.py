@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
@@ -24,10 +25,44 @@ class LeaseLost(RuntimeError):
     or given to another worker (or the row was deleted). It must stop without writing anything."""
 
 
+class ClaimOutcome(Enum):
+    """What a claim did. Only `started` and `taken_from_dead_worker` hand the row to the worker."""
+
+    started = "started"
+    taken_from_dead_worker = "taken from a dead worker"
+    no_such_row = "no such row"
+    already_finished = "already finished"
+    held_by_live_worker = "held by a live worker"
+    taken_by_another_worker = "taken by another worker first"
+    # The claim itself ended the row: its end is to be announced like any other.
+    cancelled_while_queued = "cancelled while queued"
+    failed_worker_died_too_often = "failed: its worker died too often"
+
+
+ENDED_BY_THE_CLAIM = frozenset({ClaimOutcome.cancelled_while_queued, ClaimOutcome.failed_worker_died_too_often})
+
+
 @dataclass
 class Claim:
     row: Leased | None  # the run or job, now held by the claiming worker; None when it must not run here
-    reason: str
+    outcome: ClaimOutcome
+    detail: str = ""  # the previous holder, the state it had already reached, the kind of row not found
+
+    @property
+    def ended_the_row(self) -> bool:
+        return self.outcome in ENDED_BY_THE_CLAIM
+
+    @property
+    def reason(self) -> str:
+        """For the log: what happened, in words."""
+        match self.outcome:
+            case ClaimOutcome.no_such_row:
+                return f"no such {self.detail}"
+            case ClaimOutcome.already_finished:
+                return f"already {self.detail}"
+            case ClaimOutcome.held_by_live_worker | ClaimOutcome.taken_from_dead_worker:
+                return f"{self.outcome.value} ({self.detail})"
+        return self.outcome.value
 
 
 def claim(session: Session, model: type[Leased], row_id: int, worker: str, *, heartbeat_timeout: float | None = None,
@@ -39,9 +74,9 @@ def claim(session: Session, model: type[Leased], row_id: int, worker: str, *, he
     the row as it was read, so two workers racing for the same row cannot both win."""
     row = session.get(model, row_id)
     if row is None:
-        return Claim(None, f"no such {model.noun}")
+        return Claim(None, ClaimOutcome.no_such_row, model.noun)
     if row.is_terminal:
-        return Claim(None, f"already {row.state}")
+        return Claim(None, ClaimOutcome.already_finished, str(row.state))
     now = utcnow()
     previous_holder = describe_holder(row)
     conditions = [model.id == row_id, model.state == row.state, model.attempts == row.attempts]
@@ -54,11 +89,11 @@ def claim(session: Session, model: type[Leased], row_id: int, worker: str, *, he
             conditions.append(or_(model.heartbeat_at < now - timedelta(seconds=heartbeat_timeout),
                                   model.heartbeat_at.is_(None)))
         else:
-            return Claim(None, f"held by a live worker ({previous_holder})")
+            return Claim(None, ClaimOutcome.held_by_live_worker, previous_holder)
     if row.cancel_requested:
         session.execute(update(model).where(*conditions).values(state=State.cancelled, finished_at=now))
         session.commit()
-        return Claim(None, "cancelled while queued")
+        return Claim(None, ClaimOutcome.cancelled_while_queued)
     losses = row.worker_losses + int(taken_from_dead_worker)
     if taken_from_dead_worker and max_retries is not None and losses > max_retries:
         session.execute(update(model).where(*conditions).values(
@@ -66,16 +101,18 @@ def claim(session: Session, model: type[Leased], row_id: int, worker: str, *, he
             error=f"its worker died {losses} times ({previous_holder}); not started again after "
                   f"{max_retries} retries (RUN_MAX_RETRIES)"))
         session.commit()
-        return Claim(None, "failed: its worker died too often")
+        return Claim(None, ClaimOutcome.failed_worker_died_too_often)
     changed = session.execute(update(model).where(*conditions).values(
         state=State.running, started_at=row.started_at or now, heartbeat_at=now, worker=worker,
         attempts=model.attempts + 1, worker_losses=losses, awaiting_broker_since=None, error=None, error_detail=None,
     ))
     session.commit()
     if changed.rowcount != 1:
-        return Claim(None, "taken by another worker first")
+        return Claim(None, ClaimOutcome.taken_by_another_worker)
     session.refresh(row)
-    return Claim(row, f"taken from a dead worker ({previous_holder})" if taken_from_dead_worker else "started")
+    if taken_from_dead_worker:
+        return Claim(row, ClaimOutcome.taken_from_dead_worker, previous_holder)
+    return Claim(row, ClaimOutcome.started)
 
 
 def hold(session: Session, model: type[Leased], row_id: int, worker: str | None, **values) -> bool | None:

@@ -46,7 +46,8 @@ def run_page(request: Request, run_id: int, session: SessionDep):
     if not 1 <= run_id <= 2**31 - 1:
         raise service.RunNotFound(run_id)
     run = service.get_run(session, run_id)  # not found: backend/api/errors.py answers
-    return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run})
+    trial = studies.trial_of_run(session, run_id)  # a study's trial says so
+    return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run, "trial": trial})
 
 
 @router.get("/sweeps", response_class=HTMLResponse)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from training.paths import PathOutsideRoot, inside
 
+from ..settings import Settings
 from ..storage import ArtifactStore, InvalidKey, StoredFile, clean_key, store_for
 
-__all__ = ["Artifact", "PathOutsideRoot", "RunCheckpoints", "artifact_store", "list_artifacts", "remove_run_files",
-           "run_artifact_dir", "run_prefix", "write_run_file"]
+__all__ = ["Artifact", "ArtifactNotFound", "FoundArtifact", "PathOutsideRoot", "RunCheckpoints", "StoreLocation", "artifact_store", "list_artifacts",
+           "find_artifact", "remove_run_files", "run_artifact_dir", "run_prefix", "write_run_file"]
 
 log = logging.getLogger("missmod.artifacts")
 
@@ -37,7 +38,11 @@ class Artifact:
     size: int
 
 
-def artifact_store(where) -> ArtifactStore:
+# Where the runs' files are: the settings (ARTIFACT_URL), a store, or a local folder.
+StoreLocation = Settings | ArtifactStore | str | Path
+
+
+def artifact_store(where: StoreLocation) -> ArtifactStore:
     """The store from Settings, a store, or a folder (the local default, as older callers pass it)."""
     if isinstance(where, ArtifactStore):
         return where
@@ -65,6 +70,33 @@ def artifact_key(run_id: int, relative: str) -> str:
     return f"{run_prefix(run_id)}/{clean_key(relative)}"
 
 
+class ArtifactNotFound(LookupError):
+    """args: the run id and the path asked for."""
+
+
+@dataclass
+class FoundArtifact:
+    store: ArtifactStore
+    key: str
+    local: Path | None  # the file itself when the store is a local folder
+    size: int | None  # when it is not (an object store)
+
+
+def find_artifact(where: StoreLocation, run_id: int, path: str) -> FoundArtifact:
+    """A run's file named in a URL: PathOutsideRoot unless the path is a plain relative one inside
+    the run's folder, ArtifactNotFound when there is no such file."""
+    store = artifact_store(where)
+    key = artifact_key(run_id, path)
+    local = store.local_path(key)
+    try:
+        size = store.size(key) if local is None else None
+    except FileNotFoundError:
+        raise ArtifactNotFound(run_id, path) from None
+    if local is not None and (not local.is_file() or local.is_symlink()):
+        raise ArtifactNotFound(run_id, path)
+    return FoundArtifact(store, key, local, size)
+
+
 def write_run_file(where, run_id: int, name: str, data: bytes) -> None:
     artifact_store(where).write_bytes(artifact_key(run_id, name), data)
 
@@ -76,7 +108,7 @@ def write_confusion(where, run_id: int, epoch: int, classes: list[str], counts: 
     write_run_file(where, run_id, "confusion.json", body)
 
 
-def remove_run_files(where, run_ids: Iterable[int]) -> None:
+def remove_run_files(where: StoreLocation | None, run_ids: Iterable[int]) -> None:
     """Delete the runs' folders from the store. A store that cannot be reached is logged, not raised:
     the rows are already gone, and a retried run ignores older attempts' checkpoints anyway."""
     if where is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +30,8 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from training.spec import TrainSpec
 
+from ..api.params import has_control_characters
+from ..refused import Refused
 from .models import MetricPoint, Run
 
 Kind = Literal["number", "text", "bool"]
@@ -218,6 +221,26 @@ def parse_condition(text: str) -> Condition:
     condition = Condition(field, operator, value)
     condition.sql()  # unknown fields and mistyped values are refused here, at the edge
     return condition
+
+
+def parse_conditions(texts: Sequence[str]) -> tuple[Condition, ...]:
+    """The `where` parameters of a request; Refused (a 422 naming the one at fault) otherwise."""
+    conditions = []
+    for index, text in enumerate(texts):
+        if len(text) > 300 or has_control_characters(text):
+            raise Refused.field("query", ("where", index), text, "at most 300 printable characters")
+        try:
+            conditions.append(parse_condition(text))
+        except InvalidQuery as error:
+            raise Refused.field("query", ("where", index), text, str(error)) from None
+    return tuple(conditions)
+
+
+def check_sort(sort: str) -> None:
+    """Refused (a 422 naming `sort`) unless it is a sortable key, `-` first to reverse."""
+    if sort.lstrip("-") not in SORTABLE:
+        raise Refused.field("query", "sort", sort, f"sort by one of: {', '.join(SORTABLE)} (prefix - to reverse)",
+                            kind="enum")
 
 
 def sort_expression(name: str) -> tuple[SqlExpression, Kind]:

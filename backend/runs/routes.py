@@ -1,56 +1,50 @@
-"""REST routes of runs. Thin: validation at the edge, logic in service.py; a run not found or
-a broker that cannot be reached is answered by the handlers of backend/api/errors.py."""
+"""REST routes of runs. Thin: validation at the edge, logic in service.py; what goes wrong is
+answered by the handlers of backend/api/errors.py."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import re
-from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Annotated, Literal
 
-import orjson
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from .. import pagination
 from ..api import idempotency
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, has_control_characters
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
+from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
+from ..csv_export import csv_text
 from ..live import client_address
-from ..csv_export import SafeCSVWriter
 from ..paired_statistics import compare_runs
-from . import artifacts, outcomes, query, series, service
+from . import artifacts, export, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, PredictionsOut,
                       RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
-from .validation import DatasetCatalog, check_against_dataset
+from .validation import DatasetCatalog, refuse_if_unfit
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 NOT_FOUND = {404: {"description": "No run with this id"}}
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
-# Kept for the routes that list it: with the broker down, runs now wait for it instead (no 503).
-BROKER_DOWN: dict = {}
 AWAITING_BROKER = {202: {"description": "Saved and queued, but the broker could not be reached: the run waits for "
                                          "it (`awaiting_broker`) and is sent as soon as it is back; nothing to retry"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED})
-def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+def create_run(payload: RunCreate, response: Response, session: SessionDep, queue: WorkQueueDep,
                settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> RunOut:
     """Create a run and queue it for a worker. 201 when its id reached the broker; 202 when the
     broker is down and the run waits for it (it is saved, nothing to retry)."""
     key = idempotency.checked_key(idempotency_key)
     # Datasets made by a job on any host count too (the shared registry, backend/catalog/registry.py).
-    check_against_dataset(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
+    refuse_if_unfit(payload, DatasetCatalog(settings.data_dir, settings.video_options(),
                                                   registry.lookup(session)))
     run, created = idempotency.create_once(session, key, lambda k: service.run_by_idempotency_key(session, k),
                                            lambda: service.create_run(session, payload, queue, key))
@@ -62,35 +56,6 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
     elif run.awaiting_broker:
         response.status_code = status.HTTP_202_ACCEPTED
     return RunOut.model_validate(run)
-
-
-CSV_PAGE = 500
-RUN_CSV_COLUMNS = ["id", "name", "state", "external", "dataset", "method", "fusion", "missing_modality",
-                   "missing_rate", "seed", "epochs_completed", "best_epoch", "val_accuracy", "test_accuracy",
-                   "sweep_id", "tags", "created_at", "finished_at"]
-
-
-def _runs_csv(sessions, filters: service.RunFilters, sort: str) -> Iterator[str]:
-    """Every matching run, a page of rows at a time (a long list is never held whole). Its own
-    session: the rows are read while the response streams, after the request's session closed."""
-    spec_columns = [name for name in query.SPEC_FIELDS if name not in RUN_CSV_COLUMNS]
-    out = io.StringIO()
-    writer = SafeCSVWriter(out)
-    writer.writerow([*RUN_CSV_COLUMNS, *spec_columns])
-    cursor = None
-    while True:
-        with sessions() as session:
-            runs, _, cursor = service.list_runs(session, filters, sort=sort, limit=CSV_PAGE, cursor=cursor)
-            for run in runs:
-                out_run = RunOut.model_validate(run).model_dump(mode="json")
-                out_run["tags"] = " ".join(out_run["tags"])
-                writer.writerow([*(out_run.get(c) for c in RUN_CSV_COLUMNS),
-                                 *(out_run["spec"].get(c) for c in spec_columns)])
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-        if cursor is None:
-            return
 
 
 @router.post("/external", status_code=status.HTTP_201_CREATED, response_model=RunOut)
@@ -120,8 +85,8 @@ def bulk_cancel_runs(payload: RunIds, session: SessionDep, settings: SettingsDep
     return _bulk_result(outcome)
 
 
-@router.post("/bulk-retry", response_model=BulkResult, responses=BROKER_DOWN)
-def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> BulkResult:
+@router.post("/bulk-retry", response_model=BulkResult)
+def bulk_retry_runs(payload: RunIds, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> BulkResult:
     """Queue many failed or cancelled runs again; the others are listed as refused."""
     return _bulk_result(service.bulk_retry(session, payload.ids, queue, settings))
 
@@ -155,35 +120,16 @@ def list_runs(
                                                                "with its spec fields"),
 ) -> RunPage:
     """Runs matching every filter given, newest first unless `sort` says otherwise."""
-    if sort.lstrip("-") not in service.SORT_COLUMNS:
-        raise RequestValidationError([{"type": "enum", "loc": ("query", "sort"), "input": sort,
-                                       "msg": f"sort by one of: {', '.join(service.SORT_COLUMNS)} (prefix - to reverse)"}])
-    if cursor and offset:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
-                                       "msg": "give either offset or cursor, not both"}])
-    conditions = []
-    for index, text in enumerate(where or []):
-        if len(text) > 300 or has_control_characters(text):
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
-                                           "msg": "at most 300 printable characters"}])
-        try:
-            conditions.append(query.parse_condition(text))
-        except query.InvalidQuery as error:
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "where", index), "input": text,
-                                           "msg": str(error)}]) from None
+    query.check_sort(sort)
+    pagination.one_way_to_page(cursor, offset)
     filters = service.RunFilters(states=state or (), dataset=dataset, method=method, fusion=fusion,
                                  missing_modality=missing_modality, missing_rate=missing_rate, sweep_id=sweep,
-                                 tag=tag, search=q, where=tuple(conditions), external=external)
+                                 tag=tag, search=q, where=query.parse_conditions(where or []), external=external)
     if format == "csv":
-        return StreamingResponse(_runs_csv(request.app.state.sessions, filters, sort),
+        return StreamingResponse(export.runs_csv(request.app.state.sessions, filters, sort),
                                  media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="runs.csv"'})
-    try:
-        runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset,
-                                                     cursor=cursor)
-    except service.InvalidCursor as error:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "cursor"), "input": cursor,
-                                       "msg": str(error)}]) from None
+    runs, total, next_cursor = service.list_runs(session, filters, sort=sort, limit=limit, offset=offset, cursor=cursor)
     return RunPage(items=[RunOut.model_validate(r) for r in runs], total=total, limit=limit, offset=offset,
                    next_cursor=next_cursor)
 
@@ -209,32 +155,10 @@ def delete_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Res
 
 @router.post("/{run_id}/retry", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run is not failed or cancelled"}})
-def retry_run(run_id: RunId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RunOut:
+def retry_run(run_id: RunId, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> RunOut:
     """Queue a failed or cancelled run again from scratch, same id and spec; its old metrics
     and checkpoint are cleared. With the broker down it waits for it (`awaiting_broker`)."""
-    try:
-        return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
-    except service.RunNotRetryable as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-
-
-# Bodies of finished runs' metrics, by ETag: served without reading the database again; every
-# recently read run's series, grown by its new points (a running run is read once); and a
-# running run's thinned columns until its next point lands.
-_finished_metrics = series.BodyCache()
-_series_cache = series.SeriesCache()
-_metrics_bodies = series.BodyCache()  # a running run's, by its newest point
-
-
-def _metrics_etag(run, request: Request) -> str | None:
-    """A finished run's points no longer change (a retry starts a new attempt, whose finish
-    changes this tag), so its metrics can be revalidated (304) and cached; a running run's can
-    not."""
-    if not run.is_terminal or run.finished_at is None:
-        return None
-    query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
-    digest = hashlib.blake2b(query.encode(), digest_size=6).hexdigest()
-    return f'"m{run.id}-{run.attempts}-{run.finished_at.timestamp():.6f}-{run.state}-{digest}"'
+    return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPage, responses={
@@ -265,65 +189,25 @@ def get_metrics(
     304 when nothing changed."""
     run = service.get_run(session, run_id)
     if format == "csv":
-        return Response(_metrics_csv(session, run_id), media_type="text/csv; charset=utf-8",
+        return Response(metrics.as_csv(session, run_id), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
-    etag = _metrics_etag(run, request)
+    etag = metrics.etag(run, request.query_params.multi_items())
     headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {"Cache-Control": "no-store"}
     if etag and if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    caches: metrics.MetricsCaches = request.app.state.metrics_caches
 
     def body() -> bytes:
-        payload: dict = {"state": run.state}
+        if format == "columns" and after:
+            return metrics.columns_after(session, run, after, max_points, downsample)
         if format == "columns":
-            if after:
-                read, payload["cursor"], total = series.read_series(session.connection(), run_id, after)
-                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
-                payload["total"] = total
-                return orjson.dumps(payload)
-            key = (run_id, run.attempts, run.started_at)  # both change when a retry deletes the points
-            read, payload["cursor"], total = _series_cache.read(session.connection(), run_id, key)
-
-            def thinned() -> bytes:
-                payload["series"], payload["downsampled"] = series.columnar(read, max_points, downsample)
-                payload["total"] = total
-                return orjson.dumps(payload)
-
-            if etag:
-                return thinned()
-            return _metrics_bodies.get_or_make(f"{key}|{payload['cursor']}|{run.state}|{request.url.query}", thinned)
+            return metrics.columns(session, run, caches, max_points, downsample, finished=etag is not None,
+                                   query=request.url.query)
         if max_points is not None:
-            points, payload["cursor"], total = service.metrics_for_display(session, run_id, max_points)
-            payload["downsampled"] = len(points) < total
-        else:
-            points = service.metrics_after(session, run_id, after, limit)
-            payload["cursor"], payload["downsampled"] = (points[-1].id if points else after), False
-            payload["next_cursor"] = payload["cursor"] if len(points) == limit else None
-        # A long run's page holds tens of thousands of points: they are written straight to JSON by
-        # orjson (values are finite or null: non-finite ones are stored as NULL) instead of through a
-        # pydantic object per point and the json module, which were most of the request's time
-        # (bench/api_views.py). The shape is MetricsPage.
-        payload["points"] = [{"epoch": epoch, "step": step, "name": name, "value": value}
-                             for _, epoch, name, value, step in points]
-        return orjson.dumps(payload)
+            return metrics.display_points(session, run, max_points)
+        return metrics.points_page(session, run, after, limit)
 
-    content = _finished_metrics.get_or_make(etag, body) if etag else body()
-    return Response(content, media_type="application/json", headers=headers)
-
-
-def _metrics_csv(session, run_id: int) -> str:
-    # One row per epoch: the per-epoch metrics (per-step ones, named step/..., have many values
-    # an epoch; format=columns gives them).
-    points = [p for p in service.metrics_after(session, run_id, 0, 10_000_000) if not p.name.startswith("step/")]
-    names = list(dict.fromkeys(p.name for p in points))
-    by_epoch: dict[int, dict[str, float | None]] = {}
-    for _, epoch, name, value, _ in points:
-        by_epoch.setdefault(epoch, {})[name] = value
-    out = io.StringIO()
-    writer = SafeCSVWriter(out)
-    writer.writerow(["epoch", *names])
-    for epoch in sorted(by_epoch):
-        writer.writerow([epoch, *(by_epoch[epoch].get(name) for name in names)])
-    return out.getvalue()
+    return Response(metrics.cached_if_finished(caches, etag, body), media_type="application/json", headers=headers)
 
 
 @router.get("/{run_id}/confusion", response_model=ConfusionOut,
@@ -331,8 +215,6 @@ def _metrics_csv(session, run_id: int) -> str:
 def get_confusion(run_id: RunId, session: SessionDep) -> ConfusionOut:
     run = service.get_run(session, run_id)
     matrix = service.confusion_of(session, run_id)
-    if matrix is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no confusion matrix yet")
     grouped = (run.info or {}).get("accuracy_level") == "group"
     return ConfusionOut(epoch=matrix.epoch, classes=matrix.classes, counts=matrix.counts,
                         counted="groups" if grouped else "samples")
@@ -353,12 +235,10 @@ def get_predictions(run_id: RunId, session: SessionDep,
     if format == "json":
         return PredictionsOut(run_id=run_id, epoch=stored.epoch, classes=stored.classes, counted=stored.counted,
                               labels=labels, predicted=predicted)
-    out = io.StringIO()
-    writer = SafeCSVWriter(out)
-    writer.writerow(["index", "label", "predicted", "label_name", "predicted_name", "correct"])
-    for index, (label, guess) in enumerate(zip(labels, predicted)):
-        writer.writerow([index, label, guess, stored.classes[label], stored.classes[guess], int(label == guess)])
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+    body = csv_text([["index", "label", "predicted", "label_name", "predicted_name", "correct"],
+                     *([index, label, guess, stored.classes[label], stored.classes[guess], int(label == guess)]
+                       for index, (label, guess) in enumerate(zip(labels, predicted)))])
+    return Response(body, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="run-{run_id}-predictions.csv"'})
 
 
@@ -370,32 +250,18 @@ def get_paired(run_id: RunId, session: SessionDep,
     """Each run of `against` compared with this one test sample by test sample (McNemar's exact
     test on the stored test predictions, Holm's correction over the runs; see docs/statistics.md).
     Runs are comparable when they saw the same test set: same dataset, seed and split."""
-    ids = []
-    for part in against.split(","):
-        if not re.fullmatch(r"[0-9]{1,10}", part.strip()) or not 1 <= int(part) <= MAX_ID:
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
-                                           "msg": f"{part.strip()!r} is not a run id"}])
-        ids.append(int(part))
-    ids = list(dict.fromkeys(ids))
-    if len(ids) > 50:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "against"), "input": against,
-                                       "msg": f"{len(ids)} runs; at most 50"}])
+    ids = id_list(against, "against", most=50, noun="run")
     service.get_run(session, run_id)  # 404 when there is no such run
     kept = load_predictions(session, [run_id, *ids])
     pairs = compare_runs(kept.get(run_id), {other: kept.get(other) for other in ids})
-    return [RunPairOut(run_id=p.run_id, reference=run_id, comparable=p.comparable, reason=p.reason,
-                       samples=p.samples, diff=p.diff, discordant=list(p.discordant) if p.discordant else None,
-                       p_value=p.p_value, p_adjusted=p.p_adjusted, significant=p.significant) for p in pairs]
+    return [RunPairOut.model_validate({**asdict(pair), "reference": run_id}) for pair in pairs]
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
              responses={**NOT_FOUND, 409: {"description": "The run has already finished"}})
 def cancel_run(run_id: RunId, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Cancel: at once if queued, at the end of the current epoch if running."""
-    try:
-        run = service.request_cancel(session, run_id)
-    except service.RunFinished as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    run = service.request_cancel(session, run_id)
     outcomes.announce_ended(session, settings, [run_id])  # a queued run ends at once: its sweep may be done
     return RunOut.model_validate(run)
 
@@ -439,21 +305,10 @@ def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
                       ) -> Response:
     """From the artifact store, whichever host wrote it."""
     service.get_run(session, run_id)
-    store = artifacts.artifact_store(settings)
-    try:
-        key = artifacts.artifact_key(run_id, path)
-        local = store.local_path(key)
-        if local is None:
-            size = store.size(key)
-        elif not local.is_file() or local.is_symlink():
-            raise FileNotFoundError(path)
-    except artifacts.PathOutsideRoot:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the path must stay inside the run's directory") from None
-    except FileNotFoundError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} has no file {path!r}") from None
+    found = artifacts.find_artifact(settings, run_id, path)
     filename = path.rpartition("/")[2].replace('"', "")
-    if local is not None:
-        return FileResponse(local, media_type="application/octet-stream", filename=filename)
-    return StreamingResponse(store.iter_chunks(key), media_type="application/octet-stream",
-                             headers={"Content-Length": str(size),
+    if found.local is not None:
+        return FileResponse(found.local, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(found.store.iter_chunks(found.key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(found.size),
                                       "Content-Disposition": f'attachment; filename="{filename}"'})

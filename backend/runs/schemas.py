@@ -11,22 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_seri
 
 from training.spec import TrainSpec
 
-from ..api.params import CleanInput, has_control_characters
+from ..api.params import CleanInput, DisplayName, printable_text
 from . import query
 
 
 class RunCreate(CleanInput, TrainSpec):
     """A training spec (the same fields, types and checks: it is one) plus how the run is shown."""
 
-    name: str | None = Field(None, max_length=200, description="Shown in the runs list; default: derived from the spec")
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, name: str | None) -> str | None:
-        # PostgreSQL cannot store NUL, and no control character belongs in a name shown on a page.
-        if name is not None and has_control_characters(name):
-            raise ValueError("must not contain control characters")
-        return name
+    name: DisplayName | None = Field(None, description="Shown in the runs list; default: derived from the spec")
 
     def training_spec(self) -> dict[str, Any]:
         """The spec as the run row stores it and the worker reads it back (TrainSpec's fields)."""
@@ -112,8 +104,8 @@ class RunPage(BaseModel):
     )
 
 
-# Tags are typed in a comma-separated field, hence no commas; no control characters either.
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^,\x00-\x1f]+$")]
+# Tags are typed in a comma-separated field, hence no commas.
+Tag = Annotated[printable_text(50, min_length=1, strip=True), StringConstraints(pattern=r"^[^,]+$")]
 
 
 class RunUpdate(CleanInput):
@@ -121,8 +113,8 @@ class RunUpdate(CleanInput):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    note: str | None = Field(None, max_length=10_000, description="Free text; empty or null removes it")
+    name: printable_text(200, min_length=1) | None = None
+    note: printable_text(10_000, line_breaks=True) | None = Field(None, description="Free text; empty or null removes it")
     tags: list[Tag] | None = Field(None, max_length=50, description="The whole set of tags (replaces the old set)")
 
     @field_validator("name")
@@ -130,16 +122,7 @@ class RunUpdate(CleanInput):
     def _name_not_blank(cls, name: str | None) -> str | None:
         if name is not None and not name.strip():
             raise ValueError("the name cannot be blank")
-        if name is not None and has_control_characters(name):
-            raise ValueError("must not contain control characters")
         return name.strip() if name is not None else None
-
-    @field_validator("note")
-    @classmethod
-    def _note_storable(cls, note: str | None) -> str | None:
-        if note is not None and has_control_characters(note, allow_newlines=True):
-            raise ValueError("must not contain control characters other than line breaks and tabs")
-        return note
 
 
 class MetricPointOut(BaseModel):
@@ -231,7 +214,6 @@ class PredictionsOut(BaseModel):
 
 # --- runs trained elsewhere ---------------------------------------------------------------
 
-Printable = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 MAX_EXTERNAL_POINTS = 100_000
 
 
@@ -239,14 +221,14 @@ class ExternalPoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epoch: int = Field(ge=0, le=10_000_000, description="Epoch (or step) the value was measured at")
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    name: printable_text(100, min_length=1)
     value: float | None = Field(description="null (or a non-finite number) for a diverged value")
 
 
 class ExternalConfusion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    classes: list[Printable] = Field(min_length=1, max_length=1000)
+    classes: list[printable_text(200, min_length=1)] = Field(min_length=1, max_length=1000)
     counts: list[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
         description="Rows: true class; columns: predicted class (K × K)")
 
@@ -265,15 +247,14 @@ class ExternalRunCreate(CleanInput):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Printable
-    method: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    fusion: Annotated[str, StringConstraints(min_length=1, max_length=20, pattern=r"^[^\x00-\x1f\x7f]+$")] = "add"
-    missing_modality: Annotated[str, StringConstraints(min_length=1, max_length=100,
-                                                       pattern=r"^[^\x00-\x1f\x7f]+$")]
+    dataset: printable_text(200, min_length=1)
+    method: printable_text(50, min_length=1)
+    fusion: printable_text(20, min_length=1) = "add"
+    missing_modality: printable_text(100, min_length=1)
     missing_rate: float = Field(ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    name: Printable | None = Field(None, description="Default: derived from the setting")
-    source: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
+    name: printable_text(200, min_length=1) | None = Field(None, description="Default: derived from the setting")
+    source: printable_text(500) | None = Field(
         None, description="Where it was trained (a repository, a paper, a script)")
     spec: dict[str, Any] = Field(
         default_factory=dict,

@@ -5,28 +5,26 @@ backend/lifecycle."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
-from ..lifecycle.api import AlreadyFinished as RunFinished, BrokerUnavailable  # noqa: F401  (raised from here)
-from ..queue import RunQueue
+from ..lifecycle.api import AlreadyFinished as RunFinished  # noqa: F401  (raised from here)
+from ..queue import WorkQueue
+from ..refused import Refused
 from . import outcomes, query as run_query
-from .artifacts import remove_run_files, run_artifact_dir  # noqa: F401  (run_artifact_dir: for callers)
+from .artifacts import StoreLocation, remove_run_files
 from .downsample import downsample_min_max
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
 from .schemas import ExternalRunCreate, RunCreate
-from .validation import Refused
 from .system import SystemMetricPoint
 
 
@@ -34,12 +32,12 @@ class RunNotFound(LookupError):
     pass
 
 
+class NoConfusionMatrix(LookupError):
+    """The run has no confusion matrix yet (not finished, or cancelled before its first epoch)."""
+
+
 class RunNotRetryable(RuntimeError):
     """Only a failed or cancelled run can be retried."""
-
-
-class InvalidCursor(ValueError):
-    """A `cursor` that this server did not hand out for this sort order."""
 
 
 def default_run_name(spec: RunCreate) -> str:
@@ -62,13 +60,13 @@ def new_run(payload: RunCreate, sweep_id: int | None = None, idempotency_key: st
     )
 
 
-def enqueue_committed(session: Session, runs: Sequence[Run], queue: RunQueue) -> bool:
+def enqueue_committed(session: Session, runs: Sequence[Run], queue: WorkQueue) -> bool:
     """Send the ids of runs already committed, in order; True when all were sent. If the broker
     cannot be reached, the runs not sent stay queued, awaiting the broker (lifecycle/api.py)."""
-    return lifecycle.enqueue_committed(session, Run, runs, queue.enqueue)
+    return lifecycle.enqueue_committed(session, Run, runs, queue.send_run)
 
 
-def create_run(session: Session, payload: RunCreate, queue: RunQueue, idempotency_key: str | None = None) -> Run:
+def create_run(session: Session, payload: RunCreate, queue: WorkQueue, idempotency_key: str | None = None) -> Run:
     """Commit the run, then send its id: a worker never sees an id that is not in the
     database. If the broker cannot be reached the run stays queued, awaiting the broker
     (`run.awaiting_broker`). A key already taken raises IntegrityError (see api/idempotency.py)."""
@@ -165,50 +163,21 @@ class RunFilters:
         return where
 
 
-def _encode_cursor(sort: str, value, run_id: int) -> str:
-    raw = json.dumps([sort, value, run_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, sort: str) -> tuple[object, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_sort, value, run_id = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidCursor("not a cursor this server handed out") from None
-    if cursor_sort != sort or not isinstance(run_id, int) or isinstance(value, (list, dict)):
-        raise InvalidCursor(f"the cursor was made for sort {cursor_sort!r}, not {sort!r}")
-    return value, run_id
-
-
-def _after_cursor(column, descending: bool, value, run_id: int) -> ColumnElement[bool]:
-    """Rows after (value, id) in the order `column` (NULLs last), `id` — keyset pagination:
-    the database seeks to the position through the index instead of counting an offset."""
-    tie = Run.id < run_id if descending else Run.id > run_id
-    if column is Run.id:
-        return tie
-    if value is None:
-        return and_(column.is_(None), tie)
-    beyond = column < value if descending else column > value
-    if not getattr(column, "nullable", True):
-        return or_(beyond, and_(column == value, tie))
-    return or_(beyond, and_(column == value, tie), column.is_(None))
-
-
 def list_runs(session: Session, filters: RunFilters = RunFilters(), *, sort: str = "-id", limit: int = 50,
               offset: int = 0, cursor: str | None = None) -> tuple[list[Run], int, str | None]:
     """One page of runs, the total that match, and the cursor of the next page (None at the
     end). Pages either by `offset` or, faster deep into a long list, by `cursor`."""
     descending = sort.startswith("-")
     key = sort.lstrip("-")
-    column, _ = run_query.sort_expression(key)
+    column, kind = run_query.sort_expression(key)
+    pagination.one_way_to_page(cursor, offset)
     where = filters.conditions()
     total = session.scalar(select(func.count(Run.id)).where(*where)) or 0
     order = [column.desc().nulls_last(), Run.id.desc()] if descending else [column.asc().nulls_last(), Run.id.asc()]
     query = select(Run).where(*where).order_by(*order).limit(limit + 1)
     if cursor:
-        value, run_id = _decode_cursor(cursor, sort)
-        query = query.where(_after_cursor(column, descending, value, run_id))
+        value, run_id = pagination.decode(cursor, sort, kind)
+        query = query.where(pagination.after(column, Run.id, descending, value, run_id))
     elif offset:
         query = query.offset(offset)
     runs = list(session.scalars(query))
@@ -216,7 +185,7 @@ def list_runs(session: Session, filters: RunFilters = RunFilters(), *, sort: str
     if len(runs) > limit:
         runs = runs[:limit]
         last = runs[-1]
-        next_cursor = _encode_cursor(sort, run_query.sort_value(last, key), last.id)
+        next_cursor = pagination.encode(sort, run_query.sort_value(last, key), last.id)
     return runs, int(total), next_cursor
 
 
@@ -250,51 +219,12 @@ def update_run(session: Session, run_id: int, changes: Mapping[str, object]) -> 
     return run
 
 
-def remove_artifacts(artifact_store, run_ids: Iterable[int]) -> None:
-    """The runs' files in the artifact store (a Settings, a store, or a local folder)."""
-    remove_run_files(artifact_store, run_ids)
+def remove_artifacts(store: StoreLocation | None, run_ids: Iterable[int]) -> None:
+    """The runs' files in the artifact store (None: leave them)."""
+    remove_run_files(store, run_ids)
 
 
 RETRYABLE_STATES = (RunState.failed, RunState.cancelled)  # what retry_run (and a sweep's retry) takes
-
-
-def retry_run(session: Session, run_id: int, queue: RunQueue, artifact_dir=None) -> Run:
-    """Queue a failed or cancelled run again under the same id (so its sweep sees the new
-    result in the same cell), from scratch. Its old points and matrix are removed first:
-    points are written insert-or-ignore per (run, epoch, step, name), so stale ones would shadow the
-    new; and its files, since a worker resumes a run from the checkpoint it finds there."""
-    run = get_run(session, run_id)
-    if run.external:
-        raise RunNotRetryable(f"run {run_id} was trained elsewhere (external): there is nothing to queue")
-    if run.state not in RETRYABLE_STATES:
-        raise RunNotRetryable(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
-    session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
-    session.execute(delete(ConfusionMatrix).where(ConfusionMatrix.run_id == run_id))
-    session.execute(delete(SystemMetricPoint).where(SystemMetricPoint.run_id == run_id))
-    session.expire(run, ["confusion"])
-    lifecycle.queue_again_from_scratch(run)
-    # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
-    run.resume_after_attempt = run.attempts
-    run.epochs_completed = 0
-    run.test_accuracy = run.val_accuracy = run.best_epoch = None
-    run.info = None
-    outcomes.queued_again(session, [run])  # its sweep, say, has a run to finish again
-    session.commit()
-    remove_artifacts(artifact_dir, [run_id])
-    enqueue_committed(session, [run], queue)
-    return run
-
-
-def delete_runs(session: Session, run_ids: Iterable[int], artifact_dir=None) -> int:
-    """Delete runs with their points, matrices and tags (by the database's cascades) and their
-    files. A worker still training one of them fails its next write and stops."""
-    ids = list(run_ids)
-    if not ids:
-        return 0
-    deleted = session.execute(delete(Run).where(Run.id.in_(ids))).rowcount
-    session.commit()
-    remove_artifacts(artifact_dir, ids)
-    return int(deleted or 0)
 
 
 @dataclass
@@ -304,6 +234,94 @@ class BulkOutcome:
     done: list[int] = field(default_factory=list)
     not_found: list[int] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+
+
+def retry_run(session: Session, run_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> Run:
+    """Queue a failed or cancelled run again under the same id (so its sweep sees the new
+    result in the same cell), from scratch (retry_runs). RunNotRetryable when it is not failed or
+    cancelled (a concurrent retry took it first), RunNotFound when it is gone (deleted meanwhile)."""
+    outcome = retry_runs(session, [run_id], queue, store)
+    if outcome.refused:
+        raise RunNotRetryable(outcome.refused[0][1])
+    run = session.get(Run, run_id, populate_existing=True) if outcome.done else None
+    if run is None:
+        raise RunNotFound(run_id)
+    return run
+
+
+def _why_not_retryable(run_id: int, state: str, external: bool) -> str | None:
+    if external:
+        return f"run {run_id} was trained elsewhere (external): there is nothing to queue"
+    if state not in RETRYABLE_STATES:
+        return f"run {run_id} is {state}; only failed or cancelled runs can be retried"
+    return None
+
+
+def retry_runs(session: Session, run_ids: Sequence[int], queue: WorkQueue,
+               store: StoreLocation | None = None) -> BulkOutcome:
+    """Queue failed or cancelled runs again, from scratch. Their old points and matrices are
+    removed: points are written insert-or-ignore per (run, epoch, step, name), so stale ones
+    would shadow the new; and their files, since a worker resumes a run from the checkpoint it
+    finds there. One conditional UPDATE moves them from failed or cancelled to queued: of
+    concurrent retries of one run exactly one wins and sends its id once, the others find it
+    queued (refused); a run deleted meanwhile is not found. The ids are read in one query, so
+    thousands of unknown ones cost one round trip."""
+    ids = list(dict.fromkeys(run_ids))
+    outcome = BulkOutcome()
+    if not ids:
+        return outcome
+
+    def read(wanted: Sequence[int]) -> dict[int, tuple[str, bool]]:
+        return {row.id: (row.state, row.external)
+                for row in session.execute(select(Run.id, Run.state, Run.external).where(Run.id.in_(wanted)))}
+
+    found = read(ids)
+    candidates = [i for i in ids if i in found and _why_not_retryable(i, *found[i]) is None]
+    rows: list[Run] = []
+    if candidates:
+        # Starts over: no checkpoint of an attempt so far is resumed from, even one whose file survived.
+        won = list(session.scalars(
+            update(Run).where(Run.id.in_(candidates), Run.state.in_(RETRYABLE_STATES), Run.external.is_(False))
+            .values(**lifecycle.fresh_queue_values(), resume_after_attempt=Run.attempts, epochs_completed=0,
+                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None)
+            .returning(Run.id).execution_options(synchronize_session=False)))
+        if won:
+            for table in (MetricPoint, ConfusionMatrix, SystemMetricPoint):
+                session.execute(delete(table).where(table.run_id.in_(won)))
+            rows = list(session.scalars(select(Run).where(Run.id.in_(won)).order_by(Run.id)
+                                        .execution_options(populate_existing=True)))
+            outcomes.queued_again(session, rows)  # its sweep, say, has a run to finish again
+        session.commit()
+        lost = [i for i in candidates if i not in set(won)]
+        if lost:  # to a concurrent retry (now queued) or a delete (gone)
+            for run_id in lost:
+                found.pop(run_id)
+            found.update(read(lost))
+    done = {run.id for run in rows}
+    for run_id in ids:
+        if run_id in done:
+            outcome.done.append(run_id)
+        elif run_id not in found:
+            outcome.not_found.append(run_id)
+        else:
+            outcome.refused.append((run_id, _why_not_retryable(run_id, *found[run_id])
+                                    or f"run {run_id} was retried meanwhile"))
+    if rows:
+        remove_artifacts(store, [run.id for run in rows])
+        enqueue_committed(session, rows, queue)
+    return outcome
+
+
+def delete_runs(session: Session, run_ids: Iterable[int], store: StoreLocation | None = None) -> int:
+    """Delete runs with their points, matrices and tags (by the database's cascades) and their
+    files. A worker still training one of them fails its next write and stops."""
+    ids = list(run_ids)
+    if not ids:
+        return 0
+    deleted = session.execute(delete(Run).where(Run.id.in_(ids))).rowcount
+    session.commit()
+    remove_artifacts(store, ids)
+    return int(deleted or 0)
 
 
 def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
@@ -319,26 +337,17 @@ def bulk_cancel(session: Session, run_ids: Sequence[int]) -> BulkOutcome:
     return outcome
 
 
-def bulk_retry(session: Session, run_ids: Sequence[int], queue: RunQueue,
-               artifact_dir: Path | None = None) -> BulkOutcome:
-    """Retry each; BrokerUnavailable stops at the first run that could not be sent (it and the
-    ones after it stay failed, with the reason)."""
-    outcome = BulkOutcome()
-    for run_id in dict.fromkeys(run_ids):
-        try:
-            retry_run(session, run_id, queue, artifact_dir)
-            outcome.done.append(run_id)
-        except RunNotFound:
-            outcome.not_found.append(run_id)
-        except RunNotRetryable as error:
-            outcome.refused.append((run_id, str(error)))
-    return outcome
+def bulk_retry(session: Session, run_ids: Sequence[int], queue: WorkQueue,
+               store: StoreLocation | None = None) -> BulkOutcome:
+    """Retry each that is failed or cancelled (retry_runs); with the broker down the runs wait for it
+    (`awaiting_broker`), as one retry does."""
+    return retry_runs(session, run_ids, queue, store)
 
 
-def bulk_delete(session: Session, run_ids: Sequence[int], artifact_dir: Path | None = None) -> BulkOutcome:
+def bulk_delete(session: Session, run_ids: Sequence[int], store: StoreLocation | None = None) -> BulkOutcome:
     ids = list(dict.fromkeys(run_ids))
     existing = set(session.scalars(select(Run.id).where(Run.id.in_(ids)))) if ids else set()
-    delete_runs(session, [i for i in ids if i in existing], artifact_dir)
+    delete_runs(session, [i for i in ids if i in existing], store)
     return BulkOutcome(done=[i for i in ids if i in existing], not_found=[i for i in ids if i not in existing])
 
 
@@ -374,5 +383,8 @@ def metrics_for_display(session: Session, run_id: int, max_points: int) -> tuple
     return kept, cursor, len(points)
 
 
-def confusion_of(session: Session, run_id: int) -> ConfusionMatrix | None:
-    return session.get(ConfusionMatrix, run_id)
+def confusion_of(session: Session, run_id: int) -> ConfusionMatrix:
+    matrix = session.get(ConfusionMatrix, run_id)
+    if matrix is None:
+        raise NoConfusionMatrix(run_id)
+    return matrix

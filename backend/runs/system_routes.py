@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ..api.deps import SessionDep
@@ -36,10 +36,7 @@ class SystemMetricsOut(BaseModel):
 def get_system_metrics(run_id: RunId, session: SessionDep) -> SystemMetricsOut:
     """GPU utilisation and memory, the training process's CPU and memory, and samples per second,
     one figure per epoch. GPU figures are absent (not zero) for a run trained without a GPU."""
-    try:
-        service.get_run(session, run_id)
-    except service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found") from None
+    service.get_run(session, run_id)
     points = system_points(session, run_id)
     latest = {name: value for _, name, value in points}  # by epoch: the last one wins
     names = [name for name in SYSTEM_METRICS if name in latest]

@@ -16,23 +16,13 @@ from pydantic import ValidationError
 from training.datasets import DatasetInfo, UnknownDatasetError, dataset_info
 from training.spec import spec_errors_for_dataset
 
+from ..refused import ErrorDict, Refused
 from .schemas import RunCreate
-
-ErrorDict = dict[str, Any]
-
-
-class Refused(ValueError):
-    """A request refused field by field, by logic beyond the schema (the dataset check, a
-    sweep's combinations, a preset's roles): answered as a 422 like a schema error."""
-
-    def __init__(self, errors: list[ErrorDict]):
-        super().__init__("; ".join(str(e.get("msg")) for e in errors))
-        self.errors = errors
 
 
 class DatasetCatalog:
     """The catalogue entry of each dataset, looked up once per request (a sweep asks for the
-    same dataset for every combination). Call it for a dataset's modalities (None: unknown)."""
+    same dataset for every combination)."""
 
     def __init__(self, data_dir: Path | None, video: Any = None,
                  registered: Callable[[str], DatasetInfo | None] | None = None):
@@ -50,23 +40,23 @@ class DatasetCatalog:
                 self._infos[name] = self.registered(name) if self.registered is not None else None
         return self._infos[name]
 
-    def __call__(self, name: str) -> tuple[str, ...] | None:
+    def modalities(self, name: str) -> tuple[str, ...] | None:
         info = self.info(name)
         return None if info is None else tuple(info.modalities)
 
 
-def dataset_errors(payload: RunCreate, modalities: DatasetCatalog) -> list[ErrorDict]:
+def dataset_errors(payload: RunCreate, catalog: DatasetCatalog) -> list[ErrorDict]:
     """422 errors naming the field when the dataset is unknown or does not fit the spec.
     The one call of the training library's dataset check, for runs and sweeps alike."""
     return [
         {"type": "value_error", "loc": ("body", e.field), "msg": e.message, "input": getattr(payload, e.field)}
-        for e in spec_errors_for_dataset(payload, modalities.info(payload.dataset))
+        for e in spec_errors_for_dataset(payload, catalog.info(payload.dataset))
     ]
 
 
-def check_against_dataset(payload: RunCreate, modalities: DatasetCatalog) -> None:
-    """Refused (422 naming the field) when the dataset is unknown, unusable, or does not fit."""
-    errors = dataset_errors(payload, modalities)
+def refuse_if_unfit(payload: RunCreate, catalog: DatasetCatalog) -> None:
+    """Refused (422 naming the field) when the dataset is unknown, unusable, or does not fit the spec."""
+    errors = dataset_errors(payload, catalog)
     if errors:
         raise Refused(errors)
 
@@ -81,11 +71,11 @@ def _plain(error: dict) -> ErrorDict:
     return plain
 
 
-def validate_run(data: Mapping[str, Any], modalities: DatasetCatalog) -> tuple[RunCreate | None, list[ErrorDict]]:
+def validate_run(data: Mapping[str, Any], catalog: DatasetCatalog) -> tuple[RunCreate | None, list[ErrorDict]]:
     """The spec, or the errors that refuse it: schema first, then the dataset check."""
     try:
         payload = RunCreate.model_validate(dict(data))
     except ValidationError as error:
         return None, [_plain(e) for e in error.errors(include_url=False)]
-    errors = dataset_errors(payload, modalities)
+    errors = dataset_errors(payload, catalog)
     return (None, errors) if errors else (payload, [])

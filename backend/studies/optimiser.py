@@ -89,10 +89,11 @@ def make_sampler(config: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSa
 def make_pruner(config: Mapping[str, Any], epochs: int) -> optuna.pruners.BasePruner:
     name = config["name"]
     if name == "median":
+        # Optuna prunes from step n_warmup_steps on (its steps count from 0); ours are epochs from 1.
         return optuna.pruners.MedianPruner(n_startup_trials=config.get("n_startup_trials", 5),
-                                           n_warmup_steps=config.get("n_warmup_epochs", 1))
+                                           n_warmup_steps=config.get("n_warmup_epochs", 5) + 1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=config.get("min_epochs", 1), max_resource=epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=config.get("min_epochs", 5), max_resource=epochs,
                                               reduction_factor=config.get("reduction_factor", 3))
     return optuna.pruners.NopPruner()
 
@@ -109,17 +110,20 @@ class Arm:
     index: int = 0
 
 
-def rebuild(arm: Arm, records: Sequence[TrialRecord], sampler_seed: int | None = None) -> optuna.Study:
+def rebuild(arm: Arm, records: Sequence[TrialRecord], sampler_seed: int | None = None,
+            with_params: bool = True) -> optuna.Study:
     """The arm's Optuna study, in memory, holding `records` in trial-number order (so Optuna's
-    numbers are ours)."""
+    numbers are ours). Without params (a pruner reads only states and per-epoch values), it is
+    built several times faster: Optuna copies every trial's distributions as it adds it."""
     seed = arm.sampler.get("seed", 0) if sampler_seed is None else sampler_seed
     study = optuna.create_study(study_name=arm.name, direction="maximize", sampler=make_sampler(arm.sampler, seed),
                                 pruner=make_pruner(arm.pruner, arm.epochs))
     space = distributions(arm.space)
     for record in sorted(records, key=lambda r: r.number):
         state = OPTUNA_STATES[OurState(record.state)]
+        params = dict(record.params) if with_params else {}
         study.add_trial(create_trial(
-            params=dict(record.params), distributions={name: space[name] for name in record.params},
+            params=params, distributions={name: space[name] for name in params},
             state=state, value=record.value if state is TrialState.COMPLETE else None,
             intermediate_values={int(epoch): value for epoch, value in record.intermediate.items()},
             system_attrs=dict(record.system_attrs)))
@@ -144,7 +148,7 @@ class PruneDecision:
 def judge(arm: Arm, records: Sequence[TrialRecord], number: int) -> PruneDecision:
     """Whether trial `number` (running, its intermediate values up to its last epoch) is to be
     pruned, as the arm's pruner decides given every other trial."""
-    study = rebuild(arm, records)
+    study = rebuild(arm, records, with_params=False)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     prune = bool(study.pruner.prune(study, trial))
     after = next(t for t in study.get_trials(deepcopy=False) if t.number == number)

@@ -12,7 +12,8 @@ from typing import Any
 from training.search_space import default_search_space, distribution_error, describe
 from training.spec import DEFAULTS_OF_LATER_OPTIONS, TrainSpec
 
-from ..runs.validation import DatasetCatalog, ErrorDict, Refused, validate_run
+from ..refused import ErrorDict, Refused
+from ..runs.validation import DatasetCatalog, validate_run
 from .schemas import NOT_IN_SPEC, StudyCreate
 
 Loc = tuple[str | int, ...]

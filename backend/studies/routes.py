@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Response, status
 
 from training.search_space import default_search_space
 from training.spec import METHODS
 
 from ..api import idempotency
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import StudyId, id_cursor
+from ..api.deps import WorkQueueDep, SessionDep, SettingsDep
+from ..api.params import NO_CONTROL_CHARACTERS, StudyId
 from ..catalog import registry
-from ..runs.validation import DatasetCatalog, Refused
-from ..sweeps.paired import UnknownReference
+from ..refused import Refused
+from ..runs.validation import DatasetCatalog
 from ..sweeps.selection_rules import SelectionRulesOut
 from . import service
 from .plan import StudyPlan, plan_study
@@ -70,7 +69,7 @@ def default_study_spaces() -> dict[str, dict[str, dict]]:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyCreated,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED,
                         422: {"description": "A field, a candidate or a range of a space is invalid; nothing written"}})
-def create_study(payload: StudyCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+def create_study(payload: StudyCreate, response: Response, session: SessionDep, queue: WorkQueueDep,
                  settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> StudyCreated:
     """Create a study: each candidate (a method with its fusion) at each setting (missing modality
     × rate) is searched with the same number of trials (TPE or random, with the pruner asked for),
@@ -83,10 +82,10 @@ def create_study(payload: StudyCreate, response: Response, session: SessionDep, 
 
 @router.get("", response_model=StudyPage)
 def list_studies(session: SessionDep, limit: int = Query(50, ge=1, le=500),
-                 cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                 cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                             description="`next_cursor` of the previous page")) -> StudyPage:
     """Studies, newest first."""
-    studies, total, next_cursor = service.list_studies(session, limit, id_cursor(cursor))
+    studies, total, next_cursor = service.list_studies(session, limit, cursor)
     return StudyPage(items=[_study_out(session, s) for s in studies], total=total, limit=limit,
                      next_cursor=next_cursor)
 
@@ -102,7 +101,7 @@ def list_study_presets() -> list[StudyPresetOut]:
              responses={**AWAITING_BROKER, **idempotency.REPLAYED, 404: {"description": "No such preset"},
                         422: {"description": "A field is invalid; nothing written"}})
 def create_preset_study(name: str, request: StudyPresetRequest, response: Response, session: SessionDep,
-                        queue: RunQueueDep, settings: SettingsDep,
+                        queue: WorkQueueDep, settings: SettingsDep,
                         idempotency_key: idempotency.KeyHeader = None) -> StudyCreated:
     """Create the study of a tuned preset on the dataset given, in one call."""
     key = idempotency.checked_key(idempotency_key)
@@ -131,7 +130,7 @@ def list_study_trials(study_id: StudyId, session: SessionDep,
 
 
 @router.get("/{study_id}/plots", responses=NOT_FOUND)
-async def get_study_plots(study_id: StudyId, session: SessionDep,
+def get_study_plots(study_id: StudyId, session: SessionDep,
                     arm: int = Query(0, ge=0, le=10_000, description="Which arm (candidate × setting)")) -> dict:
     """optuna.visualization's figures of one arm as Plotly JSON (`data`, `layout`): optimisation
     history, per-epoch validation accuracy of each trial (pruned ones stop early), parallel
@@ -144,30 +143,23 @@ async def get_study_plots(study_id: StudyId, session: SessionDep,
 
     records = [service.record_of(t) for t in service.trials_of(session, study_id, arm)]
     return {"arm": arm, "label": service.arm_label(study, arm),
-            "figures": await run_in_threadpool(figures, service.optuna_arm(study, arm), records)}
+            "figures": figures(service.optuna_arm(study, arm), records)}
 
 
 ReferenceParam = Query(None, max_length=200, description=(
     "The reference of the paired comparisons: a row label or a method; default: the best baseline of each column"))
 
 
-def _reference_refused(reference, error: UnknownReference) -> Refused:
-    return Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference, "msg": str(error)}])
-
-
 @router.get("/{study_id}/table", response_model=StudyTableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
 def get_study_table(study_id: StudyId, session: SessionDep, format: Literal["json", "csv", "latex"] = Query("json"),
-              reference: str | None = ReferenceParam,
-              test: Literal["seeds", "samples"] = Query("seeds")) -> StudyTableOut | Response:
+                    reference: str | None = ReferenceParam,
+                    test: Literal["seeds", "samples"] = Query("seeds")) -> StudyTableOut | Response:
     """The final runs as a comparison table (rows: candidates; columns: settings; cells: mean ±
     std over the final seeds, compared seed by seed with the column's reference) with the
     hyperparameters each cell's runs were trained with (its best trial on validation accuracy)."""
     study = service.get_study(session, study_id)
-    try:
-        result = study_table(session, study, reference=reference, test=test)
-    except UnknownReference as error:
-        raise _reference_refused(reference, error) from None
+    result = study_table(session, study, reference=reference, test=test)  # UnknownReference: a 422
     if format == "csv":
         body, media_type, suffix = study_csv(result), "text/csv; charset=utf-8", "csv"
     elif format == "latex":
@@ -185,24 +177,18 @@ def get_study_table(study_id: StudyId, session: SessionDep, format: Literal["jso
 
 @router.get("/{study_id}/selection-rules", response_model=SelectionRulesOut, responses=NOT_FOUND)
 def get_study_selection_rules(study_id: StudyId, session: SessionDep,
-                        reference: str | None = ReferenceParam) -> SelectionRulesOut:
+                              reference: str | None = ReferenceParam) -> SelectionRulesOut:
     """The final table under every selection rule, from the epochs the final runs recorded (no
     retraining), with where the ranking of a column changes."""
     study = service.get_study(session, study_id)
-    try:
-        return study_sensitivity(session, study, reference)
-    except UnknownReference as error:
-        raise _reference_refused(reference, error) from None
+    return study_sensitivity(session, study, reference)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut, responses={
     **NOT_FOUND, 409: {"description": "The study already ended"}})
 def cancel_study(study_id: StudyId, session: SessionDep) -> StudyOut:
     """Ask no more trials, and cancel the trials and final runs not ended (they keep their points)."""
-    try:
-        return _study_out(session, service.cancel_study(session, study_id))
-    except service.StudyFinished as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    return _study_out(session, service.cancel_study(session, study_id))
 
 
 @router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)

@@ -54,9 +54,12 @@ class PrunerIn(CleanInput):
                               "of the completed trials at the same epoch (median), or by successive halving in "
                               "brackets (hyperband); none trains every trial to its last epoch")
     n_startup_trials: int = Field(5, ge=0, le=1000, description="median: trials completed before any is pruned")
-    n_warmup_epochs: int = Field(1, ge=0, le=10_000, description="median: epochs a trial trains before it can be "
-                                                                 "pruned")
-    min_epochs: int = Field(1, ge=1, le=10_000, description="hyperband: the smallest number of epochs a trial gets")
+    # 5, not Optuna's 0: on digits the first epoch's validation accuracy said nothing of where a
+    # trial ends (docs/studies.md, "Sampler, pruner, budget").
+    n_warmup_epochs: int = Field(5, ge=0, le=10_000, description="median: no trial is pruned at or before this "
+                                                                 "epoch")
+    min_epochs: int = Field(5, ge=1, le=10_000, description="hyperband: the fewest epochs a trial trains (its "
+                                                            "first rung)")
     reduction_factor: int = Field(3, ge=2, le=10, description="hyperband: 1/reduction_factor of the trials go "
                                                               "on at each rung")
 

@@ -31,8 +31,9 @@ from sqlalchemy.orm import Session
 
 from training.selection import DEFAULT_SELECTION_RULE
 
+from .. import pagination
 from ..db import utcnow
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..runs import service as runs
 from ..runs.models import TERMINAL_STATES, Run, RunState
 from ..runs.schemas import RunCreate
@@ -113,14 +114,19 @@ def study_by_idempotency_key(session: Session, key: str) -> Study | None:
     return session.scalar(select(Study).where(Study.idempotency_key == key))
 
 
-def list_studies(session: Session, limit: int = 50, before_id: int | None = None) -> tuple[list[Study], int, str | None]:
-    """A page of studies, newest first, the total, and the next page's cursor (None at the end)."""
+def list_studies(session: Session, limit: int = 50, cursor: str | None = None) -> tuple[list[Study], int, str | None]:
+    """A page of studies, newest first, the total, and the next page's cursor (None at the end;
+    backend/pagination.py)."""
     total = session.scalar(select(func.count(Study.id))) or 0
     query = select(Study).order_by(Study.id.desc()).limit(limit + 1)
-    if before_id is not None:
-        query = query.where(Study.id < before_id)
+    if cursor:
+        _, study_id = pagination.decode(cursor, pagination.NEWEST_FIRST)
+        query = query.where(Study.id < study_id)
     studies = list(session.scalars(query))
-    next_cursor = str(studies[limit - 1].id) if len(studies) > limit else None
+    next_cursor = None
+    if len(studies) > limit:
+        last = studies[limit - 1]
+        next_cursor = pagination.encode(pagination.NEWEST_FIRST, last.id, last.id)
     return studies[:limit], int(total), next_cursor
 
 
@@ -151,7 +157,7 @@ def best_trial(trials: Iterable[StudyTrial]) -> StudyTrial | None:
 # --- creating -----------------------------------------------------------------------------
 
 
-def create_study(session: Session, queue: RunQueue, plan: StudyPlan, *, preset: str | None = None,
+def create_study(session: Session, queue: WorkQueue, plan: StudyPlan, *, preset: str | None = None,
                  preset_options: dict[str, Any] | None = None, idempotency_key: str | None = None) -> Study:
     """Commit the study, then ask for its first trials (committed with their runs, then sent). A
     key already taken raises IntegrityError (api/idempotency.py)."""
@@ -277,7 +283,7 @@ def _final_runs_ended(session: Session, study: Study) -> bool:
     return not unfinished
 
 
-def advance(session: Session, queue: RunQueue, study_id: int) -> list[int]:
+def advance(session: Session, queue: WorkQueue, study_id: int) -> list[int]:
     """Move the study on as far as it can go now; returns the ids of the runs it created.
     Safe to call from any number of processes at once, as often as wanted."""
     created_ids: list[int] = []
@@ -322,7 +328,7 @@ def advance(session: Session, queue: RunQueue, study_id: int) -> list[int]:
     return created_ids
 
 
-def advance_active(session: Session, queue: RunQueue) -> None:
+def advance_active(session: Session, queue: WorkQueue) -> None:
     """Advance every study not ended (the reconcile step: a process that ended a trial's run may
     have died before advancing its study)."""
     for study_id in list(session.scalars(select(Study.id).where(Study.state.in_(list(ACTIVE_STATES))))):
@@ -348,18 +354,20 @@ def report_epoch(session: Session, run_id: int, epoch: int, val_accuracy: float 
     study = session.get(Study, trial.study_id)
     if trial.state != TrialState.running or study.state != StudyState.searching or val_accuracy is None:
         return False
-    from .optimiser import judge
-
     started = time.perf_counter()
     intermediate = {**(trial.intermediate or {}), str(epoch): float(val_accuracy)}
-    others = [t for t in trials_of(session, study.id, trial.arm) if t.id != trial.id]
-    me = record_of(trial)
-    records = [record_of(t) for t in others] + [type(me)(me.number, me.params, me.state, None,
-                                                           {int(k): v for k, v in intermediate.items()},
-                                                           me.system_attrs)]
-    decision = judge(optuna_arm(study, trial.arm), records, trial.number)
-    prune = decision.prune and epoch < epochs_of(study)  # the last epoch is not worth stopping
-    values: dict[str, Any] = {"intermediate": intermediate, "system_attrs": decision.system_attrs,
+    prune, system_attrs = False, trial.system_attrs or {}
+    if study.pruner["name"] != "none" and epoch < epochs_of(study):  # the last epoch is not worth stopping
+        from .optimiser import judge
+
+        others = [t for t in trials_of(session, study.id, trial.arm) if t.id != trial.id]
+        me = record_of(trial)
+        records = [record_of(t) for t in others] + [type(me)(me.number, me.params, me.state, None,
+                                                               {int(k): v for k, v in intermediate.items()},
+                                                               me.system_attrs)]
+        decision = judge(optuna_arm(study, trial.arm), records, trial.number)
+        prune, system_attrs = decision.prune, decision.system_attrs
+    values: dict[str, Any] = {"intermediate": intermediate, "system_attrs": system_attrs,
                               "overhead_seconds": StudyTrial.overhead_seconds + (time.perf_counter() - started)}
     if prune:
         values.update(state=TrialState.pruned, pruned_epoch=epoch, finished_at=utcnow())
@@ -497,7 +505,7 @@ def on_runs_ended(session: Session, settings: Settings, ended: Sequence[Run]) ->
     study_ids = studies_of_runs(session, [r.id for r in ended], [r.sweep_id for r in ended if r.sweep_id])
     if not study_ids:
         return
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     try:
         for study_id in study_ids:
             advance(session, queue, study_id)

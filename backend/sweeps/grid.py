@@ -79,13 +79,13 @@ def _varying(combinations: list[dict[str, Any]]) -> list[str]:
     return [n for n in names if len({repr(c.get(n)) for c in combinations}) > 1]
 
 
-def plan_sweep(combinations: Iterable[Mapping[str, Any]], modalities: DatasetCatalog) -> SweepPlan:
+def plan_sweep(combinations: Iterable[Mapping[str, Any]], catalog: DatasetCatalog) -> SweepPlan:
     combinations = [dict(c) for c in combinations]
     varying = _varying(combinations)
     runs: list[RunCreate] = []
     groups: dict[tuple, InvalidGroup] = {}
     for combination in combinations:
-        payload, errors = validate_run(combination, modalities)
+        payload, errors = validate_run(combination, catalog)
         if payload is not None:
             runs.append(payload)
             continue

@@ -39,14 +39,19 @@ import numpy as np
 from ..paired_statistics import (ALPHA, TARGET_POWER, TIE, RunPredictions, discordant_pairs,
                                  holm, mcnemar_p, mean_interval, seeds_needed, seeds_to_reach, sign_flip_p,
                                  smallest_sign_flip_p, wins_ties_losses)
+from ..refused import Refused
 from .analysis import Cell, ComparisonTable, Row, RunResult
 
 Test = Literal["seeds", "samples"]
 BASELINE_EXCLUDED = frozenset({"mle"})  # the paper's method; every other method is a baseline
 
 
-class UnknownReference(ValueError):
-    """The reference asked for is neither a row label nor a method of the table."""
+class UnknownReference(Refused):
+    """The reference asked for (the `reference` parameter) is neither a row label nor a method of
+    the table: a 422 naming it."""
+
+    def __init__(self, reference: str, message: str):
+        super().__init__([{"type": "value_error", "loc": ("query", "reference"), "input": reference, "msg": message}])
 
 
 class Pairing(Enum):
@@ -157,7 +162,7 @@ def _reference_rows(table: ComparisonTable, reference: str | None, include_exter
             return [named[0]] * len(table.columns)
         candidates = [row for row in own if row.method == reference] or [row for row in rows if row.method == reference]
         if not candidates:
-            raise UnknownReference(f"no row {reference!r} in this table (a row label such as "
+            raise UnknownReference(reference, f"no row {reference!r} in this table (a row label such as "
                                    f"{rows[0].label!r}, or a method: {', '.join(dict.fromkeys(r.method for r in rows))})"
                                    if rows else "the table has no rows")
     else:

@@ -26,7 +26,8 @@ from typing import Any
 from training.datasets.naming import features_dataset_names
 from training.spec import FUSIONS, METHODS, PAPER_MODALITIES
 
-from ..runs.validation import DatasetCatalog, ErrorDict, Refused
+from ..refused import ErrorDict, Refused
+from ..runs.validation import DatasetCatalog
 from .grid import SweepPlan, plan_sweep
 from .paper import TABLE_1, TABLE_2, PaperTable
 from .schemas import PresetRequest
@@ -273,13 +274,13 @@ def plan_preset(preset: Preset, *, dataset: str, roles: dict[str, str], seeds: i
 # --- a preset request → the runs of its sweep ---------------------------------------------
 
 
-def preset_roles(request: PresetRequest, modalities: DatasetCatalog) -> dict[str, str]:
+def preset_roles(request: PresetRequest, catalog: DatasetCatalog) -> dict[str, str]:
     """Which dataset modality plays the paper's visual and audio roles; Refused naming the field."""
 
     def refuse(field: str, value: Any, message: str) -> Refused:
         return Refused([{"type": "value_error", "loc": ("body", field), "input": value, "msg": message}])
 
-    available = modalities(request.dataset)
+    available = catalog.modalities(request.dataset)
     if available is None or len(available) < 2:
         problem = "unknown dataset" if available is None else "not a two-modality dataset:"
         raise refuse("dataset", request.dataset, f"{problem} {request.dataset!r}")
@@ -314,14 +315,14 @@ class PresetRequestPlan:
                 for name in dict.fromkeys(f for c in combinations for f in c)}
 
 
-def plan_preset_request(preset: Preset, request: PresetRequest, modalities: DatasetCatalog) -> PresetRequestPlan:
-    roles = preset_roles(request, modalities)
-    picked = modalities.info(request.dataset)
+def plan_preset_request(preset: Preset, request: PresetRequest, catalog: DatasetCatalog) -> PresetRequestPlan:
+    roles = preset_roles(request, catalog)
+    picked = catalog.info(request.dataset)
     is_video = picked is not None and picked.source == "video"
 
     def features(backbone: str) -> str | None:
         for name in features_dataset_names(request.dataset, backbone):
-            info = modalities.info(name)
+            info = catalog.info(name)
             if info is not None and info.error is None:
                 return name
         return None
@@ -329,7 +330,7 @@ def plan_preset_request(preset: Preset, request: PresetRequest, modalities: Data
     preset_plan = plan_preset(preset, dataset=request.dataset, roles=roles, seeds=request.seeds,
                               epochs=request.epochs, only_available=request.only_available, is_video=is_video,
                               features=features)
-    sweep_plan = plan_sweep(preset_plan.combinations, modalities)
+    sweep_plan = plan_sweep(preset_plan.combinations, catalog)
     name = request.name or f"{preset.figure} on {request.dataset} ({len(sweep_plan.runs)} runs)"
     refusal, message = None, None
     if not preset_plan.complete and (not request.only_available or not sweep_plan.runs):

@@ -7,21 +7,20 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from ..api import idempotency
-from ..api.deps import RunQueueDep, SessionDep, SettingsDep
-from ..api.params import Offset, SweepId, id_cursor
+from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
+from ..api.params import NO_CONTROL_CHARACTERS, Offset, SweepId
 from ..catalog import registry
 from ..live import client_address
-from ..runs.validation import DatasetCatalog, Refused
+from ..refused import Refused
+from ..runs.validation import DatasetCatalog
 from . import service
 from .analysis import missing_rate_trend
 from .export import LatexSetting, table_csv, table_latex
 from .grid import SweepPlan, expand_grid, plan_sweep
-from .paired import UnknownReference
 from .presets import PRESETS, PresetRequestPlan, get_preset, plan_preset_request
 from .schemas import (
     InvalidCombinations,
@@ -106,7 +105,7 @@ def preview_sweep(payload: SweepCreate, settings: SettingsDep, session: SessionD
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepCreated,
              responses={**AWAITING_BROKER, **idempotency.REPLAYED,
                         422: {"description": "A field or a combination is invalid; nothing written"}})
-def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: RunQueueDep,
+def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, queue: WorkQueueDep,
                  settings: SettingsDep, idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Expand the grid into runs, commit them all, then queue them (seed by seed)."""
     key = idempotency.checked_key(idempotency_key)
@@ -119,14 +118,11 @@ def create_sweep(payload: SweepCreate, response: Response, session: SessionDep, 
 
 @router.get("", response_model=SweepPage)
 def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: Offset = 0,
-                cursor: str | None = Query(None, max_length=18, pattern=r"^[0-9]+$",
+                cursor: str | None = Query(None, max_length=500, pattern=NO_CONTROL_CHARACTERS,
                                            description="`next_cursor` of the previous page"),
                 include_external: bool = ProgressExternalParam) -> SweepPage:
     """Sweeps, newest first, with their progress."""
-    if cursor and offset:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"), "input": offset,
-                                       "msg": "give either offset or cursor, not both"}])
-    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, before_id=id_cursor(cursor))
+    sweeps, total, next_cursor = service.list_sweeps(session, limit, offset, cursor)
     progress = service.progress_of(session, [s.id for s in sweeps], include_external)
     return SweepPage(items=[SweepOut.of(s, progress[s.id]) for s in sweeps], total=total, limit=limit, offset=offset,
                      next_cursor=next_cursor)
@@ -147,7 +143,7 @@ def delete_sweep(sweep_id: SweepId, session: SessionDep, settings: SettingsDep,
 
 
 @router.post("/{sweep_id}/retry", response_model=RetriedRuns, responses=NOT_FOUND)
-def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: RunQueueDep, settings: SettingsDep) -> RetriedRuns:
+def retry_sweep(sweep_id: SweepId, session: SessionDep, queue: WorkQueueDep, settings: SettingsDep) -> RetriedRuns:
     """Queue every failed or cancelled run of the sweep again, from scratch."""
     return RetriedRuns(run_ids=service.retry_sweep(session, sweep_id, queue, settings))
 
@@ -165,15 +161,6 @@ ExternalParam = Query(False, description=(
     "cells. Either way, a run trained elsewhere is paired by seed only where its split is verified "
     "(`pairing_verified`)"))
 
-
-def _compared_table(session, sweep, reference: str | None, test: str, include_external: bool = False):
-    try:
-        return service.sweep_table(session, sweep, reference=reference, test=test, include_external=include_external)
-    except UnknownReference as error:
-        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
-                                       "msg": str(error)}]) from None
-
-
 @router.get("/{sweep_id}/table", response_model=TableOut, responses={
     **NOT_FOUND, 200: {"content": {"application/json": {}, "text/csv": {}, "application/x-latex": {}}}})
 def get_table(sweep_id: SweepId, session: SessionDep,
@@ -188,7 +175,8 @@ def get_table(sweep_id: SweepId, session: SessionDep,
     correction over the table; see docs/statistics.md). CSV and LaTeX print percentages and
     carry the same comparisons."""
     sweep = service.get_sweep(session, sweep_id)
-    table, results, comparison = _compared_table(session, sweep, reference, test, include_external)
+    table, results, comparison = service.sweep_table(session, sweep, reference=reference, test=test,
+                                                     include_external=include_external)
     if format == "json":
         dataset = results[0].dataset if results else None
         return table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison)
@@ -208,7 +196,8 @@ def get_trend(sweep_id: SweepId, session: SessionDep, reference: str | None = Re
     modality, mean and std over seeds, each point's paired difference to its column's
     reference and its mark (significant win or loss); the paper's numbers as extra series in a
     preset sweep."""
-    table, _, _ = _compared_table(session, service.get_sweep(session, sweep_id), reference, test, include_external)
+    sweep = service.get_sweep(session, sweep_id)
+    table, _, _ = service.sweep_table(session, sweep, reference=reference, test=test, include_external=include_external)
     return trend_out(sweep_id, missing_rate_trend(table))
 
 
@@ -218,7 +207,8 @@ def get_summary(sweep_id: SweepId, session: SessionDep, reference: str | None = 
     """The table and the trend in one response (what the sweep page draws), with the paired
     comparisons against the reference asked for."""
     sweep = service.get_sweep(session, sweep_id)
-    table, results, comparison = _compared_table(session, sweep, reference, test, include_external)
+    table, results, comparison = service.sweep_table(session, sweep, reference=reference, test=test,
+                                                     include_external=include_external)
     dataset = results[0].dataset if results else None
     return SweepSummary(table=table_out(sweep_id, table, service.paper_context(sweep, dataset), comparison),
                         trend=trend_out(sweep_id, missing_rate_trend(table)))
@@ -231,12 +221,8 @@ def get_sweep_selection_rules(sweep_id: SweepId, session: SessionDep,
     latest among ties; lowest validation loss; last epoch), from the epochs the runs recorded: no
     retraining. Shows where a column's ranking changes with the rule (docs/studies.md)."""
     sweep = service.get_sweep(session, sweep_id)
-    try:
-        return sweep_sensitivity(session, service.sweep_results(session, sweep_id), service.modality_roles(sweep),
-                                 reference)
-    except UnknownReference as error:
-        raise Refused([{"type": "value_error", "loc": ("query", "reference"), "input": reference,
-                        "msg": str(error)}]) from None
+    return sweep_sensitivity(session, service.sweep_results(session, sweep_id), service.modality_roles(sweep),
+                             reference)
 
 
 def _sweep_exists(sessions, sweep_id: int) -> None:
@@ -285,7 +271,7 @@ def preview_preset(name: str, request: PresetRequest, settings: SettingsDep, ses
                                 422: {"description": "The preset needs methods the training library lacks "
                                                      "(unless only_available), or a field is invalid"}})
 def create_preset_sweep(name: str, request: PresetRequest, response: Response, session: SessionDep,
-                        queue: RunQueueDep, settings: SettingsDep,
+                        queue: WorkQueueDep, settings: SettingsDep,
                         idempotency_key: idempotency.KeyHeader = None) -> SweepCreated:
     """Create the sweep of a paper experiment on the dataset given, in one call."""
     key = idempotency.checked_key(idempotency_key)

@@ -13,14 +13,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
                       field_validator, model_validator)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from ..api.from_dataclass import response_model_of
 from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
+from .analysis import Cell, Column, Row, TrendSeries
 from .grid import MAX_RUNS_PER_SWEEP, grid_size
+from .paired import Paired, PairedSummary
 
 MAX_VALUES_PER_FIELD = 1_000
 SWEEPABLE_FIELDS = [name for name in RunCreate.model_fields if name != "name"]
@@ -251,80 +254,64 @@ class PresetPreview(BaseModel):
 # --- results ----------------------------------------------------------------------------
 
 
-class PairedOut(BaseModel):
-    """The cell against the reference cell of its column, seed by seed (docs/statistics.md)."""
+# The results are the analysis' own dataclasses (analysis.py, paired.py), answered through models
+# generated from them (backend/api/from_dataclass.py): the descriptions below document them.
 
-    model_config = ConfigDict(from_attributes=True)
+PairedOut = response_model_of(
+    Paired, "PairedOut", doc="The cell against the reference cell of its column, seed by seed (docs/statistics.md).",
+    types={"discordant": list[int] | None},
+    computed={"mark": Literal["win", "loss"] | None},
+    descriptions={
+        "reference": "Label of the reference row",
+        "n": "Seeds both cells have",
+        "diff": "Mean paired difference of test accuracy (fraction), cell − reference",
+        "ci_low": "95% t interval of the mean difference over seeds; null below 2 seeds",
+        "wins": "Seeds where the cell beats the reference",
+        "p_value": "p-value of the test in `test`",
+        "p_adjusted": "p_value after Holm's correction over the table's comparisons",
+        "significant": "p_adjusted below alpha",
+        "mark": "A significant win or loss, after the correction",
+        "test": "seeds: exact sign-flip test over seeds; samples: McNemar over test samples, pooled over seeds",
+        "p_seeds": "Exact two-sided sign-flip permutation p-value over seeds",
+        "p_samples": "Exact McNemar p-value over the test samples of every paired seed; null when a run has no "
+                     "stored test predictions",
+        "discordant": "[only the reference right, only the cell right], test samples summed over seeds",
+        "seeds_needed": "About how many seeds would detect the observed mean difference with 80% power at alpha "
+                        "(null: no difference)",
+        "in_family": "In Holm's family of the table: false for a row of runs trained elsewhere (or against one) "
+                     "unless include_external; then p_adjusted is null and the cell is never marked",
+    })
 
-    reference: str = Field(description="Label of the reference row")
-    n: int = Field(description="Seeds both cells have")
-    diff: float | None = Field(description="Mean paired difference of test accuracy (fraction), cell − reference")
-    ci_low: float | None = Field(description="95% t interval of the mean difference over seeds; null below 2 seeds")
-    ci_high: float | None
-    wins: int = Field(description="Seeds where the cell beats the reference")
-    ties: int
-    losses: int
-    p_value: float | None = Field(description="p-value of the test in `test`")
-    p_adjusted: float | None = Field(description="p_value after Holm's correction over the table's comparisons")
-    significant: bool = Field(description="p_adjusted below alpha")
-    mark: Literal["win", "loss"] | None = Field(description="A significant win or loss, after the correction")
-    test: Literal["seeds", "samples"] = Field(
-        description="seeds: exact sign-flip test over seeds; samples: McNemar over test samples, pooled over seeds")
-    p_seeds: float | None = Field(description="Exact two-sided sign-flip permutation p-value over seeds")
-    p_samples: float | None = Field(description="Exact McNemar p-value over the test samples of every paired seed; "
-                                                "null when a run has no stored test predictions")
-    discordant: list[int] | None = Field(description="[only the reference right, only the cell right], "
-                                                     "test samples summed over seeds")
-    seeds_needed: int | None = Field(description="About how many seeds would detect the observed mean difference "
-                                                 "with 80% power at alpha (null: no difference)")
-    in_family: bool = Field(True, description="In Holm's family of the table: false for a row of runs trained "
-                                              "elsewhere (or against one) unless include_external; then p_adjusted "
-                                              "is null and the cell is never marked")
+CellOut = response_model_of(
+    Cell, "CellOut", doc="One method (fusion) at one missing modality and rate, over the seeds.",
+    exclude={"values"}, types={"paired": PairedOut | None},
+    computed={"mean": float | None, "std": float | None, "n": int},
+    descriptions={
+        "mean": "Mean test accuracy (fraction) over the seeds that succeeded",
+        "std": "Sample standard deviation (n − 1); null below two seeds",
+        "n": "Seeds that succeeded",
+        "pending": "Runs of this cell still queued or running",
+        "best": "Highest mean of its column",
+        "paper": "The paper's reported accuracy (fraction) for this setting",
+        "seeds": "The seed of each run in run_ids",
+        "is_reference": "The reference of its column's paired comparisons",
+        "paired": "Compared with its column's reference; null for the reference itself, cells with no seed in "
+                  "common and cells whose pairing is not verified",
+        "pairing_verified": "False: this cell or its reference holds a run trained elsewhere that declared no split "
+                            "shown to be missmod's, so it is not paired by seed (`paired` is null)",
+    })
 
+ColumnOut = response_model_of(
+    Column, "ColumnOut", doc="A missing modality at a missing rate.", computed={"label": str},
+    descriptions={"role": "The paper's name for the modality (visual/audio), in a preset sweep"})
 
-class CellOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    mean: float | None = Field(description="Mean test accuracy (fraction) over the seeds that succeeded")
-    std: float | None = Field(description="Sample standard deviation (n − 1); null below two seeds")
-    n: int = Field(description="Seeds that succeeded")
-    pending: int = Field(description="Runs of this cell still queued or running")
-    best: bool = Field(description="Highest mean of its column")
-    paper: float | None = Field(description="The paper's reported accuracy (fraction) for this setting")
-    run_ids: list[int]
-    seeds: list[int] = Field(default_factory=list, description="The seed of each run in run_ids")
-    is_reference: bool = Field(False, description="The reference of its column's paired comparisons")
-    paired: PairedOut | None = Field(None, description="Compared with its column's reference; null for the "
-                                                       "reference itself, cells with no seed in common and cells "
-                                                       "whose pairing is not verified")
-    pairing_verified: bool = Field(True, description="False: this cell or its reference holds a run trained "
-                                                     "elsewhere that declared no split shown to be missmod's, so "
-                                                     "it is not paired by seed (`paired` is null)")
-
-
-class ColumnOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    missing_modality: str
-    missing_rate: float
-    role: str | None = Field(description="The paper's name for the modality (visual/audio), in a preset sweep")
-    label: str
-
-
-class RowOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    label: str
-    method: str
-    fusion: str
-    extras: dict[str, Any] = Field(description="Other spec fields the sweep varies, which split rows")
-    cells: list[CellOut]
-    external: bool = Field(False, description="Runs trained elsewhere (POST /api/runs/external); the label says so")
-
-    @field_validator("extras", mode="before")
-    @classmethod
-    def _pairs(cls, extras: Any) -> Any:
-        return dict(extras)  # analysis keeps them as (name, value) pairs, hashable
+RowOut = response_model_of(
+    Row, "RowOut", doc="A method (fusion), and the other spec fields the sweep varies.",
+    # analysis keeps the extras as (name, value) pairs, hashable; the answer is an object
+    types={"extras": Annotated[dict[str, Any], BeforeValidator(dict)], "cells": list[CellOut]},
+    computed={"label": str},
+    descriptions={"extras": "Other spec fields the sweep varies, which split rows",
+                  "external": "Runs trained elsewhere (POST /api/runs/external); the label says so"})
 
 
 class PaperOut(BaseModel):
@@ -338,29 +325,27 @@ class PaperOut(BaseModel):
     assumptions: list[str]
 
 
-class ComparisonOut(BaseModel):
-    """How the cells were compared, and what the comparison can show with this many seeds."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    reference: str | None = Field(description="As asked: a row label or a method; null: the best baseline "
-                                              "(best row of a method other than mle) of each column")
-    references: list[str | None] = Field(description="Per column, the label of its reference row")
-    test: Literal["seeds", "samples"]
-    alpha: float
-    tests: int = Field(description="Comparisons made (Holm's family)")
-    significant: int = Field(description="Comparisons significant after Holm's correction")
-    max_seeds: int = Field(description="The most seeds a comparison pairs")
-    smallest_p: float = Field(description="The smallest p-value the exact seed-level test can give with max_seeds")
-    seeds_for_alpha: int = Field(description="Seeds the exact seed-level test needs to reach alpha at all")
-    with_predictions: int = Field(description="Comparisons whose runs all stored their test predictions")
-    note: str = Field(description="What the comparison can and cannot show, in plain words")
-    include_external: bool = Field(False, description="As asked: rows of runs trained elsewhere join Holm's family "
-                                                      "(and, where verified, may be the default reference)")
-    outside_family: int = Field(0, description="Cells of runs trained elsewhere compared but left out of Holm's "
-                                               "family")
-    not_verified: int = Field(0, description="Comparisons not made because a run trained elsewhere is not "
-                                             "verified to share missmod's split")
+ComparisonOut = response_model_of(
+    PairedSummary, "ComparisonOut", doc="How the cells were compared, and what the comparison can show with this "
+                                        "many seeds.",
+    exclude={"cells_without_predictions", "notes"},
+    descriptions={
+        "reference": "As asked: a row label or a method; null: the best baseline (best row of a method other than "
+                     "mle) of each column",
+        "references": "Per column, the label of its reference row",
+        "tests": "Comparisons made (Holm's family)",
+        "significant": "Comparisons significant after Holm's correction",
+        "max_seeds": "The most seeds a comparison pairs",
+        "smallest_p": "The smallest p-value the exact seed-level test can give with max_seeds",
+        "seeds_for_alpha": "Seeds the exact seed-level test needs to reach alpha at all",
+        "with_predictions": "Comparisons whose runs all stored their test predictions",
+        "note": "What the comparison can and cannot show, in plain words",
+        "include_external": "As asked: rows of runs trained elsewhere join Holm's family (and, where verified, may "
+                            "be the default reference)",
+        "outside_family": "Cells of runs trained elsewhere compared but left out of Holm's family",
+        "not_verified": "Comparisons not made because a run trained elsewhere is not verified to share missmod's "
+                        "split",
+    })
 
 
 class TableOut(BaseModel):
@@ -374,25 +359,15 @@ class TableOut(BaseModel):
     comparison: ComparisonOut | None = None
 
 
-class TrendSeriesOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    label: str
-    method: str
-    fusion: str
-    missing_modality: str
-    role: str | None
-    rates: list[float]
-    means: list[float]
-    stds: list[float | None]
-    counts: list[int]
-    source: str = Field(description="`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)")
-    external: bool = Field(False, description="Runs trained elsewhere; the label says so")
-    diffs: list[float | None] = Field(default_factory=list, description="Per point, the mean paired difference "
-                                                                        "to its column's reference")
-    p_adjusted: list[float | None] = Field(default_factory=list, description="Per point, Holm-adjusted p-value")
-    marks: list[Literal["win", "loss", "reference"] | None] = Field(
-        default_factory=list, description="Per point: a significant win or loss, or the reference itself")
+TrendSeriesOut = response_model_of(
+    TrendSeries, "TrendSeriesOut", types={"marks": list[Literal["win", "loss", "reference"] | None]},
+    descriptions={
+        "source": "`sweep` (this sweep's runs) or `paper` (the paper's reported numbers)",
+        "external": "Runs trained elsewhere; the label says so",
+        "diffs": "Per point, the mean paired difference to its column's reference",
+        "p_adjusted": "Per point, Holm-adjusted p-value",
+        "marks": "Per point: a significant win or loss, or the reference itself",
+    })
 
 
 class TrendOut(BaseModel):

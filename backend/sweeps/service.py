@@ -1,5 +1,5 @@
-"""Sweeps as plain functions over a session: create (atomically, then enqueue), list, read
-progress and results, retry, delete. Runs are created and queued through backend.runs.service,
+"""Sweeps as plain functions over a session: create (atomically, then send the runs to the
+workers), list, read progress and results, retry, delete. Runs are created and queued through backend.runs.service,
 the same way POST /api/runs does it."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from training.datasets.naming import backbone_of, source_dataset
 
+from .. import pagination
 from ..db import utcnow
-from ..queue import RunQueue
+from ..queue import WorkQueue
 from ..runs import service as runs
+from ..runs.artifacts import StoreLocation
 from ..runs.models import TERMINAL_STATES, Run, RunState
 from ..runs.predictions import RunPredictions, load_predictions
 from .analysis import Column, ComparisonTable, Row, RunResult, comparison_table
@@ -43,7 +45,7 @@ def default_sweep_name(grid: dict[str, list[Any]], runs: int) -> str:
     return f"{datasets}: {' × '.join(varying) or 'one setting'} ({runs} runs)"[:200]
 
 
-def create_sweep(session: Session, queue: RunQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
+def create_sweep(session: Session, queue: WorkQueue, plan: SweepPlan, *, name: str, grid: dict[str, Any],
                  preset: str | None = None, preset_options: dict[str, Any] | None = None,
                  idempotency_key: str | None = None) -> tuple[Sweep, list[Run]]:
     """One transaction writes the sweep and all its runs; only then are the run ids sent, in
@@ -101,18 +103,26 @@ def progress_from_counts(counts: Counter, external: int = 0) -> dict[str, Any]:
 
 
 def list_sweeps(session: Session, limit: int = 50, offset: int = 0,
-                before_id: int | None = None) -> tuple[list[Sweep], int, str | None]:
+                cursor: str | None = None) -> tuple[list[Sweep], int, str | None]:
     """A page of sweeps, newest first, the total, and the cursor of the next page (None at the
-    end): the id of the page's last sweep, the next page starting below it."""
+    end; backend/pagination.py). Pages by `offset` or by `cursor`, not both."""
+    pagination.one_way_to_page(cursor, offset)
     total = session.scalar(select(func.count(Sweep.id))) or 0
     query = select(Sweep).order_by(Sweep.id.desc()).limit(limit + 1)
-    query = query.where(Sweep.id < before_id) if before_id is not None else query.offset(offset)
+    if cursor:
+        _, sweep_id = pagination.decode(cursor, pagination.NEWEST_FIRST)
+        query = query.where(Sweep.id < sweep_id)
+    else:
+        query = query.offset(offset)
     sweeps = list(session.scalars(query))
-    next_cursor = str(sweeps[limit - 1].id) if len(sweeps) > limit else None
+    next_cursor = None
+    if len(sweeps) > limit:
+        last = sweeps[limit - 1]
+        next_cursor = pagination.encode(pagination.NEWEST_FIRST, last.id, last.id)
     return sweeps[:limit], int(total), next_cursor
 
 
-def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artifact_dir=None) -> None:
+def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, store: StoreLocation | None = None) -> None:
     """Delete the sweep and, by the database's cascade, its runs and then their files — or
     keep the runs, detached."""
     get_sweep(session, sweep_id)
@@ -121,18 +131,16 @@ def delete_sweep(session: Session, sweep_id: int, keep_runs: bool = False, artif
         session.execute(update(Run).where(Run.sweep_id == sweep_id).values(sweep_id=None))
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
     session.commit()
-    runs.remove_artifacts(artifact_dir, run_ids)
+    runs.remove_artifacts(store, run_ids)
 
 
-def retry_sweep(session: Session, sweep_id: int, queue: RunQueue, artifact_dir=None) -> list[int]:
+def retry_sweep(session: Session, sweep_id: int, queue: WorkQueue, store: StoreLocation | None = None) -> list[int]:
     """Queue every failed or cancelled run of the sweep again, from scratch (with the broker down,
     they wait for it)."""
     get_sweep(session, sweep_id)
     retryable = runs.RunFilters(sweep_id=sweep_id, states=runs.RETRYABLE_STATES)
     ids = list(session.scalars(select(Run.id).where(*retryable.conditions()).order_by(Run.id)))
-    for run_id in ids:
-        runs.retry_run(session, run_id, queue, artifact_dir)
-    return ids
+    return runs.retry_runs(session, ids, queue, store).done
 
 
 # --- results ----------------------------------------------------------------------------

@@ -132,6 +132,20 @@ const missmodCharts = (() => {
     return schedule(div, () => drawConfusion(div, matrix, title));
   }
 
+  // A finished run's confusion matrix fetched and drawn into `div`, once per div: the run page,
+  // the sweep page's chosen runs and the compare page all show it so. `wanted()` is asked when
+  // the answer is in (the run may have been unchosen meanwhile). False when nothing is drawn
+  // (no matrix yet, or no longer wanted): a later call tries again.
+  async function runConfusion(div, runId, { title = undefined, wanted = () => true } = {}) {
+    if (div.dataset.confusion) return true;
+    div.dataset.confusion = "loading";
+    const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
+    if (!ok || !wanted()) { delete div.dataset.confusion; return false; }
+    div.dataset.confusion = "drawn";
+    confusion(div, body, title);
+    return true;
+  }
+
   function drawConfusion(div, matrix, title) {
     const totals = matrix.counts.map((row) => row.reduce((a, b) => a + b, 0));
     const normalised = matrix.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
@@ -274,6 +288,6 @@ const missmodCharts = (() => {
     watchSize(div);
   }
 
-  return { CONFIG, colour, confusion, CurveChart, runMetrics, byName, trend, plotlyReady, load, schedule, purge,
+  return { CONFIG, colour, confusion, runConfusion, CurveChart, runMetrics, byName, trend, plotlyReady, load, schedule, purge,
            inViewDrawn };
 })();

@@ -24,6 +24,17 @@ const missmod = {
     return node;
   },
 
+  // A table row of cells: a node is appended as it is, anything else set as text.
+  row(cells) {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
+      tr.append(td);
+    }
+    return tr;
+  },
+
   percent(value, digits = 2) {
     return value === null || value === undefined ? "–" : (100 * value).toFixed(digits) + "%";
   },

@@ -94,11 +94,7 @@
 
   async function showConfusion(run) {
     const div = document.querySelector(`#confusion-grid [data-run-id="${run.id}"]`);
-    if (div.dataset.ready || div.dataset.loading) return;
-    div.dataset.loading = "true";
-    const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
-    delete div.dataset.loading;
-    if (ok) missmodCharts.confusion(div, body, `${label(run)}: ${missmod.percent(run.test_accuracy, 1)}`);
+    await missmodCharts.runConfusion(div, run.id, { title: `${label(run)}: ${missmod.percent(run.test_accuracy, 1)}` });
   }
 
   async function refresh(run) {

@@ -72,29 +72,6 @@
     document.getElementById("method-hint").textContent = method.description;
   }
 
-  function clearErrors() {
-    formError.hidden = true;
-    formError.textContent = "";
-    for (const slot of form.querySelectorAll(".field-error")) slot.textContent = "";
-    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
-  }
-
-  function showErrors(detail) {
-    const loose = [];
-    for (const error of Array.isArray(detail) ? detail : [{ msg: String(detail) }]) {
-      const field = (error.loc || []).filter((part) => part !== "body").join(".");
-      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
-      if (slot) {
-        slot.textContent = error.msg;
-        const input = form.elements[field];
-        if (input) input.setAttribute("aria-invalid", "true");
-      } else {
-        loose.push(field ? `${field}: ${error.msg}` : error.msg);
-      }
-    }
-    if (loose.length) { formError.textContent = loose.join("; "); formError.hidden = false; }
-  }
-
   function payload() {
     const data = {};
     for (const [name, value] of new FormData(form).entries()) {
@@ -114,15 +91,15 @@
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    clearErrors();
+    missmod.clearErrors(form, formError);
     const button = document.getElementById("submit-run");
     button.disabled = true;
     try {
       const { ok, status, body } = await missmod.api("/api/runs", { method: "POST", body: JSON.stringify(payload()) });
       if (ok) { window.location.assign(`/runs/${body.id}`); return; }
-      showErrors(body && body.detail !== undefined ? body.detail : `request failed (${status})`);
+      missmod.showErrors(form, formError, body && body.detail !== undefined ? body.detail : `request failed (${status})`);
     } catch (error) {
-      showErrors(`could not reach the server: ${error}`);
+      missmod.showErrors(form, formError, `could not reach the server: ${error}`);
     } finally {
       button.disabled = false;
     }

@@ -19,7 +19,6 @@
   let axis = "epoch";
   let stepsPerEpoch = Number(page.dataset.stepsPerEpoch) || null;
   let bestEpoch = null;
-  let confusionShown = false;
 
   // Per-step series are named step/…; the learning rate and throughput get their own chart.
   const isStepSeries = (name) => name.startsWith("step/");
@@ -36,15 +35,43 @@
     return s.epoch;
   }
 
+  // The learning rate gets a scale of its own, from its span (Plotly's autorange puts a constant
+  // 0.001 on −1…1, a flat line at 0), logarithmic once it spans a decade; samples/s has the
+  // right-hand axis. The span grows with the points, so a live run's axis follows its schedule.
+  const LR = "step/lr";
+  let lrSpan = null; // [lowest, highest] finite value of step/lr
+  function widenLrSpan(values) {
+    for (const v of values) {
+      if (v === null || !Number.isFinite(v)) continue;
+      lrSpan = lrSpan ? [Math.min(lrSpan[0], v), Math.max(lrSpan[1], v)] : [v, v];
+    }
+  }
+  function lrAxis() {
+    const axis = { title: { text: "learning rate" }, exponentformat: "e" };
+    if (!lrSpan) return axis;
+    const [lo, hi] = lrSpan;
+    if (lo > 0 && hi / lo >= 10) return { ...axis, type: "log", range: [Math.log10(lo) - 0.1, Math.log10(hi) + 0.1] };
+    const pad = hi > lo ? (hi - lo) * 0.1 : Math.abs(hi) * 0.5 || 1;
+    return { ...axis, type: "linear", range: [lo >= 0 ? Math.max(0, lo - pad) : lo - pad, hi + pad] };
+  }
+  let lrAxisShown = null;
+  function followLrSpan() {
+    const axis = lrAxis();
+    if (JSON.stringify(axis) === lrAxisShown) return;
+    lrAxisShown = JSON.stringify(axis);
+    Plotly.relayout(charts.rate.div, { yaxis: axis });
+  }
+
   function layout(chart) {
     const x = axis === "step" ? bestEpoch && stepsPerEpoch ? bestEpoch * stepsPerEpoch : null : bestEpoch;
     const result = {
-      margin: { t: 40, r: chart.y2 ? 60 : 10, b: 45, l: 55 },
+      margin: { t: 40, r: chart.y2 ? 60 : 10, b: chart.y2 ? 85 : 45, l: 55 },
       xaxis: { title: { text: axis === "step" ? "step" : "epoch" }, rangemode: "tozero" },
-      yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : chart.y2 ? { title: { text: "learning rate" },
-        exponentformat: "e" } : { rangemode: "tozero" },
+      yaxis: chart.range ? { range: chart.range, tickformat: ".0%" } : chart.y2 ? lrAxis() : { rangemode: "tozero" },
       yaxis2: chart.y2 ? { title: { text: chart.y2 }, overlaying: "y", side: "right", rangemode: "tozero" } : undefined,
-      legend: { orientation: "h", x: 1, xanchor: "right", y: 1.02, yanchor: "bottom" },
+      // Two axes' legends would cover the title above the plot: below it instead.
+      legend: chart.y2 ? { orientation: "h", x: 0, y: -0.3, yanchor: "top" }
+        : { orientation: "h", x: 1, xanchor: "right", y: 1.02, yanchor: "bottom" },
       title: { text: chart.title, x: 0.02, xanchor: "left" },
       shapes: x === null ? [] : [{ type: "line", x0: x, x1: x, yref: "paper", y0: 0, y1: 1,
                                    line: { dash: "dot", width: 1, color: "#888" } }],
@@ -77,6 +104,7 @@
   let chartsMade = false;
   function redraw() {
     if (!chartsMade) return Promise.resolve();
+    lrAxisShown = JSON.stringify(lrAxis());
     const drawn = Object.values(charts).map((chart) => {
       const names = [...chart.traces.keys()];
       return Plotly.react(chart.div, names.map(trace), layout(chart), PLOT_CONFIG);
@@ -90,6 +118,7 @@
       const chart = chartFor(name);
       series.set(name, columns);
       chart.traces.set(name, chart.traces.size);
+      if (name === LR) widenLrSpan(columns.value);
     }
     chartsMade = true;
     return redraw();
@@ -100,6 +129,7 @@
     let switchToWebgl = false;
     for (const [name, columns] of columnsByName) {
       const chart = chartFor(name);
+      if (name === LR) widenLrSpan(columns.value);
       if (!series.has(name)) {
         series.set(name, columns);
         chart.traces.set(name, chart.traces.size);
@@ -117,6 +147,7 @@
       else Plotly.extendTraces(chart.div, { x: [xOf(name, columns)], y: [columns.value] }, [chart.traces.get(name)]);
     }
     if (switchToWebgl) redraw();
+    else if (columnsByName.has(LR)) followLrSpan();
   }
 
   // Points the stream sends before the history is drawn wait here, in order.
@@ -175,12 +206,9 @@
   }
 
   async function showConfusion() {
-    if (confusionShown) return;
-    const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
-    if (!ok) return;
-    confusionShown = true;
-    document.getElementById("confusion-waiting")?.remove();
-    missmodCharts.confusion(document.getElementById("chart-confusion"), body);
+    if (await missmodCharts.runConfusion(document.getElementById("chart-confusion"), runId)) {
+      document.getElementById("confusion-waiting")?.remove();
+    }
   }
 
   function showInfo(info, run) {

@@ -1,6 +1,7 @@
 // Runs list: the filters, sort and search are GET /api/runs query parameters (and the page's
 // own URL, so a filtered view can be bookmarked); pages follow the API's keyset cursor, so a
 // deep page costs what the first does. The table refreshes itself while a shown run is live.
+// With no run at all, the page says how to start instead.
 "use strict";
 
 (() => {
@@ -123,7 +124,11 @@
     for (const run of shown) if (selected.has(run.id)) selected.set(run.id, run);
     body.replaceChildren(...shown.map(row));
     nextCursor = page.next_cursor;
-    document.getElementById("runs-empty").hidden = page.total > 0;
+    // A fresh install (no run at all, no filter) says how to start instead of showing an empty table.
+    const fresh = page.total === 0 && !params.has("cursor") && [...queryParams().keys()].length === 0;
+    document.getElementById("runs-start").hidden = !fresh;
+    document.getElementById("runs-list").hidden = fresh;
+    document.getElementById("runs-empty").hidden = page.total > 0 || fresh;
     const first = (cursors.length - 1) * PAGE + 1;
     document.getElementById("page-info").textContent =
       page.total ? `${first.toLocaleString()}–${(first + shown.length - 1).toLocaleString()} of ${page.total.toLocaleString()}` : "";
@@ -131,7 +136,8 @@
     document.getElementById("next-page").disabled = !nextCursor;
     showSort();
     showSelection();
-    if (shown.some((r) => !missmod.terminal(r.state))) timer = setTimeout(load, 2000);
+    // …and keeps looking, so a run started from a script or the CLI shows up by itself.
+    if (fresh || shown.some((r) => !missmod.terminal(r.state))) timer = setTimeout(load, 2000);
   }
 
   function restart() { cursors = [null]; load(); }

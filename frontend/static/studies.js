@@ -7,17 +7,11 @@
 
   function row(study) {
     const t = study.trials;
-    const tr = document.createElement("tr");
+    const tr = missmod.row([study.id, missmod.el("a", study.name, { href: `/studies/${study.id}` }),
+                            missmod.el("span", study.state, { class: "state", "data-state": study.state }),
+                            `${t.total - t.running}/${t.budget}` + (t.running ? ` (${t.running} running)` : ""),
+                            t.pruned, t.failed, missmod.when(study.created_at)]);
     tr.dataset.studyId = study.id;
-    const cells = [study.id, missmod.el("a", study.name, { href: `/studies/${study.id}` }),
-                   missmod.el("span", study.state, { class: "state", "data-state": study.state }),
-                   `${t.total - t.running}/${t.budget}` + (t.running ? ` (${t.running} running)` : ""),
-                   t.pruned, t.failed, missmod.when(study.created_at)];
-    for (const cell of cells) {
-      const td = document.createElement("td");
-      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-      tr.append(td);
-    }
     return tr;
   }
 

@@ -16,15 +16,7 @@
   const percent = (value) => missmod.percent(value);
   const params = (p) => (p ? Object.entries(p).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", ") : "–");
 
-  function cellsRow(cells) {
-    const tr = document.createElement("tr");
-    for (const cell of cells) {
-      const td = document.createElement("td");
-      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-      tr.append(td);
-    }
-    return tr;
-  }
+  const cellsRow = missmod.row;
 
   // --- the study and its arms ------------------------------------------------------------------
 

@@ -167,10 +167,12 @@
     const div = missmod.el("div", null, { class: "chart confusion", "data-run-id": run.id });
     const after = [...grid.children].find((other) => Number(other.dataset.runId) > run.id);
     grid.insertBefore(div, after || null);  // in run order, whatever order they load in
-    const { ok, body } = await missmod.api(`/api/runs/${run.id}/confusion`);
-    if (!ok || !chosen.has(run.id)) { confusionShown.delete(run.id); div.remove(); return; }
-    missmodCharts.confusion(div, body, `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
-                                        `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`);
+    const title = `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
+                  `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`;
+    if (!await missmodCharts.runConfusion(div, run.id, { title, wanted: () => chosen.has(run.id) })) {
+      confusionShown.delete(run.id);
+      div.remove();
+    }
   }
 
   // --- table and trend ---------------------------------------------------------------------

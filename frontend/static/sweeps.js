@@ -20,17 +20,11 @@
 
   function row(sweep) {
     const p = sweep.progress;
-    const tr = document.createElement("tr");
-    tr.dataset.sweepId = sweep.id;
     const counts = `${p.succeeded}/${p.total} succeeded` + (p.failed ? `, ${p.failed} failed` : "") +
                    (p.running ? `, ${p.running} running` : "");
-    const cells = [sweep.id, missmod.el("a", sweep.name, { href: `/sweeps/${sweep.id}` }), sweep.preset || "–",
-                   bar(p), counts, missmod.when(sweep.created_at)];
-    for (const cell of cells) {
-      const td = document.createElement("td");
-      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-      tr.append(td);
-    }
+    const tr = missmod.row([sweep.id, missmod.el("a", sweep.name, { href: `/sweeps/${sweep.id}` }), sweep.preset || "–",
+                            bar(p), counts, missmod.when(sweep.created_at)]);
+    tr.dataset.sweepId = sweep.id;
     return tr;
   }
 
@@ -40,11 +34,12 @@
     if (!ok) return;
     body.replaceChildren(...page.items.map(row));
     document.getElementById("sweeps-empty").hidden = page.total > 0;
+    document.getElementById("sweeps-list").hidden = page.total === 0;
     const last = Math.min(offset + page.items.length, page.total);
     document.getElementById("page-info").textContent = page.total ? `${offset + 1}–${last} of ${page.total}` : "";
     document.getElementById("prev-page").disabled = offset === 0;
     document.getElementById("next-page").disabled = last >= page.total;
-    if (page.items.some((s) => !s.progress.done)) timer = setTimeout(load, 3000);
+    if (page.total === 0 || page.items.some((s) => !s.progress.done)) timer = setTimeout(load, 3000);
   }
 
   document.getElementById("prev-page").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });

@@ -38,6 +38,7 @@
                         slotList(w), String(w.threads_per_run), missmod.when(w.heartbeat_at)]);
     }));
     document.getElementById("workers-empty").hidden = snapshot.workers.length > 0;
+    document.getElementById("workers-table").hidden = snapshot.workers.length === 0;
     const q = snapshot.queue;
     const busy = snapshot.workers.reduce((n, w) => n + w.busy, 0);
     const slots = snapshot.workers.reduce((n, w) => n + w.slots.length, 0);

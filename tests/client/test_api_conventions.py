@@ -4,8 +4,10 @@ pagination style, queries on any field, CSV exports, bulk actions, runs trained 
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 
 import pytest
 from pydantic import SecretStr
@@ -66,7 +68,7 @@ def test_openapi_ids_security_and_documented_errors(client):
 def test_runs_list_queries_any_field_sorts_pages_and_exports_csv(backend, request, client_for, monkeypatch):
     """On SQLite and PostgreSQL, whose JSON functions differ."""
     client = client_for(request.getfixturevalue(backend))
-    monkeypatch.setattr("backend.runs.routes.CSV_PAGE", 4)  # the export streams several pages
+    monkeypatch.setattr("backend.runs.export.CSV_PAGE", 4)  # the export streams several pages
     ids = [client.post("/api/runs", json={**SPEC, "lr": lr, "seed": seed}).json()["id"]
            for seed, lr in enumerate([0.01, 0.003, 0.03, 0.001, 0.02])]
     named = client.post("/api/runs", json={**SPEC, "name": "=HYPERLINK(\"http://evil\")", "encoder": "mlp"}).json()
@@ -159,6 +161,37 @@ def test_every_list_pages_by_cursor(client):
     assert [s["id"] for s in first["items"] + second["items"]] == [3, 2, 1]
     jobs = client.get("/api/jobs", params={"limit": 2})
     assert jobs.json() == [] and "x-next-cursor" not in jobs.headers  # a plain list, as before
+
+
+def forged_cursor(payload) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("backend", ["embedded_settings", pytest.param("service_settings", marks=pytest.mark.services)])
+def test_a_cursor_this_server_did_not_write_is_a_422_and_old_cursors_still_page(backend, request, client_for):
+    """A cursor is checked before it reaches SQL (backend/pagination.py): one the server did not
+    write is a 422 naming `cursor`, never a 500, on SQLite and PostgreSQL alike. The sweeps'
+    old cursors, a plain id, still page."""
+    client = client_for(request.getfixturevalue(backend))
+    for seed in range(3):
+        client.post("/api/sweeps", json={**SPEC, "seed": seed})
+    forged = [("-id", "WyItaWQiLG51bGwsdHJ1ZV0"),  # base64 of ["-id",null,true]: a boolean id
+              ("-id", forged_cursor(["-id", 1, 2**70])),  # an id no column can hold
+              ("-test_accuracy", forged_cursor(["-test_accuracy", "high", 1])),  # text against a number
+              ("name", forged_cursor(["name", "a\u0000b", 1])),  # NUL, which PostgreSQL's text refuses
+              ("name", forged_cursor(["name", "\ud800", 1])),  # a lone surrogate, which no driver sends
+              ("external", forged_cursor(["external", 1, 1])),  # a number against a boolean
+              ("-id", forged_cursor({"-id": 1}))]
+    for sort, cursor in forged:
+        refused = client.get("/api/runs", params={"sort": sort, "cursor": cursor})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "cursor"], (sort, cursor)
+    for path in ("/api/sweeps", "/api/jobs"):
+        refused = client.get(path, params={"cursor": "WyItaWQiLG51bGwsdHJ1ZV0"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "cursor"], path
+    held = client.get("/api/sweeps", params={"cursor": "3", "limit": 1}).json()  # an old cursor: the id
+    assert [s["id"] for s in held["items"]] == [2] and held["next_cursor"]
+    rest = client.get("/api/sweeps", params={"cursor": held["next_cursor"]}).json()
+    assert [s["id"] for s in rest["items"]] == [1] and rest["next_cursor"] is None
 
 
 def test_dataset_jobs_page_by_a_cursor_in_headers(client, embedded_settings):

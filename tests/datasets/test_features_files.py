@@ -141,6 +141,34 @@ def test_api_lists_features_and_refuses_runs_on_broken_ones(embedded_settings, c
     assert client.post("/api/runs", json={**spec, "dataset": "mine"}).status_code == 201
 
 
+def test_a_registered_feature_set_is_deleted_with_its_files(embedded_settings, client_for):
+    """DELETE /api/datasets/{name}: the shared catalogue's entry, its file in the artifact store
+    and this host's copy go; a host's own different file of that name stays; what is not
+    registered (a built-in) is a 404."""
+    from backend.catalog import registry
+    from backend.db import session_factory
+    from backend.storage import store_for
+
+    features, store = embedded_settings.data_dir / "features", store_for(embedded_settings)
+    write(features, "made", **good())
+    with session_factory(embedded_settings.database_url)() as session:  # what the extraction job does
+        registry.register_features(session, store, features / "made.npz")
+    client = client_for(embedded_settings)
+    assert {d["name"]: d["shared"] for d in client.get("/api/datasets").json()}["made"] is True
+    assert store.exists(registry.features_key("made"))
+    assert client.delete("/api/datasets/made").status_code == 204
+    assert not store.exists(registry.features_key("made")) and not (features / "made.npz").exists()
+    assert "made" not in {d["name"] for d in client.get("/api/datasets").json()}
+    assert client.delete("/api/datasets/made").status_code == 404
+    assert client.delete("/api/datasets/digits").status_code == 404
+    write(features, "made", **good())
+    with session_factory(embedded_settings.database_url)() as session:
+        registry.register_features(session, store, features / "made.npz")
+    write(features, "made", **video_features())  # this host's own file now, not the registered one
+    assert client.delete("/api/datasets/made").status_code == 204
+    assert (features / "made.npz").exists() and not store.exists(registry.features_key("made"))
+
+
 # --- read defensively: the outside probe's files ------------------------------------------
 
 

@@ -20,13 +20,12 @@ from backend.jobs.models import DatasetJob
 from backend.lifecycle import lease
 from backend.lifecycle.api import AlreadyFinished, enqueue_committed
 from backend.lifecycle.models import Leased, State
-from backend.queue import RunQueue
+from backend.queue import WorkQueue
 from backend.reconcile import reconcile
-from backend.runs import lease as runs_lease
 from backend.runs import service as runs
 from backend.runs.models import Run
 from worker.lease_holder import DatabaseUnavailable, holder_is_dead_here
-from tests.support import queued_task_ids, wait_for
+from tests.support import as_worker, queued_task_ids, wait_for
 
 VALID_RUN = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
              "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -38,7 +37,7 @@ class Kind:
     """One kind of leased row, and how a test makes one, writes its progress and reads it back."""
 
     model: type[Leased]
-    create: Callable[[object, Session, RunQueue], int]  # (API client, session, queue) → a queued row's id
+    create: Callable[[object, Session, WorkQueue], int]  # (API client, session, queue) → a queued row's id
     task_id: Callable[[int], str]  # its task id in the broker
     write_progress: Callable[[Session, int, int, str], None]  # (session, id, step, worker), under the lease
     progress: Callable[[Session, int], int]  # the last step written
@@ -49,7 +48,7 @@ RUN = Kind(
     Run,
     create=lambda client, session, queue: client.post("/api/runs", json=VALID_RUN).json()["id"],
     task_id=str,
-    write_progress=lambda session, run_id, step, worker: runs_lease.record_epoch(
+    write_progress=lambda session, run_id, step, worker: as_worker.record_epoch(
         session, run_id, step, {"val_accuracy": step / 10}, worker),
     progress=lambda session, run_id: session.get(Run, run_id).epochs_completed,
     cancel=runs.request_cancel,
@@ -83,7 +82,7 @@ def sessions(settings):
 
 @pytest.fixture
 def queue(settings):
-    queue = RunQueue(settings)
+    queue = WorkQueue(settings)
     yield queue
     queue.close()
 

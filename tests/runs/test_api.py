@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import lease
+from backend.runs import recording
 from backend.runs.models import MetricPoint, Run
 from backend.runs.schemas import MetricsPage
-from tests.support import queued_run_ids, read_events
+from tests.support import as_worker, queued_run_ids, read_events
 
 VALID = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom",
          "missing_rate": 0.9, "epochs": 3, "seed": 0}
@@ -104,21 +104,21 @@ def test_cancel_queued_run_is_immediate_and_final(client, settings):
     assert client.post(f"/api/runs/{run['id']}/cancel").status_code == 409
     # a worker that still receives the id does not run it
     with session_factory(settings.database_url)() as session:
-        assert lease.start_run(session, run["id"], "test") is None
+        assert as_worker.start_run(session, run["id"], "test") is None
 
 
 def test_metrics_cursor_returns_only_new_points_and_no_duplicates(client, settings):
     run = client.post("/api/runs", json=VALID).json()
     sessions = session_factory(settings.database_url)
     with sessions() as session:
-        lease.start_run(session, run["id"], "test")
-        lease.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
+        as_worker.start_run(session, run["id"], "test")
+        as_worker.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
     page = client.get(f"/api/runs/{run['id']}/metrics").json()
     assert MetricsPage.model_validate(page).state == "running"  # the documented shape
     assert [(p["epoch"], p["name"]) for p in page["points"]] == [(1, "train_loss"), (1, "val_accuracy")]
     with sessions() as session:
-        lease.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored
-        lease.record_epoch(session, run["id"], 2, {"train_loss": 1.0, "val_accuracy": float("nan")})
+        as_worker.record_epoch(session, run["id"], 1, {"train_loss": 9.9})  # a replayed epoch: ignored
+        as_worker.record_epoch(session, run["id"], 2, {"train_loss": 1.0, "val_accuracy": float("nan")})
         assert session.scalar(select(func.count()).select_from(MetricPoint)) == 4
     newer = client.get(f"/api/runs/{run['id']}/metrics", params={"after": page["cursor"]}).json()
     assert [(p["epoch"], p["name"], p["value"]) for p in newer["points"]] == [
@@ -130,10 +130,10 @@ def test_stream_sends_points_then_state_then_end(client, settings):
     run = client.post("/api/runs", json=VALID).json()
     sessions = session_factory(settings.database_url)
     with sessions() as session:
-        lease.start_run(session, run["id"], "test")
-        lease.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5})
-        lease.record_epoch(session, run["id"], 2, {"val_accuracy": 0.7})
-        lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.66, val_accuracy=0.7, best_epoch=2,
+        as_worker.start_run(session, run["id"], "test")
+        as_worker.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5})
+        as_worker.record_epoch(session, run["id"], 2, {"val_accuracy": 0.7})
+        recording.finish_run(session, run["id"], cancelled=False, test_accuracy=0.66, val_accuracy=0.7, best_epoch=2,
                          classes=["a", "b"], confusion=[[1, 0], [1, 1]], info={})
     with client.stream("GET", f"/api/runs/{run['id']}/stream") as response:
         assert response.headers["content-type"].startswith("text/event-stream")

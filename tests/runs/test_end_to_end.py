@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend.db import session_factory
-from backend.queue import RunQueue
+from backend.queue import WorkQueue
 from backend.runs.models import Run, RunState
 from backend.sweeps.service import run_predictions
 from backend.db import utcnow
@@ -102,8 +102,8 @@ def test_a_failing_run_ends_failed_with_its_message(embedded_settings, client_fo
         session.add(run)
         session.commit()
         run_id = run.id
-    queue = RunQueue(embedded_settings)
-    queue.enqueue(run_id)
+    queue = WorkQueue(embedded_settings)
+    queue.send_run(run_id)
     queue.close()
     start_worker(embedded_settings)
     final = wait_for_state(client, run_id, {"failed", "succeeded"})

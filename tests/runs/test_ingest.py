@@ -11,12 +11,14 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
+from backend.lifecycle.lease import LeaseLost
 from backend.migrate import upgrade
-from backend.runs import lease
+from backend.runs import recording
 from backend.runs.downsample import downsample_min_max
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import MetricPoint
 from backend.runs.series import lttb_indices, min_max_indices
+from tests.support import as_worker
 
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 2, "seed": 0}
@@ -86,11 +88,11 @@ def test_batches_are_written_exactly_once_even_when_replayed(database_url, clien
         session.add(run)
         session.commit()
         run_id = run.id
-        assert lease.start_run(session, run_id, "w1") is not None
+        assert as_worker.start_run(session, run_id, "w1") is not None
 
     def write(points, values):
         with sessions() as session:
-            return lease.record_batch(session, run_id, points, "w1", **values)
+            return recording.record_batch(session, run_id, points, "w1", **values)
 
     def play(writer, epochs):
         for epoch in range(1, epochs + 1):
@@ -113,9 +115,9 @@ def test_batches_are_written_exactly_once_even_when_replayed(database_url, clien
         assert steps == list(range(1, 81))
         run = session.get(Run, run_id)
         assert run.epochs_completed == 4 and run.progress == {"step": 80}
-    with pytest.raises(lease.LeaseLost):  # a worker that lost the run writes nothing
+    with pytest.raises(LeaseLost):  # a worker that lost the run writes nothing
         with sessions() as session:
-            lease.record_batch(session, run_id, points_of(9, 999, {"x": 1.0}), "w2")
+            recording.record_batch(session, run_id, points_of(9, 999, {"x": 1.0}), "w2")
 
 
 def test_min_max_thinning_keeps_what_the_reference_keeps():
@@ -144,12 +146,12 @@ def test_columns_thinning_and_etag_of_a_finished_run(embedded_settings, client_f
     run = client.post("/api/runs", json=SPEC).json()
     sessions = session_factory(embedded_settings.database_url)
     with sessions() as session:
-        lease.start_run(session, run["id"], "test")
+        as_worker.start_run(session, run["id"], "test")
         points = [Point(1 + s // 100, s, "step/train_loss", 1.0 / s) for s in range(1, 1001)]
         points[500] = Point(points[500].epoch, points[500].step, "step/train_loss", None)
-        lease.record_batch(session, run["id"], points)
+        recording.record_batch(session, run["id"], points)
         for epoch in range(1, 11):
-            lease.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 7) * 0.4},
+            as_worker.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 7) * 0.4},
                                  step=epoch * 100)
     path = f"/api/runs/{run['id']}/metrics"
 
@@ -176,13 +178,13 @@ def test_columns_thinning_and_etag_of_a_finished_run(embedded_settings, client_f
     after = client.get(path, params={"format": "columns", "after": body["cursor"] - 3}).json()
     assert after["total"] == 3 and after["cursor"] == body["cursor"]
     with sessions() as session:  # the series read above (and kept by the server) grow by the new points
-        lease.record_batch(session, run["id"], [Point(11, 1001, "step/train_loss", 0.5), Point(11, 1001, "new", 1.0)])
+        recording.record_batch(session, run["id"], [Point(11, 1001, "step/train_loss", 0.5), Point(11, 1001, "new", 1.0)])
     grown = client.get(path, params={"format": "columns"}).json()
     assert grown["total"] == 1012 and grown["series"]["step/train_loss"]["step"][-2:] == [1000, 1001]
     assert grown["series"]["new"]["value"] == [1.0] and grown["cursor"] == body["cursor"] + 2
 
     with sessions() as session:
-        lease.finish_run(session, run["id"], cancelled=True, test_accuracy=0.9, val_accuracy=0.9, best_epoch=7,
+        recording.finish_run(session, run["id"], cancelled=True, test_accuracy=0.9, val_accuracy=0.9, best_epoch=7,
                            classes=["a"], confusion=[[1]], info={})
     first = client.get(path, params={"format": "columns", "max_points": 100})
     etag = first.headers["etag"]

@@ -11,11 +11,13 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import lease
+from backend.lifecycle.lease import LeaseLost
+from backend.runs import recording
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.downsample import downsample_min_max
 from backend.runs.models import ConfusionMatrix, MetricPoint, Run, RunTag
 from backend.runs.system import SystemMetricPoint
+from tests.support import as_worker
 
 SPEC = {"dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
         "epochs": 2, "seed": 0}
@@ -37,12 +39,12 @@ def sessions(settings):
 
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     with sessions(settings)() as session:
-        lease.start_run(session, run_id, "test")
-        lease.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"val_accuracy": 0.5, "test_accuracy": accuracy or 0.0})
         if state == "failed":
-            lease.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
+            as_worker.fail_run(session, run_id, "RuntimeError: boom", "Traceback …")
         else:
-            lease.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
+            recording.finish_run(session, run_id, cancelled=state == "cancelled", test_accuracy=accuracy,
                              val_accuracy=0.5, best_epoch=1, classes=["a", "b"], confusion=[[1, 0], [0, 1]], info={})
 
 
@@ -225,22 +227,22 @@ def test_a_worker_finishing_a_deleted_run_leaves_it_deleted(client, settings):
     nothing of the run comes back, no row anywhere."""
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        lease.start_run(session, run["id"], "test")
-        lease.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5}, "test", step=10)
+        as_worker.start_run(session, run["id"], "test")
+        as_worker.record_epoch(session, run["id"], 1, {"val_accuracy": 0.5}, "test", step=10)
     assert client.delete(f"/api/runs/{run['id']}").status_code == 204
     late_writes = [
-        lambda session: lease.record_epoch(session, run["id"], 2, {"val_accuracy": 0.6}, "test", step=20),
-        lambda session: lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+        lambda session: as_worker.record_epoch(session, run["id"], 2, {"val_accuracy": 0.6}, "test", step=20),
+        lambda session: recording.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
                                          best_epoch=1, classes=["a"], confusion=[[1]], info={}, worker="test"),
-        lambda session: lease.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
+        lambda session: recording.finish_run(session, run["id"], cancelled=False, test_accuracy=0.5, val_accuracy=0.5,
                                          best_epoch=1, classes=["a"], confusion=[[1]], info={}),
-        lambda session: lease.fail_run(session, run["id"], "late"),
+        lambda session: as_worker.fail_run(session, run["id"], "late"),
     ]
     for write in late_writes:
         with sessions(settings)() as session:
             try:
                 write(session)
-            except lease.LeaseLost:
+            except LeaseLost:
                 pass  # the worker's own writes are refused: it then stops
     assert client.get(f"/api/runs/{run['id']}").status_code == 404
     with sessions(settings)() as session:
@@ -265,9 +267,9 @@ def test_downsampling_keeps_the_extremes_and_the_ends():
 def test_metrics_for_display_are_thinned_per_series_with_the_live_cursor(client, settings):
     run = client.post("/api/runs", json=SPEC).json()
     with sessions(settings)() as session:
-        lease.start_run(session, run["id"], "test")
+        as_worker.start_run(session, run["id"], "test")
         for epoch in range(1, 301):
-            lease.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
+            as_worker.record_epoch(session, run["id"], epoch, {"val_accuracy": 0.5 + (epoch == 150) * 0.4,
                                                            "train_loss": 1 / epoch})
     full = client.get(f"/api/runs/{run['id']}/metrics").json()
     thin = client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 50}).json()

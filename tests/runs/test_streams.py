@@ -14,7 +14,8 @@ import httpx2 as httpx
 import pytest
 
 from backend.db import session_factory
-from backend.runs import lease
+from backend.runs import recording
+from tests.support import as_worker
 
 VALID = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 40}
 STREAMS = 200
@@ -29,10 +30,10 @@ def write_epochs(settings, run_id: int, epochs: int, seconds: float, done: threa
     sessions = session_factory(settings.database_url)
     for epoch in range(1, epochs + 1):
         with sessions() as session:
-            lease.record_epoch(session, run_id, epoch, {name: epoch / 100 for name in METRICS})
+            as_worker.record_epoch(session, run_id, epoch, {name: epoch / 100 for name in METRICS})
         done.wait(seconds / epochs)
     with sessions() as session:
-        lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=epochs,
+        recording.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=epochs,
                            classes=["0", "1"], confusion=[[1, 0], [0, 1]], info={})
 
 
@@ -200,8 +201,8 @@ def test_clients_joining_a_sweep_stream_late_get_its_whole_state(embedded_settin
 
     def finish(run_id):
         with sessions() as session:
-            lease.record_epoch(session, run_id, 1, {"val_accuracy": 0.5})
-            lease.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
+            as_worker.record_epoch(session, run_id, 1, {"val_accuracy": 0.5})
+            recording.finish_run(session, run_id, cancelled=False, test_accuracy=0.5, val_accuracy=0.5, best_epoch=1,
                                classes=["0", "1"], confusion=None, info={})
 
     async def scenario():

@@ -14,7 +14,7 @@ import optuna
 from sqlalchemy import select
 
 from backend.db import session_factory
-from backend.queue import RunQueue
+from backend.queue import WorkQueue
 from backend.runs.models import MetricPoint, Run, RunState
 from backend.studies import service
 from backend.studies.models import StudyTrial
@@ -201,7 +201,7 @@ def test_processes_advancing_one_study_at_once_ask_each_trial_once(embedded_sett
     study_id = client.post("/api/studies", json={**SMALL_STUDY, "methods": ["mle", "zero_padding"],
                                                  "parallel_trials": 2, "pruner": {"name": "none"}}).json()["id"]
     sessions = session_factory(embedded_settings.database_url)
-    queue = RunQueue(embedded_settings)
+    queue = WorkQueue(embedded_settings)
     errors: list[Exception] = []
     for _ in range(6):
         with sessions() as session:

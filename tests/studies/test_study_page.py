@@ -90,3 +90,9 @@ def test_a_study_of_three_methods_on_two_slots_from_a_script_the_cli_and_its_pag
     pruned_rows = page.locator("#trials-table tbody tr[data-state=pruned]").count()
     assert pruned_rows == sum(t["state"] == "pruned" for t in trials if t["arm"] == 0)
     assert page.js_errors == []
+
+    # A trial is an ordinary run with a page of its own, which names its study.
+    pruned = next(t for t in trials if t["state"] == "pruned")
+    page.goto(f"{base}/runs/{pruned['run_id']}")
+    assert page.locator("#run-trial").inner_text().startswith(f"trial {pruned['number']} of study #{study.id}, "
+                                                              f"pruned after epoch {pruned['pruned_epoch']}")

@@ -5,6 +5,7 @@ embedded broker holds. Fixtures live in tests/conftest.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -16,7 +17,8 @@ from backend.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("MISSMOD_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 POSTGRES_ADMIN_URL = os.environ.get("MISSMOD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-CHROMIUM = os.environ.get("MISSMOD_TEST_CHROMIUM", "/usr/bin/chromium")
+# Debian's chromium (what `make test` installs: tests/prerequisites.py), or one named here.
+CHROMIUM = os.environ.get("MISSMOD_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -127,10 +129,10 @@ def free_port() -> int:
 class Process:
     """A child process with its output in a log file, stopped at teardown."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
     def log(self) -> str:

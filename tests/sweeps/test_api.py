@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.db import session_factory
-from backend.runs import lease as runs_lease
+from backend.runs import recording
 from backend.runs.artifacts import run_artifact_dir
 from backend.runs.models import MetricPoint, Run
 from backend.settings import Settings
@@ -21,7 +21,7 @@ from backend.sweeps.paper import TABLE_1, TABLE_2
 from backend.sweeps.presets import PRESETS, Block, Preset, plan_preset
 from training.datasets.naming import backbone_of, source_dataset
 from training.spec import METHODS
-from tests.support import queued_run_ids, sample_std
+from tests.support import as_worker, queued_run_ids, sample_std
 
 GRID = {"dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
         "missing_rate": [0.5, 0.9], "seed": [0, 1, 2], "epochs": 2}
@@ -46,12 +46,12 @@ def counts(settings) -> tuple[int, int]:
 def finish(settings, run_id: int, accuracy: float | None, state: str = "succeeded") -> None:
     """What the worker writes for a run that ends, through the worker's own service calls."""
     with session_factory(settings.database_url)() as session:
-        runs_lease.start_run(session, run_id, "test")
-        runs_lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"test_accuracy": accuracy or 0.0, "val_accuracy": 0.5})
         if state == "failed":
-            runs_lease.fail_run(session, run_id, "RuntimeError: boom")
+            as_worker.fail_run(session, run_id, "RuntimeError: boom")
         else:
-            runs_lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
+            recording.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5,
                                   best_epoch=1, classes=["a", "b"], confusion=[[3, 1], [0, 4]], info={})
 
 
@@ -84,7 +84,7 @@ def test_create_commits_every_run_then_sends_the_ids_seed_by_seed(client, settin
 
 def test_every_run_is_committed_before_the_first_id_is_sent(settings):
     """What a worker receiving an id would see: the real queue, watched from a second session."""
-    from backend.queue import RunQueue
+    from backend.queue import WorkQueue
     from backend.runs.validation import DatasetCatalog
     from backend.sweeps import service as sweeps
     from backend.sweeps.grid import expand_grid, plan_sweep
@@ -93,11 +93,11 @@ def test_every_run_is_committed_before_the_first_id_is_sent(settings):
     sessions = session_factory(settings.database_url)
     visible_at_send: list[int] = []
 
-    class WatchedQueue(RunQueue):
-        def enqueue(self, run_id: int) -> None:
+    class WatchedQueue(WorkQueue):
+        def send_run(self, run_id: int) -> None:
             with sessions() as other:  # another connection: sees only what is committed
                 visible_at_send.append(other.scalar(select(func.count()).select_from(Run)))
-            super().enqueue(run_id)
+            super().send_run(run_id)
 
     grid = SweepCreate.model_validate(GRID).grid()
     plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir))

@@ -289,7 +289,7 @@ def test_paper_preset_in_one_click_shows_the_papers_numbers_beside_ours(page, em
 
 def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, client_for, start_server):
     """No worker: runs stay queued, and a failed one is written as the worker would fail it."""
-    from backend.runs import lease
+    from tests.support import as_worker
 
     base = start_server(embedded_settings)
     api = client_for(embedded_settings)
@@ -297,8 +297,8 @@ def test_tag_note_retry_and_delete_from_the_pages(page, embedded_settings, clien
     kept, doomed, broken = (api.post("/api/runs", json={**spec, "seed": s, "name": n}).json()["id"]
                             for s, n in [(0, "kept"), (1, "doomed"), (2, "broken")])
     with session_factory(embedded_settings.database_url)() as session:
-        lease.start_run(session, broken, "test")
-        lease.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
+        as_worker.start_run(session, broken, "test")
+        as_worker.fail_run(session, broken, "RuntimeError: out of memory", "Traceback …")
 
     # tags and a note on the run page; user text stays text
     page.goto(f"{base}/runs/{kept}")
@@ -351,7 +351,8 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
     """A run that ends with `wrong` of `samples` test samples misclassified (the first ones),
     written through the worker's own service calls, test predictions included. Each seed has a
     test set of its own (another split), as in training."""
-    from backend.runs import lease
+    from backend.runs import recording
+    from tests.support import as_worker
 
     labels = [(i * (seed + 1)) % 10 for i in range(samples)]
     predicted = [(label + 1) % 10 if i < wrong else label for i, label in enumerate(labels)]
@@ -360,9 +361,9 @@ def finish_with_predictions(settings, run_id: int, seed: int, wrong: int, sample
         confusion[label][guess] += 1
     accuracy = 1 - wrong / samples
     with session_factory(settings.database_url)() as session:
-        lease.start_run(session, run_id, "test")
-        lease.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
-        lease.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
+        as_worker.start_run(session, run_id, "test")
+        as_worker.record_epoch(session, run_id, 1, {"test_accuracy": accuracy, "val_accuracy": 0.5})
+        recording.finish_run(session, run_id, cancelled=False, test_accuracy=accuracy, val_accuracy=0.5, best_epoch=1,
                          classes=[str(c) for c in range(10)], confusion=confusion, info={},
                          test_predictions=predicted, test_labels=labels)
 

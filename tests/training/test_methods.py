@@ -73,7 +73,7 @@ class StopDuringImputation(TrainingCallback):
 
 def test_cancel_during_imputation_ends_without_a_result():
     result = train(digits(method="ae2", imputer_epochs=50), StopDuringImputation())
-    assert result.cancelled and result.test_accuracy is None and result.epochs_completed == 0
+    assert result.stopped_early and result.test_accuracy is None and result.epochs_completed == 0
 
 
 @pytest.mark.parametrize("method", list(METHODS))

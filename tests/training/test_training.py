@@ -184,7 +184,7 @@ def test_the_reference_set_is_every_complete_sample_up_to_4096(tmp_path):
 def test_stop_request_ends_training_after_that_epoch():
     collect = Collect(stop_after=2)
     result = train(digits_spec(epochs=50), collect)
-    assert result.cancelled and result.epochs_completed == 2 and len(collect.epochs) == 2
+    assert result.stopped_early and result.epochs_completed == 2 and len(collect.epochs) == 2
 
 
 def test_synthetic_run_reports_bayes_ceiling():

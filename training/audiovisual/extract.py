@@ -11,14 +11,13 @@ labels are used, so nothing of a later test split leaks into a label-dependent c
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from . import catalog
 from .catalog import VideoOptions
 
@@ -81,16 +80,7 @@ def extract_features(dataset: str, data_dir: Path, backbone: str, pretrained: bo
     finally:
         bar.close()
     path = Path(data_dir) / "features" / f"{name}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **features, label=data.labels, group=index["video"], subject=index["subject"],
-                     classes=np.array(data.classes))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        np.savez(file, **features, label=data.labels, group=index["video"], subject=index["subject"],
+                 classes=np.array(data.classes))
     return path

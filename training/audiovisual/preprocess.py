@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .config import PreprocessConfig
 from .discovery import CLASSES, DISCOVER, Clip, Discovery
 
@@ -88,30 +89,14 @@ def clips_fingerprint(names: list[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, value) -> None:
-    _write_atomically(path, lambda p: p.write_text(json.dumps(value, indent=2)))
+    with atomic_write(path) as file:
+        file.write(json.dumps(value, indent=2).encode())
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-
-    _write_atomically(path, write)
+    with atomic_write(path) as file:
+        np.savez(file, **arrays)
 
 
 def process_clip(path: str, name: str, directory: str, config: PreprocessConfig) -> tuple[str, str | None]:

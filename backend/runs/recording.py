@@ -1,30 +1,19 @@
-"""What a worker holding a run's lease calls: claim the run, record its epochs (metric points
-written idempotently), its stages and its info with a heartbeat, then finish, fail, or give it
-back on shutdown. The lease conditions are backend/lifecycle/lease.py's, shared with dataset
-jobs: with `worker` named, a worker that lost the run gets LeaseLost and writes nothing."""
+"""What a worker holding a run's lease writes that is a run's own: its metric points (written
+idempotently) with a heartbeat and the progress, and its result with the confusion matrix and
+the test predictions. Claiming, failing and giving the run back are the lease's own, shared with
+dataset jobs (backend/lifecycle/lease.py): with `worker` named, a worker that lost the run gets
+LeaseLost and writes nothing."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy.orm import Session
 
 from ..lifecycle import lease
-from ..lifecycle.lease import Claim, LeaseLost  # noqa: F401  (the worker catches LeaseLost from here)
 from . import ingest
 from .models import ConfusionMatrix, Run
 from .predictions import pack_labels
-
-
-def claim_run(session: Session, run_id: int, worker: str, **claim_options) -> Claim:
-    """Take the run for `worker`, or say why not (lifecycle.lease.claim)."""
-    return lease.claim(session, Run, run_id, worker, **claim_options)
-
-
-def start_run(session: Session, run_id: int, worker: str, **claim_options) -> Run | None:
-    """The run, now running on `worker`; None when it must not run (see claim_run)."""
-    return claim_run(session, run_id, worker, **claim_options).row
 
 
 def record_batch(session: Session, run_id: int, points: Sequence[ingest.Point], worker: str | None = None,
@@ -45,23 +34,6 @@ def record_points(session: Session, run_id: int, epoch: int, metrics: Mapping[st
     return record_batch(session, run_id, ingest.points_of(epoch, step, metrics), worker, **run_values)
 
 
-def record_epoch(session: Session, run_id: int, epoch: int, metrics: Mapping[str, float],
-                 worker: str | None = None, *, step: int = 0) -> bool:
-    """One finished epoch: its points (at the step it ended), the progress and a heartbeat,
-    committed together. Returns whether a cancel was requested."""
-    return record_points(session, run_id, epoch, metrics, worker, step=step, epochs_completed=epoch)
-
-
-def record_stage(session: Session, run_id: int, progress: Mapping, worker: str | None = None) -> bool:
-    """A stage before training (preprocessing) in run.info, with a heartbeat; returns whether
-    a cancel was requested."""
-    return lease.record(session, Run, run_id, worker, info=dict(progress))
-
-
-def record_info(session: Session, run_id: int, info: Mapping, worker: str | None = None) -> None:
-    lease.record(session, Run, run_id, worker, info=dict(info))
-
-
 def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy: float | None,
                val_accuracy: float | None, best_epoch: int | None, classes: list[str],
                confusion: list[list[int]] | None, info: Mapping, worker: str | None = None,
@@ -76,7 +48,3 @@ def finish_run(session: Session, run_id: int, *, cancelled: bool, test_accuracy:
               if confusion is not None and best_epoch is not None else [])
     lease.finish(session, Run, run_id, worker, cancelled=cancelled, rows=matrix, test_accuracy=test_accuracy,
                  val_accuracy=val_accuracy, best_epoch=best_epoch, info=dict(info))
-
-
-def fail_run(session: Session, run_id: int, error: str, detail: str | None = None, worker: str | None = None) -> None:
-    lease.fail(session, Run, run_id, error, detail, worker)

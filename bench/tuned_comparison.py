@@ -1,0 +1,104 @@
+"""The tuned comparisons of docs/results.md, through the API and a two-slot worker on a fresh
+embedded stack, each saved whole (the study, its trials, its final table, the table under every
+selection rule) to a JSON file beside the other raw results:
+
+    python -m bench.tuned_comparison study --out docs/results/study_digits_three_methods.json
+    python -m bench.tuned_comparison preset --dataset digits --out docs/results/tuned_mle_vs_zero_padding_digits.json
+    python -m bench.tuned_comparison preset --dataset synthetic --out docs/results/tuned_mle_vs_zero_padding_synthetic.json
+    python -m bench.tuned_comparison rules --dataset digits --out docs/results/selection_rules_digits.json
+
+- `study`: digits, bottom half missing at 90%, mle, zero_padding and lower_bound, 20 trials each
+  (TPE, median pruner), 50 epochs, final runs over 5 seeds (the study of docs/studies.md);
+- `preset`: the tuned preset "MLE vs zero padding, tuned" on a dataset (its `audio` role missing at
+  80/90/95%), 20 trials per method and rate, 50 epochs, 5 final seeds;
+- `rules`: a sweep of mle, zero_padding and lower_bound (add) at 80/90/95% over 5 seeds with the
+  default settings, 50 epochs, and its table under every selection rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .paper_preset import call, wait_until
+from .slots_throughput import embedded_stack
+
+EPOCHS = 50
+SECOND_MODALITY = {"digits": "bottom", "synthetic": "y"}
+
+
+def wait_for_study(port: int, study_id: int) -> dict:
+    def ended():
+        study = call(port, "GET", f"/api/studies/{study_id}")[1]
+        return study if study["state"] in ("finished", "cancelled") else None
+
+    return wait_until(ended, 6 * 3600, 2.0)
+
+
+def study_record(port: int, created: dict, started: float) -> dict:
+    study = wait_for_study(port, created["id"])
+    study_id = study["id"]
+    return {"study": study, "seconds": round(time.perf_counter() - started, 1),
+            "trials": call(port, "GET", f"/api/studies/{study_id}/trials")[1],
+            "table": call(port, "GET", f"/api/studies/{study_id}/table")[1],
+            "table_samples": call(port, "GET", f"/api/studies/{study_id}/table?test=samples")[1],
+            "selection_rules": call(port, "GET", f"/api/studies/{study_id}/selection-rules")[1]}
+
+
+def three_methods(port: int) -> dict:
+    started = time.perf_counter()
+    status, created = call(port, "POST", "/api/studies", {
+        "dataset": "digits", "missing_modality": "bottom", "missing_rate": 0.9,
+        "methods": ["mle", "zero_padding", "lower_bound"], "trials": 20, "spec": {"epochs": EPOCHS},
+        "pruner": {"name": "median"}, "parallel_trials": 2, "final_seeds": 5})
+    assert status == 201, created
+    return study_record(port, created, started)
+
+
+def tuned_preset(port: int, dataset: str) -> dict:
+    started = time.perf_counter()
+    status, created = call(port, "POST", "/api/studies/presets/mle_vs_zero_padding_tuned", {
+        "dataset": dataset, "epochs": EPOCHS, "trials": 20, "final_seeds": 5, "parallel_trials": 2})
+    assert status == 201, created
+    return study_record(port, created, started)
+
+
+def rules(port: int, dataset: str) -> dict:
+    started = time.perf_counter()
+    status, sweep = call(port, "POST", "/api/sweeps", {
+        "dataset": dataset, "method": ["mle", "zero_padding", "lower_bound"], "fusion": "add",
+        "missing_modality": SECOND_MODALITY[dataset], "missing_rate": [0.8, 0.9, 0.95], "seed": [0, 1, 2, 3, 4],
+        "epochs": EPOCHS})
+    assert status == 201, sweep
+
+    def done():
+        progress = call(port, "GET", f"/api/sweeps/{sweep['id']}")[1]["progress"]
+        return progress if progress["done"] else None
+
+    wait_until(done, 6 * 3600, 2.0)
+    return {"sweep": call(port, "GET", f"/api/sweeps/{sweep['id']}")[1], "seconds": round(time.perf_counter() - started, 1),
+            "table": call(port, "GET", f"/api/sweeps/{sweep['id']}/table")[1],
+            "selection_rules": call(port, "GET", f"/api/sweeps/{sweep['id']}/selection-rules")[1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["study", "preset", "rules"])
+    parser.add_argument("--dataset", default="digits", choices=sorted(SECOND_MODALITY))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: the stack's processes are stopped too
+    with embedded_stack(2) as port:
+        record = (three_methods(port) if args.what == "study" else tuned_preset(port, args.dataset)
+                  if args.what == "preset" else rules(port, args.dataset))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
+    print(f"written to {args.out} ({record['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
