@@ -23,7 +23,7 @@ pytestmark = pytest.mark.faults
 
 def make_run(settings: Settings, log) -> Process:
     process = Process([sys.executable, "-m", "backend.run_local"], {**settings_env(settings), **WORKER_TEST_ENV}, log)
-    process.wait_for_log("missmod is serving at", timeout=120)
+    process.wait_for_log("missmod is ready at", timeout=120)
     return process
 
 
