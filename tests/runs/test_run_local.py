@@ -5,7 +5,6 @@ its checkpoint at the next `make run`. Real processes, the embedded default."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 
 import httpx2 as httpx
@@ -28,6 +27,16 @@ def make_run(settings: Settings, log) -> Process:
     return process
 
 
+def ctrl_c(process: Process) -> int:
+    """What Ctrl-C does: SIGINT to the launcher's process group, which then stops the server and
+    the worker (in process groups of their own) and exits."""
+    process.popen.send_signal(signal.SIGINT)
+    try:
+        return process.popen.wait(60)
+    finally:
+        process.kill()  # the launcher only: had it not stopped them, its children would be left
+
+
 def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp_path):
     settings = Settings(var_dir=tmp_path / "var", database_url="", broker_url="", host="127.0.0.1", port=free_port(),
                         heartbeat_interval=0.5, stream_poll_interval=0.1)
@@ -43,10 +52,9 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         wait_for(lambda: run()["epochs_completed"] >= 2, 180, what="two epochs")
-        first.popen.send_signal(signal.SIGINT)  # Ctrl-C: the terminal signals the launcher's process group
-        assert first.popen.wait(60) == 0, first.log()[-3000:]
     finally:
-        stop(first)
+        stopped_with = ctrl_c(first)
+    assert stopped_with == 0, first.log()[-3000:]
     # Stopped after an epoch and queued again: by the worker's warm shutdown, or by the launcher
     # once the worker is gone (each says so).
     with session_factory(settings.database_url)() as session:
@@ -63,24 +71,12 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
                         what="the run to finish")
         points = api.get(f"/api/runs/{run_id}/metrics").json()["points"]
     finally:
-        stop(second)
+        ctrl_c(second)
         api.close()
     assert done["state"] == "succeeded", done["error_detail"]
     assert done["attempts"] == 2 and done["worker_losses"] == 0  # given back by the shutdown, not lost
     assert done["info"]["resumed_from_epoch"] >= 2  # from its checkpoint, not from epoch 0
     assert_exactly_once(points, run_expected_points(done))
-
-
-def stop(process: Process) -> None:
-    """Ctrl-C, as a person stops it: `make run` stops its server and worker, which run in sessions
-    of their own (a SIGKILL to its group would leave them running)."""
-    if process.popen.poll() is None:
-        process.popen.send_signal(signal.SIGINT)
-        try:
-            process.popen.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-    process.kill()
 
 
 def _answers(api: httpx.Client) -> bool:
