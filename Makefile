@@ -13,10 +13,11 @@ TEST_STAMP := $(VENV)/.installed-test
 setup: $(STAMP)
 setup-test: $(TEST_STAMP)
 
-# Re-install when the dependencies change. torch/torchvision are pinned in pyproject.toml.
+# Re-install when the dependencies change. torch/torchvision are pinned in pyproject.toml; the
+# `worker` extra brings them (`make run` trains locally).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[worker]'
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
@@ -49,6 +50,7 @@ test: setup-test
 ## The test suite with branch coverage of training/, backend/, worker/ and missmod/, the processes
 ## it starts included; a table per module in the terminal, and var/coverage/html/index.html.
 coverage: setup-test
+	$(PY) -m tests.prerequisites
 	rm -rf var/coverage && mkdir -p var/coverage
 	$(PY) -m pytest --cov --cov-report=term --cov-report=html:var/coverage/html $(PYTEST_ARGS)
 

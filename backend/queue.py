@@ -16,10 +16,13 @@ TRAIN_RUN_TASK = "missmod.train_run"
 DATASET_JOB_TASK = "missmod.dataset_job"
 
 
+# The folder broker's transport has no host; naming one spares every process kombu's warning that
+# "filesystem://" supplies none. Its folders come from the transport options below.
+FILESYSTEM_BROKER_URL = "filesystem://localhost/"
+
+
 def make_celery(settings: Settings) -> Celery:
-    # The filesystem transport has no host; naming one spares every process kombu's warning that
-    # "filesystem://" supplies none.
-    broker = "filesystem://localhost/" if settings.uses_filesystem_broker else settings.broker_url
+    broker = FILESYSTEM_BROKER_URL if settings.uses_filesystem_broker else settings.broker_url
     app = Celery("missmod", broker=broker, set_as_current=False)
     # Redis hands an unacknowledged run id to another worker after this many seconds: keep it
     # above the longest run. A duplicate delivery would be refused by the database anyway.

@@ -50,6 +50,16 @@ def send_awaiting(session: Session, queue: WorkQueue, *, queued_before: datetime
             for model, send in KINDS.items()}
 
 
+def running_on(session: Session, worker_prefix: str) -> dict[type[Leased], list[int]]:
+    """What the workers named `worker_prefix…` hold running, of every kind."""
+    return {model: lifecycle.running_on(session, model, worker_prefix) for model in KINDS}
+
+
+def queued_again(session: Session, held: dict[type[Leased], list[int]]) -> dict[type[Leased], list[int]]:
+    """Of `held`, what is queued now (given back by a worker's shutdown, or queued again since)."""
+    return {model: lifecycle.queued_among(session, model, ids) for model, ids in held.items()}
+
+
 def requeue_interrupted(session: Session, worker_prefix: str, queue: WorkQueue) -> dict[type[Leased], list[int]]:
     """Queue again what the workers named `worker_prefix…` left running (the local stack stopped)."""
     return {model: lifecycle.requeue_interrupted(session, model, worker_prefix, send(queue))

@@ -24,8 +24,8 @@ import httpx
 
 from .db import session_factory
 from .migrate import upgrade
-from .queue import WorkQueue
-from .reconcile import requeue_interrupted
+from .queue import FILESYSTEM_BROKER_URL, WorkQueue
+from .reconcile import queued_again, requeue_interrupted, running_on
 from .settings import Settings, get_settings
 from .workers.models import Worker
 from .workers.service import live_workers
@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
               "user.", flush=True)
     # Own process groups: Ctrl-C reaches this launcher only, which then stops both in order.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *([] if chatty else ["--quiet"]), "worker",
-         "--loglevel", level.upper(), "--hostname", node, "--without-gossip", "--without-mingle"],
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *([] if chatty else ["--quiet"]),
+         # Celery's command line takes BROKER_URL from the environment over the app's; the folder
+         # broker's URL as the app writes it (backend/queue.py) spares kombu's "no hostname" warning.
+         *(["--broker", FILESYSTEM_BROKER_URL] if settings.uses_filesystem_broker else []),
+         "worker", "--loglevel", level.upper(), "--hostname", node, "--without-gossip", "--without-mingle"],
         start_new_session=True, env=worker_env,
     )
     server = subprocess.Popen(
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missmod: the {crashed} exited unexpectedly; stopping", file=sys.stderr, flush=True)
         exit_code = 1
     print("missmod: stopping the server and the worker…", flush=True)
+    with session_factory(settings.database_url)() as session:
+        held = running_on(session, node)  # its worker gives these back as it stops (quietly: its log is off)
     _stop(server, signal.SIGTERM)
     _stop(worker, signal.SIGTERM)  # warm shutdown: the run stops after its epoch and is queued again
     if not _wait([server, worker], GRACE_SECONDS):
@@ -170,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
     queue = WorkQueue(settings)
     with session_factory(settings.database_url)() as session:
-        requeued = requeue_interrupted(session, node, queue)
+        requeued = requeue_interrupted(session, node, queue)  # what a killed worker could not give back
+        given_back = queued_again(session, held)
     queue.close()
-    for model, ids in requeued.items():
+    for model in held:
+        ids = sorted(set(given_back[model]) | set(requeued[model]))
         if ids:
             print(f"missmod: {model.noun}(s) {', '.join(map(str, ids))} were running and are queued again", flush=True)
     print("missmod: stopped", flush=True)

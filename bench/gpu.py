@@ -293,23 +293,29 @@ def measure(device_choice: str, tiny: bool) -> tuple[list[Row], str]:
     return rows, name
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/gpu.py", description=__doc__,
+def run_device_script(script: str, doc: str, title: str, measure, argv: list[str] | None = None) -> int:
+    """The command line of a GPU script (this one, gpu_checklist.py): --device, --tiny (dry mode),
+    --out; `measure(device, tiny)` gives its rows and the device's name; one table."""
+    parser = argparse.ArgumentParser(prog=f"python {script}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="dry mode: every step at the smallest scale")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    # No torch.cuda call here: the small runs are forked first (a run on `--device cuda` without
-    # a GPU fails in its own process, with pick_device's message).
     started = time.perf_counter()
     rows, name = measure(args.device, args.tiny)
-    print(f"\nmissmod GPU benchmark on {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+    print(f"\nmissmod {title} on {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"{len(os.sched_getaffinity(0))} CPU cores, {time.perf_counter() - started:.0f} s\n")
     print_table(rows)
     if args.out:
         write_json(rows, args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # No torch.cuda call before measure(): the small runs are forked first (a run on `--device
+    # cuda` without a GPU fails in its own process, with pick_device's message).
+    return run_device_script("bench/gpu.py", __doc__, "GPU benchmark", measure, argv)
 
 
 if __name__ == "__main__":

@@ -88,13 +88,23 @@ def reconcile(session: Session, model: type[Leased], send: Send, *, heartbeat_ti
     return report
 
 
+def running_on(session: Session, model: type[Leased], worker_prefix: str) -> list[int]:
+    """The rows that workers whose name starts with `worker_prefix` hold running."""
+    return list(session.scalars(select(model.id).where(model.state == State.running,
+                                                       model.worker.startswith(worker_prefix))))
+
+
+def queued_among(session: Session, model: type[Leased], ids: list[int]) -> list[int]:
+    return list(session.scalars(select(model.id).where(model.id.in_(ids), model.state == State.queued)
+                                .order_by(model.id))) if ids else []
+
+
 def requeue_interrupted(session: Session, model: type[Leased], worker_prefix: str, send: Send) -> list[int]:
     """Rows left `running` by workers whose name starts with `worker_prefix` (stopped while
     working) go back to `queued` and are sent again, so stopping the local stack loses nothing.
     Not counted as a worker loss: the stack was stopped on purpose."""
     now = utcnow()
-    ids = list(session.scalars(select(model.id).where(model.state == State.running,
-                                                      model.worker.startswith(worker_prefix))))
+    ids = running_on(session, model, worker_prefix)
     if ids:
         session.execute(update(model).where(model.id.in_(ids), model.state == State.running)
                         .values(state=State.queued, worker=None, awaiting_broker_since=now))

@@ -107,30 +107,155 @@ def test_env_example_names_every_setting():
     assert compose_variables <= named | {"COMPOSE_PROFILES"}, compose_variables - named
 
 
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Dockerfile.gpu's instructions (continuation lines joined, comments left out), by stage name."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile.gpu").read_text())
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in (line.strip() for line in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            current = stages.setdefault(line.split(" AS ")[-1], [])
+        current.append(line)
+    return stages
+
+
 def test_dockerfile_installs_what_pyproject_lists():
-    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    stages = dockerfile_stages()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    instructions = [line.strip() for line in re.sub(r"\\\n", " ", dockerfile).splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
-    # the base image's Python satisfies requires-python
-    base = re.match(r"FROM python:(\d+)\.(\d+)", instructions[0])
+    # the base image is pinned to a patch version whose Python satisfies requires-python
+    base = re.match(r"FROM python:(\d+)\.(\d+)\.(\d+)-", stages["base"][0])
     required = re.match(r">=(\d+)\.(\d+)", project["project"]["requires-python"])
-    assert base and required and tuple(map(int, base.groups())) >= tuple(map(int, required.groups()))
-    # dependencies come from pyproject.toml itself (no package installed beside it), the test extra not
-    pip_installs = [arg for line in instructions for arg in re.findall(r"pip install ([^&]+)", line)]
-    assert [arg.strip() for arg in pip_installs] == [".", "--no-deps -e ."]
-    assert "[test]" not in dockerfile
-    copy_pyproject = next(i for i, line in enumerate(instructions) if line.startswith("COPY pyproject.toml"))
-    first_install = next(i for i, line in enumerate(instructions) if "pip install ." in line)
-    assert copy_pyproject < first_install and "README.md" in instructions[copy_pyproject]  # readme = README.md
+    assert base and required and tuple(map(int, base.groups()[:2])) >= tuple(map(int, required.groups()))
+    assert stages["base"][1:] and any(line.startswith("COPY pyproject.toml README.md") for line in stages["base"])
+
+    def installs(stage: str) -> list[str]:
+        return [arg.strip() for line in stages[stage] for arg in re.findall(r"pip install ([^&]+)", line)]
+
+    # dependencies come from pyproject.toml itself (nothing installed beside it), the test extra not:
+    # the API's image without the worker extra, the worker's with it
+    assert installs("api-dependencies") == ["."] and installs("worker-dependencies") == ["'.[worker]'"]
+    assert stages["api"][0] == "FROM api-dependencies AS api" and installs("api") == ["--no-deps -e ."]
+    assert stages["worker"][0] == "FROM worker-dependencies AS worker" and installs("worker") == ["--no-deps -e ."]
+    assert "[test]" not in (ROOT / "Dockerfile.gpu").read_text()
+    # the worker's image has the compilers torch.compile builds its kernels with
+    assert re.search(r"apt-get install .*\bgcc\b.*\bg\+\+", " ".join(stages["worker-dependencies"]))
     # every package pyproject.toml ships is copied, and what the app reads at run time beside its code
     packages = [name.rstrip("*") for name in project["tool"]["setuptools"]["packages"]["find"]["include"]]
-    stubbed = re.search(r"mkdir -p ([a-z ]+) &&", dockerfile).group(1).split()
-    assert sorted(stubbed) == sorted(packages)
+    for stage in ("api-dependencies", "worker-dependencies"):
+        stubbed = re.search(r"mkdir -p ([a-z ]+) &&", " ".join(stages[stage])).group(1).split()
+        assert sorted(stubbed) == sorted(packages), stage
     for name in packages + ["frontend"]:
-        assert f"COPY {name} {name}" in instructions, name
-    assert "COPY alembic.ini ./" in instructions
-    assert re.search(r"^USER (?!root)", dockerfile, flags=re.MULTILINE)  # not root
+        assert f"COPY {name} {name}" in stages["code"], name
+    assert "COPY alembic.ini ./" in stages["code"]
+    assert "COPY --from=code /app /app" in stages["api"] and "COPY --from=code /app /app" in stages["worker"]
+    for stage in ("api", "worker"):
+        assert any(re.match(r"USER (?!root)", line) for line in stages[stage]), stage  # not root
+    assert list(stages)[-1] == "worker"  # `docker build` without a target builds the worker, as before
+
+
+def installed_requirements(requirements: list[str]) -> set[str]:
+    """Every distribution that installing `requirements` brings, resolved from the metadata of the
+    distributions installed here (the versions the tests run with), markers and extras included."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, set[str]] = {}
+    pending = [Requirement(r) for r in requirements]
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        extras = set(requirement.extras)
+        if name in found and extras <= found[name]:
+            continue
+        found[name] = found.get(name, set()) | extras
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            pytest.fail(f"{name} is required but not installed here: the install set cannot be resolved")
+        for line in requires:
+            sub = Requirement(line)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": extra}) for extra in {"", *found[name]}):
+                pending.append(sub)
+    return set(found)
+
+
+TORCH_SIDE = {"torch", "torchvision", "triton", "av", "librosa", "nvidia-ml-py", "numba"}
+
+
+def test_the_api_image_installs_no_torch():
+    """What `pip install .` (Dockerfile.gpu, target api) brings: no torch, no CUDA library, nothing
+    of the training side; what the worker's `.[worker]` brings: torch and its CUDA libraries."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    api = installed_requirements(project["dependencies"])
+    assert {"fastapi", "sqlalchemy", "alembic", "celery", "numpy"} <= api
+    assert not api & TORCH_SIDE and not {name for name in api if name.startswith("nvidia-")}, api & TORCH_SIDE
+    worker = installed_requirements(project["dependencies"] + project["optional-dependencies"]["worker"])
+    assert {"torch", "torchvision", "av", "librosa", "nvidia-ml-py"} <= worker
+    assert any(name.startswith("nvidia-cudnn") for name in worker)  # the wheel's own CUDA libraries
+
+
+# The API process, its pages and routes, with every package of the worker extra (and what only they
+# bring) unimportable: what the API image lacks.
+API_WITHOUT_THE_WORKER_EXTRA = """
+import importlib.abc, sys
+
+BLOCKED = {"torch", "torchvision", "triton", "av", "librosa", "numba", "pynvml", "psutil"}
+
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in the API's image")
+
+
+sys.meta_path.insert(0, Absent())
+from fastapi.testclient import TestClient
+
+from backend.main import create_app
+from backend.migrate import upgrade
+from backend.settings import Settings
+
+settings = Settings(var_dir=sys.argv[1], database_url="", broker_url="", trusted_hosts=["testserver"])
+settings.make_dirs()
+upgrade(settings.database_url)
+spec = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1}
+with TestClient(create_app(settings)) as client:
+    run = client.post("/api/runs", json=spec)
+    assert run.status_code == 201, run.text
+    sweep = client.post("/api/sweeps", json={**spec, "name": "s", "seed": [0, 1]})
+    assert sweep.status_code == 201, sweep.text
+    for path in ("/api/health", "/api/datasets", "/api/choices", "/api/methods", "/api/runs", "/api/sweeps",
+                 f"/api/runs/{run.json()['id']}", f"/api/runs/{run.json()['id']}/metrics", "/", "/runs/new",
+                 f"/runs/{run.json()['id']}", "/sweeps", "/sweeps/new", f"/sweeps/{sweep.json()['id']}", "/compare",
+                 "/workers", f"/api/sweeps/{sweep.json()['id']}/table", "/studies", "/api/studies"):
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+assert not BLOCKED & {name.split(".")[0] for name in sys.modules}
+print("served")
+"""
+
+
+def test_the_api_serves_without_the_worker_extra(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", API_WITHOUT_THE_WORKER_EXTRA, str(tmp_path / "var")], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0 and completed.stdout.strip().endswith("served"), completed.stderr[-3000:]
+
+
+def test_every_third_party_image_is_pinned_to_a_version():
+    services = resolved("gpu", "cpu")["services"]
+    ours = {"api": "api", "migrate": "api", "worker": "worker", "worker-cpu": "worker"}
+    for name, service in services.items():
+        if name in ours:
+            assert service["build"]["target"] == ours[name], name
+            assert service["build"]["dockerfile"] == "Dockerfile.gpu", name
+            continue
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest" and re.search(r"\d", tag), (name, image)
 
 
 def test_dockerignore_keeps_the_build_context_small():

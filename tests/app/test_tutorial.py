@@ -75,7 +75,13 @@ def run_block(dashboard, language: str, code: str) -> str:
 
 def test_make_run_ends_with_where_to_go_where_the_data_is_and_what_trains(dashboard):
     log = dashboard.log()
-    last = log.strip().splitlines()[-6:]
+    lines = log.splitlines()
+    ready = next(i for i, line in enumerate(lines) if line.startswith("missmod is ready at"))
+    assert [line for line in lines[:ready] if line.strip()] == (  # before it, at most one line of each
+        ["missmod: starting the server and a worker…"]
+        + (["missmod: running as root. Fine on a machine of your own; on a shared host, run it as a normal user."]
+           if os.geteuid() == 0 else [])), log
+    last = lines[ready:ready + 6]
     assert last[0] == f"missmod is ready at http://localhost:{dashboard.port}/"
     assert last[1].split() == ["database:", "./var/missmod.db", "(SQLite)"]
     assert last[2].split() == ["run", "files:", "./var/artifacts"]

@@ -151,7 +151,7 @@ def test_database_unreachable_is_503_and_everything_recovers(postgres_url, tmp_p
     settings.make_dirs()
     client = client_for(settings)
     worker = start_worker(settings)
-    run_id = start_long_run(client, epochs=3 * EPOCHS)  # still training when the cut comes
+    run_id = start_long_run(client, epochs=2 * EPOCHS)  # still training when the cut comes
     wait_for_epochs(client, run_id, 2)
     queued_before = sorted(os.listdir(settings.broker_dir / "queue"))
 
@@ -173,7 +173,7 @@ def test_database_unreachable_is_503_and_everything_recovers(postgres_url, tmp_p
 
     wait_for(lambda: client.get("/api/runs").status_code == 200, 15, what="the API to recover")
     assert client.get("/api/health").status_code == 200
-    check_trained_run(client, run_id, 3 * EPOCHS)
+    check_trained_run(client, run_id, 2 * EPOCHS)
     run = run_json(client, run_id)
     assert run["attempts"] == 1 and run["worker_losses"] == 0  # it waited for the database, it was not lost
     assert client.get("/api/runs").json()["total"] == 1  # and the refused create left no row behind

@@ -207,8 +207,9 @@ def test_a_step_series_that_grows_past_8000_points_is_redrawn_with_webgl(page, e
     """The README: charts are SVG; on the run page a series longer than 8,000 points switches to
     WebGL (scattergl). Points written as a worker writes them, while the page watches."""
     from backend.db import session_factory
-    from backend.runs import lease
+    from backend.runs import recording
     from backend.runs.ingest import Point
+    from tests.support import as_worker
 
     server = start_server(embedded_settings)
     run_id = page.request.post(f"{server}/api/runs", data={
@@ -219,10 +220,10 @@ def test_a_step_series_that_grows_past_8000_points_is_redrawn_with_webgl(page, e
         points = [Point(1, step, name, 1.0 / step) for step in steps for name in ("step/train_loss", "step/lr")
                   if name == "step/train_loss" or step <= 100]
         with sessions() as session:
-            lease.record_batch(session, run_id, points, "test")
+            recording.record_batch(session, run_id, points, "test")
 
     with sessions() as session:
-        assert lease.claim_run(session, run_id, "test").row is not None  # running, as on a worker
+        assert as_worker.start_run(session, run_id, "test") is not None  # running, as on a worker
     write(range(1, 101))
     page.goto(f"{server}/runs/{run_id}")
     page.wait_for_selector("#run-page[data-history-loaded=true]")

@@ -23,8 +23,18 @@ pytestmark = pytest.mark.faults
 
 def make_run(settings: Settings, log) -> Process:
     process = Process([sys.executable, "-m", "backend.run_local"], {**settings_env(settings), **WORKER_TEST_ENV}, log)
-    process.wait_for_log("missmod is serving at", timeout=120)
+    process.wait_for_log("missmod is ready at", timeout=120)
     return process
+
+
+def ctrl_c(process: Process) -> int:
+    """What Ctrl-C does: SIGINT to the launcher's process group, which then stops the server and
+    the worker (in process groups of their own) and exits."""
+    process.popen.send_signal(signal.SIGINT)
+    try:
+        return process.popen.wait(60)
+    finally:
+        process.kill()  # the launcher only: had it not stopped them, its children would be left
 
 
 def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp_path):
@@ -42,10 +52,9 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         wait_for(lambda: run()["epochs_completed"] >= 2, 180, what="two epochs")
-        first.popen.send_signal(signal.SIGINT)  # Ctrl-C: the terminal signals the launcher's process group
-        assert first.popen.wait(60) == 0, first.log()[-3000:]
     finally:
-        first.kill()
+        stopped_with = ctrl_c(first)
+    assert stopped_with == 0, first.log()[-3000:]
     # Stopped after an epoch and queued again: by the worker's warm shutdown, or by the launcher
     # once the worker is gone (each says so).
     with session_factory(settings.database_url)() as session:
@@ -62,7 +71,7 @@ def test_ctrl_c_requeues_the_training_run_which_resumes_at_the_next_make_run(tmp
                         what="the run to finish")
         points = api.get(f"/api/runs/{run_id}/metrics").json()["points"]
     finally:
-        second.kill()
+        ctrl_c(second)
         api.close()
     assert done["state"] == "succeeded", done["error_detail"]
     assert done["attempts"] == 2 and done["worker_losses"] == 0  # given back by the shutdown, not lost

@@ -1,5 +1,6 @@
-"""The GPU host's benchmark (bench/gpu.py) in its dry mode on the CPU: every code path it takes on a
-GPU runs here at a small scale, so the script is known to work before a GPU is lent."""
+"""The GPU host's benchmark (bench/gpu.py) and the first day's checklist (bench/gpu_checklist.py)
+in their dry modes on the CPU: every code path they take on a GPU runs here at a small scale, so
+the scripts are known to work before a GPU is lent; and the benchmark forks before touching CUDA."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ def test_gpu_bench_dry_mode_runs_on_cpu(tmp_path):
     step = next(r for w, r in rows.items() if "bf16 mixed-precision step" in w)
     assert step["figure"] > 0 and step["baseline"] > 0
     assert rows["GPU utilisation while training (bf16)"]["figure"] is None  # no GPU: absent, not zero
+
+
+def test_gpu_checklist_dry_mode_runs_on_cpu(tmp_path):
+    out = tmp_path / "checklist.json"
+    done = subprocess.run([sys.executable, "bench/gpu_checklist.py", "--device", "cpu", "--tiny", "--out", str(out)],
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    rows = {row["what"]: row for row in json.loads(out.read_text())}
+    for precision in ("fp32", "fp16"):
+        run = rows[f"mle small_cnn run, {precision}: epoch 2"]
+        assert run["figure"] > 0 and "losses finite" in run["note"], run
+    assert "loss scale" in rows["mle small_cnn run, fp16: epoch 2"]["note"]
+    assert rows["host syncs in a training epoch (set_sync_debug_mode)"]["figure"] is None  # no GPU: not checked
 
 
 # Runs bench/gpu.py's main() up to its first fork, with the small run replaced by a probe that

@@ -109,3 +109,26 @@ def test_compile_is_refused_with_the_reason_on_a_host_without_a_compiler(monkeyp
     spec = TrainSpec(dataset="digits", method="mle", missing_modality="bottom", missing_rate=0.5, compile=True)
     with pytest.raises(CompileUnavailable, match="compile: true needs a C\\+\\+ compiler"):
         TrainingSpeed.for_run(spec, torch.device("cpu"))
+
+
+def test_deterministic_changes_nothing_on_the_cpu_and_leaves_the_switches_as_they_were():
+    from training.checkpoint import spec_fingerprint
+    from training.train import TrainingCallback, train
+
+    class Points(TrainingCallback):
+        def __init__(self):
+            self.points = []
+
+        def on_epoch_end(self, epoch, metrics):
+            self.points.append(metrics)
+
+    fields = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1}
+    plain, deterministic = Points(), Points()
+    train(TrainSpec(**fields), plain)
+    result = train(TrainSpec(**fields, deterministic=True), deterministic)
+    assert plain.points == deterministic.points and result.info["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    # A checkpoint written before the field existed still resumes; one asking for it is another run's.
+    default = TrainSpec(**fields).model_dump()
+    assert spec_fingerprint(default) == spec_fingerprint({k: v for k, v in default.items() if k != "deterministic"})
+    assert spec_fingerprint({**default, "deterministic": True}) != spec_fingerprint(default)

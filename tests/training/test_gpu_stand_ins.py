@@ -319,3 +319,19 @@ def test_resume_restores_torchs_generators(tmp_path):
 
     trainer.restore(load_checkpoint(trainer.checkpoint_path, trainer.fingerprint))
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_evaluate_missing_runs_g_over_the_y_bank_once_per_evaluation(monkeypatch):
+    """Not once per chunk of test rows (with 2,000 test rows in chunks of 256 and a 4,096-row bank,
+    g ran over 32,768 rows)."""
+    import training.model
+
+    monkeypatch.setattr(training.model, "MLP_EVAL_CHUNK", 50)  # the test set in several chunks
+    trainer, train_set, _ = trainer_for(digits_spec("mle", evaluate_missing=True))
+    rows = []
+    trainer.model.g.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
+    trainer.evaluate(train_set)
+    prepared = trainer.prepared
+    assert len(prepared.test.z) > 3 * 50
+    # g: the validation and test rows (eq. 4), and the bank once (eq. 5 for the test rows without y)
+    assert sum(rows) == len(prepared.val.z) + len(prepared.test.z) + len(trainer.y_bank)
