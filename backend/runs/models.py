@@ -132,3 +132,17 @@ class ConfusionMatrix(Base):
     test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
+
+
+class PredictionReply(Base):
+    """A worker's answer to one prediction request (POST /api/runs/{id}/predict), read and deleted
+    by the API process that waits for it (backend/runs/serving.py). The database carries it, as it
+    carries everything a worker reports, so predictions need no result backend beside the broker."""
+
+    __tablename__ = "prediction_replies"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the request's task id
+    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    status: Mapped[int] = mapped_column(Integer)  # as the API answers it: 200, 409, 422, 500
+    body: Mapped[str] = mapped_column(Text)  # JSON

@@ -1,0 +1,66 @@
+"""One prediction (POST /api/runs/{id}/predict, backend/runs/serving.py): load the run's model
+bundle from the artifact store, check the inputs as the API did, predict on the CPU with the
+method's own rule (training/bundle.py), and leave the answer in the database for the API process
+that waits for it. The task carries its inputs (bounded by PREDICT_MAX_ROWS and MAX_REQUEST_BYTES);
+the broker drops it unstarted after its deadline and Celery stops its process past it, so a
+prediction never holds a worker's slot longer than that."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from backend.db import session_factory
+from backend.runs.artifacts import bundle_key
+from backend.runs.models import PredictionReply
+from backend.settings import Settings
+from backend.storage import store_for
+
+from training.bundle import NO_BUNDLE, PredictionInputError, load_model
+
+log = logging.getLogger("missmod.worker")
+
+
+def decode_array(encoded: dict[str, Any] | None) -> np.ndarray | None:
+    """An array as the API sends it: little-endian float32 bytes in base64, and its shape."""
+    if encoded is None:
+        return None
+    return np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f4").reshape(encoded["shape"])
+
+
+def answer(settings: Settings, request_id: str, run_id: int, inputs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of one prediction."""
+    started = time.perf_counter()
+    try:
+        data = store_for(settings).read_bytes(bundle_key(run_id))
+    except FileNotFoundError:
+        return 409, {"detail": f"run {run_id} has {NO_BUNDLE}"}
+    model = load_model(data)
+    try:
+        prediction = model.predict(x=decode_array(inputs.get("x")), y=decode_array(inputs.get("y")))
+    except PredictionInputError as error:
+        return 422, {"field": error.field, "detail": error.message}
+    probabilities = np.ascontiguousarray(prediction.probabilities, dtype="<f8")
+    return 200, {
+        "epoch": model.epoch, "method": model.method_name, "inputs": prediction.inputs, "rule": prediction.rule,
+        "classes": prediction.classes, "predicted": prediction.predicted.tolist(),
+        "probabilities": {"data": base64.b64encode(probabilities.tobytes()).decode(),
+                          "shape": list(probabilities.shape)},
+        "worker_seconds": round(time.perf_counter() - started, 6),
+    }
+
+
+def execute_prediction(request_id: str, run_id: int, inputs: dict[str, Any], settings: Settings) -> None:
+    try:
+        status, body = answer(settings, request_id, int(run_id), inputs)
+    except Exception as error:  # the API answers 500 with the reason rather than waiting out its deadline
+        log.exception("prediction %s of run %s failed", request_id, run_id)
+        status, body = 500, {"detail": f"the prediction failed on the worker: {type(error).__name__}: {error}"}
+    with session_factory(settings.database_url)() as session:
+        session.add(PredictionReply(id=request_id, run_id=int(run_id), status=status, body=json.dumps(body)))
+        session.commit()
