@@ -144,7 +144,7 @@ def start_worker(tmp_path: Path):
             tmp_path / f"worker-{len(processes)}.log",
         )
         processes.append(process)
-        process.wait_for_log(" ready.", timeout=60)
+        process.wait_for_log(" ready.", timeout=180)  # preloading torch takes a minute on a loaded host
         return process
 
     yield start
