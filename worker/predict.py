@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 
 from backend.db import session_factory
 from backend.runs.artifacts import bundle_key
@@ -58,6 +59,9 @@ def answer(settings: Settings, request_id: str, run_id: int, inputs: dict[str, A
 def execute_prediction(request_id: str, run_id: int, inputs: dict[str, Any], settings: Settings) -> None:
     try:
         status, body = answer(settings, request_id, int(run_id), inputs)
+    except SoftTimeLimitExceeded:  # past its deadline: the API has answered 503 already
+        log.warning("prediction %s of run %s stopped at its deadline", request_id, run_id)
+        return
     except Exception as error:  # the API answers 500 with the reason rather than waiting out its deadline
         log.exception("prediction %s of run %s failed", request_id, run_id)
         status, body = 500, {"detail": f"the prediction failed on the worker: {type(error).__name__}: {error}"}

@@ -112,7 +112,7 @@ def test_bad_requests_get_clear_answers_and_everything_stays_up(embedded_setting
     base = start_server(embedded_settings)
     worker = start_worker(embedded_settings)
     client = Client(base)
-    run = client.wait(client.submit(**BASE, method="hgr", fusion="add", epochs=1), progress=False, timeout=300)
+    run = client.wait(client.submit(**{**BASE, "epochs": 1}, method="hgr", fusion="add"), progress=False, timeout=300)
     x, y, _ = test_split({**BASE, "method": "hgr"})
     url = f"{base}/api/runs/{run.id}/predict"
 
@@ -166,11 +166,11 @@ def test_a_prediction_never_holds_a_slot_past_its_deadline(embedded_settings, st
     the prediction's process, and its only slot then trains a run."""
     import time
 
-    settings = embedded_settings.model_copy(update={"predict_timeout": 3.0})
+    settings = embedded_settings.model_copy(update={"predict_timeout": 8.0})
     base = start_server(settings)
     healthy = start_worker(settings)  # trains a run, leaving its bundle, and is stopped
     client = Client(base)
-    run = client.wait(client.submit(**BASE, method="mle", fusion="add", epochs=1), progress=False, timeout=300)
+    run = client.wait(client.submit(**{**BASE, "epochs": 1}, method="mle", fusion="add"), progress=False, timeout=300)
     healthy.kill()
     x, _, _ = test_split({**BASE, "method": "mle"})
 
@@ -178,10 +178,12 @@ def test_a_prediction_never_holds_a_slot_past_its_deadline(embedded_settings, st
     started = time.monotonic()
     answer = httpx.post(f"{base}/api/runs/{run.id}/predict", json={"x": x[:2].tolist()}, timeout=60)
     waited = time.monotonic() - started
-    assert answer.status_code == 503 and "no worker answered within 3 s" in answer.json()["detail"], answer.text
-    assert answer.headers["Retry-After"] and 3.0 <= waited < 10, waited
+    assert answer.status_code == 503 and "no worker answered within 8 s" in answer.json()["detail"], answer.text
+    assert answer.headers["Retry-After"] and 8.0 <= waited < 15, waited
+    wait_for(lambda: "missmod.predict" in worker.log(), 60, what="the worker to take the prediction")
     # The hung prediction held the worker's only slot: stopped at its time limit, the slot trains.
-    second = client.wait(client.submit(**BASE, method="mle", fusion="add", epochs=1, seed=1), progress=False,
+    second = client.wait(client.submit(**{**BASE, "epochs": 1, "seed": 1}, method="mle", fusion="add"), progress=False,
                          timeout=300)
     assert second.state == "succeeded"
-    assert "Hard time limit" in worker.log() and worker.popen.poll() is None
+    log = worker.log()
+    assert "stopped at its deadline" in log and worker.popen.poll() is None, log[-3000:]
