@@ -24,7 +24,8 @@ from . import artifacts, export, metrics, outcomes, query, series, service, serv
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsColumns, MetricsPage,
-                      PredictionOut, PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+                      PredictionOut, PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut,
+                      RunUpdate)
 from .stream import run_events
 from .validation import DatasetCatalog, refuse_if_unfit
 
