@@ -59,7 +59,7 @@ def test_predicting_the_test_set_gives_the_reported_accuracies(embedded_settings
 
     base = start_server(embedded_settings)
     start_worker(embedded_settings)
-    client = Client(base)
+    client = Client(base, timeout=180)  # the API answers slowly on a loaded host
     runs = {method: client.submit(**BASE, method=method, fusion=fusion) for method, fusion in METHODS.items()}
     x, y, labels = test_split({**BASE, "method": "mle"})
     for method, run in runs.items():
@@ -111,7 +111,7 @@ def test_predicting_the_test_set_gives_the_reported_accuracies(embedded_settings
 def test_bad_requests_get_clear_answers_and_everything_stays_up(embedded_settings, start_server, start_worker):
     base = start_server(embedded_settings)
     worker = start_worker(embedded_settings)
-    client = Client(base)
+    client = Client(base, timeout=180)  # the API answers slowly on a loaded host
     run = client.wait(client.submit(**{**BASE, "epochs": 1}, method="hgr", fusion="add"), progress=False, timeout=300)
     x, y, _ = test_split({**BASE, "method": "hgr"})
     url = f"{base}/api/runs/{run.id}/predict"
@@ -169,7 +169,7 @@ def test_a_prediction_never_holds_a_slot_past_its_deadline(embedded_settings, st
     settings = embedded_settings.model_copy(update={"predict_timeout": 8.0})
     base = start_server(settings)
     healthy = start_worker(settings)  # trains a run, leaving its bundle, and is stopped
-    client = Client(base)
+    client = Client(base, timeout=180)  # the API answers slowly on a loaded host
     run = client.wait(client.submit(**{**BASE, "epochs": 1}, method="mle", fusion="add"), progress=False, timeout=300)
     healthy.kill()
     x, _, _ = test_split({**BASE, "method": "mle"})
