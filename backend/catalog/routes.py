@@ -4,11 +4,13 @@ and new-sweep forms are built from these, so they list nothing of their own."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
+from training import method_registry, spec
 from training.datasets import dataset_infos
-from training import spec
 from training.spec import METHODS
 
 from ..api.deps import SessionDep, SettingsDep
@@ -43,12 +45,32 @@ class MethodOut(BaseModel):
     title: str
     fusions: list[str]
     description: str
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "The JSON schema of the method's own options (a run's `method_options`): each property is a form field, a "
+        "sweep-grid field and a CLI `options.NAME=value`. The built-in methods have none"))
+    default_options: dict[str, Any] = Field(default_factory=dict)
+    distribution: str | None = Field(None, description="The Python package that registered it (`missmod` for the "
+                                                       "six built-in methods) and its version")
+    version: str | None = None
+    workers: int | None = Field(None, description="How many live workers can train it (null: not asked)")
+
+
+class UnavailableMethodOut(BaseModel):
+    """A method plugin installed here that cannot be offered, and why (it failed to import, lacks a
+    dependency, breaks the protocol), or one that live workers train but this API lacks."""
+
+    name: str
+    reason: str
+    distribution: str | None = None
+    version: str | None = None
 
 
 class ChoicesOut(BaseModel):
     """The values each choice of a training spec takes, from the spec module's one list of each."""
 
     methods: list[str]
+    unavailable_methods: list[UnavailableMethodOut] = Field(
+        default_factory=list, description="Method plugins that cannot be used, each with the reason (docs/methods.md)")
     fusions: list[str]
     encoders: list[str] = Field(description="Encoders f and g: `mlp` for feature vectors, the others for images")
     image_encoders: list[str] = Field(description="The encoders that take images (channels, height, width)")
@@ -65,7 +87,8 @@ class ChoicesOut(BaseModel):
 
 @router.get("/api/choices", response_model=ChoicesOut)
 def list_choices() -> ChoicesOut:
-    return ChoicesOut(methods=list(METHODS), fusions=spec.FUSIONS, encoders=spec.ENCODERS,
+    return ChoicesOut(methods=list(METHODS), unavailable_methods=unavailable_methods(),
+                      fusions=spec.FUSIONS, encoders=spec.ENCODERS,
                       image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
                       backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
                       devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES)
@@ -96,6 +119,21 @@ def delete_dataset(name: DatasetName, settings: SettingsDep, session: SessionDep
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def method_out(description) -> MethodOut:
+    has_options = bool(description.options.model_fields)
+    return MethodOut(name=description.name, title=description.title, fusions=list(description.fusions),
+                     description=description.description,
+                     options=description.options_schema() if has_options else {},
+                     default_options=description.default_options(), distribution=description.distribution,
+                     version=description.version)
+
+
+def unavailable_methods() -> list[UnavailableMethodOut]:
+    return [UnavailableMethodOut(name=u.name, reason=u.reason, distribution=u.distribution, version=u.version)
+            for u in method_registry.unavailable()]
+
+
 @router.get("/api/methods", response_model=list[MethodOut])
 def list_methods() -> list[MethodOut]:
-    return [MethodOut.model_validate(m, from_attributes=True) for m in METHODS.values()]
+    """Every method this API offers: the six built-in ones and the installed plugins (docs/methods.md)."""
+    return [method_out(m) for m in METHODS.values()]
