@@ -16,6 +16,7 @@ from training.spec import METHODS
 from ..api.deps import SessionDep, SettingsDep
 from ..api.params import DatasetName
 from ..storage import store_for
+from ..workers import service as workers
 from . import registry
 
 router = APIRouter(tags=["catalog"])
@@ -86,8 +87,8 @@ class ChoicesOut(BaseModel):
 
 
 @router.get("/api/choices", response_model=ChoicesOut)
-def list_choices() -> ChoicesOut:
-    return ChoicesOut(methods=list(METHODS), unavailable_methods=unavailable_methods(),
+def list_choices(session: SessionDep, settings: SettingsDep) -> ChoicesOut:
+    return ChoicesOut(methods=list(METHODS), unavailable_methods=unavailable_methods(session, settings),
                       fusions=spec.FUSIONS, encoders=spec.ENCODERS,
                       image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
                       backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
@@ -128,12 +129,29 @@ def method_out(description) -> MethodOut:
                      version=description.version)
 
 
-def unavailable_methods() -> list[UnavailableMethodOut]:
-    return [UnavailableMethodOut(name=u.name, reason=u.reason, distribution=u.distribution, version=u.version)
-            for u in method_registry.unavailable()]
+def unavailable_methods(session, settings) -> list[UnavailableMethodOut]:
+    """Plugins installed here that cannot be used, and methods live workers train that this API
+    lacks (installed on a worker only: runs of it cannot be submitted here)."""
+    out = [UnavailableMethodOut(name=u.name, reason=u.reason, distribution=u.distribution, version=u.version)
+           for u in method_registry.unavailable()]
+    listed = {u.name for u in out}
+    for worker in workers.live_workers(session, settings.heartbeat_timeout):
+        for name, package in (worker.methods or {}).items():
+            if name in METHODS or name in listed:
+                continue
+            listed.add(name)
+            package = package if isinstance(package, dict) else {}
+            out.append(UnavailableMethodOut(
+                name=name, distribution=package.get("distribution"), version=package.get("version"),
+                reason=f"live worker {worker.name} can train it, but it is not installed beside this API: install "
+                       f"{package.get('distribution')} {package.get('version')} here too and restart the API"))
+    return out
 
 
 @router.get("/api/methods", response_model=list[MethodOut])
-def list_methods() -> list[MethodOut]:
-    """Every method this API offers: the six built-in ones and the installed plugins (docs/methods.md)."""
-    return [method_out(m) for m in METHODS.values()]
+def list_methods(session: SessionDep, settings: SettingsDep) -> list[MethodOut]:
+    """Every method this API offers: the six built-in ones and the installed plugins (docs/methods.md),
+    each with how many live workers can train it."""
+    availability = workers.method_availability(session, settings.heartbeat_timeout)
+    return [method_out(m).model_copy(update={"workers": availability.count(m.name, m.builtin)})
+            for m in METHODS.values()]
