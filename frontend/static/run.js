@@ -234,6 +234,11 @@
       const b = info.bayes_test_accuracy;
       rows.push(["Bayes-optimal (test)", `both ${missmod.percent(b.xy)}, ${info.x_modality} ${missmod.percent(b.x)}, ${info.y_modality} ${missmod.percent(b.y)}`]);
     }
+    const options = Object.entries((run.spec && run.spec.method_options) || {});
+    if (options.length) rows.push(["Method options", options.map(([k, v]) => `${k}=${v}`).join(", ")]);
+    const pkg = info.method_package;
+    if (pkg && pkg.distribution && pkg.distribution !== "missmod")
+      rows.push(["Method package", `${pkg.distribution} ${pkg.version || ""}`.trim()]);
     if (info.device) rows.push(["Device", info.device]);
     if (info.precision) rows.push(["Precision", info.precision]);
     if (info.seconds !== undefined) rows.push(["Training time", `${info.seconds.toFixed(1)} s`]);
