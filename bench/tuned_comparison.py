@@ -71,10 +71,11 @@ def three_methods(port: int) -> dict:
     return study_record(port, created, started)
 
 
-def tuned_preset(port: int, dataset: str) -> dict:
+def tuned_preset(port: int, dataset: str, trials: int, slots: int, tpe_startup: int) -> dict:
     started = time.perf_counter()
     status, created = call(port, "POST", "/api/studies/presets/mle_vs_zero_padding_tuned", {
-        "dataset": dataset, "epochs": EPOCHS, "trials": 20, "final_seeds": 5, "parallel_trials": 2})
+        "dataset": dataset, "epochs": EPOCHS, "trials": trials, "final_seeds": 5, "parallel_trials": slots,
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": tpe_startup}})
     assert status == 201, created
     return study_record(port, created, started)
 
@@ -103,10 +104,14 @@ def main() -> None:
     parser.add_argument("what", choices=["study", "preset", "rules"])
     parser.add_argument("--dataset", default="digits", choices=sorted(SECOND_MODALITY))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--trials", type=int, default=20, help="preset: trials per method and rate")
+    parser.add_argument("--slots", type=int, default=2, help="preset: the worker's slots, and the trials at once")
+    parser.add_argument("--tpe-startup", type=int, default=10, help="preset: TPE's random trials before it models")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: the stack's processes are stopped too
-    with embedded_stack(2) as port:
-        record = (three_methods(port) if args.what == "study" else tuned_preset(port, args.dataset)
+    with embedded_stack(args.slots if args.what == "preset" else 2) as port:
+        record = (three_methods(port) if args.what == "study"
+                  else tuned_preset(port, args.dataset, args.trials, args.slots, args.tpe_startup)
                   if args.what == "preset" else rules(port, args.dataset))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
