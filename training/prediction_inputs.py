@@ -45,9 +45,10 @@ def prediction_rules(method: str, trained_without_x: bool = False) -> dict[str, 
     without_y = {"mle": "eq. 5 over a bank of training y's", "lower_bound": "eq. 5 over a bank of training y's",
                  "zero_padding": "eq. 4 with g(y) = 0", "hgr": "H-score rule on f(x) and h_x(z)",
                  "ae1": "eq. 4 with y imputed from x", "ae2": "eq. 4 with y imputed from x"}
-    rules = {BOTH: "H-score rule on φ(f(x), g(y))" if method == "hgr" else "eq. 4"}
-    if method in without_y:
-        rules[X_ONLY] = without_y[method]
+    rules = {BOTH: "H-score rule on φ(f(x), g(y))" if method == "hgr" else
+             "eq. 4" if method in without_y else f"{method}'s predict_log_proba"}
+    # A plugin's method predicts as its own predict_log_proba_without_y says (docs/methods.md).
+    rules[X_ONLY] = without_y.get(method, f"{method}'s predict_log_proba_without_y")
     if method in Y_ONLY_RULES and trained_without_x:
         rules[Y_ONLY] = Y_ONLY_RULES[method]
     return rules
