@@ -62,8 +62,9 @@ def test_predicting_the_test_set_gives_the_reported_accuracies(embedded_settings
     client = Client(base, timeout=180)  # the API answers slowly on a loaded host
     runs = {method: client.submit(**BASE, method=method, fusion=fusion) for method, fusion in METHODS.items()}
     x, y, labels = test_split({**BASE, "method": "mle"})
+    # All trained first: the worker has one slot, and a prediction waits for a free one.
+    runs = {method: client.wait(run, progress=False, timeout=600) for method, run in runs.items()}
     for method, run in runs.items():
-        run = client.wait(run, progress=False, timeout=300)
         assert run.state == "succeeded", run
         reported_missing = run.info["test_missing_accuracy"]
 
