@@ -61,6 +61,26 @@ def recorded_curve_states(page) -> list[tuple[str, int]]:
     return [tuple(state) for state in page.evaluate("window.__curveStates")]
 
 
+def watch_it_grow_then_end(page, run_id: int, epochs: int) -> tuple[str, int, list[tuple[str, int]]]:
+    """Wait until the page has drawn the curve partly grown three times while the run trains
+    (or the run has ended), then stop the run if it still trains, and wait for its stream's end:
+    a 1,000-epoch digits run takes seconds on a quiet machine and many minutes on a loaded one,
+    so the test waits for what it checks, not for a run length. Returns the run's final state,
+    its epochs completed and the page's recorded states."""
+    wait_in_page(page, f"""(() => {{
+        const partial = new Set(window.__curveStates.filter(([state, n]) => state === 'running' && n > 0 && n < {epochs})
+                                                       .map(([, n]) => n));
+        return partial.size >= 3 || document.getElementById('run-page').dataset.streamEnded === 'true';
+    }})()""", timeout=600)
+    api = page.url.split("/runs/")[0] + f"/api/runs/{run_id}"
+    if not page.get_attribute("#run-page", "data-stream-ended"):
+        # Through the API, not the page's button: its confirm() dialog would hold the main thread.
+        assert page.request.post(f"{api}/cancel").ok
+    wait_in_page(page, "document.getElementById('run-page').dataset.streamEnded === 'true'", timeout=180)
+    run = page.request.get(api).json()
+    return run["state"], run["epochs_completed"], recorded_curve_states(page)
+
+
 def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_settings, start_server, start_worker):
     # The worker starts once the run's page is up and has drawn its (empty) history: a run that
     # trains in a few seconds could otherwise end before a slow page load, with nothing to watch.
@@ -72,11 +92,11 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_se
     page.wait_for_selector("#run-page[data-history-loaded=true]")
     record_curve_states(page)
     start_worker(embedded_settings)
-    wait_in_page(page, "document.getElementById('run-page').dataset.streamEnded === 'true'", timeout=180)
-    seen = recorded_curve_states(page)
+    run_id = int(page.url.rsplit("/", 1)[1])
+    final_state, epochs_completed, seen = watch_it_grow_then_end(page, run_id, EPOCHS)
     state, final_count = accuracy_points(page)
-    assert state == "succeeded", page.text_content("#run-error")
-    assert final_count == EPOCHS
+    assert state == final_state and state in ("succeeded", "cancelled"), page.text_content("#run-error")
+    assert final_count == epochs_completed > 0  # every epoch drawn once: none lost, none twice
     counts = [count for _, count in seen]
     assert counts == sorted(counts), "points were removed from the curve"
     growing_while_running = sorted({count for state, count in seen if state == "running" and 0 < count < EPOCHS})
@@ -97,13 +117,14 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_se
     page.goto(dashboard)
     page.wait_for_selector("#runs-table tbody tr")
     assert page.text_content("#runs-table tbody tr td:nth-child(2)") == "browser run"
-    assert page.text_content("#runs-table tbody tr .state") == "succeeded"
+    assert page.text_content("#runs-table tbody tr .state") == state
 
 
 def test_no_long_task_while_a_fast_run_streams(page, embedded_settings, start_server, start_worker):
     """A fast digits run (an epoch in milliseconds) streams to its page: the page's main thread
     never runs a task over 200 ms meanwhile (PerformanceObserver "longtask", from its history
-    drawn, before training starts, until the stream ends), since the stream's batches are drawn once per frame."""
+    drawn, before training starts, until the stream ends): the stream's batches are drawn once
+    per animation frame."""
     dashboard = start_server(embedded_settings)
     run = page.request.post(f"{dashboard}/api/runs", data={
         "dataset": "digits", "method": "mle", "fusion": "add", "missing_modality": "bottom", "missing_rate": 0.9,
@@ -118,10 +139,10 @@ def test_no_long_task_while_a_fast_run_streams(page, embedded_settings, start_se
     }""")
     record_curve_states(page)
     start_worker(embedded_settings)
-    wait_in_page(page, "document.getElementById('run-page').dataset.streamEnded === 'true'", timeout=180)
-    assert accuracy_points(page) == ("succeeded", EPOCHS), page.text_content("#run-error")
-    streaming = [count for state, count in recorded_curve_states(page) if state == "running" and 0 < count < EPOCHS]
-    assert streaming, "the run ended before the page saw it stream: nothing was tested"
+    state, epochs_completed, seen = watch_it_grow_then_end(page, run["id"], EPOCHS)
+    assert accuracy_points(page) == (state, epochs_completed), page.text_content("#run-error")
+    streaming = {count for state, count in seen if state == "running" and 0 < count < EPOCHS}
+    assert len(streaming) >= 3, f"the page did not see the run stream: nothing was tested; {seen}"
     long_tasks = page.evaluate("window.__longTasks")
     assert [duration for _, duration in long_tasks if duration > 200] == [], long_tasks
     assert page.js_errors == []
