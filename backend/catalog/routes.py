@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from training.datasets import dataset_infos
 from training import spec
+from training.selection import SELECTION_RULES
 from training.spec import METHODS
 
 from ..api.deps import SessionDep, SettingsDep
@@ -61,6 +62,8 @@ class ChoicesOut(BaseModel):
                                               "GPU), fp32, bf16, fp16")
     paper_modalities: list[str] = Field(description="The paper's names of its two modalities, which a preset "
                                                     "maps onto a dataset's (`visual`, `audio`)")
+    selection_rules: list[str] = Field(description="`selection_rule` of a run: which epoch it reports; the first "
+                                                   "is the default (docs/studies.md, \"The selection rule\")")
 
 
 @router.get("/api/choices", response_model=ChoicesOut)
@@ -68,7 +71,8 @@ def list_choices() -> ChoicesOut:
     return ChoicesOut(methods=list(METHODS), fusions=spec.FUSIONS, encoders=spec.ENCODERS,
                       image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
                       backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
-                      devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES)
+                      devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES,
+                      selection_rules=list(SELECTION_RULES))
 
 
 @router.get("/api/datasets", response_model=list[DatasetOut])

@@ -13,7 +13,10 @@
   let imageEncoders = new Set();
   // Friendlier words for some values; the values themselves come from the server.
   const LABELS = { mlp: "mlp (feature vectors)", small_cnn: "small_cnn (images, CPU-sized)",
-                   all_complete: "all complete samples", batch: "complete samples of the batch" };
+                   all_complete: "all complete samples", batch: "complete samples of the batch",
+                   val_accuracy_earliest: "best validation accuracy, earliest of ties",
+                   val_accuracy_latest: "best validation accuracy, latest of ties",
+                   val_loss: "lowest validation loss", last_epoch: "last epoch" };
   const labelled = (values) => values.map((v) => [v, LABELS[v] || v]);
 
   function setOptions(select, values, keep) {
@@ -127,6 +130,7 @@
     setOptions(form.pretrained, [["false", "random"],
                                  ["true", `ImageNet (${choices.pretrainable_encoders.join(", ")})`]]);
     setOptions(form.reference_set, labelled(choices.reference_sets));
+    setOptions(form.selection_rule, labelled(choices.selection_rules || ["val_accuracy_earliest"]));
     setOptions(form.dataset, datasets.map((x) => [x.name, x.title ? `${x.name} — ${x.title}` : x.name]));
     setOptions(form.method, methods.map((x) => [x.name, `${x.name} — ${x.title}`]));
     form.dataset.addEventListener("change", onDatasetChange);

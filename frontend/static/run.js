@@ -99,7 +99,7 @@
       type: s.value.length > WEBGL_ABOVE ? "scattergl" : "scatter",
       mode: step || !markers || s.value.length > MARKERS_UP_TO ? "lines" : "lines+markers",
       // Copies: the series keep growing by push, and Plotly's extendTraces grows the trace's own arrays.
-      name, x: xOf(name, s).slice(), y: s.value.slice(),
+      name: missmodCharts.asText(name), x: xOf(name, s).slice(), y: s.value.slice(),
       marker: { size: 4 }, line: { width: step ? 1.2 : 2 },
       yaxis: name === "step/samples_per_second" ? "y2" : "y",
     };
