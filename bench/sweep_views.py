@@ -136,7 +136,7 @@ def start_server(settings: Settings, processes: int = 1) -> tuple[subprocess.Pop
                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                                "--workers", str(processes)],
                               cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine: importing the app can take a minute
     while time.monotonic() < deadline:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
