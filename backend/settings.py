@@ -8,6 +8,7 @@ filesystem broker that needs no server, artifacts and data. Production sets DATA
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -38,6 +39,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     broker_poll_interval: float = Field(0.05, gt=0, description="Seconds between filesystem-broker polls")
     stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
+    stream_keepalive_seconds: float = Field(
+        15, gt=0, le=300, description="Seconds between keep-alive comments on an idle live stream (so a proxy "
+                                     "does not close it)")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
     task_queue: str = Field("missmod", description="Celery queue the runs go to")
     ravdess_dir: Path | None = Field(None, description="RAVDESS's unpacked Actor_XX folders; default DATA_DIR/ravdess")
@@ -67,10 +71,21 @@ class Settings(BaseSettings):
                     "`missmod.example.org`; `*.example.org` for subdomains. Other names get 400, so a web page "
                     "cannot reach the API by pointing its own name at this address (DNS rebinding). Loopback names "
                     "are always accepted; required when HOST is beyond localhost")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses (or networks, `10.0.0.0/8`) of the reverse proxies in front of the "
+                    "API whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed. From any other address they "
+                    "are ignored, so a client cannot pass for another to escape the sign-in throttle and the stream "
+                    "caps. Default: none (loopback included: a proxy on this host must be named, 127.0.0.1)")
     sign_in_attempts_per_minute: int = Field(
         10, ge=1, description="Wrong tokens one client may try per minute at sign-in before 429")
+    statement_timeout: float = Field(
+        30.0, ge=0, description="PostgreSQL: seconds one query of the API may run (or wait for a lock) before the "
+                                "database stops it and the request gets 503 with Retry-After, so no slow query holds "
+                                "a connection for minutes, even after its client left; 0: no limit. The workers' "
+                                "writes and the migrations are not limited")
     max_streams: int = Field(
-        1000, ge=1, description="Live streams (runs, sweeps) one API process holds at once; 503 with Retry-After "
+        1000, ge=1, description="Live streams (runs, sweeps, workers, dataset jobs) one API process holds at once; 503 with Retry-After "
                                 "above")
     max_streams_per_client: int = Field(
         50, ge=1, description="Live streams one client address may hold at once in one API process")
@@ -113,7 +128,7 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("trusted_hosts", mode="before")
+    @field_validator("trusted_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
@@ -127,6 +142,17 @@ class Settings(BaseSettings):
             if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
                 raise ValueError(f"{name!r}: a host name, `*.example.org` for its subdomains, or `*`")
         return names
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address!r}: an IP address or network of a reverse proxy (e.g. 10.0.0.5 or "
+                                 "10.0.0.0/24)") from None
+        return addresses
 
     @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
                      mode="before")
