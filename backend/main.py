@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
-    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    app.state.metrics_caches = MetricsCaches.bounded(settings.metrics_cache_bytes, settings.series_cache_points)
     app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
                                      "before anything is allocated")
     features_cache_bytes: int = Field(
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
+    metrics_cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="Memory for metrics answers the API keeps, per cache (finished runs' answers by "
+                                      "their ETag, running runs' thinned columns until their next point), least "
+                                      "recently used out first")
+    series_cache_points: int = Field(
+        2_000_000, ge=0, description="Metric points (about 24 bytes each) of recently read runs the API keeps to "
+                                     "answer format=columns by reading only the new ones")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
     runs_per_gpu: int = Field(
