@@ -8,6 +8,7 @@
   const formError = document.getElementById("form-error");
   const NUMBER_FIELDS = new Set(["missing_rate", "epochs", "seed", "lr", "batch_size", "feature_dim",
                                  "hidden_dim", "weight_decay"]);
+  const OPTION_PREFIX = "option.";
   let datasets = [];
   let methods = [];
   let imageEncoders = new Set();
@@ -73,15 +74,22 @@
     if (!method) return;
     setOptions(form.fusion, method.fusions.map((f) => [f, f]), true);
     document.getElementById("method-hint").textContent = method.description;
+    // A plugin's own options (docs/methods.md); the built-in methods have none here.
+    const fields = missmod.optionFields(method, OPTION_PREFIX);
+    document.getElementById("method-options-fields").replaceChildren(...fields);
+    document.getElementById("method-options").hidden = fields.length === 0;
   }
 
   function payload() {
     const data = {};
     for (const [name, value] of new FormData(form).entries()) {
       if (name === "name" && value.trim() === "") continue;
+      if (name.startsWith(OPTION_PREFIX)) continue;
       data[name] = NUMBER_FIELDS.has(name) && value.trim() !== "" ? Number(value) : value;
     }
     data.pretrained = form.pretrained.value === "true";
+    const options = missmod.optionValues(document.getElementById("method-options-fields"), OPTION_PREFIX);
+    if (Object.keys(options).length) data.method_options = options;
     return data;
   }
 
