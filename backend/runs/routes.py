@@ -22,8 +22,8 @@ from ..paired_statistics import compare_runs
 from . import artifacts, export, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
-from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsPage, PredictionsOut,
-                      RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsColumns, MetricsPage,
+                      PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import run_events
 from .validation import DatasetCatalog, refuse_if_unfit
 
@@ -161,7 +161,7 @@ def retry_run(run_id: RunId, session: SessionDep, queue: WorkQueueDep, settings:
     return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPage, responses={
+@router.get("/{run_id}/metrics", response_model=MetricsPage | MetricsColumns, responses={
     **NOT_FOUND, **CSV, 304: {"description": "A finished run's metrics, unchanged since the ETag sent in If-None-Match"}})
 def get_metrics(
     run_id: RunId,
@@ -183,8 +183,8 @@ def get_metrics(
                               "minimum and maximum, `lttb` the points that best keep the line's shape"),
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Metric points in the order they were recorded (`points`), or as columns per metric
-    (`columns`). Per-epoch points carry the step the epoch ended at; per-step points are
+    """Metric points in the order they were recorded (`points`: a MetricsPage), or as columns per
+    metric (`format=columns`: a MetricsColumns). Per-epoch points carry the step the epoch ended at; per-step points are
     named `step/...`. A finished run's answer has an ETag: send it back in If-None-Match to get
     304 when nothing changed."""
     run = service.get_run(session, run_id)

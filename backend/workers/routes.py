@@ -31,6 +31,8 @@ def workers_out(session: Session, heartbeat_timeout: float) -> list[WorkerOut]:
         WorkerOut(name=w.name, host=w.host, pid=w.pid, gpu=w.gpu, gpu_name=w.gpu_name,
                   threads_per_run=w.threads_per_run, started_at=w.started_at, heartbeat_at=w.heartbeat_at,
                   busy=sum(slot.state == SlotState.training for slot in w.slot_rows),
+                  methods=list(w.methods) if isinstance(w.methods, dict) else None,
+                  method_errors=w.method_errors if isinstance(w.method_errors, dict) else {},
                   slots=[SlotOut(index=slot.slot, state=slot.state, gpu=w.gpu, run_id=slot.run_id,
                                  run_name=names.get(slot.run_id), pid=slot.pid, since=slot.since)
                          for slot in w.slot_rows])
