@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from .. import pagination
 from ..api import idempotency
@@ -17,14 +16,14 @@ from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
 from ..csv_export import csv_text
-from ..live import client_address
+from ..live import open_stream
 from ..paired_statistics import compare_runs
 from . import artifacts, export, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsColumns, MetricsPage,
                       PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
-from .stream import run_events
+from .stream import RunTopic, cursor_from
 from .validation import DatasetCatalog, refuse_if_unfit
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -281,14 +280,8 @@ async def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    # A session of its own, closed before the stream starts: a request-scoped one would hold a
-    # pooled connection for as long as the client watches (backend/live.py).
-    await request.app.state.stream_slots.look_up(_run_exists, request.app.state.sessions, run_id)
-    if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
-        after = max(after, int(last_event_id))
-    slot = request.app.state.stream_slots.take(client_address(request))
-    return EventSourceResponse(run_events(request.app.state.run_hub, run_id, after, slot.release), ping=15,
-                               background=BackgroundTask(slot.release))
+    return await open_stream(request, RunTopic.kind, run_id, cursor_from(after, last_event_id, MAX_CURSOR),
+                             exists=_run_exists)
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)
