@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         None, ge=1, le=1024, description="CPU threads each run's torch uses; default: the worker's cores ÷ "
                                          "RUNS_PER_GPU (or OMP_NUM_THREADS when that is set), so concurrent runs "
                                          "do not oversubscribe the cores")
+    checkpoint_interval: float = Field(
+        5.0, ge=0, description="Seconds between a run's checkpoints at most: one is written after an epoch once this "
+                               "long has passed since the last, and always after the last epoch and when the run "
+                               "stops; 0: after every epoch. A run killed in between resumes from the last one")
     system_metrics_interval: float = Field(
         2.0, gt=0, description="Seconds between samples of a run's system metrics (GPU utilisation and memory, "
                                "process CPU and memory); they are stored averaged per epoch")
