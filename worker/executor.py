@@ -169,6 +169,7 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 slots.limit_device_memory(share, spec.device)
                 result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options(),
+                               checkpoint_every_seconds=settings.checkpoint_interval,
                                bundle_path=RunBundle(settings, run_id))
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
             raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
