@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -147,6 +148,10 @@ def print_run(run: Run) -> None:
             ["tags", ", ".join(run.tags)]]
     rows += info_rows(run.info)
     rows += [[f"spec.{key}", value] for key, value in run.spec.items()]
+    if isinstance(run.environment, dict):
+        rows += [[f"environment.{key}", value] for key, value in run.environment.items()]
+    else:
+        rows.append(["environment", "not recorded"])
     print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")], no_wrap=["field"])
     if run.error:
         print_notes([f"error: {run.error}"])
@@ -219,6 +224,29 @@ def runs_submit(client: Client, args) -> int:
     if args.wait:
         return _wait_outcome(args, client.wait(run, progress=not args.json and not args.quiet, timeout=args.timeout))
     _show(args, run, print_run)
+    return 0
+
+
+def spec_argument(key: str, value: Any) -> str:
+    """One `key=value` argument that parse_value reads back as `value` (text that would read as a
+    number or JSON is quoted as a JSON string), quoted for a POSIX shell."""
+    text = value if isinstance(value, str) and parse_value(value) == value else json.dumps(value)
+    return shlex.quote(f"{key}={text}")
+
+
+def resubmit_command(run: Run) -> str:
+    """The command that submits the same run again: its whole stored spec as key=value pairs."""
+    return " ".join(["missmod", "runs", "submit", *(spec_argument(k, v) for k, v in run.spec.items())])
+
+
+def runs_spec(client: Client, args) -> int:
+    run = client.run(args.id)
+    if args.json:
+        print_json(run.spec)
+        return 0
+    if run.external:
+        print(f"# run {run.id} was trained elsewhere: this submits its setting as a missmod run", file=sys.stderr)
+    print(resubmit_command(run))
     return 0
 
 
@@ -662,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--external", choices=["true", "false"], help="only runs trained elsewhere, or only ours")
     sub.add_argument("--csv", action="store_true", help="CSV of every matching run, with its spec fields")
     sub = command(runs, "show", runs_show, "one run")
+    sub.add_argument("id", type=int)
+    sub = command(runs, "spec", runs_spec, "print the command that submits the same run again (--json: its spec)")
     sub.add_argument("id", type=int)
     sub = command(runs, "wait", runs_wait, "follow a run until it finishes: exit 0 if it succeeded, 1 otherwise")
     sub.add_argument("id", type=int)

@@ -67,6 +67,11 @@ class RunOut(BaseModel):
     tags: list[str]
     note: str | None
     external: bool = Field(False, description="Trained elsewhere and logged through POST /api/runs/external")
+    environment: dict[str, Any] | None = Field(
+        None, description="The reproducibility record: `missmod_version`, `git_commit`, `python`, `torch`, `cuda`, "
+                          "`cudnn`, `device`, `device_name`, `torch_threads`, `torch_interop_threads`, `cpu_count`, "
+                          "`host`, `plugin`, `plugin_version` (null where unknown); null for a run made before "
+                          "missmod kept it (not recorded)")
     progress: dict[str, Any] | None = Field(
         None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
                           "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
@@ -78,7 +83,7 @@ class RunOut(BaseModel):
         # A row is shown whatever its JSON holds: a list stays a page that answers, not a 500.
         return spec if isinstance(spec, dict) else {}
 
-    @field_validator("info", "progress", mode="before")
+    @field_validator("info", "progress", "environment", mode="before")
     @classmethod
     def _object_or_none(cls, value: Any) -> dict[str, Any] | None:
         return value if isinstance(value, dict) else None

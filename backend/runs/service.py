@@ -283,7 +283,8 @@ def retry_runs(session: Session, run_ids: Sequence[int], queue: WorkQueue,
         won = list(session.scalars(
             update(Run).where(Run.id.in_(candidates), Run.state.in_(RETRYABLE_STATES), Run.external.is_(False))
             .values(**lifecycle.fresh_queue_values(), resume_after_attempt=Run.attempts, epochs_completed=0,
-                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None)
+                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None,
+                    environment=None)
             .returning(Run.id).execution_options(synchronize_session=False)))
         if won:
             for table in (MetricPoint, ConfusionMatrix, SystemMetricPoint):
