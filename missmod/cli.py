@@ -250,6 +250,36 @@ def runs_spec(client: Client, args) -> int:
     return 0
 
 
+def runs_log(client: Client, args) -> int:
+    """A live run fed by JSON lines on stdin: {"step": 12, "epoch": 1, "train_loss": 0.4} logs points
+    (docs/live-runs.md); {"finish": {"test_predictions": [...]}} ends it with its result; the end of
+    input finishes it; a line that is not an object of numbers fails it with the reason."""
+    fields = parse_pairs(args.fields)
+    if "method" in fields and "method_label" not in fields:
+        fields["method_label"] = fields.pop("method")
+    run = client.start_run(**fields)
+    print(f"run {run.id}: logging from stdin ({client.url}/runs/{run.id})", file=sys.stderr)
+    number = 0
+    try:
+        for number, line in enumerate(sys.stdin, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("each line must be a JSON object")
+            if "finish" in record:
+                ended = run.finish(**(record["finish"] or {}))
+                break
+            step, epoch = record.pop("step", None), record.pop("epoch", None)
+            run.log(step=step, epoch=epoch, **record)
+        else:
+            ended = run.finish()
+    except (ValueError, TypeError) as error:
+        ended = run.fail(f"line {number} of the input: {error}")
+    _show(args, ended, print_run)
+    return 0 if ended.succeeded else EXIT_FAILED
+
+
 def runs_list(client: Client, args) -> int:
     filters = {"state": args.state or None, "dataset": args.dataset, "method": args.method, "sweep": args.sweep,
                "tag": args.tag, "q": args.q}
@@ -691,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--csv", action="store_true", help="CSV of every matching run, with its spec fields")
     sub = command(runs, "show", runs_show, "one run")
     sub.add_argument("id", type=int)
+    sub = command(runs, "log", runs_log, "a live run logged from JSON lines on stdin, one "
+                  '{"step": N, "epoch": E, "NAME": value, ...} each; {"finish": {...}} or the end of input ends it')
+    sub.add_argument("fields", nargs="+", metavar="key=value", help="dataset=digits method=my_method "
+                                                                      "missing_modality=bottom missing_rate=0.9 seed=0")
     sub = command(runs, "spec", runs_spec, "print the command that submits the same run again (--json: its spec)")
     sub.add_argument("id", type=int)
     sub = command(runs, "wait", runs_wait, "follow a run until it finishes: exit 0 if it succeeded, 1 otherwise")
