@@ -31,10 +31,11 @@ migrate: setup
 run: setup
 	$(PY) -m backend.run_local $(RUN_ARGS)
 
-## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis). HOST and PORT
-## come from the shell's environment (not from .env): `HOST=0.0.0.0 make serve`.
+## The API alone (production: point DATABASE_URL/BROKER_URL at PostgreSQL/Redis). HOST, PORT and
+## TRUSTED_PROXIES (whose X-Forwarded-For is believed; default none) come from the settings:
+## `HOST=0.0.0.0 TRUSTED_HOSTS=missmod.example.org make serve`.
 serve: migrate
-	$(PY) -m uvicorn --factory backend.main:create_app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+	$(PY) -m backend.serve $(SERVE_ARGS)
 
 ## One worker alone: start one per GPU; each claims a GPU no other worker of the host holds.
 worker: setup

@@ -92,19 +92,26 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, statement_timeout: float = 0) -> Engine:
+    """`statement_timeout`: PostgreSQL stops any statement of this engine's connections that runs
+    longer, in seconds (0: never). SQLite has no such limit."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if statement_timeout > 0:
+        # Set at connection time: the server enforces it even after the client has gone away.
+        connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
 @functools.cache
-def engine_for(url: str) -> Engine:
-    """One engine (and pool) per URL per process."""
-    return make_engine(url)
+def engine_for(url: str, statement_timeout: float = 0) -> Engine:
+    """One engine (and pool) per URL (and statement timeout) per process."""
+    return make_engine(url, statement_timeout)
 
 
-def session_factory(url: str) -> sessionmaker:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+def session_factory(url: str, statement_timeout: float = 0) -> sessionmaker:
+    """Sessions on the process's engine for `url`; the API's pass its STATEMENT_TIMEOUT."""
+    return sessionmaker(engine_for(url, statement_timeout), expire_on_commit=False)

@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None, redoc_url=None,  # served from local files by install_docs
     )
     app.state.settings = settings
-    app.state.sessions = session_factory(settings.database_url)
+    # Every query of the API is bounded in time (STATEMENT_TIMEOUT, PostgreSQL); the workers' are not.
+    app.state.sessions = session_factory(settings.database_url, settings.statement_timeout)
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)

@@ -26,6 +26,7 @@ from .db import session_factory
 from .migrate import upgrade
 from .queue import FILESYSTEM_BROKER_URL, WorkQueue
 from .reconcile import queued_again, requeue_interrupted, running_on
+from .serve import uvicorn_command
 from .settings import Settings, get_settings
 from .workers.models import Worker
 from .workers.service import live_workers
@@ -129,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         start_new_session=True, env=worker_env,
     )
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
-         "--host", settings.host, "--port", str(settings.port), "--log-level", level,
-         *([] if chatty else ["--no-access-log"])],
+        uvicorn_command(settings, "--log-level", level, *([] if chatty else ["--no-access-log"])),
         start_new_session=True,
     )
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host

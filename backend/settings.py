@@ -8,6 +8,7 @@ filesystem broker that needs no server, artifacts and data. Production sets DATA
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -70,8 +71,19 @@ class Settings(BaseSettings):
                     "`missmod.example.org`; `*.example.org` for subdomains. Other names get 400, so a web page "
                     "cannot reach the API by pointing its own name at this address (DNS rebinding). Loopback names "
                     "are always accepted; required when HOST is beyond localhost")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses (or networks, `10.0.0.0/8`) of the reverse proxies in front of the "
+                    "API whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed. From any other address they "
+                    "are ignored, so a client cannot pass for another to escape the sign-in throttle and the stream "
+                    "caps. Default: none (loopback included: a proxy on this host must be named, 127.0.0.1)")
     sign_in_attempts_per_minute: int = Field(
         10, ge=1, description="Wrong tokens one client may try per minute at sign-in before 429")
+    statement_timeout: float = Field(
+        30.0, ge=0, description="PostgreSQL: seconds one query of the API may run (or wait for a lock) before the "
+                                "database stops it and the request gets 503 with Retry-After, so no slow query holds "
+                                "a connection for minutes, even after its client left; 0: no limit. The workers' "
+                                "writes and the migrations are not limited")
     max_streams: int = Field(
         1000, ge=1, description="Live streams (runs, sweeps) one API process holds at once; 503 with Retry-After "
                                 "above")
@@ -116,7 +128,7 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("trusted_hosts", mode="before")
+    @field_validator("trusted_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
@@ -130,6 +142,17 @@ class Settings(BaseSettings):
             if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
                 raise ValueError(f"{name!r}: a host name, `*.example.org` for its subdomains, or `*`")
         return names
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address!r}: an IP address or network of a reverse proxy (e.g. 10.0.0.5 or "
+                                 "10.0.0.0/24)") from None
+        return addresses
 
     @field_validator("api_token", "webhook_url", "aws_access_key_id", "aws_secret_access_key", "s3_endpoint_url",
                      mode="before")

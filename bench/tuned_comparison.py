@@ -1,6 +1,7 @@
 """The tuned comparisons of docs/results.md, through the API and a two-slot worker on a fresh
 embedded stack, each saved whole (the study, its trials, its final table, the table under every
-selection rule) to a JSON file beside the other raw results:
+selection rule, every run with the epoch it reported) to a JSON file beside the other raw results
+(bench/tuned_tables.py prints docs/results.md's tables from them):
 
     python -m bench.tuned_comparison study --out docs/results/study_digits_three_methods.json
     python -m bench.tuned_comparison preset --dataset digits --out docs/results/tuned_mle_vs_zero_padding_digits.json
@@ -39,6 +40,16 @@ def wait_for_study(port: int, study_id: int) -> dict:
     return wait_until(ended, 6 * 3600, 2.0)
 
 
+def runs(port: int) -> list[dict]:
+    """Every run of the stack (trials and final runs), with the epoch each reported."""
+    keep = ("id", "state", "method", "fusion", "missing_modality", "missing_rate", "seed", "sweep_id",
+            "epochs_completed", "best_epoch", "val_accuracy", "test_accuracy", "started_at", "finished_at")
+    out: list[dict] = []
+    while page := call(port, "GET", f"/api/runs?limit=500&sort=id&offset={len(out)}")[1]["items"]:
+        out += [{k: run[k] for k in keep} for run in page]
+    return out
+
+
 def study_record(port: int, created: dict, started: float) -> dict:
     study = wait_for_study(port, created["id"])
     study_id = study["id"]
@@ -46,7 +57,8 @@ def study_record(port: int, created: dict, started: float) -> dict:
             "trials": call(port, "GET", f"/api/studies/{study_id}/trials")[1],
             "table": call(port, "GET", f"/api/studies/{study_id}/table")[1],
             "table_samples": call(port, "GET", f"/api/studies/{study_id}/table?test=samples")[1],
-            "selection_rules": call(port, "GET", f"/api/studies/{study_id}/selection-rules")[1]}
+            "selection_rules": call(port, "GET", f"/api/studies/{study_id}/selection-rules")[1],
+            "runs": runs(port)}
 
 
 def three_methods(port: int) -> dict:
@@ -82,7 +94,8 @@ def rules(port: int, dataset: str) -> dict:
     wait_until(done, 6 * 3600, 2.0)
     return {"sweep": call(port, "GET", f"/api/sweeps/{sweep['id']}")[1], "seconds": round(time.perf_counter() - started, 1),
             "table": call(port, "GET", f"/api/sweeps/{sweep['id']}/table")[1],
-            "selection_rules": call(port, "GET", f"/api/sweeps/{sweep['id']}/selection-rules")[1]}
+            "selection_rules": call(port, "GET", f"/api/sweeps/{sweep['id']}/selection-rules")[1],
+            "runs": runs(port)}
 
 
 def main() -> None:

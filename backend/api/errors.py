@@ -87,8 +87,21 @@ def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse
     return problem_response(error.status_code, error.detail, request=request, headers=getattr(error, "headers", None))
 
 
+# PostgreSQL's SQLSTATE for a statement it cancelled: here, always STATEMENT_TIMEOUT.
+QUERY_CANCELED = "57014"
+
+
 def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    log.error("database error on %s %s: %s", request.method, request.url.path, getattr(error, "orig", error))
+    cause = getattr(error, "orig", error)
+    if getattr(cause, "sqlstate", None) == QUERY_CANCELED:
+        timeout = request.app.state.settings.statement_timeout
+        log.warning("query stopped after STATEMENT_TIMEOUT (%g s) on %s %s", timeout, request.method,
+                    request.url.path)
+        return problem_response(503, f"the database stopped this request's query after {timeout:g} s "
+                                     "(STATEMENT_TIMEOUT): the database is busy, or the request asks for too much "
+                                     "at once (narrow its filters or its page); try again shortly",
+                                request=request, headers={"Retry-After": "5"})
+    log.error("database error on %s %s: %s", request.method, request.url.path, cause)
     return problem_response(503, DATABASE_UNAVAILABLE, request=request, headers={"Retry-After": "5"})
 
 

@@ -33,7 +33,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if value is None:
             continue
-        env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if isinstance(value, list):  # comma-separated, as the settings read them (TRUSTED_HOSTS, TRUSTED_PROXIES)
+            env[name.upper()] = ",".join(map(str, value))
+        else:
+            env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
