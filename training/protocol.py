@@ -144,6 +144,8 @@ class ProtocolKey:
 def split_and_missing(data: TwoViewData, setting: ProtocolSetting) -> tuple[Split, MissingChoice]:
     """The 70/15/15 split (by group or by subject) and which training samples lose a modality."""
     if setting.split_by == "subject":
+        if data.subjects is None:
+            raise ValueError(f"dataset {data.name!r} has no subjects: split it by group")
         split = subject_split(data.labels, data.groups, data.subjects, setting.seed)
     else:
         split = stratified_group_split(data.labels, data.groups, setting.seed)

@@ -63,7 +63,7 @@ def protocol(settings: Settings, key: ProtocolKey, location: tuple = ("query", "
         return protocol_for(key, settings.data_dir, settings.video_options())
     except (DatasetError, LookupError) as error:
         raise _refused(location, f"no protocol for dataset {key.dataset!r}: {error}", key.dataset) from None
-    except ValueError as error:  # e.g. a subject split of a dataset without subjects
+    except (ValueError, OSError) as error:  # a subject split of a dataset without subjects; an unreadable file
         raise _refused(location, str(error), key.dataset) from None
 
 
