@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from training.builtin_methods import BUILTIN
+
 from .settings import Settings
 
 TRAIN_RUN_TASK = "missmod.train_run"
@@ -60,14 +62,33 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+# The built-in methods: every worker trains them, so their runs go to the default queue, as every
+# run did before plugins. A plugin's method has a queue of its own, which only the workers that
+# can train it consume (worker/registry.py): a worker without it never takes such a run.
+BUILTIN_METHOD_NAMES = frozenset(d.name for d in BUILTIN)
+
+
+def run_queue(task_queue: str, method: str | None) -> str:
+    """The queue a run of `method` goes to."""
+    if method is None or method in BUILTIN_METHOD_NAMES:
+        return task_queue
+    return f"{task_queue}.method.{method}"
+
+
 class WorkQueue:
     """Sends the ids of what the workers execute: runs and dataset jobs. A run's task id is its id."""
 
     def __init__(self, settings: Settings):
         self.celery = make_celery(settings)
+        self.task_queue = settings.task_queue
+        # For saying, once sent, which runs no live worker can train (runs/service.py).
+        self.heartbeat_timeout = settings.heartbeat_timeout
 
-    def send_run(self, run_id: int) -> None:
-        self.celery.send_task(TRAIN_RUN_TASK, args=[run_id], task_id=str(run_id))
+    def send_run(self, run_id: int, method: str | None = None) -> None:
+        """To the queue of the run's method (None: the default queue, a built-in method's)."""
+        queue = run_queue(self.task_queue, method)
+        options = {} if queue == self.task_queue else {"queue": queue}
+        self.celery.send_task(TRAIN_RUN_TASK, args=[run_id], task_id=str(run_id), **options)
 
     def send_job(self, job_id: int) -> None:
         """A dataset job (preprocessing, feature extraction); task ids `job-<id>` never meet run ids."""

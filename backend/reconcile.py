@@ -25,13 +25,22 @@ from .runs import live_runs, outcomes
 from .runs.models import Run
 from .settings import Settings
 from .studies import service as studies
+from .workers import service as workers
 
 log = logging.getLogger("missmod.reconcile")
 
 # Every leased kind, and how its ids are sent to the workers.
-KINDS: dict[type[Leased], Callable[[WorkQueue], Callable[[int], None]]] = {
-    Run: lambda queue: queue.send_run,
-    DatasetJob: lambda queue: queue.send_job,
+def _run_sender(queue: WorkQueue, session: Session) -> Callable[[int], None]:
+    """Sends a run's id to its method's queue (backend/queue.py: run_queue)."""
+    def send(run_id: int) -> None:
+        run = session.get(Run, run_id)
+        queue.send_run(run_id, run.method if run is not None else None)
+    return send
+
+
+KINDS: dict[type[Leased], Callable[[WorkQueue, Session], Callable[[int], None]]] = {
+    Run: _run_sender,
+    DatasetJob: lambda queue, session: queue.send_job,
 }
 
 
@@ -43,7 +52,7 @@ WORKERS_ROWS = {Run: (Run.external.is_(False),)}
 def reconcile(session: Session, queue: WorkQueue, *, heartbeat_timeout: float, max_retries: int,
               now: datetime | None = None) -> dict[type[Leased], ReconcileReport]:
     """One pass over every kind: what was queued again, failed, cancelled and sent, per kind."""
-    return {model: lifecycle.reconcile(session, model, send(queue), heartbeat_timeout=heartbeat_timeout,
+    return {model: lifecycle.reconcile(session, model, send(queue, session), heartbeat_timeout=heartbeat_timeout,
                                        max_retries=max_retries, now=now, where=WORKERS_ROWS.get(model, ()))
             for model, send in KINDS.items()}
 
@@ -51,7 +60,7 @@ def reconcile(session: Session, queue: WorkQueue, *, heartbeat_timeout: float, m
 def send_awaiting(session: Session, queue: WorkQueue, *, queued_before: datetime) -> dict[type[Leased], list[int]]:
     """Send the ids of every kind queued before `queued_before` whose id may not have been sent
     (e.g. given back by a worker shutting down)."""
-    return {model: lifecycle.send_awaiting(session, model, send(queue), queued_before=queued_before)
+    return {model: lifecycle.send_awaiting(session, model, send(queue, session), queued_before=queued_before)
             for model, send in KINDS.items()}
 
 
@@ -67,7 +76,7 @@ def queued_again(session: Session, held: dict[type[Leased], list[int]]) -> dict[
 
 def requeue_interrupted(session: Session, worker_prefix: str, queue: WorkQueue) -> dict[type[Leased], list[int]]:
     """Queue again what the workers named `worker_prefix…` left running (the local stack stopped)."""
-    return {model: lifecycle.requeue_interrupted(session, model, worker_prefix, send(queue))
+    return {model: lifecycle.requeue_interrupted(session, model, worker_prefix, send(queue, session))
             for model, send in KINDS.items()}
 
 
@@ -82,6 +91,8 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: WorkQueue)
             outcomes.announce_ended(session, settings, ended)
         # A process that ended a trial's run may have died before asking for the next trial.
         studies.advance_active(session, queue)
+        # Which queued runs wait for a worker that can train their method (a plugin's), and why.
+        workers.mark_waiting_runs(session, settings.heartbeat_timeout)
     for model, report in reports.items():
         if report:
             log.warning("reconciled %ss: queued again %s, failed %s, cancelled %s, sent to the broker %s",

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     broker_poll_interval: float = Field(0.05, gt=0, description="Seconds between filesystem-broker polls")
     stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
+    stream_keepalive_seconds: float = Field(
+        15, gt=0, le=300, description="Seconds between keep-alive comments on an idle live stream (so a proxy "
+                                     "does not close it)")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
     task_queue: str = Field("missmod", description="Celery queue the runs go to")
     ravdess_dir: Path | None = Field(None, description="RAVDESS's unpacked Actor_XX folders; default DATA_DIR/ravdess")
@@ -85,7 +88,7 @@ class Settings(BaseSettings):
                                 "a connection for minutes, even after its client left; 0: no limit. The workers' "
                                 "writes and the migrations are not limited")
     max_streams: int = Field(
-        1000, ge=1, description="Live streams (runs, sweeps) one API process holds at once; 503 with Retry-After "
+        1000, ge=1, description="Live streams (runs, sweeps, workers, dataset jobs) one API process holds at once; 503 with Retry-After "
                                 "above")
     max_streams_per_client: int = Field(
         50, ge=1, description="Live streams one client address may hold at once in one API process")

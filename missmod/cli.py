@@ -61,6 +61,25 @@ def parse_pairs(pairs: Sequence[str], lists: bool = False) -> dict[str, Any]:
     return fields
 
 
+def with_method_options(fields: dict[str, Any], per_method: bool = False) -> dict[str, Any]:
+    """A method's own options as `options.NAME=value` (a run), or `options.METHOD.NAME=a,b` (a
+    sweep: only that method's runs multiply), gathered into the body's `method_options`."""
+    options: dict[str, Any] = {}
+    for key in [k for k in fields if k.startswith("options.")]:
+        path = key[len("options."):].split(".")
+        if len(path) != (2 if per_method else 1) or not all(path):
+            form = "options.METHOD.NAME=value" if per_method else "options.NAME=value"
+            raise SystemExit(f"missmod: {key!r}: a method's option is written {form}")
+        value = fields.pop(key)
+        if per_method:
+            options.setdefault(path[0], {})[path[1]] = value
+        else:
+            options[path[0]] = value
+    if options:
+        fields["method_options"] = {**fields.get("method_options", {}), **options}
+    return fields
+
+
 # --- output ----------------------------------------------------------------------------
 
 
@@ -220,7 +239,7 @@ def _wait_outcome(args, thing: Run | Sweep) -> int:
 
 
 def runs_submit(client: Client, args) -> int:
-    run = client.submit(**parse_pairs(args.fields))
+    run = client.submit(**with_method_options(parse_pairs(args.fields)))
     if args.wait:
         return _wait_outcome(args, client.wait(run, progress=not args.json and not args.quiet, timeout=args.timeout))
     _show(args, run, print_run)
@@ -391,7 +410,8 @@ def runs_logs(client: Client, args) -> int:
 
 
 def sweeps_create(client: Client, args) -> int:
-    sweep = client.sweep(parse_pairs(args.fields, lists=True), skip_invalid=args.skip_invalid or None)
+    sweep = client.sweep(with_method_options(parse_pairs(args.fields, lists=True), per_method=True),
+                         skip_invalid=args.skip_invalid or None)
     return _after_sweep_created(client, args, sweep)
 
 
@@ -633,9 +653,16 @@ def datasets_preprocess(client: Client, args) -> int:
     return 0
 
 
+def _options_text(method: dict[str, Any]) -> str:
+    defaults = method.get("default_options") or {}
+    return ", ".join(f"{name}={value}" for name, value in defaults.items()) or "–"
+
+
 def methods_list(client: Client, args) -> int:
     _show(args, client.methods(), lambda ms: print_table(
-        None, ["name", "title", "fusions"], [[m["name"], m["title"], ", ".join(m["fusions"])] for m in ms]))
+        None, ["name", "title", "fusions", "options (default)", "package"],
+        [[m["name"], m["title"], ", ".join(m["fusions"]), _options_text(m),
+          f"{m.get('distribution') or '–'} {m.get('version') or ''}".strip()] for m in ms]))
     return 0
 
 
@@ -702,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = groups.add_parser("runs", help="runs").add_subparsers(dest="command", required=True)
     sub = command(runs, "submit", runs_submit, "create a run from key=value spec fields")
     sub.add_argument("fields", nargs="+", metavar="key=value", help="e.g. dataset=digits method=mle "
-                                                                      "missing_modality=bottom missing_rate=0.9")
+                                                                      "missing_modality=bottom missing_rate=0.9; a "
+                                                                      "method's own option: options.NAME=value")
     sub.add_argument("--wait", action="store_true", help="wait until it finishes (exit 0 only if it succeeded)")
     waiting(sub)
     sub = command(runs, "list", runs_list, "list runs (every page)")
@@ -748,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
     sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")
     sub.add_argument("fields", nargs="+", metavar="key=value",
-                     help="e.g. dataset=digits method=mle,zero_padding missing_rate=0.8,0.9 seed=0,1,2")
+                     help="e.g. dataset=digits method=mle,zero_padding missing_rate=0.8,0.9 seed=0,1,2; a "
+                          "method's own option: options.METHOD.NAME=a,b (only its runs multiply)")
     sub.add_argument("--skip-invalid", action="store_true", help="leave out the combinations the validation refuses")
     sub.add_argument("--wait", action="store_true")
     waiting(sub)

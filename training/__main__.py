@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=field.default,
                                 help=(field.description or "") + f" (default: {field.default})")
             continue
+        if name == "method_options":  # a JSON object: --method-options '{"drop_rate": 0.3}'
+            parser.add_argument(option, dest=name, type=json.loads, default={}, help=field.description or "")
+            continue
         kwargs: dict = {"dest": name, "type": _option_type(field.annotation), "help": field.description or ""}
         if literal_choices and all(isinstance(c, str) for c in literal_choices):
             kwargs["choices"] = literal_choices

@@ -10,6 +10,7 @@ missing modality removed at test time (`evaluate_missing`), each predicts as its
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -21,8 +22,9 @@ from .batches import device_index
 from .fusion import fuse
 from .likelihood import in_fp32, log_posterior, marginal_scores, pair_scores
 from .model import MLPImputer, TwoViewModel, two_view_model
+from .plugins import MethodDescription
 from .prepare import ModalityInput, TrainingSet
-from .spec import TrainSpec
+from .spec import METHODS, TrainSpec
 
 EVAL_CHUNK = 4096
 
@@ -110,6 +112,9 @@ def _features(encoder: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 class Method:
+    """The torch half of the method protocol (docs/methods.md): a subclass is what a
+    `MethodDescription.implementation` names. One instance trains one run."""
+
     name: ClassVar[str]
     # Whether the method's batches include samples with a missing modality.
     trains_on_missing: ClassVar[bool] = True
@@ -118,6 +123,10 @@ class Method:
 
     def __init__(self, spec: TrainSpec):
         self.spec = spec
+        if getattr(self, "name", None) is None:  # a plugin's class may leave it to its description
+            self.name = spec.method
+        # The run's options, an instance of the description's options model (defaults filled in).
+        self.options = METHODS[spec.method].options.model_validate(spec.method_options)
         # The terms of the last batch's loss, for the per-step metrics: name → (summed −log Q over
         # the term's samples, a detached tensor read only when logged; how many samples, known on
         # the host), so recording them costs no device sync. Methods with one term leave it empty.
@@ -488,12 +497,130 @@ class SelfTrainingImputation(AutoencoderImputation):
         return self.spec.self_training_rounds
 
 
+class MethodFailed(RuntimeError):
+    """A plugin's method broke the protocol or raised; the message names the method, its package
+    and what went wrong, and becomes the run's error."""
+
+
+class MethodUnavailable(RuntimeError):
+    """The method's implementation cannot be imported here."""
+
+
+def implementation_of(description: MethodDescription) -> type[Method]:
+    """The Method subclass the description names (imports it: torch)."""
+    module_name, _, attribute = description.implementation.partition(":")
+    where = f"method {description.name!r} ({description.distribution} {description.version})"
+    try:
+        implementation = getattr(importlib.import_module(module_name), attribute)
+    except Exception as error:  # a missing dependency, a syntax error, a missing class
+        raise MethodUnavailable(f"{where}: its implementation {description.implementation} cannot be imported: "
+                                f"{type(error).__name__}: {error}") from error
+    if not (isinstance(implementation, type) and issubclass(implementation, Method)):
+        raise MethodUnavailable(f"{where}: {description.implementation} is not a training.methods.Method subclass")
+    return implementation
+
+
+def trainable_methods() -> tuple[dict[str, MethodDescription], dict[str, str]]:
+    """What this process can train (a worker advertises it): the registered methods whose
+    implementation imports, and for the others why not."""
+    trainable, reasons = {}, {}
+    for name, description in METHODS.items():
+        try:
+            implementation_of(description)
+        except MethodUnavailable as error:
+            reasons[name] = str(error)
+        else:
+            trainable[name] = description
+    return trainable, reasons
+
+
+def _passes_through(error: BaseException) -> bool:
+    # Running out of memory is the worker's to handle (a slot of its own), not the plugin's fault.
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error)
+
+
+class CheckedMethod:
+    """A plugin's method, held to the protocol while it trains: what it raises is reported as its
+    own (method, package, which call), a loss that is not a finite scalar and predictions that are
+    not (rows, classes) stop the run with that reason. Built-in methods are not wrapped (no check
+    costs them a device read per step)."""
+
+    def __init__(self, method: Method, description: MethodDescription):
+        self.inner, self.description = method, description
+        self.steps = 0
+
+    def __getattr__(self, name: str) -> Any:  # attributes the protocol does not check
+        return getattr(self.inner, name)
+
+    def _failed(self, call: str, problem: str) -> MethodFailed:
+        d = self.description
+        return MethodFailed(f"method {d.name!r} ({d.distribution} {d.version}): {call} {problem}")
+
+    def _call(self, call: str, function: Callable, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except MethodFailed:
+            raise
+        except Exception as error:
+            if _passes_through(error):
+                raise
+            raise self._failed(call, f"raised {type(error).__name__}: {error}") from error
+
+    def build_model(self, x, y, n_classes):
+        return self._call("build_model()", self.inner.build_model, x, y, n_classes)
+
+    def prepare(self, train, callback, seed):
+        return self._call("prepare()", self.inner.prepare, train, callback, seed)
+
+    def loss(self, model, batch, log_prior, references):
+        self.steps += 1
+        loss = self._call(f"loss() at training step {self.steps}", self.inner.loss, model, batch, log_prior, references)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise self._failed(f"loss() at training step {self.steps}",
+                               f"returned {shape}: the protocol expects a scalar tensor (the batch's mean loss)")
+        if not bool(torch.isfinite(loss.detach())):  # a device read per step: plugins only
+            raise self._failed(f"loss() at training step {self.steps}",
+                               f"returned {loss.item()}: the loss must be finite (the run stops rather than "
+                               f"train on it; its points and checkpoints so far are kept)")
+        return loss
+
+    def fit_statistics(self, model, train):
+        return self._call("fit_statistics()", self.inner.fit_statistics, model, train)
+
+    def _checked_prediction(self, call: str, log_q: Any, rows: int, classes: int) -> torch.Tensor:
+        if not isinstance(log_q, torch.Tensor) or tuple(log_q.shape) != (rows, classes):
+            shape = tuple(log_q.shape) if isinstance(log_q, torch.Tensor) else type(log_q).__name__
+            raise self._failed(call, f"returned {shape}: the protocol expects ({rows}, {classes}), "
+                                     f"log-probabilities of each class for each sample")
+        return log_q
+
+    def predict_log_proba(self, model, x, y, log_prior):
+        log_q = self._call("predict_log_proba()", self.inner.predict_log_proba, model, x, y, log_prior)
+        return self._checked_prediction("predict_log_proba()", log_q, len(x), len(log_prior))
+
+    def predict_log_proba_without_y(self, model, x, log_prior, y_bank):
+        log_q = self._call("predict_log_proba_without_y()", self.inner.predict_log_proba_without_y, model, x,
+                           log_prior, y_bank)
+        return self._checked_prediction("predict_log_proba_without_y()", log_q, len(x), len(log_prior))
+
+    def state_dict(self):
+        return self._call("state_dict()", self.inner.state_dict)
+
+    def load_state_dict(self, state, device):
+        return self._call("load_state_dict()", self.inner.load_state_dict, state, device)
+
+
+def make_method(spec: TrainSpec) -> Method:
+    """The run's method, through the registry like every method; a plugin's is checked as it trains."""
+    description = METHODS[spec.method]
+    method = implementation_of(description)(spec)
+    return method if description.builtin else CheckedMethod(method, description)  # type: ignore[return-value]
+
+
+# The built-in implementations by name (tests, benchmarks).
 METHOD_CLASSES: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (MaximumLikelihood, LowerBound, ZeroPadding, MaximalCorrelation, AutoencoderImputation,
                 SelfTrainingImputation)
 }
-
-
-def make_method(spec: TrainSpec) -> Method:
-    return METHOD_CLASSES[spec.method](spec)

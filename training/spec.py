@@ -7,11 +7,14 @@ the dataset catalogue by `spec_errors_for_dataset`, because that depends on what
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .method_registry import MethodCatalogue, describe_unknown
+from .plugins import FUSIONS, FusionName, MethodDescription
 from .selection import DEFAULT_SELECTION_RULE, SelectionRule
 from .two_view import DatasetInfo
 
@@ -21,9 +24,8 @@ from .two_view import DatasetInfo
 # (fusion.py, encoders.py): those modules import torch, and the API and the worker's parent
 # process import this one without loading torch (CUDA must be touched only inside the task).
 
-# The fusions φ(f, g) the model implements (training/fusion.py).
-FusionName = Literal["add", "concat", "outer"]
-FUSIONS: tuple[str, ...] = get_args(FusionName)
+# The fusions φ(f, g) the model implements (training/fusion.py), named where method descriptions
+# are (training/plugins.py).
 # torchvision backbones (training/encoders.py): trained end to end, or frozen feature extractors.
 BackboneName = Literal["resnet34", "resnet50", "vgg16"]
 BACKBONES: tuple[str, ...] = get_args(BackboneName)
@@ -45,62 +47,23 @@ PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
 PAPER_MODALITIES = ("visual", "audio")
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    title: str
-    fusions: tuple[str, ...]
-    description: str
+# The methods: every one registered through the entry-point group `missmod.methods` (the six
+# built-in ones too), read from the registry when first used (training/method_registry.py).
+METHODS: Mapping[str, MethodDescription] = MethodCatalogue()
+# Kept for code that imported it: a method's description (training/plugins.py).
+MethodInfo = MethodDescription
 
 
-METHODS: dict[str, MethodInfo] = {
-    m.name: m
-    for m in (
-        MethodInfo(
-            "mle",
-            "Maximum likelihood (ours)",
-            FUSIONS,
-            "Eq. 2: −log Q(z|x,y) on complete samples (eq. 4) plus −log Q(z|x) on samples "
-            "whose y is missing (eq. 5, marginalising y over the complete data).",
-        ),
-        MethodInfo(
-            "lower_bound",
-            "Lower bound (discard incomplete)",
-            FUSIONS,
-            "Eq. 4 on the complete samples only; samples with a missing modality are dropped.",
-        ),
-        MethodInfo(
-            "zero_padding",
-            "Zero padding",
-            ("add", "concat"),
-            "The missing modality's feature is set to zero, then eq. 4 on all samples. "
-            "Not with outer product: φ(f, 0) = 0 would make the missing samples useless.",
-        ),
-        MethodInfo(
-            "hgr",
-            "HGR maximal correlation",
-            FUSIONS,
-            "Soft-HGR: maximal correlation between φ(f(x), g(y)) and the label features on complete "
-            "samples, and between f(x) and the label features on samples whose y is missing; "
-            "predicts with the H-score rule.",
-        ),
-        MethodInfo(
-            "ae1",
-            "Autoencoder imputation (AE1)",
-            FUSIONS,
-            "A network x → y trained on the complete samples imputes the missing y; then eq. 4 on all samples.",
-        ),
-        MethodInfo(
-            "ae2",
-            "Autoencoder imputation with self-training (AE2)",
-            FUSIONS,
-            "AE1, with the imputer re-fitted in rounds on the complete samples plus the previous "
-            "round's imputations; then eq. 4 on all samples.",
-        ),
-    )
-}
-# The method names are the keys above, listed nowhere else.
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+def known_method(name: str) -> str:
+    """`name` if this process can offer the method, else ValueError saying why not."""
+    if name not in METHODS:
+        raise ValueError(describe_unknown(name))
+    return name
+
+
+# A method's name, checked against the registry (not a fixed list: plugins add names).
+MethodName = Annotated[str, Field(min_length=1, max_length=40, description="A method, see GET /api/methods"),
+                       AfterValidator(known_method)]
 # Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
 INPUT_IMPUTING_METHODS = ("ae1", "ae2")
 
@@ -113,6 +76,11 @@ class TrainSpec(BaseModel):
     dataset: str = Field(min_length=1, max_length=200, description="Dataset name, see GET /api/datasets")
     method: MethodName
     fusion: FusionName = "add"
+    method_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's own options (GET /api/methods: `options`), validated against its options model and "
+                    "stored with their defaults; the built-in methods have none (theirs are the fields below)",
+    )
     missing_modality: str = Field(
         min_length=1, max_length=100, description="The modality y that may be missing; the other one is x"
     )
@@ -229,6 +197,14 @@ class TrainSpec(BaseModel):
             raise ValueError(f"fusion {fusion!r} is not available for method {method!r} (allowed: {allowed})")
         return fusion
 
+    @field_validator("method_options")
+    @classmethod
+    def _options_of_the_method(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method not in METHODS:  # the method's own error names it
+            return options
+        return METHODS[method].validated_options(options)
+
     @field_validator("mle_stop_reference_gradient", "mle_freeze_class_offset")
     @classmethod
     def _ablations_of_mle(cls, value: bool, info: ValidationInfo) -> bool:
@@ -267,7 +243,7 @@ ABLATION_DEFAULTS: dict[str, object] = {
 # a stored spec that lacks one reads as having it (backend/sweeps/analysis.py). The ablations above,
 # the selection rule (training/selection.py), the precision and the deterministic switch.
 DEFAULTS_OF_LATER_OPTIONS: dict[str, object] = {**ABLATION_DEFAULTS, "selection_rule": DEFAULT_SELECTION_RULE,
-                                                "precision": "auto", "deterministic": False}
+                                                "precision": "auto", "deterministic": False, "method_options": {}}
 
 
 @dataclass(frozen=True)

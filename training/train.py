@@ -28,7 +28,7 @@ from .methods import Batch, Method, ReferenceInputs, YBank, make_method
 from .model import TwoViewModel
 from .prepare import EvaluationSet, PreparedData, TrainingSet, prepare_data
 from .selection import EpochScore, improves
-from .spec import TrainSpec, spec_errors_for_dataset
+from .spec import METHODS, TrainSpec, spec_errors_for_dataset
 from .step_log import StepLog
 from .speed import EpochClock, TrainingSpeed
 
@@ -407,6 +407,8 @@ class Trainer:
         """How this run trains, for its record (on_start, then the result's info)."""
         return {
             "method": self.method.name,
+            # Which package's code trained it (a plugin's distribution and version; missmod's own).
+            "method_package": METHODS[self.spec.method].provenance(),
             "reference_set": reference_set,
             "reference_set_size": len(references.y) if references.y is not None else None,
             "steps_per_epoch": self.batches_per_epoch(train),

@@ -20,7 +20,7 @@ from backend.settings import get_settings
 from backend.workers import service
 from backend.workers.models import SlotState
 
-from . import slots
+from . import methods, slots
 from .system_metrics import visible_gpu
 
 log = logging.getLogger("missmod.worker")
@@ -55,7 +55,8 @@ class WorkerRegistry(bootsteps.StartStopStep):
         gpu = visible_gpu()
         self.identity = service.WorkerIdentity(
             name=worker.hostname, host=socket.gethostname(), pid=os.getpid(), slots=int(worker.concurrency),
-            threads_per_run=slots.THREADS_PER_RUN or 1, gpu=gpu.uuid if gpu else None, gpu_name=gpu.name if gpu else None)
+            threads_per_run=slots.THREADS_PER_RUN or 1, gpu=gpu.uuid if gpu else None, gpu_name=gpu.name if gpu else None,
+            methods=dict(methods.trainable) or None, method_errors=dict(methods.errors) or None)
         self.database = _MainProcessDatabase(settings.database_url)
         self._register()
         interval = settings.heartbeat_interval

@@ -30,7 +30,7 @@ from ..studies.presets import StudyPresetNotFound
 from ..studies.service import StudyFinished, StudyNotFound
 from ..sweeps.presets import PresetNotFound
 from ..sweeps.service import SweepNotFound
-from .params import printable
+from .params import abridged, printable
 from .problems import VALIDATION_PROBLEM, PlainErrorsAsProblems, problem_response
 
 log = logging.getLogger("missmod")
@@ -71,11 +71,20 @@ def _outside_the_run(request: Request, error: PathOutsideRoot) -> JSONResponse:
                             request=request)
 
 
+MAX_FIELD_ISSUES = 50  # a 422 names at most this many invalid inputs (then says how many more)
+
+
 def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     # `detail` keeps FastAPI's list of {"type", "loc", "msg", "input"}: forms and scripts read it.
-    # The echoed input is made serialisable: a NaN or a lone surrogate sent by the client would
-    # otherwise turn the 422 into a 500.
-    return problem_response(422, printable(jsonable_encoder(error.errors())), request=request, type=VALIDATION_PROBLEM)
+    # The echoed input is made serialisable (a NaN or a lone surrogate sent by the client would
+    # otherwise turn the 422 into a 500) and short: a huge body is not sent back whole.
+    issues = list(error.errors())
+    detail = [{**issue, "input": abridged(printable(jsonable_encoder(issue.get("input"))))}
+              if "input" in issue else issue for issue in issues[:MAX_FIELD_ISSUES]]
+    if len(issues) > MAX_FIELD_ISSUES:
+        detail.append({"type": "too_many_errors", "loc": ["body"], "input": None,
+                       "msg": f"and {len(issues) - MAX_FIELD_ISSUES:,} more invalid inputs, not listed"})
+    return problem_response(422, printable(jsonable_encoder(detail)), request=request, type=VALIDATION_PROBLEM)
 
 
 def _refused(request: Request, error: Refused) -> JSONResponse:

@@ -3,6 +3,7 @@ an overflow or an encoding error inside the driver (the API fuzz test finds thos
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any
@@ -123,6 +124,38 @@ def printable(value: Any) -> Any:
         return {printable(key): printable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [printable(item) for item in value]
+    return value
+
+
+ECHO_CHARACTERS = 1_000  # of one invalid input, echoed back in a 422
+
+
+def abridged(value: Any, budget: int = ECHO_CHARACTERS) -> Any:
+    """`value` (printable JSON) cut to about `budget` characters of JSON, for a 422 to echo: the
+    start of a long text, the first items of a long list or members of a large object, followed
+    by a note of what was left out. A 100,000-id bulk request was echoed whole (589 KB)."""
+    if len(json.dumps(value, ensure_ascii=False)) <= budget:
+        return value
+    if isinstance(value, str):
+        return f"{value[:budget]}… ({len(value):,} characters)"
+    if isinstance(value, list):
+        kept, used = [], 2
+        for item in value:
+            item = abridged(item, max(budget - used, 20))
+            used += len(json.dumps(item, ensure_ascii=False)) + 2
+            if used > budget:
+                break
+            kept.append(item)
+        return [*kept, f"… ({len(value) - len(kept):,} more items)"]
+    if isinstance(value, dict):
+        kept_members, used = {}, 2
+        for key, item in value.items():
+            key, item = abridged(key, 100), abridged(item, max(budget - used, 20))
+            used += len(json.dumps([key, item], ensure_ascii=False))
+            if used > budget:
+                break
+            kept_members[key] = item
+        return {**kept_members, "…": f"{len(value) - len(kept_members):,} more members"}
     return value
 
 

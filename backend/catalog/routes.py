@@ -4,16 +4,20 @@ and new-sweep forms are built from these, so they list nothing of their own."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
+from training import method_registry, spec
 from training.datasets import dataset_infos
-from training import spec
+from training.selection import SELECTION_RULES
 from training.spec import METHODS
 
 from ..api.deps import SessionDep, SettingsDep
 from ..api.params import DatasetName
 from ..storage import store_for
+from ..workers import service as workers
 from . import registry
 
 router = APIRouter(tags=["catalog"])
@@ -43,12 +47,32 @@ class MethodOut(BaseModel):
     title: str
     fusions: list[str]
     description: str
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "The JSON schema of the method's own options (a run's `method_options`): each property is a form field, a "
+        "sweep-grid field and a CLI `options.NAME=value`. The built-in methods have none"))
+    default_options: dict[str, Any] = Field(default_factory=dict)
+    distribution: str | None = Field(None, description="The Python package that registered it (`missmod` for the "
+                                                       "six built-in methods) and its version")
+    version: str | None = None
+    workers: int | None = Field(None, description="How many live workers can train it (null: not asked)")
+
+
+class UnavailableMethodOut(BaseModel):
+    """A method plugin installed here that cannot be offered, and why (it failed to import, lacks a
+    dependency, breaks the protocol), or one that live workers train but this API lacks."""
+
+    name: str
+    reason: str
+    distribution: str | None = None
+    version: str | None = None
 
 
 class ChoicesOut(BaseModel):
     """The values each choice of a training spec takes, from the spec module's one list of each."""
 
     methods: list[str]
+    unavailable_methods: list[UnavailableMethodOut] = Field(
+        default_factory=list, description="Method plugins that cannot be used, each with the reason (docs/methods.md)")
     fusions: list[str]
     encoders: list[str] = Field(description="Encoders f and g: `mlp` for feature vectors, the others for images")
     image_encoders: list[str] = Field(description="The encoders that take images (channels, height, width)")
@@ -61,14 +85,18 @@ class ChoicesOut(BaseModel):
                                               "GPU), fp32, bf16, fp16")
     paper_modalities: list[str] = Field(description="The paper's names of its two modalities, which a preset "
                                                     "maps onto a dataset's (`visual`, `audio`)")
+    selection_rules: list[str] = Field(description="`selection_rule` of a run: which epoch it reports; the first "
+                                                   "is the default (docs/studies.md, \"The selection rule\")")
 
 
 @router.get("/api/choices", response_model=ChoicesOut)
-def list_choices() -> ChoicesOut:
-    return ChoicesOut(methods=list(METHODS), fusions=spec.FUSIONS, encoders=spec.ENCODERS,
+def list_choices(session: SessionDep, settings: SettingsDep) -> ChoicesOut:
+    return ChoicesOut(methods=list(METHODS), unavailable_methods=unavailable_methods(session, settings),
+                      fusions=spec.FUSIONS, encoders=spec.ENCODERS,
                       image_encoders=spec.IMAGE_ENCODERS, pretrainable_encoders=spec.PRETRAINABLE_ENCODERS,
                       backbones=spec.BACKBONES, reference_sets=spec.REFERENCE_SETS, split_by=spec.SPLITS,
-                      devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES)
+                      devices=spec.DEVICES, precisions=spec.PRECISIONS, paper_modalities=spec.PAPER_MODALITIES,
+                      selection_rules=list(SELECTION_RULES))
 
 
 @router.get("/api/datasets", response_model=list[DatasetOut])
@@ -96,6 +124,38 @@ def delete_dataset(name: DatasetName, settings: SettingsDep, session: SessionDep
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def method_out(description) -> MethodOut:
+    has_options = bool(description.options.model_fields)
+    return MethodOut(name=description.name, title=description.title, fusions=list(description.fusions),
+                     description=description.description,
+                     options=description.options_schema() if has_options else {},
+                     default_options=description.default_options(), distribution=description.distribution,
+                     version=description.version)
+
+
+def unavailable_methods(session, settings) -> list[UnavailableMethodOut]:
+    """Plugins installed here that cannot be used, and methods live workers train that this API
+    lacks (installed on a worker only: runs of it cannot be submitted here)."""
+    out = [UnavailableMethodOut(name=u.name, reason=u.reason, distribution=u.distribution, version=u.version)
+           for u in method_registry.unavailable()]
+    listed = {u.name for u in out}
+    for worker in workers.live_workers(session, settings.heartbeat_timeout):
+        for name, package in (worker.methods or {}).items():
+            if name in METHODS or name in listed:
+                continue
+            listed.add(name)
+            package = package if isinstance(package, dict) else {}
+            out.append(UnavailableMethodOut(
+                name=name, distribution=package.get("distribution"), version=package.get("version"),
+                reason=f"live worker {worker.name} can train it, but it is not installed beside this API: install "
+                       f"{package.get('distribution')} {package.get('version')} here too and restart the API"))
+    return out
+
+
 @router.get("/api/methods", response_model=list[MethodOut])
-def list_methods() -> list[MethodOut]:
-    return [MethodOut.model_validate(m, from_attributes=True) for m in METHODS.values()]
+def list_methods(session: SessionDep, settings: SettingsDep) -> list[MethodOut]:
+    """Every method this API offers: the six built-in ones and the installed plugins (docs/methods.md),
+    each with how many live workers can train it."""
+    availability = workers.method_availability(session, settings.heartbeat_timeout)
+    return [method_out(m).model_copy(update={"workers": availability.count(m.name, m.builtin)})
+            for m in METHODS.values()]

@@ -50,6 +50,10 @@ class Run(Leased, Base):
     # It ran out of memory while sharing its GPU with other runs (RUNS_PER_GPU > 1): it is trained
     # next on a slot of its own, its worker's other slots waiting meanwhile (worker/slots.py).
     needs_own_slot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Queued, and no live worker can train its method: "no worker can train `X`" and why (a method
+    # plugin no worker has installed, or one that fails to load there). Kept by the API
+    # (backend/workers/service.py: mark_waiting_runs); null once a worker can.
+    waiting_for_worker: Mapped[str | None] = mapped_column(String(1000))
     # Trained elsewhere and logged through POST /api/runs/external: never queued, never retried,
     # and never averaged with missmod's own runs (its own row in a sweep's table, marked).
     external: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

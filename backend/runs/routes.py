@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from training.protocol import ProtocolKey
 
@@ -19,15 +18,15 @@ from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import MAX_CURSOR, MAX_ID, NO_CONTROL_CHARACTERS, Offset, RunId, id_list
 from ..catalog import registry
 from ..csv_export import csv_text
-from ..live import client_address
+from ..live import open_stream
 from ..paired_statistics import compare_runs
 from . import artifacts, export, live_runs, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, LiveFail, LiveFinish, LiveLease,
-                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsPage, PredictionsOut, ProtocolOut,
-                      RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
-from .stream import run_events
+                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsColumns, MetricsPage, PredictionsOut,
+                      ProtocolOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .stream import RunTopic, cursor_from
 from .validation import DatasetCatalog, refuse_if_unfit
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -235,7 +234,7 @@ def retry_run(run_id: RunId, session: SessionDep, queue: WorkQueueDep, settings:
     return RunOut.model_validate(service.retry_run(session, run_id, queue, settings))
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPage, responses={
+@router.get("/{run_id}/metrics", response_model=MetricsPage | MetricsColumns, responses={
     **NOT_FOUND, **CSV, 304: {"description": "A finished run's metrics, unchanged since the ETag sent in If-None-Match"}})
 def get_metrics(
     run_id: RunId,
@@ -257,8 +256,8 @@ def get_metrics(
                               "minimum and maximum, `lttb` the points that best keep the line's shape"),
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Metric points in the order they were recorded (`points`), or as columns per metric
-    (`columns`). Per-epoch points carry the step the epoch ended at; per-step points are
+    """Metric points in the order they were recorded (`points`: a MetricsPage), or as columns per
+    metric (`format=columns`: a MetricsColumns). Per-epoch points carry the step the epoch ended at; per-step points are
     named `step/...`. A finished run's answer has an ETag: send it back in If-None-Match to get
     304 when nothing changed."""
     run = service.get_run(session, run_id)
@@ -355,14 +354,8 @@ async def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live updates of one run. A reconnecting EventSource resumes after its Last-Event-ID."""
-    # A session of its own, closed before the stream starts: a request-scoped one would hold a
-    # pooled connection for as long as the client watches (backend/live.py).
-    await request.app.state.stream_slots.look_up(_run_exists, request.app.state.sessions, run_id)
-    if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_CURSOR:
-        after = max(after, int(last_event_id))
-    slot = request.app.state.stream_slots.take(client_address(request))
-    return EventSourceResponse(run_events(request.app.state.run_hub, run_id, after, slot.release), ping=15,
-                               background=BackgroundTask(slot.release))
+    return await open_stream(request, RunTopic.kind, run_id, cursor_from(after, last_event_id, MAX_CURSOR),
+                             exists=_run_exists)
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=NOT_FOUND)

@@ -55,6 +55,9 @@ class RunOut(BaseModel):
     broker_error: str | None = Field(None, description="Why its id could not be sent yet, while awaiting_broker")
     needs_own_slot: bool = Field(False, description="It ran out of memory beside other runs on its GPU: it is "
                                                     "trained with the GPU to itself")
+    waiting_for_worker: str | None = Field(None, description="Queued, and no live worker can train its method: "
+                                                            "\"no worker can train `X`\" and why (docs/methods.md); "
+                                                            "null otherwise")
     cancel_requested: bool
     epochs_completed: int
     test_accuracy: float | None = Field(description="At the epoch chosen on validation accuracy, once succeeded")
@@ -92,6 +95,8 @@ class RunOut(BaseModel):
     def _progress_only_while_running(self) -> "RunOut":
         if self.state != "running":
             self.progress = None
+        if self.state != "queued":
+            self.waiting_for_worker = None
         return self
 
     @field_serializer("test_accuracy", "val_accuracy")

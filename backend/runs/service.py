@@ -5,6 +5,7 @@ backend/lifecycle."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from .. import pagination
 from ..db import utcnow
 from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as RunFinished  # noqa: F401  (raised from here)
-from ..queue import WorkQueue
+from ..queue import BUILTIN_METHOD_NAMES, WorkQueue
 from ..refused import Refused
 from ..settings import Settings
+from ..workers import service as workers
 from . import live_runs, outcomes, query as run_query
 from .artifacts import StoreLocation, remove_run_files
 from .downsample import downsample_min_max
@@ -29,6 +31,8 @@ from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, R
 from .predictions import pack_labels
 from .schemas import ExternalRunCreate, RunCreate
 from .system import SystemMetricPoint
+
+log = logging.getLogger("missmod.runs")
 
 
 class RunNotFound(LookupError):
@@ -66,7 +70,17 @@ def new_run(payload: RunCreate, sweep_id: int | None = None, idempotency_key: st
 def enqueue_committed(session: Session, runs: Sequence[Run], queue: WorkQueue) -> bool:
     """Send the ids of runs already committed, in order; True when all were sent. If the broker
     cannot be reached, the runs not sent stay queued, awaiting the broker (lifecycle/api.py)."""
-    return lifecycle.enqueue_committed(session, Run, runs, queue.send_run)
+    methods = {run.id: run.method for run in runs}
+    sent = lifecycle.enqueue_committed(session, Run, runs, lambda run_id: queue.send_run(run_id, methods[run_id]))
+    if any(method not in BUILTIN_METHOD_NAMES for method in methods.values()):
+        try:  # a plugin's method: say now if no live worker can train it (the reconcile step keeps it up to date)
+            workers.mark_waiting_runs(session, queue.heartbeat_timeout, list(methods))
+            for run in runs:
+                session.refresh(run)
+        except Exception as error:  # bookkeeping: never what fails a submission
+            session.rollback()
+            log.warning("could not say which runs wait for a worker: %s", error)
+    return sent
 
 
 def create_run(session: Session, payload: RunCreate, queue: WorkQueue, idempotency_key: str | None = None) -> Run:

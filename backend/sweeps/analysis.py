@@ -93,7 +93,10 @@ class Row:
         # An ablation left at the paper's setting (or the default selection rule) is not named:
         # "mle (add)", not "mle (add), mle_freeze_class_offset=False, …" beside the row that turns it on.
         extra = "".join(f", {name}={value}" for name, value in self.extras
-                        if not (name in DEFAULTS_OF_LATER_OPTIONS and value == DEFAULTS_OF_LATER_OPTIONS[name]))
+                        if not (name in DEFAULTS_OF_LATER_OPTIONS and value == DEFAULTS_OF_LATER_OPTIONS[name])
+                        and name != "method_options")
+        options = dict(self.extras).get("method_options") or {}
+        extra += "".join(f", {name}={value}" for name, value in options.items())
         return f"{self.method} ({self.fusion}){extra}{EXTERNAL_MARK if self.external else ''}"
 
 
@@ -119,7 +122,11 @@ def varying_fields(results: Sequence[RunResult]) -> list[str]:
     names = list(dict.fromkeys(name for r in results for name in r.spec))
     return [name for name in names
             if name not in LAYOUT_FIELDS and name not in NEUTRAL_FIELDS
-            and len({repr(spec_value(r.spec, name)) for r in results}) > 1]
+            and len({repr(spec_value(r.spec, name)) for r in results}) > 1
+            # A method's own options split its rows only where they differ between its runs (another
+            # method's options, or having none, are not a difference between rows of one method).
+            and (name != "method_options"
+                 or len({(r.method, repr(spec_value(r.spec, name))) for r in results}) > len({r.method for r in results}))]
 
 
 def comparison_table(results: Sequence[RunResult], roles: dict[str, str] | None = None,

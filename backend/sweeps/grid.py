@@ -6,6 +6,7 @@ combinations" rather than fifteen copies of the same error."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,17 +17,52 @@ from ..runs.validation import DatasetCatalog, ErrorDict, validate_run
 MAX_RUNS_PER_SWEEP = 5_000
 
 
+# A method's own option in a grid: `method_options.<method>.<option>` → its values. Only the runs
+# of that method multiply by them (docs/methods.md).
+OPTION_PREFIX = "method_options."
+
+
+def option_key(method: str, option: str) -> str:
+    return f"{OPTION_PREFIX}{method}.{option}"
+
+
+def _split_options(grid: Mapping[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
+    fields, options = {}, {}
+    for name, values in grid.items():
+        if name.startswith(OPTION_PREFIX):
+            method, _, option = name[len(OPTION_PREFIX):].partition(".")
+            options.setdefault(method, {})[option] = values
+        else:
+            fields[name] = values
+    return fields, options
+
+
 def expand_grid(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
     """The product of the lists. `seed` varies slowest: the first runs cover every other
-    combination once, so the comparison table fills in everywhere before seeds repeat."""
-    fields = sorted(grid, key=lambda name: name != "seed")  # stable: seed first, then the order given
-    return [dict(zip(fields, values)) for values in itertools.product(*(grid[name] for name in fields))]
+    combination once, so the comparison table fills in everywhere before seeds repeat. A method's
+    options multiply that method's combinations only."""
+    fields, options = _split_options(grid)
+    names = sorted(fields, key=lambda name: name != "seed")  # stable: seed first, then the order given
+    combinations = []
+    for values in itertools.product(*(fields[name] for name in names)):
+        combination = dict(zip(names, values))
+        own = options.get(combination.get("method"), {})
+        if not own:
+            combinations.append(combination)
+            continue
+        for chosen in itertools.product(*own.values()):
+            combinations.append({**combination, "method_options": dict(zip(own, chosen))})
+    return combinations
 
 
 def grid_size(grid: Mapping[str, list[Any]]) -> int:
+    fields, options = _split_options(grid)
     size = 1
-    for values in grid.values():
-        size *= len(values)
+    for name, values in fields.items():
+        if name != "method" or not options:
+            size *= len(values)
+    if options:
+        size *= sum(math.prod(len(v) for v in options.get(method, {}).values()) for method in fields.get("method", []))
     return size
 
 

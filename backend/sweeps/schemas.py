@@ -22,11 +22,13 @@ from ..api.from_dataclass import response_model_of
 from ..api.params import CleanInput, DisplayName
 from ..runs.schemas import RunCreate
 from .analysis import Cell, Column, Row, TrendSeries
-from .grid import MAX_RUNS_PER_SWEEP, grid_size
+from .grid import MAX_RUNS_PER_SWEEP, grid_size, option_key
 from .paired import Paired, PairedSummary
 
 MAX_VALUES_PER_FIELD = 1_000
-SWEEPABLE_FIELDS = [name for name in RunCreate.model_fields if name != "name"]
+# A method's own options are swept per method (`method_options` below), not as one field.
+SWEEPABLE_FIELDS = [name for name in RunCreate.model_fields if name not in ("name", "method_options")]
+OptionKey = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -40,6 +42,27 @@ class SweepBase(CleanInput):
     skip_invalid: bool = Field(
         False, description="Leave out the combinations the run validation refuses (listed in the response) "
                            "instead of refusing the whole sweep")
+    method_options: dict[OptionKey, dict[OptionKey, Any]] | None = Field(
+        None, description="Each method's own options (GET /api/methods: `options`): method → option → a value, or a "
+                          "list of values to sweep over. Only that method's runs multiply: "
+                          "`{\"moddrop\": {\"drop_rate\": [0.3, 0.5]}}` beside `method: [mle, moddrop]` is one mle "
+                          "run and two moddrop runs per setting")
+
+    @field_validator("method_options")
+    @classmethod
+    def _option_values(cls, options: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        for method, values in (options or {}).items():
+            for option, value in values.items():
+                listed = _as_list(value)
+                if not listed:
+                    raise ValueError(f"{method}.{option}: an empty list: give at least one value")
+                if len(listed) > MAX_VALUES_PER_FIELD:
+                    raise ValueError(f"{method}.{option}: {len(listed)} values; at most {MAX_VALUES_PER_FIELD}")
+                if any(isinstance(v, (list, dict)) for v in listed):
+                    raise ValueError(f"{method}.{option}: a value or a flat list of values")
+                if len({repr(v) for v in listed}) < len(listed):
+                    raise ValueError(f"{method}.{option}: a value is listed twice")
+        return options
 
     @field_validator("*", mode="after")
     @classmethod
@@ -61,6 +84,15 @@ class SweepBase(CleanInput):
         return value
 
     @model_validator(mode="after")
+    def _options_of_swept_methods(self) -> "SweepBase":
+        methods = _as_list(getattr(self, "method", None))
+        for method in self.method_options or {}:
+            if method not in methods:
+                raise ValueError(f"method_options for {method!r}, which the sweep does not run (its methods: "
+                                 f"{', '.join(map(str, methods))})")
+        return self
+
+    @model_validator(mode="after")
     def _not_too_many(self) -> "SweepBase":
         size = grid_size(self.grid())
         if size > MAX_RUNS_PER_SWEEP:
@@ -69,7 +101,11 @@ class SweepBase(CleanInput):
 
     def grid(self) -> dict[str, list[Any]]:
         """Field → the list of its values, for the fields given (the others take their defaults)."""
-        return {name: _as_list(getattr(self, name)) for name in SWEEPABLE_FIELDS if name in self.model_fields_set}
+        grid = {name: _as_list(getattr(self, name)) for name in SWEEPABLE_FIELDS if name in self.model_fields_set}
+        for method, options in (self.method_options or {}).items():
+            for option, value in options.items():
+                grid[option_key(method, option)] = _as_list(value)
+        return grid
 
 
 def _values_of(spec_field: FieldInfo) -> TypeAdapter:

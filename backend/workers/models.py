@@ -6,8 +6,9 @@ one run at a time, RUNS_PER_GPU of them per worker) says what it does."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import JSON, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
@@ -31,6 +32,11 @@ class Worker(Base):
     gpu_name: Mapped[str | None] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # The methods it can train (their implementations import there) with their package and version,
+    # name → {"distribution", "version"}; null: registered before workers said (the built-in ones).
+    methods: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The methods registered there that it cannot train, name → why (docs/methods.md).
+    method_errors: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     slot_rows: Mapped[list["WorkerSlot"]] = relationship(
         lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="WorkerSlot.slot")

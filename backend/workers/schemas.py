@@ -27,6 +27,10 @@ class WorkerOut(BaseModel):
     started_at: datetime
     heartbeat_at: datetime
     busy: int = Field(description="Slots training a run now")
+    methods: list[str] | None = Field(None, description="The methods it can train (docs/methods.md); null: a worker "
+                                                        "that predates plugins, which trains the built-in ones")
+    method_errors: dict[str, str] = Field(default_factory=dict, description="Methods registered on it that it cannot "
+                                                                           "train, each with the reason")
     slots: list[SlotOut]
 
 

@@ -15,6 +15,15 @@
 const missmodCharts = (() => {
   const CONFIG = { responsive: true, displaylogo: false };
 
+  // Plotly renders a subset of HTML in trace names, titles, tick labels and hover text (<a href>
+  // links, <b>, <br>, <span style>) and fills %{…} in hover templates. Names from users and data
+  // files (runs, methods, metrics, classes) go in as text: their markup characters as entities,
+  // which Plotly shows as the characters they are.
+  function asText(value) {
+    return String(value ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/%/g, "&#37;");
+  }
+
   let startLoading;
   const plotlyReady = new Promise((resolve, reject) => {
     startLoading = () => {
@@ -152,12 +161,12 @@ const missmodCharts = (() => {
     const small = matrix.classes.length > 6;
     const counted = matrix.counted === "groups" ? "videos (groups)" : "samples";
     Plotly.newPlot(div, [{
-      type: "heatmap", z: normalised, x: matrix.classes, y: matrix.classes, customdata: matrix.counts,
+      type: "heatmap", z: normalised, x: matrix.classes.map(asText), y: matrix.classes.map(asText), customdata: matrix.counts,
       text: matrix.counts, colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1,
       showscale: false, texttemplate: small ? "%{z:.0%}" : "%{z:.0%}<br>(%{text})", textfont: { size: small ? 9 : 11 },
       hovertemplate: `true %{y}, predicted %{x}<br>%{customdata} ${counted} (%{z:.1%} of the row)<extra></extra>`,
     }], {
-      title: title ? { text: title, font: { size: 13 }, x: 0.02, xanchor: "left" } : undefined,
+      title: title ? { text: asText(title), font: { size: 13 }, x: 0.02, xanchor: "left" } : undefined,
       margin: { t: title ? 34 : 10, r: 10, b: 50, l: 60 },
       xaxis: { title: { text: "predicted" }, type: "category", tickfont: { size: 10 } },
       yaxis: { title: { text: "true" }, type: "category", autorange: "reversed", tickfont: { size: 10 } },
@@ -175,7 +184,7 @@ const missmodCharts = (() => {
       this.held = []; // the traces, while not drawn
       this.drawn = false;
       this.layout = {
-        title: { text: title, x: 0.02, xanchor: "left", font: { size: 14 } },
+        title: { text: asText(title), x: 0.02, xanchor: "left", font: { size: 14 } },
         margin: { t: 40, r: 10, b: 40, l: 55 },
         xaxis: { title: { text: "epoch" }, rangemode: "tozero", automargin: true },
         yaxis: percent ? { tickformat: ".0%" } : { rangemode: "tozero" },
@@ -192,7 +201,7 @@ const missmodCharts = (() => {
     ensure(runId, label) {
       if (!this.traces.has(runId)) {
         this.traces.set(runId, this.traces.size);
-        const trace = { type: "scatter", mode: "lines", x: [], y: [], name: label,
+        const trace = { type: "scatter", mode: "lines", x: [], y: [], name: asText(label),
                         line: { color: colour(`run-${runId}`), width: 1.8 } };
         if (this.drawn) Plotly.addTraces(this.div, trace); else this.held.push(trace);
       }
@@ -255,7 +264,7 @@ const missmodCharts = (() => {
   function drawTrend(div, series, title) {
     const traces = series.map((s) => {
       const paper = s.source === "paper";
-      const key = paper ? s.label.replace(/^paper: /, "") : s.label;
+      const key = asText(paper ? s.label.replace(/^paper: /, "") : s.label);
       const marks = paper ? [] : s.marks || [];
       // Ours and the paper's line of a row share a legend entry: one click hides both.
       return {
@@ -269,12 +278,12 @@ const missmodCharts = (() => {
         },
         error_y: paper ? undefined : { type: "data", array: s.stds.map((v) => v ?? 0), visible: true, thickness: 1.2 },
         hovertemplate: paper
-          ? `${s.label}<br>%{x:.0%} missing: %{y:.2%}<extra></extra>`
-          : `${s.label}<br>%{x:.0%} missing: %{y:.2%} (n=%{customdata})%{text}<extra></extra>`,
+          ? `${asText(s.label)}<br>%{x:.0%} missing: %{y:.2%}<extra></extra>`
+          : `${asText(s.label)}<br>%{x:.0%} missing: %{y:.2%} (n=%{customdata})%{text}<extra></extra>`,
       };
     });
     Plotly.react(div, traces, {
-      title: { text: title, x: 0.02, xanchor: "left", font: { size: 14 } },
+      title: { text: asText(title), x: 0.02, xanchor: "left", font: { size: 14 } },
       margin: { t: 40, r: 10, b: 40, l: 60 },
       xaxis: { title: { text: "missing rate" }, tickformat: ".0%" },
       yaxis: { title: { text: "test accuracy" }, tickformat: ".0%" },
@@ -288,6 +297,6 @@ const missmodCharts = (() => {
     watchSize(div);
   }
 
-  return { CONFIG, colour, confusion, runConfusion, CurveChart, runMetrics, byName, trend, plotlyReady, load, schedule, purge,
+  return { CONFIG, asText, colour, confusion, runConfusion, CurveChart, runMetrics, byName, trend, plotlyReady, load, schedule, purge,
            inViewDrawn };
 })();

@@ -87,6 +87,46 @@ const missmod = {
     return fields;
   },
 
+  // A method's own options (GET /api/methods: `options`, a JSON schema) as form fields named
+  // `<prefix><option>`, each holding its default; read back with optionValues.
+  optionFields(method, prefix) {
+    const properties = (method && method.options && method.options.properties) || {};
+    return Object.entries(properties).map(([name, schema]) => {
+      const id = `${prefix}${name}`.replace(/[^a-zA-Z0-9_-]/g, "-");
+      const value = (method.default_options || {})[name];
+      let input;
+      if (schema.type === "boolean" || Array.isArray(schema.enum)) {
+        const values = schema.type === "boolean" ? ["false", "true"] : schema.enum.map(String);
+        input = missmod.el("select", null, { id, name: `${prefix}${name}` });
+        input.replaceChildren(...values.map((v) => missmod.el("option", v, { value: v })));
+        input.value = String(value);
+      } else {
+        const numeric = schema.type === "number" || schema.type === "integer";
+        input = missmod.el("input", null, { id, name: `${prefix}${name}`, type: numeric ? "number" : "text",
+                                            value: value === undefined || value === null ? "" : String(value) });
+        if (numeric) input.setAttribute("step", schema.type === "integer" ? "1" : "any");
+      }
+      input.dataset.kind = schema.type || "string";
+      const field = missmod.el("div", null, { class: "field" });
+      field.append(missmod.el("label", schema.title || name, { for: id }), input);
+      if (schema.description) field.append(missmod.el("div", schema.description, { class: "hint" }));
+      return field;
+    });
+  },
+
+  // The options of the fields optionFields made under `container`: name → typed value.
+  optionValues(container, prefix) {
+    const values = {};
+    for (const input of container.querySelectorAll("[data-kind]")) {
+      const name = input.name.slice(prefix.length);
+      const kind = input.dataset.kind;
+      const text = input.value.trim();
+      values[name] = kind === "boolean" ? text === "true"
+        : (kind === "number" || kind === "integer") && text !== "" ? Number(text) : text;
+    }
+    return values;
+  },
+
   clearErrors(form, loose) {
     if (loose) { loose.hidden = true; loose.textContent = ""; }
     for (const slot of form.querySelectorAll(".field-error")) slot.textContent = "";

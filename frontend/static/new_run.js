@@ -8,12 +8,16 @@
   const formError = document.getElementById("form-error");
   const NUMBER_FIELDS = new Set(["missing_rate", "epochs", "seed", "lr", "batch_size", "feature_dim",
                                  "hidden_dim", "weight_decay"]);
+  const OPTION_PREFIX = "option.";
   let datasets = [];
   let methods = [];
   let imageEncoders = new Set();
   // Friendlier words for some values; the values themselves come from the server.
   const LABELS = { mlp: "mlp (feature vectors)", small_cnn: "small_cnn (images, CPU-sized)",
-                   all_complete: "all complete samples", batch: "complete samples of the batch" };
+                   all_complete: "all complete samples", batch: "complete samples of the batch",
+                   val_accuracy_earliest: "best validation accuracy, earliest of ties",
+                   val_accuracy_latest: "best validation accuracy, latest of ties",
+                   val_loss: "lowest validation loss", last_epoch: "last epoch" };
   const labelled = (values) => values.map((v) => [v, LABELS[v] || v]);
 
   function setOptions(select, values, keep) {
@@ -70,15 +74,22 @@
     if (!method) return;
     setOptions(form.fusion, method.fusions.map((f) => [f, f]), true);
     document.getElementById("method-hint").textContent = method.description;
+    // A plugin's own options (docs/methods.md); the built-in methods have none here.
+    const fields = missmod.optionFields(method, OPTION_PREFIX);
+    document.getElementById("method-options-fields").replaceChildren(...fields);
+    document.getElementById("method-options").hidden = fields.length === 0;
   }
 
   function payload() {
     const data = {};
     for (const [name, value] of new FormData(form).entries()) {
       if (name === "name" && value.trim() === "") continue;
+      if (name.startsWith(OPTION_PREFIX)) continue;
       data[name] = NUMBER_FIELDS.has(name) && value.trim() !== "" ? Number(value) : value;
     }
     data.pretrained = form.pretrained.value === "true";
+    const options = missmod.optionValues(document.getElementById("method-options-fields"), OPTION_PREFIX);
+    if (Object.keys(options).length) data.method_options = options;
     return data;
   }
 
@@ -116,6 +127,7 @@
     setOptions(form.pretrained, [["false", "random"],
                                  ["true", `ImageNet (${choices.pretrainable_encoders.join(", ")})`]]);
     setOptions(form.reference_set, labelled(choices.reference_sets));
+    setOptions(form.selection_rule, labelled(choices.selection_rules || ["val_accuracy_earliest"]));
     setOptions(form.dataset, datasets.map((x) => [x.name, x.title ? `${x.name} — ${x.title}` : x.name]));
     setOptions(form.method, methods.map((x) => [x.name, `${x.name} — ${x.title}`]));
     form.dataset.addEventListener("change", onDatasetChange);

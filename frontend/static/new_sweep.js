@@ -37,6 +37,27 @@
     }));
   }
 
+  // The options of each chosen method that has some (docs/methods.md): one field per option, a
+  // value or a list of values ("0.3, 0.5"); only that method's runs multiply by them.
+  const optionPrefix = (method) => `option.${method}.`;
+
+  function showMethodOptions() {
+    const slot = document.getElementById("s-method-options");
+    const chosen = new Set([...gridForm.querySelectorAll('input[name="method"]:checked')].map((i) => i.value));
+    const kept = new Map([...slot.querySelectorAll("[data-kind]")].map((input) => [input.name, input.value]));
+    const groups = methods.filter((m) => chosen.has(m.name) && m.options && m.options.properties).map((method) => {
+      const group = missmod.el("fieldset", null, { class: "method-options", "data-method": method.name });
+      group.append(missmod.el("legend", `Options of ${method.name} (a value, or several: 0.3, 0.5)`),
+                   ...missmod.optionFields(method, optionPrefix(method.name)));
+      for (const input of group.querySelectorAll("[data-kind]")) {
+        if (kept.has(input.name)) input.value = kept.get(input.name);
+        if (input.tagName === "INPUT") input.type = "text";  // several values may be given
+      }
+      return group;
+    });
+    slot.replaceChildren(...groups);
+  }
+
   function gridPayload() {
     const body = {};
     if (gridForm.name.value.trim()) body.name = gridForm.name.value.trim();
@@ -48,6 +69,19 @@
     for (const input of gridForm.querySelectorAll("input[data-list]")) {
       if (input.value.trim() !== "") body[input.name] = parseList(input.value, input.dataset.list);
     }
+    const options = {};
+    for (const group of document.querySelectorAll("#s-method-options fieldset[data-method]")) {
+      const method = group.dataset.method;
+      options[method] = {};
+      for (const input of group.querySelectorAll("[data-kind]")) {
+        const kind = input.dataset.kind;
+        const name = input.name.slice(optionPrefix(method).length);
+        options[method][name] = kind === "boolean"
+          ? input.value === "true"
+          : parseList(input.value, kind === "number" || kind === "integer" ? kind : "text");
+      }
+    }
+    if (Object.keys(options).length) body.method_options = options;
     body.skip_invalid = gridForm.skip_invalid.checked;
     return body;
   }
@@ -207,6 +241,8 @@
     gridForm.dataset.replaceChildren(...datasetOptions);
     presetForm.dataset.replaceChildren(...datasetOptions.map((o) => o.cloneNode(true)));
     checkboxes(document.getElementById("s-methods"), "method", methods.map((x) => [x.name, x.name]), (v) => v === "mle");
+    document.getElementById("s-methods").addEventListener("change", showMethodOptions);
+    showMethodOptions();
     const fusions = (c.body && c.body.fusions) || [...new Set(methods.flatMap((x) => x.fusions))];
     checkboxes(document.getElementById("s-fusions"), "fusion", fusions.map((f) => [f, f]), (v) => v === "add");
     presetForm.preset.replaceChildren(...presets.map((x) => missmod.el("option", `${x.figure} — ${x.title}`, { value: x.name })));

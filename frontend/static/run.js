@@ -92,7 +92,7 @@
     return {
       type: s.value.length > WEBGL_ABOVE ? "scattergl" : "scatter", mode: step ? "lines" : "lines+markers",
       // Copies: the series keep growing by push, and Plotly's extendTraces grows the trace's own arrays.
-      name, x: xOf(name, s).slice(), y: s.value.slice(),
+      name: missmodCharts.asText(name), x: xOf(name, s).slice(), y: s.value.slice(),
       marker: { size: 4 }, line: { width: step ? 1.2 : 2 },
       yaxis: name === "step/samples_per_second" ? "y2" : "y",
     };
@@ -234,6 +234,11 @@
       const b = info.bayes_test_accuracy;
       rows.push(["Bayes-optimal (test)", `both ${missmod.percent(b.xy)}, ${info.x_modality} ${missmod.percent(b.x)}, ${info.y_modality} ${missmod.percent(b.y)}`]);
     }
+    const options = Object.entries((run.spec && run.spec.method_options) || {});
+    if (options.length) rows.push(["Method options", options.map(([k, v]) => `${k}=${v}`).join(", ")]);
+    const pkg = info.method_package;
+    if (pkg && pkg.distribution && pkg.distribution !== "missmod")
+      rows.push(["Method package", `${pkg.distribution} ${pkg.version || ""}`.trim()]);
     if (info.device) rows.push(["Device", info.device]);
     if (info.precision) rows.push(["Precision", info.precision]);
     if (info.seconds !== undefined) rows.push(["Training time", `${info.seconds.toFixed(1)} s`]);
@@ -255,16 +260,18 @@
   function showRun(run) {
     const state = document.getElementById("run-state");
     // Saved and queued while the broker was down: it is sent as soon as the broker is back.
-    state.textContent = run.awaiting_broker ? "waiting for the broker" : run.state;
-    state.dataset.state = run.awaiting_broker ? "awaiting-broker" : run.state;
-    state.title = run.awaiting_broker ? run.broker_error || "" : "";
+    // Queued for a method no live worker can train (a plugin not installed on any worker).
+    const noWorker = run.state === "queued" && run.waiting_for_worker;
+    state.textContent = run.awaiting_broker ? "waiting for the broker" : noWorker ? "waiting for a worker" : run.state;
+    state.dataset.state = run.awaiting_broker ? "awaiting-broker" : noWorker ? "awaiting-worker" : run.state;
+    state.title = run.awaiting_broker ? run.broker_error || "" : noWorker ? run.waiting_for_worker : "";
     const stage = run.info && run.info.stage;
     document.getElementById("run-progress").textContent = stage && run.state === "running"
       ? `${stage}: ${run.info.stage_done} of ${run.info.stage_total} clips`
         + (run.info.failed_clips ? ` (${run.info.failed_clips} skipped)` : "")
       : run.awaiting_broker
         ? "saved and queued; waiting for the broker, it is sent as soon as the broker is back"
-        : `epoch ${run.epochs_completed} of ${run.spec.epochs}`;
+        : noWorker ? `queued: ${run.waiting_for_worker}` : `epoch ${run.epochs_completed} of ${run.spec.epochs}`;
     document.getElementById("run-test-accuracy").textContent = run.test_accuracy === null
       ? "–" : `${missmod.percent(run.test_accuracy)} (epoch ${run.best_epoch}, validation ${missmod.percent(run.val_accuracy)})`;
     document.getElementById("cancel-run").hidden = missmod.terminal(run.state) || run.cancel_requested;

@@ -357,3 +357,22 @@ def test_every_request_body_refuses_what_cannot_be_stored(client_for, embedded_s
     assert len(bodies) >= 8
     unchecked = {route: ref for route, ref in bodies.items() if ref.rsplit("/", 1)[-1] not in checked}
     assert unchecked == {}
+
+
+def test_a_422_echoes_a_huge_input_cut_short(client_for, embedded_settings):
+    """A bulk request of 100,000 ids was echoed back whole (589 KB) in its 422 (issue 20)."""
+    client = client_for(embedded_settings)
+    too_many = client.post("/api/runs/bulk-retry", json={"ids": list(range(1, 100_001))})
+    assert too_many.status_code == 422 and len(too_many.content) < 5_000, len(too_many.content)
+    issue = too_many.json()["detail"][0]
+    assert issue["loc"] == ["body", "ids"] and issue["input"][:3] == [1, 2, 3]
+    assert issue["input"][-1].endswith("more items)")
+    all_wrong = client.post("/api/runs/bulk-cancel", json={"ids": ["x"] * 9_000})
+    assert all_wrong.status_code == 422 and len(all_wrong.content) < 20_000, len(all_wrong.content)
+    detail = all_wrong.json()["detail"]
+    assert len(detail) == 51 and detail[-1]["msg"] == "and 8,950 more invalid inputs, not listed"
+    long_name = client.post("/api/runs", json={**VALID, "name": "n" * 100_000})
+    assert long_name.status_code == 422 and len(long_name.content) < 5_000
+    assert long_name.json()["detail"][0]["input"].endswith("(100,000 characters)")
+    small = client.post("/api/runs", json={**VALID, "missing_rate": 7})  # a small input is echoed as it was
+    assert small.json()["detail"][0]["input"] == 7

@@ -231,3 +231,26 @@ def test_broker_down_at_submit_saves_the_run_awaiting_the_broker(client_for, tmp
     retried = client.post("/api/runs", json=VALID, headers={"Idempotency-Key": "during-outage"})
     assert retried.status_code == 200 and retried.json()["id"] == run["id"]
     assert run_count(settings) == 1
+
+
+def test_every_shape_of_the_metrics_answer_is_the_documented_schema(client, settings):
+    """format=json answers a MetricsPage and format=columns a MetricsColumns; the OpenAPI schema
+    documents both (it named MetricsPage alone, and the fuzz test found a columns answer
+    without `points`)."""
+    import jsonschema
+
+    run = client.post("/api/runs", json=VALID).json()
+    with session_factory(settings.database_url)() as session:
+        as_worker.start_run(session, run["id"], "test")
+        as_worker.record_epoch(session, run["id"], 1, {"train_loss": 1.5, "val_accuracy": 0.5})
+    openapi = client.get("/openapi.json").json()
+    documented = openapi["paths"]["/api/runs/{run_id}/metrics"]["get"]["responses"]["200"]["content"]
+    validator = jsonschema.Draft202012Validator({**documented["application/json"]["schema"],
+                                                 "components": openapi["components"]})
+    for params in ({}, {"max_points": 10}, {"format": "columns"}, {"format": "columns", "after": 1},
+                   {"format": "columns", "max_points": 10, "downsample": "lttb"}):
+        answer = client.get(f"/api/runs/{run['id']}/metrics", params=params)
+        assert answer.status_code == 200
+        errors = [error.message for error in validator.iter_errors(answer.json())]
+        assert not errors, (params, errors)
+    assert "text/csv" in documented

@@ -114,6 +114,22 @@ def test_fusions_follow_the_method(page, dashboard):
     assert modalities == ["x", "y"]
 
 
+def test_the_form_offers_every_selection_rule_and_the_run_records_the_one_chosen(page, embedded_settings,
+                                                                                 start_server):
+    base = start_server(embedded_settings)  # no worker: the run stays queued with its spec
+    fill_run_form(page, base, missing_rate="0.9", epochs=3)
+    rules = page.eval_on_selector_all("#f-selection-rule option", "options => options.map(o => o.value)")
+    assert rules == ["val_accuracy_earliest", "val_accuracy_latest", "val_loss", "last_epoch"]
+    assert page.input_value("#f-selection-rule") == "val_accuracy_earliest"  # the default, first
+    page.select_option("#f-selection-rule", "last_epoch")
+    page.click("#submit-run")
+    page.wait_for_url(re.compile(r".*/runs/\d+$"))
+    run_id = page.url.rsplit("/", 1)[1]
+    spec = page.evaluate(f"fetch('/api/runs/{run_id}').then((r) => r.json()).then((r) => r.spec)")
+    assert spec["selection_rule"] == "last_epoch" and spec["missing_rate"] == 0.9
+    assert page.js_errors == []
+
+
 def test_the_page_picks_up_the_live_stream_after_the_api_restarts(page, embedded_settings, start_server,
                                                                   start_worker):
     """The API process dies (SIGKILL) while a run trains and the page watches; a new API comes

@@ -3,7 +3,7 @@ torch, CUDA, cuDNN, device, threads, host, method plugin); NULL for runs made be
 ("not recorded")
 
 Revision ID: 0011
-Revises: 000d
+Revises: 0014
 Create Date: 2026-12-07
 """
 from typing import Sequence, Union
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0011'
-down_revision: Union[str, None] = '000d'
+down_revision: Union[str, None] = '0014'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
