@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import method_registry
+
 # The keys of a record, in the order the run page and the CSV show them.
 FIELDS = ("missmod_version", "git_commit", "python", "torch", "cuda", "cudnn", "device", "device_name",
           "torch_threads", "torch_interop_threads", "cpu_count", "host", "plugin", "plugin_version")
@@ -29,9 +31,6 @@ LABELS = {"missmod_version": "missmod", "git_commit": "Git commit", "python": "P
           "cuda": "CUDA", "cudnn": "cuDNN", "device": "Device", "device_name": "Device name",
           "torch_threads": "torch threads", "torch_interop_threads": "torch inter-op threads",
           "cpu_count": "CPUs", "host": "Host", "plugin": "Method plugin", "plugin_version": "Plugin version"}
-
-ENTRY_POINT_GROUP = "missmod.methods"
-
 
 def package_version(distribution: str) -> str | None:
     try:
@@ -56,15 +55,16 @@ def git_commit(directory: Path = Path(__file__).resolve().parent) -> str | None:
 
 
 def method_plugin(method: str | None) -> tuple[str | None, str | None]:
-    """The distribution that provides `method` through the entry-point group `missmod.methods`, and
-    its version; missmod itself for a method it has built in (or when no plugin names it)."""
+    """The distribution that provides `method` (training/method_registry.py: the entry-point group
+    `missmod.methods`, built-in methods included) and its version; missmod's for a name it does
+    not know."""
     if method:
         try:
-            for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-                if entry.name == method and entry.dist is not None:
-                    return entry.dist.name, entry.dist.version
+            description = method_registry.registry().methods.get(method)
         except Exception:  # a broken installation must not cost the run its record
-            pass
+            description = None
+        if description is not None and description.distribution:
+            return description.distribution, description.version
     return "missmod", package_version("missmod")
 
 
