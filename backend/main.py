@@ -97,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
-    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    app.state.metrics_caches = MetricsCaches.bounded(settings.metrics_cache_bytes, settings.series_cache_points)
     app.state.live_hub = Hub(app.state.sessions, [
         RunTopic(settings.stream_poll_interval), SweepTopic(settings.stream_poll_interval),
         WorkersTopic(settings.stream_poll_interval, settings.heartbeat_timeout), JobTopic(settings.stream_poll_interval)])

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
                                      "before anything is allocated")
     features_cache_bytes: int = Field(
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
+    metrics_cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="Memory for metrics answers the API keeps, per cache (finished runs' answers by "
+                                      "their ETag, running runs' thinned columns until their next point), least "
+                                      "recently used out first")
+    series_cache_points: int = Field(
+        2_000_000, ge=0, description="Metric points (about 24 bytes each) of recently read runs the API keeps to "
+                                     "answer format=columns by reading only the new ones")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
     runs_per_gpu: int = Field(
@@ -104,6 +111,10 @@ class Settings(BaseSettings):
         None, ge=1, le=1024, description="CPU threads each run's torch uses; default: the worker's cores ÷ "
                                          "RUNS_PER_GPU (or OMP_NUM_THREADS when that is set), so concurrent runs "
                                          "do not oversubscribe the cores")
+    checkpoint_interval: float = Field(
+        5.0, ge=0, description="Seconds between a run's checkpoints at most: one is written after an epoch once this "
+                               "long has passed since the last, and always after the last epoch and when the run "
+                               "stops; 0: after every epoch. A run killed in between resumes from the last one")
     system_metrics_interval: float = Field(
         2.0, gt=0, description="Seconds between samples of a run's system metrics (GPU utilisation and memory, "
                                "process CPU and memory); they are stored averaged per epoch")

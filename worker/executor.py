@@ -168,7 +168,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
                 slots.limit_device_memory(share, spec.device)
                 result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
-                               checkpoint_path=checkpoints, video=settings.video_options())
+                               checkpoint_path=checkpoints, video=settings.video_options(),
+                               checkpoint_every_seconds=settings.checkpoint_interval)
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
             raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:
