@@ -23,6 +23,7 @@ from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
 from ..lifecycle.api import AlreadyFinished
 from ..refused import Refused
 from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
+from ..runs.live_runs import LiveRunGone
 from ..runs.predictions import NoStoredPredictions
 from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
 from ..runs.serving import ModelBundleNotFound, NoModelBundle, PredictionFailed, PredictionTimedOut
@@ -55,7 +56,7 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
 CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished,
-                                         NoModelBundle)
+                                         LiveRunGone, NoModelBundle)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:

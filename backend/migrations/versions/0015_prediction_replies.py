@@ -1,7 +1,7 @@
 """workers' answers to prediction requests (backend/runs/models.py: PredictionReply)
 
 Revision ID: 0015
-Revises: 0014
+Revises: 0011
 Create Date: 2026-12-07
 """
 from typing import Sequence, Union
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0015'
-down_revision: Union[str, None] = '0014'
+down_revision: Union[str, None] = '0011'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
