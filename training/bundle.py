@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,26 +49,12 @@ from .spec import TrainSpec
 PREDICT_CHUNK = 4096
 
 
-def reproducibility_record(device: torch.device | str) -> dict[str, Any]:
-    """Versions the model was trained with (the reproducibility module's record where there is one)."""
-    try:
-        from . import reproducibility  # landed by another issue; optional here
+def reproducibility_record(device: torch.device | str, method: str | None = None) -> dict[str, Any]:
+    """What the model was trained with: the run's reproducibility record (training/reproducibility.py:
+    missmod, git commit, Python, torch, CUDA, device, plugin), and numpy's version."""
+    from .reproducibility import record
 
-        record = dict(reproducibility.record())  # type: ignore[attr-defined]
-    except Exception:
-        record = {}
-    try:
-        from importlib.metadata import version
-
-        missmod_version = version("missmod")
-    except Exception:
-        missmod_version = None
-    record.setdefault("missmod", missmod_version)
-    record.setdefault("torch", torch.__version__)
-    record.setdefault("numpy", np.__version__)
-    record.setdefault("python", platform.python_version())
-    record["trained_on"] = str(device)
-    return record
+    return {**record(device=str(device), method=method), "numpy": np.__version__}
 
 
 def _model_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -80,7 +65,8 @@ def _model_of(model: torch.nn.Module) -> torch.nn.Module:
 def bundle_bytes(*, spec: TrainSpec, model: torch.nn.Module, method: Method, epoch: int, classes: list[str],
                  log_prior: torch.Tensor, x_input: ModalityInput, y_input: ModalityInput,
                  x_modality: str, y_modality: str, standardisation: list | None, y_bank: torch.Tensor | None,
-                 x_bank: torch.Tensor | None, device: torch.device, scores: dict[str, Any]) -> bytes:
+                 x_bank: torch.Tensor | None, device: torch.device, scores: dict[str, Any],
+                 reproducibility: dict[str, Any] | None = None) -> bytes:
     """The bundle of `model` as it is now (the trainer calls this at the selected epoch, after its
     evaluation, so the method's prediction statistics are this epoch's)."""
     model = _model_of(model)
@@ -113,7 +99,7 @@ def bundle_bytes(*, spec: TrainSpec, model: torch.nn.Module, method: Method, epo
         "bank_size": int(len(y_bank)) if y_bank is not None else 0,
         "spec": spec.model_dump(mode="json"),
         "selected": scores,
-        "reproducibility": reproducibility_record(device),
+        "reproducibility": reproducibility or reproducibility_record(device, spec.method),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:

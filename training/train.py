@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bundle import bank_rows, bundle_bytes, write_bundle
+from .bundle import bank_rows, bundle_bytes, reproducibility_record, write_bundle
 from .checkpoint import load_checkpoint, random_state, restore_random_state, save_checkpoint, spec_fingerprint
 from .datasets import DatasetError, DatasetInfo, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
 from .device import pick_device
@@ -295,6 +295,7 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.checkpoints = CheckpointPolicy(checkpoint_every_seconds)
         self.bundle_path = bundle_path  # where the selected model's bundle goes (training/bundle.py)
+        self._reproducibility: dict[str, Any] | None = None  # the bundle's record, taken once
         self.fingerprint = spec_fingerprint(spec.model_dump())
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
@@ -413,13 +414,15 @@ class Trainer:
         x_bank = train.x[torch.as_tensor(x_rows, device=train.x.device)]
         scores = {"epoch": best.epoch, "val_accuracy": best.val_accuracy, "test_accuracy": best.test.accuracy,
                   "test_missing_accuracy": None if best.test_without_y is None else best.test_without_y.accuracy}
+        if self._reproducibility is None:
+            self._reproducibility = reproducibility_record(self.device, self.spec.method)
         with self.speed.autocast():
             data = bundle_bytes(spec=self.spec, model=self.model, method=self.method, epoch=best.epoch,
                                 classes=self.prepared.classes, log_prior=self.prepared.log_prior,
                                 x_input=self.prepared.x_input, y_input=self.prepared.y_input,
                                 x_modality=self.prepared.info["x_modality"], y_modality=self.prepared.info["y_modality"],
                                 standardisation=self.prepared.standardisation, y_bank=y_bank, x_bank=x_bank,
-                                device=self.device, scores=scores)
+                                device=self.device, scores=scores, reproducibility=self._reproducibility)
         write_bundle(self.bundle_path, data)
 
     def save(self, epoch: int, train: TrainingSet, best: BestEpoch | None) -> None:

@@ -84,7 +84,7 @@ def test_predicting_the_test_set_gives_the_reported_accuracies(embedded_settings
         model = load_model(path)
         assert model.epoch == run.best_epoch and model.classes == [str(k) for k in range(10)]
         assert model.manifest["selected"]["test_accuracy"] == run.test_accuracy
-        assert model.manifest["reproducibility"]["torch"]
+        assert model.manifest["reproducibility"]["torch"] and model.manifest["reproducibility"]["missmod_version"]
         offline_alone = model.predict(x=x).probabilities
         alone_probabilities = alone[[f"p_{c}" for c in alone.attrs["classes"]]].to_numpy()
         assert np.abs(offline_alone - alone_probabilities).max() <= 1e-6
