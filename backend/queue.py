@@ -8,8 +8,6 @@ same app and registers the task under that name.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -110,10 +108,11 @@ class WorkQueue:
         """A dataset job (preprocessing, feature extraction); task ids `job-<id>` never meet run ids."""
         self.celery.send_task(DATASET_JOB_TASK, args=[job_id], task_id=f"job-{job_id}")
 
-    def send_prediction(self, request_id: str, run_id: int, inputs: dict[str, Any], deadline: float) -> None:
-        """A prediction (backend/runs/serving.py): dropped by the worker if not started before its
-        deadline, and its process stopped if it runs past it, so it never holds a slot longer."""
-        self.celery.send_task(PREDICT_TASK, args=[request_id, run_id, inputs, deadline], task_id=request_id,
+    def send_prediction(self, request_id: str, run_id: int, deadline: float) -> None:
+        """A prediction (backend/runs/serving.py; its inputs wait in the database): dropped by the
+        worker if not started before its deadline, and its process stopped if it runs past it, so
+        it never holds a slot longer."""
+        self.celery.send_task(PREDICT_TASK, args=[request_id, run_id], task_id=request_id,
                               queue=prediction_queue(self.settings), expires=deadline,
                               soft_time_limit=deadline, time_limit=deadline + 5)
 

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from backend.db import session_factory
 from backend.runs.artifacts import bundle_key
-from backend.runs.models import PredictionReply
+from backend.runs.models import PredictionRequest
 from backend.settings import Settings
 from backend.storage import store_for
 
@@ -56,7 +56,14 @@ def answer(settings: Settings, request_id: str, run_id: int, inputs: dict[str, A
     }
 
 
-def execute_prediction(request_id: str, run_id: int, inputs: dict[str, Any], settings: Settings) -> None:
+def execute_prediction(request_id: str, run_id: int, settings: Settings) -> None:
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        request = session.get(PredictionRequest, request_id)
+        if request is None:  # the API stopped waiting for it (its deadline passed)
+            log.info("prediction %s of run %s: nobody waits for it any more", request_id, run_id)
+            return
+        inputs = json.loads(request.inputs)
     try:
         status, body = answer(settings, request_id, int(run_id), inputs)
     except SoftTimeLimitExceeded:  # past its deadline: the API has answered 503 already
@@ -65,6 +72,8 @@ def execute_prediction(request_id: str, run_id: int, inputs: dict[str, Any], set
     except Exception as error:  # the API answers 500 with the reason rather than waiting out its deadline
         log.exception("prediction %s of run %s failed", request_id, run_id)
         status, body = 500, {"detail": f"the prediction failed on the worker: {type(error).__name__}: {error}"}
-    with session_factory(settings.database_url)() as session:
-        session.add(PredictionReply(id=request_id, run_id=int(run_id), status=status, body=json.dumps(body)))
-        session.commit()
+    with sessions() as session:
+        request = session.get(PredictionRequest, request_id)
+        if request is not None:  # else the API gave up meanwhile
+            request.status, request.body, request.inputs = status, json.dumps(body), ""
+            session.commit()

@@ -89,9 +89,9 @@ def dataset_job(self, job_id: int) -> None:
 
 
 @shared_task(name=PREDICT_TASK, bind=True, acks_late=False, ignore_result=True)
-def predict(self, request_id: str, run_id: int, inputs: dict, deadline: float) -> None:
+def predict(self, request_id: str, run_id: int) -> None:
     """A prediction: acknowledged when it starts (a lost one is not delivered again: the API
     stopped waiting for it at its deadline), on the CPU, outside the GPU slots."""
     from .predict import execute_prediction  # the training library: in the task's process only
 
-    execute_prediction(request_id, int(run_id), inputs, get_settings())
+    execute_prediction(request_id, int(run_id), get_settings())

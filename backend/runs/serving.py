@@ -3,9 +3,10 @@
 The API process loads no torch, so a worker predicts. The mechanism is a task on a queue of its
 own (backend/queue.py: `<TASK_QUEUE>-predict`), which every worker consumes beside the runs'
 queue, with a deadline (PREDICT_TIMEOUT): the broker drops it unstarted after the deadline, the
-worker stops its process past it, and the API stops waiting at it (503). The worker's answer
-comes back through the database (PredictionReply), as everything a worker reports does, so
-neither the embedded default nor a Redis deployment needs a result backend. Why a task rather
+worker stops its process past it, and the API stops waiting at it (503). The inputs go to the
+worker and its answer comes back through the database (PredictionRequest), as everything a worker
+reports does: the broker carries only the request's id, and neither the embedded default nor a
+Redis deployment needs a result backend. Why a task rather
 than a model-serving process: it adds no process to run, deploy or watch, it works the same on
 one machine and on many, and it reuses the artifact store, the broker and the database that
 runs already need; the cost is a process start and a bundle read per request (milliseconds for
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 from sqlalchemy import delete
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from training.prediction_inputs import NO_BUNDLE, PredictionInputError, check_inputs, read_manifest
 
@@ -45,7 +46,7 @@ from ..refused import Refused
 from ..settings import Settings
 from ..storage import store_for
 from .artifacts import bundle_key
-from .models import PredictionReply, Run, RunState
+from .models import PredictionRequest, Run, RunState
 
 NPZ_TYPES = ("application/x-npz", "application/octet-stream", "application/zip")
 # Replies nobody waits for any more (their request timed out just as the worker answered).
@@ -176,18 +177,24 @@ def _encode(values: np.ndarray | None) -> dict[str, Any] | None:
     return {"data": base64.b64encode(values.tobytes()).decode(), "shape": list(values.shape)}
 
 
-def _reply(sessions: sessionmaker, request_id: str) -> PredictionReply | None:
+def _answer(sessions: sessionmaker, request_id: str) -> PredictionRequest | None:
+    """The request once a worker answered it (then deleted), else None."""
     with sessions() as session:
-        reply = session.get(PredictionReply, request_id)
-        if reply is not None:
-            session.delete(reply)
-            session.commit()
-        return reply
+        request = session.get(PredictionRequest, request_id)
+        if request is None or request.status is None:
+            return None
+        session.delete(request)
+        session.commit()
+        return request
 
 
-def forget_old_replies(session: Session) -> None:
-    session.execute(delete(PredictionReply).where(PredictionReply.created_at < utcnow() - FORGET_REPLIES_AFTER))
-    session.commit()
+def _give_up(sessions: sessionmaker, request_id: str) -> None:
+    """Past the deadline: the request goes (a worker that takes it later finds nothing to do), and
+    so do answers nobody waits for any more."""
+    with sessions() as session:
+        session.execute(delete(PredictionRequest).where(
+            (PredictionRequest.id == request_id) | (PredictionRequest.created_at < utcnow() - FORGET_REPLIES_AFTER)))
+        session.commit()
 
 
 def predict(settings: Settings, sessions: sessionmaker, queue: WorkQueue, bundle: Bundle,
@@ -196,12 +203,15 @@ def predict(settings: Settings, sessions: sessionmaker, queue: WorkQueue, bundle
     deadline = settings.predict_timeout
     request_id = f"predict-{uuid.uuid4().hex}"
     started = time.monotonic()
-    queue.send_prediction(request_id, bundle.run.id, {"x": _encode(x), "y": _encode(y)}, deadline)
+    with sessions() as session:
+        session.add(PredictionRequest(id=request_id, run_id=bundle.run.id,
+                                      inputs=json.dumps({"x": _encode(x), "y": _encode(y)})))
+        session.commit()
+    queue.send_prediction(request_id, bundle.run.id, deadline)
     interval = 0.005
-    while (reply := _reply(sessions, request_id)) is None:
+    while (reply := _answer(sessions, request_id)) is None:
         if time.monotonic() - started > deadline:
-            with sessions() as session:
-                forget_old_replies(session)
+            _give_up(sessions, request_id)
             raise PredictionTimedOut(
                 f"no worker answered within {deadline:g} s (PREDICT_TIMEOUT): every worker slot may be training, "
                 "or no worker is running; a worker started with -Q "
