@@ -129,3 +129,13 @@ def test_a_description_that_imports_torch_is_refused_where_torch_was_not_loaded(
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert "its description imports torch" in seen["heavy"]
     assert seen["methods"] == [*BUILTIN, "moddrop"]
+
+
+def test_a_builtin_runs_checkpoint_fingerprint_is_as_before_method_options():
+    """A run interrupted before the upgrade resumes after it: `method_options` at its default ({})
+    is left out of the fingerprint, as every option added later is."""
+    from training.checkpoint import spec_fingerprint
+
+    dump = TrainSpec(dataset="digits", method="mle", missing_modality="bottom", missing_rate=0.9).model_dump()
+    assert dump["method_options"] == {}
+    assert spec_fingerprint(dump) == spec_fingerprint({k: v for k, v in dump.items() if k != "method_options"})
