@@ -18,7 +18,8 @@ from .api import errors, health, session
 from .api.openapi import install_docs, operation_id
 from .catalog import routes as catalog_routes
 from .jobs import routes as job_routes
-from .live import StreamSlots
+from .jobs.stream import JobTopic
+from .live import Hub, StreamSlots
 from .db import session_factory
 from .migrate import pending_migrations
 from .pages import routes as pages
@@ -27,13 +28,14 @@ from .runs import routes as run_routes
 from .reconcile import reconcile_periodically
 from .runs import system_routes
 from .runs.metrics import MetricsCaches
-from .runs.stream import RunHub
+from .runs.stream import RunTopic
 from .security import AccessGuard, SignInThrottle
 from .settings import Settings, get_settings
 from .studies import outcomes as study_outcomes, routes as study_routes
 from .sweeps import outcomes as sweep_outcomes, routes as sweep_routes
-from .sweeps.stream import SweepHub
+from .sweeps.stream import SweepTopic
 from .workers import routes as worker_routes
+from .workers.stream import WorkersTopic
 
 log = logging.getLogger("missmod")
 
@@ -77,8 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
-        await app.state.run_hub.close()
-        await app.state.sweep_hub.close()
+        await app.state.live_hub.close()
         app.state.work_queue.close()
 
     app = FastAPI(
@@ -96,9 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
-    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
-    app.state.run_hub = RunHub(app.state.sessions, settings.stream_poll_interval)
-    app.state.sweep_hub = SweepHub(app.state.sessions, settings.stream_poll_interval)
+    # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    app.state.metrics_caches = MetricsCaches.bounded(settings.metrics_cache_bytes, settings.series_cache_points)
+    app.state.live_hub = Hub(app.state.sessions, [
+        RunTopic(settings.stream_poll_interval), SweepTopic(settings.stream_poll_interval),
+        WorkersTopic(settings.stream_poll_interval, settings.heartbeat_timeout), JobTopic(settings.stream_poll_interval)])
     app.state.sign_in_throttle = SignInThrottle(settings.sign_in_attempts_per_minute)
     app.add_middleware(AccessGuard, settings=settings, database=app.state.sessions)
     # Outermost: a Host naming another server is refused (400) before anything else, which is
@@ -111,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(run_routes.protocol_router)
     app.include_router(system_routes.router)
     app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)

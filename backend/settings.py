@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     broker_poll_interval: float = Field(0.05, gt=0, description="Seconds between filesystem-broker polls")
     stream_poll_interval: float = Field(0.25, gt=0, description="Seconds between database polls of a live stream")
+    stream_keepalive_seconds: float = Field(
+        15, gt=0, le=300, description="Seconds between keep-alive comments on an idle live stream (so a proxy "
+                                     "does not close it)")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between worker heartbeats of a running run")
     task_queue: str = Field("missmod", description="Celery queue the runs go to")
     ravdess_dir: Path | None = Field(None, description="RAVDESS's unpacked Actor_XX folders; default DATA_DIR/ravdess")
@@ -49,6 +52,9 @@ class Settings(BaseSettings):
     preprocess_workers: int | None = Field(None, ge=1, description="Processes decoding clips; default every core")
     heartbeat_timeout: float = Field(
         120.0, gt=0, description="Seconds without a heartbeat after which a running run's worker is taken for dead")
+    live_run_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat from the script logging a live run after which the run "
+                                "is marked lost (failed); its client heartbeats four times as often")
     reconcile_interval: float = Field(
         30.0, gt=0, description="Seconds between the API's passes over runs whose worker died or whose id never "
                                 "reached the broker")
@@ -82,7 +88,7 @@ class Settings(BaseSettings):
                                 "a connection for minutes, even after its client left; 0: no limit. The workers' "
                                 "writes and the migrations are not limited")
     max_streams: int = Field(
-        1000, ge=1, description="Live streams (runs, sweeps) one API process holds at once; 503 with Retry-After "
+        1000, ge=1, description="Live streams (runs, sweeps, workers, dataset jobs) one API process holds at once; 503 with Retry-After "
                                 "above")
     max_streams_per_client: int = Field(
         50, ge=1, description="Live streams one client address may hold at once in one API process")
@@ -92,6 +98,13 @@ class Settings(BaseSettings):
                                      "before anything is allocated")
     features_cache_bytes: int = Field(
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
+    metrics_cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="Memory for metrics answers the API keeps, per cache (finished runs' answers by "
+                                      "their ETag, running runs' thinned columns until their next point), least "
+                                      "recently used out first")
+    series_cache_points: int = Field(
+        2_000_000, ge=0, description="Metric points (about 24 bytes each) of recently read runs the API keeps to "
+                                     "answer format=columns by reading only the new ones")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
     runs_per_gpu: int = Field(
@@ -101,6 +114,10 @@ class Settings(BaseSettings):
         None, ge=1, le=1024, description="CPU threads each run's torch uses; default: the worker's cores ÷ "
                                          "RUNS_PER_GPU (or OMP_NUM_THREADS when that is set), so concurrent runs "
                                          "do not oversubscribe the cores")
+    checkpoint_interval: float = Field(
+        5.0, ge=0, description="Seconds between a run's checkpoints at most: one is written after an epoch once this "
+                               "long has passed since the last, and always after the last epoch and when the run "
+                               "stops; 0: after every epoch. A run killed in between resumes from the last one")
     system_metrics_interval: float = Field(
         2.0, gt=0, description="Seconds between samples of a run's system metrics (GPU utilisation and memory, "
                                "process CPU and memory); they are stored averaged per epoch")

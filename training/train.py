@@ -68,6 +68,12 @@ class TrainingCallback:
         """Checked after every epoch: True ends training early (cancel)."""
         return False
 
+    def before_checkpoint(self, epoch: int) -> None:
+        """Just before the checkpoint after `epoch` is written (0: before the first epoch): what
+        was reported up to there must be durable by the time this returns (a callback that
+        writes in the background waits here for its writes), since a resumed run does not
+        report those epochs again."""
+
     def should_abort(self) -> bool:
         """Checked between batches: True abandons the run at once (TrainingAborted), mid-epoch,
         with nothing more reported (the run was deleted, or given to another worker)."""
@@ -253,14 +259,40 @@ def _y_bank(train: TrainingSet, rng: np.random.Generator) -> torch.Tensor:
     return train.y[torch.as_tensor(rows, device=train.y.device)]
 
 
+class CheckpointPolicy:
+    """When the loop writes a checkpoint: always before the first epoch (the prepared data: an
+    imputer's work is not redone), after the last one, and when the run stops; in between, after
+    an epoch once `every_seconds` have passed since the last checkpoint (0: after every epoch).
+
+    An epoch of digits takes a few hundredths of a second, and a checkpoint (serialised, written,
+    fsync'ed) a good part of that again: one per epoch slowed a tiny run through the worker
+    (docs/benchmarks.md). A run killed between checkpoints resumes from the last one and
+    replays the epochs after it; they are the same epochs (the checkpoint holds every generator's
+    state) and their points are written once (insert-or-ignore), so resuming stays exact: at
+    most `every_seconds` of training are done twice."""
+
+    def __init__(self, every_seconds: float = 0.0, clock=time.monotonic):
+        self.every_seconds, self.clock = every_seconds, clock
+        self.saved_at: float | None = None
+
+    def due(self, epoch: int, last_epoch: int, stopping: bool) -> bool:
+        return (self.saved_at is None or epoch >= last_epoch or stopping
+                or self.clock() - self.saved_at >= self.every_seconds)
+
+    def saved(self) -> None:
+        self.saved_at = self.clock()
+
+
 class Trainer:
     """One run's state; `run()` is the epoch loop. With a checkpoint path, the state is saved
-    after every epoch and a later run of the same spec continues from it."""
+    as `checkpoint_every_seconds` says (CheckpointPolicy; by default after every epoch) and a
+    later run of the same spec continues from it."""
 
     def __init__(self, spec: TrainSpec, callback: TrainingCallback, prepared: PreparedData, device: torch.device,
-                 checkpoint_path: Path | None = None):
+                 checkpoint_path: Path | None = None, checkpoint_every_seconds: float = 0.0):
         self.spec, self.callback, self.prepared, self.device = spec, callback, prepared, device
         self.checkpoint_path = checkpoint_path
+        self.checkpoints = CheckpointPolicy(checkpoint_every_seconds)
         self.fingerprint = spec_fingerprint(spec.model_dump())
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
@@ -369,6 +401,7 @@ class Trainer:
     def save(self, epoch: int, train: TrainingSet, best: BestEpoch | None) -> None:
         if self.checkpoint_path is None:
             return
+        self.before_checkpoint(epoch)
         state = {
             "fingerprint": self.fingerprint,
             "epoch": epoch,
@@ -386,6 +419,12 @@ class Trainer:
         if train is not self.prepared.train:  # the method changed the training data (imputation)
             state["train"] = {"x": train.x, "y": train.y, "has_x": train.has_x, "has_y": train.has_y}
         save_checkpoint(self.checkpoint_path, state)
+        self.checkpoints.saved()
+
+    def before_checkpoint(self, epoch: int) -> None:
+        # Callbacks written before this hook (duck-typed ones too) simply do not have it.
+        if (hook := getattr(self.callback, "before_checkpoint", None)) is not None:
+            hook(epoch)
 
     def restore(self, state: dict[str, Any]) -> tuple[TrainingSet, BestEpoch | None]:
         self.model.load_state_dict(state["model"])
@@ -441,6 +480,7 @@ class Trainer:
         best: BestEpoch | None = None
         if checkpoint is not None:
             train, best = self.restore(checkpoint)
+            self.checkpoints.saved()  # the one just read counts as the last
             first_epoch = checkpoint["epoch"] + 1
             info["resumed_from_epoch"] = checkpoint["epoch"]
         else:
@@ -468,13 +508,15 @@ class Trainer:
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y, val.loss)
             epochs_completed = epoch
             self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
-            # After the points are reported: a crash in between replays this epoch on resume, and
-            # idempotent writes keep the first of each replayed point, leaving no gap. On the CPU
-            # the replayed points are identical; on a GPU they may differ in the last bits (cuDNN's
-            # autotuning and kernels that sum with atomics are not deterministic) unless the spec
-            # asks for `deterministic` (docs/gpu-host.md).
-            self.save(epoch, train, best)
-            if self.callback.should_stop():
+            stopping = self.callback.should_stop()
+            # After the points are reported: a crash in between replays the epochs since the last
+            # checkpoint on resume, and idempotent writes keep the first of each replayed point,
+            # leaving no gap. On the CPU the replayed points are identical; on a GPU they may
+            # differ in the last bits (cuDNN's autotuning and kernels that sum with atomics are not
+            # deterministic) unless the spec asks for `deterministic` (docs/gpu-host.md).
+            if self.checkpoints.due(epoch, self.spec.epochs, stopping):
+                self.save(epoch, train, best)
+            if stopping:
                 stopped = self.callback.stop_reason()
                 break
         if stopped is StopReason.shutdown and epochs_completed == self.spec.epochs:
@@ -534,10 +576,12 @@ def checked_dataset_info(spec: TrainSpec, data_dir: Path | None, video) -> Datas
 
 
 def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
-          checkpoint_path: Path | None = None, video=None) -> TrainResult:
+          checkpoint_path: Path | None = None, video=None, checkpoint_every_seconds: float = 0.0) -> TrainResult:
     """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
-    this spec) and save one after every epoch. `video` (audiovisual.catalog.VideoOptions): where
-    the raw audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
+    this spec) and save one after every epoch, or with `checkpoint_every_seconds`, after an epoch
+    once that long has passed since the last one (and after the last epoch, and when stopped:
+    CheckpointPolicy). `video` (audiovisual.catalog.VideoOptions): where the raw audio-visual
+    datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
     info = checked_dataset_info(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
@@ -560,4 +604,4 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
                         f"be empty (each class needs three groups or more)")
     if preprocessing is not None:
         prepared.info["preprocessing"] = preprocessing
-    return Trainer(spec, callback, prepared, device, checkpoint_path).run()
+    return Trainer(spec, callback, prepared, device, checkpoint_path, checkpoint_every_seconds).run()

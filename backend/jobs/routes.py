@@ -3,13 +3,18 @@ it with a frozen backbone, follow and cancel them. Thin: logic in service.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sse_starlette import EventSourceResponse
 
 from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import NO_CONTROL_CHARACTERS, DatasetName, JobId
+from ..live import open_stream, token_from
 from . import service
 from .models import JobKind
 from .schemas import FeatureExtractionCreate, JobOut
+from .stream import JobTopic
 
 router = APIRouter(tags=["dataset jobs"])
 
@@ -78,3 +83,18 @@ def get_job(job_id: JobId, session: SessionDep) -> JobOut:
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """At once if queued; after the current clip if running (finished clips are kept)."""
     return JobOut.model_validate(service.request_cancel(session, job_id))
+
+
+def _job_exists(sessions, job_id: int) -> None:
+    with sessions() as session:
+        service.get_job(session, job_id)
+
+
+@router.get("/api/jobs/{job_id}/stream",
+            responses={404: {"description": "No such job"}, 503: {"description": "Too many live streams; see Retry-After"}},
+            response_description="Server-Sent Events: `job` (the job whenever it changes; the event id is its digest), "
+                                 "`end` (finished, nothing more to send), `gone` (deleted)")
+async def stream_job(job_id: JobId, request: Request,
+                     last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
+    """Live progress of a dataset job. A reconnecting EventSource is sent nothing until the job changes."""
+    return await open_stream(request, JobTopic.kind, job_id, token_from(last_event_id), exists=_job_exists)

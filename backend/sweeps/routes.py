@@ -4,17 +4,16 @@ refusal and a broker that cannot be reached are answered by backend/api/errors.p
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from ..api import idempotency
 from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
 from ..api.params import NO_CONTROL_CHARACTERS, Offset, SweepId
 from ..catalog import registry
-from ..live import client_address
+from ..live import open_stream, token_from
 from ..refused import Refused
 from ..runs.validation import DatasetCatalog
 from . import service
@@ -40,7 +39,7 @@ from .schemas import (
     trend_out,
 )
 from .selection_rules import SelectionRulesOut, sweep_sensitivity
-from .stream import sweep_events
+from .stream import SweepTopic
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 presets_router = APIRouter(prefix="/api/presets", tags=["presets"])
@@ -233,13 +232,11 @@ def _sweep_exists(sessions, sweep_id: int) -> None:
 @router.get("/{sweep_id}/stream",
             responses={**NOT_FOUND, 503: {"description": "Too many live streams; see Retry-After"}},
             response_description="Server-Sent Events: `runs`, `progress`, `summary` (table and trend), `end`, `gone`")
-async def stream_sweep(sweep_id: SweepId, request: Request) -> EventSourceResponse:
-    """Live updates of a sweep as its runs progress and finish."""
-    # A session of its own, closed before the stream starts (see backend/live.py).
-    await request.app.state.stream_slots.look_up(_sweep_exists, request.app.state.sessions, sweep_id)
-    slot = request.app.state.stream_slots.take(client_address(request))
-    return EventSourceResponse(sweep_events(request.app.state.sweep_hub, sweep_id, slot.release), ping=15,
-                               background=BackgroundTask(slot.release))
+async def stream_sweep(sweep_id: SweepId, request: Request,
+                       last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
+    """Live updates of a sweep as its runs progress and finish. A reconnecting EventSource
+    (Last-Event-ID: the digest of the state it has) is sent what changed since, or nothing."""
+    return await open_stream(request, SweepTopic.kind, sweep_id, token_from(last_event_id), exists=_sweep_exists)
 
 
 # --- presets ----------------------------------------------------------------------------

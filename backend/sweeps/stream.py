@@ -1,4 +1,4 @@
-"""The live event stream of a sweep, polled from the database like a run's stream.
+"""The live event stream of a sweep: the hub's `sweep` topic (backend/live.py).
 
 Events: `runs` (every run at first, then the runs that changed, and the ids of runs deleted),
 `progress` (runs per state), `summary` (the comparison table and the trend, recomputed
@@ -6,33 +6,29 @@ only when a run's state or result changed), `end` (every run finished), `gone` (
 A cheap query (runs per state and epochs so far) tells whether anything moved at all, so an
 idle sweep of thousands of runs costs one small query per poll.
 
-One poller per sweep serves every client of this process watching it (SweepHub), each poll a
-short session: a waiting stream holds no database connection (backend/live.py).
+A subscriber's cursor is the digest of the runs it was last sent (the id of each chunk's last
+event): one at the previous poll's digest is sent what changed, one anywhere else (a new
+client, or one resuming from an older state) the whole state, and one already at the latest
+digest nothing, after an API restart too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, func, select
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import sessionmaker
-from sse_starlette import ServerSentEvent
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
-from ..live import Subscriber, cancel_task, log
+from ..live import Delivery, Topic, digest, encode
 from ..runs.models import Run, RunState
 from . import service
 from .analysis import missing_rate_trend
 from .models import Sweep
 from .schemas import SweepRunOut, table_out, trend_out
-
-DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError)
 
 
 def _fingerprint(session, sweep_id: int) -> tuple:
@@ -52,180 +48,84 @@ def _runs(session, sweep_id: int) -> list[SweepRunOut]:
     return [SweepRunOut.model_validate(row) for row in session.execute(query)]
 
 
-def _summary(session, sweep: Sweep) -> dict[str, Any]:
+def _summary(session, sweep: Sweep) -> str:
     table, results, comparison = service.sweep_table(session, sweep)  # the default reference and test
     dataset = results[0].dataset if results else None
     paper = service.paper_context(sweep, dataset)
-    return {"table": table_out(sweep.id, table, paper, comparison).model_dump(mode="json"),
-            "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")}
+    return json.dumps({"table": table_out(sweep.id, table, paper, comparison).model_dump(mode="json"),
+                       "trend": trend_out(sweep.id, missing_rate_trend(table)).model_dump(mode="json")})
 
 
-class SweepWatcher:
-    """What the client has been sent, so each poll sends only what changed."""
-
-    def __init__(self, sessions: sessionmaker, sweep_id: int):
-        self.sessions, self.sweep_id = sessions, sweep_id
-        self.fingerprint: tuple | None = None
-        self.sent: dict[int, SweepRunOut] = {}
-        self.results_key: tuple | None = None
-
-    def poll(self) -> list[dict[str, Any]] | None:
-        """The events to send now ([] when nothing moved); None when the sweep is gone."""
-        with self.sessions() as session:
-            sweep = session.get(Sweep, self.sweep_id)
-            if sweep is None:
-                return None
-            fingerprint = _fingerprint(session, self.sweep_id)
-            if fingerprint == self.fingerprint:
-                return []
-            first = self.fingerprint is None
-            self.fingerprint = fingerprint
-            current = {run.id: run for run in _runs(session, self.sweep_id)}
-            changed = [run for run_id, run in current.items() if self.sent.get(run_id) != run]
-            removed = [run_id for run_id in self.sent if run_id not in current]
-            self.sent = current
-            events: list[dict[str, Any]] = []
-            if changed or removed or first:
-                events.append({"event": "runs", "data": json.dumps({
-                    "full": first, "runs": [run.model_dump(mode="json") for run in changed], "removed": removed})})
-            # Runs trained elsewhere and logged into the sweep are not its progress (service.progress_of).
-            counts = Counter(run.state for run in current.values() if not run.external)
-            progress = service.progress_from_counts(counts, sum(run.external for run in current.values()))
-            events.append({"event": "progress", "data": json.dumps(progress)})
-            results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
-            if results_key != self.results_key:
-                self.results_key = results_key
-                events.append(SUMMARY_DUE)
-            if progress["done"]:
-                events.append({"event": "end", "data": json.dumps(progress)})
-            return events
-
-    def summary(self) -> dict[str, Any] | None:
-        """The `summary` event (the table with its paired comparisons, and the trend): computed
-        apart from poll(), so the run list and progress reach the page first."""
-        with self.sessions() as session:
-            sweep = session.get(Sweep, self.sweep_id)
-            if sweep is None:
-                return None
-            return {"event": "summary", "data": json.dumps(_summary(session, sweep))}
+@dataclass(frozen=True)
+class SweepReading:
+    sweep_id: int
+    gone: bool = False
+    fingerprint: tuple = ()
+    runs: dict[int, SweepRunOut] = field(default_factory=dict)
+    token: str = ""  # the digest of the runs: what a subscriber that has this state holds
+    progress: str = ""
+    results_key: tuple = ()
+    summary: str = ""
+    done: bool = False
+    # What changed since the previous reading (the one whose token is `since`).
+    since: str | None = None
+    changed: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    summary_changed: bool = True
 
 
-# Stands in poll()'s events for the summary, computed by SweepWatcher.summary() once the events
-# before it are sent.
-SUMMARY_DUE: dict[str, Any] = {"event": "summary", "data": None}
+def read_sweep(session: Session, sweep_id: int, last: SweepReading | None) -> SweepReading:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        return SweepReading(sweep_id, gone=True)
+    fingerprint = _fingerprint(session, sweep_id)
+    if last is not None and not last.gone and fingerprint == last.fingerprint:
+        return last  # nothing moved (a sweep may hold thousands of runs)
+    current = {run.id: run for run in _runs(session, sweep_id)}
+    before = last.runs if last is not None and not last.gone else {}
+    # Runs trained elsewhere and logged into the sweep are not its progress (service.progress_of).
+    counts = Counter(run.state for run in current.values() if not run.external)
+    progress = service.progress_from_counts(counts, sum(run.external for run in current.values()))
+    results_key = tuple((run.id, run.state, run.test_accuracy) for run in current.values())
+    summary_changed = last is None or last.gone or results_key != last.results_key
+    return SweepReading(
+        sweep_id, fingerprint=fingerprint, runs=current,
+        token=digest([run.model_dump(mode="json") for run in current.values()]),
+        progress=json.dumps(progress), results_key=results_key,
+        summary=_summary(session, sweep) if summary_changed else last.summary, done=bool(progress["done"]),
+        since=last.token if last is not None and not last.gone else None,
+        changed=tuple(run_id for run_id, run in current.items() if before.get(run_id) != run),
+        removed=tuple(run_id for run_id in before if run_id not in current), summary_changed=summary_changed)
 
 
-def _encoded(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(ServerSentEvent(**event).encode() for event in events)
+class SweepTopic(Topic):
+    kind = "sweep"
 
+    def read(self, session: Session, wanted: dict[Hashable, tuple[Hashable, Any]]) -> dict[Hashable, SweepReading]:
+        return {sweep_id: read_sweep(session, sweep_id, last) for sweep_id, (_, last) in wanted.items()}
 
-class SweepTopic:
-    """The one poller of a sweep watched by any number of clients of this process."""
-
-    def __init__(self, hub: "SweepHub", sweep_id: int):
-        self.hub, self.sweep_id = hub, sweep_id
-        self.subscribers: set[Subscriber] = set()
-        self.watcher = SweepWatcher(hub.sessions, sweep_id)
-        # The state as of the last poll, for a client that joins later: the runs, then the
-        # latest progress and summary (None until the first poll, whose events are all a
-        # first client needs).
-        self.runs: list[dict[str, Any]] | None = None
-        self.progress: dict[str, Any] | None = None
-        self.summary: dict[str, Any] | None = None
-        self.task: asyncio.Task | None = None
-
-    def join(self, subscriber: Subscriber) -> None:
-        self.subscribers.add(subscriber)
-        if self.runs is not None:
-            events = [{"event": "runs", "data": json.dumps({"full": True, "runs": self.runs, "removed": []})},
-                      *(event for event in (self.progress, self.summary) if event is not None)]
-            subscriber.send(_encoded(events))
-
-    async def poll_forever(self) -> None:
-        while self.subscribers:
-            try:
-                events = await run_in_threadpool(self.watcher.poll)
-            except DATABASE_ERRORS as error:
-                log.warning("live stream of sweep %s ended: database unreachable (%s)", self.sweep_id,
-                            type(error).__name__)
-                self._end([])
-                return
-            if events is None:
-                self._end([{"event": "gone", "data": json.dumps({"sweep_id": self.sweep_id})}])
-                return
-            events = await self._with_summary(events)
-            if events or self.runs is None:  # an idle poll changes nothing (a sweep may hold thousands of runs)
-                self.runs = [run.model_dump(mode="json") for run in self.watcher.sent.values()]
-            for event in events:
-                if event["event"] == "progress":
-                    self.progress = event
-                elif event["event"] == "summary":
-                    self.summary = event
-            if any(event["event"] == "end" for event in events):
-                self._end(events)
-                return
-            if events:
-                chunk = _encoded(events)  # once, for every client
-                for subscriber in list(self.subscribers):
-                    subscriber.send(chunk)
-            await asyncio.sleep(self.hub.poll_interval)
-
-    async def _with_summary(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """poll() leaves a placeholder where the summary goes: computed here, once for every client."""
-        resolved = []
-        for event in events:
-            if event is SUMMARY_DUE:
-                event = await run_in_threadpool(self.watcher.summary)
-                if event is None:
-                    continue
-            resolved.append(event)
-        return resolved
-
-    def _end(self, events: list[dict[str, Any]]) -> None:
-        chunk = _encoded(events)
-        for subscriber in list(self.subscribers):
-            if chunk:
-                subscriber.send(chunk)
-            subscriber.close()
-        self.subscribers.clear()
-        if self.hub.topics.get(self.sweep_id) is self:  # not a newer poller of the same sweep
-            del self.hub.topics[self.sweep_id]
-
-
-class SweepHub:
-    """Sweep id → its poller, for the sweeps being streamed by this process."""
-
-    def __init__(self, sessions: sessionmaker, poll_interval: float):
-        self.sessions, self.poll_interval = sessions, poll_interval
-        self.topics: dict[int, SweepTopic] = {}
-
-    def subscribe(self, sweep_id: int) -> tuple[SweepTopic, Subscriber]:
-        topic = self.topics.get(sweep_id)
-        if topic is None:
-            topic = self.topics[sweep_id] = SweepTopic(self, sweep_id)
-        subscriber = Subscriber()
-        topic.join(subscriber)
-        if topic.task is None:
-            topic.task = asyncio.create_task(topic.poll_forever(), name=f"sweep-stream-{sweep_id}")
-        return topic, subscriber
-
-    def unsubscribe(self, topic: SweepTopic, subscriber: Subscriber) -> None:
-        subscriber.closed = True
-        topic.subscribers.discard(subscriber)
-        if not topic.subscribers and self.topics.get(topic.sweep_id) is topic:
-            # Its poller ends at its next turn; a client arriving meanwhile starts a new one.
-            del self.topics[topic.sweep_id]
-
-    async def close(self) -> None:
-        for topic in list(self.topics.values()):
-            await cancel_task(topic.task)
-
-
-async def sweep_events(hub: SweepHub, sweep_id: int, on_end) -> AsyncIterator[dict]:
-    topic, subscriber = hub.subscribe(sweep_id)
-    try:
-        async for event in subscriber.events():
-            yield event
-    finally:
-        hub.unsubscribe(topic, subscriber)
-        on_end()
+    def deliver(self, reading: SweepReading, cursor: Hashable) -> Delivery:
+        if reading.gone:
+            return Delivery(encode("gone", json.dumps({"sweep_id": reading.sweep_id})), cursor, ended=True)
+        if cursor == reading.token:  # up to date; a finished sweep still ends the stream with `end`
+            return Delivery(encode("end", reading.progress, reading.token) if reading.done else b"", cursor,
+                            ended=reading.done)
+        events: list[tuple[str, str]] = []
+        if cursor is not None and cursor == reading.since:
+            if reading.changed or reading.removed:
+                events.append(("runs", json.dumps({"full": False, "runs": [
+                    reading.runs[run_id].model_dump(mode="json") for run_id in reading.changed],
+                    "removed": list(reading.removed)})))
+            events.append(("progress", reading.progress))
+            if reading.summary_changed:
+                events.append(("summary", reading.summary))
+        else:
+            events += [("runs", json.dumps({"full": True, "runs": [
+                           run.model_dump(mode="json") for run in reading.runs.values()], "removed": []})),
+                       ("progress", reading.progress), ("summary", reading.summary)]
+        if reading.done:
+            events.append(("end", reading.progress))
+        # The state's digest on the last event: what a reconnecting client has seen in full.
+        chunk = b"".join(encode(event, data, reading.token if index == len(events) - 1 else None)
+                         for index, (event, data) in enumerate(events))
+        return Delivery(chunk, reading.token, ended=reading.done)

@@ -49,12 +49,23 @@
     const status = document.getElementById("preprocess-status");
     const button = document.getElementById("preprocess-now");
     button.disabled = true;
-    while (job && !missmod.terminal(job.state)) {
-      status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`;
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const { ok, body } = await missmod.api(`/api/jobs/${job.id}`);
-      if (!ok) break;
-      job = body;
+    // Every second until it ends; while the API is away the poll backs off and the page says
+    // "reconnecting…" (common.js: missmod.livePoll).
+    const shown = () => { status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`; };
+    if (job && !missmod.terminal(job.state)) {
+      shown();
+      await new Promise((resolve) => {
+        let first = true;
+        missmod.livePoll(async () => {
+          if (first) { first = false; return true; } // the job as POST answered it is shown: ask again in a second
+          const { ok, status: code, body } = await missmod.api(`/api/jobs/${job.id}`);
+          if (code >= 500) return "retry";
+          if (ok) job = body;
+          if (!ok || missmod.terminal(job.state)) { resolve(); return false; }
+          shown();
+          return true;
+        }, 1000);
+      });
     }
     button.disabled = false;
     if (!job) return;

@@ -30,13 +30,13 @@ pytestmark = [pytest.mark.faults, pytest.mark.services]
 
 def host(shared: Settings, root: Path, **changes) -> Settings:
     """One host's settings: its own folders, the shared database, broker and artifact store, and
-    the reconcile step on a test's time scale (tests/runs/test_faults.py)."""
+    the reconcile step and checkpoints on a test's time scale (tests/support: quick_to_reconcile)."""
     settings = Settings(
         var_dir=root / "var", data_dir=root / "data", database_url=shared.database_url,
         broker_url=shared.broker_url, task_queue=shared.task_queue, artifact_url=shared.artifact_url,
         s3_endpoint_url=shared.s3_endpoint_url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
         heartbeat_interval=0.5, heartbeat_timeout=4.0, reconcile_interval=0.5, stream_poll_interval=0.1,
-        **changes)
+        checkpoint_interval=0.0, **changes)
     settings.make_dirs()
     return settings
 

@@ -43,10 +43,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def quick_to_reconcile(settings: Settings, **changes) -> Settings:
-    """Heartbeats every 0.5 s, a worker taken for dead after 4 s without one, and the API's
-    reconcile step every 0.5 s: the same code as in production, on a test's time scale."""
+    """Heartbeats every 0.5 s, a worker taken for dead after 4 s without one, the API's
+    reconcile step every 0.5 s, and a checkpoint after every epoch (the tests kill a worker after
+    a given epoch and look for the run to resume from it): the same code as in production, on a
+    test's time scale."""
     return settings.model_copy(update={"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0,
-                                       "reconcile_interval": 0.5, **changes})
+                                       "reconcile_interval": 0.5, "checkpoint_interval": 0.0, **changes})
 
 
 def queued_task_ids(settings: Settings) -> list[str]:

@@ -243,6 +243,78 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, method):
         uninterrupted.test_accuracy, uninterrupted.best_epoch, uninterrupted.confusion_matrix)
 
 
+class Checkpointed(Collect):
+    """Which epochs were checkpointed (the loop calls before_checkpoint just before each), on a
+    clock that advances a second per epoch; raises Killed while reporting epoch `kill_at`."""
+
+    def __init__(self, clock: list[float], kill_at: int | None = None, **options):
+        super().__init__(**options)
+        self.clock, self.kill_at, self.checkpointed = clock, kill_at, []
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.kill_at:
+            raise Killed()
+        self.clock[0] += 1.0
+        super().on_epoch_end(epoch, metrics)
+
+    def before_checkpoint(self, epoch):
+        self.checkpointed.append(epoch)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The checkpoint policy's clock, moved by the test's callbacks."""
+    import training.train
+
+    now = [0.0]
+    policy = training.train.CheckpointPolicy
+    monkeypatch.setattr(training.train, "CheckpointPolicy", lambda every: policy(every, clock=lambda: now[0]))
+    return now
+
+
+def test_checkpoints_are_written_at_most_every_so_often_and_always_after_the_last_epoch_and_at_a_stop(
+        tmp_path, clock):
+    spec = digits_spec(epochs=7)
+    every_epoch, timed, rare, stopped = Checkpointed(clock), Checkpointed(clock), Checkpointed(clock), \
+        Checkpointed(clock, stop_after=3)
+    train(spec, every_epoch, checkpoint_path=tmp_path / "a.ckpt")
+    train(spec, timed, checkpoint_path=tmp_path / "b.ckpt", checkpoint_every_seconds=3.0)
+    train(spec, rare, checkpoint_path=tmp_path / "c.ckpt", checkpoint_every_seconds=3600.0)
+    train(spec, stopped, checkpoint_path=tmp_path / "d.ckpt", checkpoint_every_seconds=3600.0)
+    assert every_epoch.checkpointed == list(range(0, 8))
+    assert timed.checkpointed == [0, 3, 6, 7]
+    assert rare.checkpointed == [0, 7]
+    assert stopped.checkpointed == [0, 3]
+    assert every_epoch.epochs == timed.epochs == rare.epochs  # how often it saves changes nothing else
+
+
+def test_a_run_killed_between_checkpoints_replays_the_epochs_since_the_last_and_ends_exactly_alike(
+        tmp_path, clock):
+    spec = digits_spec(epochs=6, evaluate_missing=True)
+    whole = Collect()
+    uninterrupted = train(spec, whole)
+
+    checkpoint = tmp_path / "run.ckpt"
+    killed = Checkpointed(clock, kill_at=5)
+    with pytest.raises(Killed):
+        train(spec, killed, checkpoint_path=checkpoint, checkpoint_every_seconds=3.0)
+    assert killed.checkpointed == [0, 3] and [e for e, _ in killed.epochs] == [1, 2, 3, 4]
+    second = Checkpointed(clock)
+    resumed = train(spec, second, checkpoint_path=checkpoint, checkpoint_every_seconds=3.0)
+
+    assert second.info["resumed_from_epoch"] == 3
+    assert [e for e, _ in second.epochs] == [4, 5, 6]  # epoch 4 again: reported twice, stored once
+    replayed = dict(killed.epochs[3:])
+    assert all(dict(second.epochs)[e] == metrics for e, metrics in replayed.items())  # the same epoch, to the bit
+    assert killed.epochs[:3] + second.epochs == whole.epochs
+    assert (resumed.test_accuracy, resumed.best_epoch, resumed.test_predictions) == (
+        uninterrupted.test_accuracy, uninterrupted.best_epoch, uninterrupted.test_predictions)
+
+
 def test_a_checkpoint_of_another_spec_is_ignored(tmp_path):
     checkpoint = tmp_path / "run.ckpt"
     train(digits_spec(epochs=2), checkpoint_path=checkpoint)
