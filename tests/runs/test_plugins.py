@@ -305,3 +305,28 @@ def test_a_methods_options_multiply_only_its_own_runs_in_a_grid():
                                                                   {"seed": 1, "method": "mle"}]
     assert [c["method_options"] for c in combinations if c["method"] == "zero_padding" and c["seed"] == 0] == \
         [{"x": 1}, {"x": 2}, {"x": 3}]
+
+
+@pytest.mark.services
+def test_on_redis_a_plugins_run_goes_to_its_methods_queue_and_a_builtin_one_to_the_default(service_settings):
+    """What a worker without the plugin consumes (the default queue) never holds a run of it."""
+    import json
+
+    import redis
+
+    from backend.queue import WorkQueue
+
+    queue = WorkQueue(service_settings)
+    try:
+        queue.send_run(101, "moddrop")
+        queue.send_run(102, "mle")
+    finally:
+        queue.close()
+    client = redis.Redis.from_url(service_settings.broker_url)
+    try:
+        ids = {name: [json.loads(m)["headers"]["id"] for m in client.lrange(name, 0, -1)]
+               for name in (service_settings.task_queue, f"{service_settings.task_queue}.method.moddrop")}
+        assert ids == {service_settings.task_queue: ["102"], f"{service_settings.task_queue}.method.moddrop": ["101"]}
+    finally:
+        client.delete(*ids)
+        client.close()
