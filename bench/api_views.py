@@ -101,6 +101,9 @@ def run_page_times(browser, base: str, run_id: int, scripts: dict[str, bytes], l
         page.goto(f"{base}/runs/{run_id}")
         page.wait_for_selector("#chart-confusion, #chart-accuracy")
         while not page.evaluate(RUN_PAGE_DRAWN):
+            if time.perf_counter() - started > 180:
+                raise RuntimeError("the run page was not drawn in 180 s: " + str(page.evaluate(
+                    "[...document.querySelectorAll('.js-plotly-plot')].map(d => (d.data || []).map(t => t.x.length))")))
             time.sleep(0.01)
         times.append(time.perf_counter() - started)
     page.close()
