@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(run_routes.protocol_router)
     app.include_router(system_routes.router)
     app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)

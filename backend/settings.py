@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     preprocess_workers: int | None = Field(None, ge=1, description="Processes decoding clips; default every core")
     heartbeat_timeout: float = Field(
         120.0, gt=0, description="Seconds without a heartbeat after which a running run's worker is taken for dead")
+    live_run_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat from the script logging a live run after which the run "
+                                "is marked lost (failed); its client heartbeats four times as often")
     reconcile_interval: float = Field(
         30.0, gt=0, description="Seconds between the API's passes over runs whose worker died or whose id never "
                                 "reached the broker")

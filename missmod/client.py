@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from .live import LiveRun, Protocol, environment as live_environment
 from .models import Metrics, Point, Predictions, Run, RunList, Study, Sweep, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -97,7 +98,7 @@ class WaitTimeout(MissmodError):
 
 
 def _id_of(thing: Any, kind: type) -> int:
-    if isinstance(thing, kind):
+    if isinstance(thing, kind) or isinstance(getattr(thing, "id", None), int):  # a Run, a LiveRun
         return thing.id
     if isinstance(thing, Mapping):
         return int(thing["id"])
@@ -257,14 +258,17 @@ class Client:
     def log_run(self, spec_like: Mapping[str, Any], metrics: Any = (), confusion: Any = None, *,
                 test_accuracy: float | None = None, val_accuracy: float | None = None,
                 best_epoch: int | None = None, sweep: Any = None, source: str | None = None,
-                name: str | None = None) -> Run:
+                name: str | None = None, test_predictions: Sequence[int] | None = None,
+                protocol_digest: str | None = None) -> Run:
         """Record a run trained elsewhere, marked external. `spec_like`: its setting as a run
         spec names it (dataset, method, fusion, missing_modality, missing_rate, seed; any other
         key is kept as a setting). `metrics`: points [{"epoch", "name", "value"}], or
         {name: [value per epoch, from 1]}, or {name: {epoch: value}}, or a DataFrame with an
         `epoch` column and a column per metric. `confusion`: {"classes", "counts"} or a K × K
         list. test_accuracy defaults to the last `test_accuracy` point. `sweep`: show it in that
-        sweep's table and trend."""
+        sweep's table and trend. `test_predictions`: the predicted class of each test sample of
+        missmod's split for the setting (client.protocol(...), in its `test_groups` order): the run
+        is then paired with missmod's runs (McNemar); `protocol_digest`: that protocol's digest."""
         named = ("dataset", "method", "fusion", "missing_modality", "missing_rate", "seed")
         body: dict[str, Any] = {k: spec_like[k] for k in named if k in spec_like}
         body["spec"] = {k: v for k, v in spec_like.items() if k not in named and k != "name"}
@@ -279,9 +283,44 @@ class Client:
         optional = {"test_accuracy": test_accuracy, "val_accuracy": val_accuracy, "best_epoch": best_epoch,
                     "confusion": dict(confusion) if confusion is not None else None,
                     "sweep_id": _id_of(sweep, Sweep) if sweep is not None else None, "source": source,
-                    "name": name or spec_like.get("name")}
+                    "name": name or spec_like.get("name"), "protocol_digest": protocol_digest,
+                    "test_predictions": [int(p) for p in test_predictions] if test_predictions is not None else None}
         body.update({k: v for k, v in optional.items() if v is not None})
         return Run(**self._json("POST", "/api/runs/external", json=body))
+
+    # --- live runs: logged from the script's own loop (missmod/live.py) -------------------
+
+    def start_run(self, *, dataset: str, method_label: str | None = None, missing_modality: str,
+                  missing_rate: float, seed: int = 0, fusion: str = "add", method: str | None = None,
+                  name: str | None = None, source: str | None = None, sweep: Any = None,
+                  epochs: int | None = None, steps_per_epoch: int | None = None,
+                  interval: float = 0.2, batch_size: int = 10_000, **settings: Any) -> LiveRun:
+        """Start a run this script trains in its own loop and logs live (docs/live-runs.md):
+        `with client.start_run(dataset=..., method_label=..., missing_modality=..., missing_rate=...,
+        seed=...) as run: run.log(step=..., epoch=..., train_loss=...)`. `method_label` names your
+        method (free text); other keyword arguments are kept as the run's settings (`split_by`,
+        `other_missing_rate` choose missmod's split, as for a run). Points are sent in batches
+        every `interval` seconds from a background thread, with heartbeats."""
+        label = method_label or method
+        if not label:
+            raise TypeError("start_run needs method_label= (the name of your method)")
+        body: dict[str, Any] = {"dataset": dataset, "method": label, "fusion": fusion,
+                                "missing_modality": missing_modality, "missing_rate": missing_rate, "seed": seed,
+                                "spec": settings, "environment": live_environment()}
+        optional = {"name": name, "source": source, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                    "sweep_id": _id_of(sweep, Sweep) if sweep is not None else None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return LiveRun(self, self._json("POST", "/api/runs/live", json=body), interval=interval,
+                       batch_size=batch_size)
+
+    def protocol(self, dataset: str, seed: int = 0, missing_rate: float = 0.0, other_missing_rate: float = 0.0,
+                 split_by: str = "group") -> Protocol:
+        """The samples missmod's workers use for this setting: train/val/test rows of the dataset,
+        the missing mask over the training rows, and the order of the test predictions to upload."""
+        found = self._json("GET", "/api/protocol", params={
+            "dataset": dataset, "seed": seed, "missing_rate": missing_rate,
+            "other_missing_rate": other_missing_rate, "split_by": split_by})
+        return Protocol(**{name: found[name] for name in Protocol.__dataclass_fields__})
 
     # --- sweeps ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from backend.studies import outcomes as study_outcomes, service as studies
 from backend.sweeps import outcomes as sweep_outcomes
 from backend.workers import service as workers
 
+from training import reproducibility
 from training.datasets import configure_features
 from training.spec import TrainSpec
 from training.train import StopReason, TrainingAborted, TrainingCallback, train
@@ -67,8 +68,10 @@ class DatabaseRecorder(TrainingCallback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
-        # A resumed run's progress is the previous attempt's until its first step is logged.
-        self.holder.record(info=dict(info), progress=None)
+        # A resumed run's progress is the previous attempt's until its first step is logged. The
+        # reproducibility record is this attempt's: a run resumed elsewhere says where it ended.
+        self.holder.record(info=dict(info), progress=None,
+                           environment=reproducibility.record(info.get("device"), info.get("method")))
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show

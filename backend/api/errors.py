@@ -23,6 +23,7 @@ from ..jobs.service import DatasetNotFound, JobNotFound, NotAVideoDataset
 from ..lifecycle.api import AlreadyFinished
 from ..refused import Refused
 from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
+from ..runs.live_runs import LiveRunGone
 from ..runs.predictions import NoStoredPredictions
 from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
 from ..studies.presets import StudyPresetNotFound
@@ -52,7 +53,8 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
                                         "before they were kept, or logged from elsewhere without them)"),
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
-CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished)
+CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished,
+                                          LiveRunGone)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from training import reproducibility
 from training.spec import FUSIONS
 
 from ..api.deps import SessionDep, SettingsDep
@@ -90,7 +91,11 @@ def run_page(request: Request, run_id: int, session: SessionDep):
         raise service.RunNotFound(run_id)
     run = service.get_run(session, run_id)  # not found: backend/api/errors.py answers
     trial = studies.trial_of_run(session, run_id)  # a study's trial says so
-    return templates.TemplateResponse(request, "run.html", {"title": run.name, "run": run, "trial": trial})
+    # A stored record that is somehow not an object shows as not recorded, never as an error.
+    environment = run.environment if isinstance(run.environment, dict) else None
+    return templates.TemplateResponse(request, "run.html", {
+        "title": run.name, "run": run, "trial": trial, "environment": environment,
+        "environment_fields": [(key, reproducibility.LABELS[key]) for key in reproducibility.FIELDS]})
 
 
 @router.get("/sweeps", response_class=HTMLResponse)

@@ -66,6 +66,9 @@ class Run(Leased, Base):
     # Where the worker is inside the current epoch (step, steps, samples/s, ETA), written with
     # each batch of points; shown while the run is running (RunOut.progress).
     progress: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)
+    # The reproducibility record (training/reproducibility.py): what produced this run's numbers
+    # (versions, commit, device, host, the method's plugin). NULL: made before it was kept.
+    environment: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)
     # A script's `Idempotency-Key` on POST /api/runs: the same key again returns this run.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # Checkpoints of attempts up to this one are not resumed from (a retry starts over).

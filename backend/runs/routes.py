@@ -10,6 +10,8 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
+from training.protocol import ProtocolKey
+
 from .. import pagination
 from ..api import idempotency
 from ..api.deps import SessionDep, SettingsDep, WorkQueueDep
@@ -18,11 +20,12 @@ from ..catalog import registry
 from ..csv_export import csv_text
 from ..live import open_stream
 from ..paired_statistics import compare_runs
-from . import artifacts, export, metrics, outcomes, query, series, service
+from . import artifacts, export, live_runs, metrics, outcomes, query, series, service
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
-from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsColumns, MetricsPage,
-                      PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, LiveFail, LiveFinish, LiveLease,
+                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsColumns, MetricsPage, PredictionsOut,
+                      ProtocolOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
 from .stream import RunTopic, cursor_from
 from .validation import DatasetCatalog, refuse_if_unfit
 
@@ -58,11 +61,82 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
 
 
 @router.post("/external", status_code=status.HTTP_201_CREATED, response_model=RunOut)
-def log_external_run(payload: ExternalRunCreate, session: SessionDep) -> RunOut:
+def log_external_run(payload: ExternalRunCreate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Record a run trained elsewhere (another codebase, a paper's numbers): its setting, metrics
     per epoch or step, test accuracy and confusion matrix. It is marked `external` and shown with a
     mark in comparison tables and trends, in its own row, never averaged with missmod's runs."""
-    return RunOut.model_validate(service.log_external_run(session, payload))
+    return RunOut.model_validate(service.log_external_run(session, payload, settings))
+
+
+# --- live runs: a script's own loop logs a run while it trains (backend/runs/live_runs.py) ------
+
+LIVE_GONE = {409: {"description": "The run is no longer this lease's: lost (no heartbeat for LIVE_RUN_TIMEOUT), "
+                                  "ended, or deleted"}}
+
+
+@router.post("/live", status_code=status.HTTP_201_CREATED, response_model=LiveRunOut)
+def start_live_run(payload: LiveRunCreate, session: SessionDep, settings: SettingsDep) -> LiveRunOut:
+    """Start a run that a script trains in its own loop and logs while it trains: it is `running`
+    under the returned `lease`; points, heartbeats and its end go to /api/runs/{id}/live/…"""
+    run = live_runs.start(session, payload)
+    return LiveRunOut.model_validate({**RunOut.model_validate(run).model_dump(), "lease": run.worker,
+                                      "heartbeat_interval": settings.live_run_timeout / 4,
+                                      "lease_timeout": settings.live_run_timeout})
+
+
+@router.post("/{run_id}/live/points", response_model=LiveWritten, responses={**NOT_FOUND, **LIVE_GONE})
+def log_live_points(run_id: RunId, payload: LivePoints, session: SessionDep) -> LiveWritten:
+    """A batch of points (as columns), written exactly once through the workers' ingestion, with a
+    heartbeat. Answers whether a cancel was asked."""
+    service.get_run(session, run_id)
+    cancel = live_runs.write_points(session, run_id, payload)
+    return LiveWritten(points=len(payload.epoch), cancel_requested=cancel)
+
+
+@router.post("/{run_id}/live/heartbeat", response_model=LiveWritten, responses={**NOT_FOUND, **LIVE_GONE})
+def live_heartbeat(run_id: RunId, payload: LiveLease, session: SessionDep) -> LiveWritten:
+    """The script is alive (the client sends one whenever it has logged nothing for a while)."""
+    service.get_run(session, run_id)
+    return LiveWritten(points=0, cancel_requested=live_runs.heartbeat(session, run_id, payload.lease))
+
+
+@router.post("/{run_id}/live/finish", response_model=RunOut, responses={**NOT_FOUND, **LIVE_GONE})
+def finish_live_run(run_id: RunId, payload: LiveFinish, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """End the run with its result: succeeded (cancelled, if a cancel was asked meanwhile). With
+    `test_predictions` on missmod's split it is paired with missmod's runs (McNemar)."""
+    service.get_run(session, run_id)
+    run = live_runs.finish(session, settings, run_id, payload)
+    outcomes.announce_ended(session, settings, [run_id])
+    return RunOut.model_validate(run)
+
+
+@router.post("/{run_id}/live/fail", response_model=RunOut, responses={**NOT_FOUND, **LIVE_GONE})
+def fail_live_run(run_id: RunId, payload: LiveFail, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """The script's loop raised: the run ends failed with the error, its points kept."""
+    service.get_run(session, run_id)
+    run = live_runs.fail(session, run_id, payload)
+    outcomes.announce_ended(session, settings, [run_id])
+    return RunOut.model_validate(run)
+
+
+protocol_router = APIRouter(prefix="/api/protocol", tags=["runs"])
+
+
+@protocol_router.get("", response_model=ProtocolOut)
+def get_protocol(settings: SettingsDep,
+                 dataset: str = Query(..., max_length=200, pattern=NO_CONTROL_CHARACTERS),
+                 seed: int = Query(0, ge=0, le=2**31 - 1),
+                 missing_rate: float = Query(0.0, ge=0, lt=1),
+                 other_missing_rate: float = Query(0.0, ge=0, lt=1),
+                 split_by: Literal["group", "subject"] = Query("group")) -> ProtocolOut:
+    """The samples missmod's workers use for this setting: train/val/test rows of the dataset,
+    which training rows lose a modality, and the order test predictions are listed in. Train your
+    own method on them, upload its test predictions, and its run pairs with missmod's."""
+    key = ProtocolKey(dataset=dataset, seed=seed, missing_rate=missing_rate, other_missing_rate=other_missing_rate,
+                      split_by=split_by)
+    found = live_runs.protocol(settings, key)
+    return ProtocolOut(dataset=dataset, seed=seed, missing_rate=missing_rate, other_missing_rate=other_missing_rate,
+                       split_by=split_by, **found.as_dict())
 
 
 def _bulk_result(outcome: service.BulkOutcome) -> BulkResult:

@@ -290,6 +290,18 @@
     list.replaceChildren(...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
   }
 
+  // The reproducibility record (training/reproducibility.py), in the order the server renders it.
+  const ENVIRONMENT_LABELS = JSON.parse(document.getElementById("run-environment").dataset.labels || "[]");
+  function showEnvironment(environment) {
+    if (!environment || typeof environment !== "object") return;  // "not recorded", as rendered
+    const rows = ENVIRONMENT_LABELS.map(([key, label]) => {
+      const value = environment[key];
+      return [label, value === null || value === undefined ? "–" : String(value)];
+    });
+    document.getElementById("run-environment").replaceChildren(
+      ...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
+  }
+
   function showRun(run) {
     const state = document.getElementById("run-state");
     // Saved and queued while the broker was down: it is sent as soon as the broker is back.
@@ -316,6 +328,7 @@
       document.getElementById("run-error-detail").textContent = run.error_detail || "";
     }
     showInfo(run.info, run);
+    showEnvironment(run.environment);
     showStepProgress(run);
     const steps = run.info && run.info.steps_per_epoch;
     if (steps && steps !== stepsPerEpoch) {

@@ -89,6 +89,7 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_se
     page.wait_for_url(re.compile(r".*/runs/\d+$"))
     assert page.text_content("#run-name") == "browser run"
     page.wait_for_selector("#run-page[data-history-loaded=true]")
+    assert "not recorded yet" in page.text_content("#run-environment")
     record_curve_states(page)
     start_worker(embedded_settings)
     run_id = int(page.url.rsplit("/", 1)[1])
@@ -111,6 +112,9 @@ def test_submit_watch_the_curve_grow_then_the_confusion_matrix(page, embedded_se
     assert " samples (" in heatmap["hovertemplate"]  # digits has no groups: a count is a test sample
     assert "%" in page.text_content("#run-test-accuracy")
     assert page.is_hidden("#cancel-run")
+    # The reproducibility record arrived with the run's updates, without a reload.
+    environment = page.text_content("#run-environment")
+    assert "not recorded" not in environment and "Python" in environment and "Method plugin" in environment
     assert page.js_errors == []
 
     page.goto(dashboard)
