@@ -9,7 +9,6 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from training.datasets import configure_features
@@ -97,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.work_queue = WorkQueue(settings)
     # The live streams' pollers and caps (backend/live.py).
     app.state.stream_slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
-    app.state.metrics_caches = MetricsCaches()  # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    # GET /api/runs/{id}/metrics (backend/runs/metrics.py)
+    app.state.metrics_caches = MetricsCaches.bounded(settings.metrics_cache_bytes, settings.series_cache_points)
     app.state.live_hub = Hub(app.state.sessions, [
         RunTopic(settings.stream_poll_interval), SweepTopic(settings.stream_poll_interval),
         WorkersTopic(settings.stream_poll_interval, settings.heartbeat_timeout), JobTopic(settings.stream_poll_interval)])
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(catalog_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(run_routes.protocol_router)
     app.include_router(system_routes.router)
     app.include_router(worker_routes.router)
     app.include_router(sweep_routes.router)
@@ -121,5 +122,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(pages.router)
     install_docs(app)
-    app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
+    app.mount("/static", pages.VersionedStaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

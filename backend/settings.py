@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     preprocess_workers: int | None = Field(None, ge=1, description="Processes decoding clips; default every core")
     heartbeat_timeout: float = Field(
         120.0, gt=0, description="Seconds without a heartbeat after which a running run's worker is taken for dead")
+    live_run_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat from the script logging a live run after which the run "
+                                "is marked lost (failed); its client heartbeats four times as often")
     reconcile_interval: float = Field(
         30.0, gt=0, description="Seconds between the API's passes over runs whose worker died or whose id never "
                                 "reached the broker")
@@ -95,8 +98,19 @@ class Settings(BaseSettings):
                                      "before anything is allocated")
     features_cache_bytes: int = Field(
         2**30, ge=0, description="Memory for parsed features files per process (least recently used go first)")
+    metrics_cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="Memory for metrics answers the API keeps, per cache (finished runs' answers by "
+                                      "their ETag, running runs' thinned columns until their next point), least "
+                                      "recently used out first")
+    series_cache_points: int = Field(
+        2_000_000, ge=0, description="Metric points (about 24 bytes each) of recently read runs the API keeps to "
+                                     "answer format=columns by reading only the new ones")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    predict_timeout: float = Field(
+        20.0, gt=0, le=600, description="Deadline of a prediction (POST /api/runs/{id}/predict): a worker must take it "
+                                        "and answer within it, else 503; it never holds a worker's slot longer")
+    predict_max_rows: int = Field(10_000, ge=1, le=1_000_000, description="Most samples one prediction request may hold")
     runs_per_gpu: int = Field(
         1, ge=1, le=64, description="Runs one worker trains at once, each in its own process (slots): above 1, small "
                                     "runs share the worker's GPU (or a CPU-only host trains several runs at once)")

@@ -10,6 +10,9 @@ otherwise. It prints, and writes as JSON with --json:
 - the resident memory (RSS) of every long-lived process over time and its slope after warm-up
   (MB/min; target < 1: flat); a worker's pool process (a fresh one per run) is shown apart, as
   PSS, since it is replaced after each run;
+- beside the API's RSS, its caches' bytes (GET /api/health/memory: each cache, and their sum)
+  and the RSS less them, so a cache filling to its bound is told from a leak; --metrics-cache-bytes
+  and --series-cache-points bound the caches small (METRICS_CACHE_BYTES, SERIES_CACHE_POINTS);
 - errors: failed HTTP calls, 5xx answers, failed runs, broken streams;
 - exactness: every succeeded run has exactly the points its spec asks for, once each — every
   epoch's metrics and every logged step's (bench/points.py), none lost, none duplicated, none
@@ -19,6 +22,7 @@ otherwise. It prints, and writes as JSON with --json:
 
     python -m bench.soak                       # 10 minutes, 3 workers, 50 SSE clients
     python -m bench.soak --seconds 60 --workers 2 --json var/soak.json
+    python -m bench.soak --metrics-cache-bytes 1000000 --series-cache-points 50000   # small caches
 """
 
 from __future__ import annotations
@@ -182,6 +186,8 @@ def poller(api: Api, stop: threading.Event) -> None:
             run_id = random.choice(ids)
             api.call("GET", f"/api/runs/{run_id}")
             api.call("GET", f"/api/runs/{run_id}/metrics", params={"max_points": 500})
+            # As the run page reads them: through the series cache and the running runs' bodies.
+            api.call("GET", f"/api/runs/{run_id}/metrics", params={"format": "columns", "max_points": 1000})
             api.call("GET", f"/api/runs/{run_id}/artifacts")
         api.call("GET", "/api/sweeps")
         api.call("GET", "/api/datasets")
@@ -240,6 +246,18 @@ def memory_mb(pid: int, children: bool = False) -> float:
         return total / 2**20
     except psutil.Error:
         return float("nan")
+
+
+def api_caches(base: str) -> dict[str, int] | None:
+    """Bytes of each of the API's caches now, and their sum (`total`); None when it does not say."""
+    try:
+        answer = httpx.get(f"{base}/api/health/memory", timeout=10)
+        if answer.status_code != 200:
+            return None
+        body = answer.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return {**{name: cache["bytes"] for name, cache in body["caches"].items()}, "total": body["cached_bytes"]}
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
@@ -301,7 +319,8 @@ def check_runs(api: Api, run_ids: list[int]) -> dict:
 
 
 def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, database_url: str | None,
-         broker_url: str | None, var_dir: Path, drain_seconds: float = 120) -> dict:
+         broker_url: str | None, var_dir: Path, drain_seconds: float = 120,
+         cache_bounds: dict[str, int] | None = None) -> dict:
     var_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VAR_DIR": str(var_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "HOST": "127.0.0.1", "HEARTBEAT_INTERVAL": "2", "HEARTBEAT_TIMEOUT": "30", "RECONCILE_INTERVAL": "5"}
@@ -311,6 +330,7 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
         env["DATABASE_URL"] = database_url
     if broker_url:
         env["BROKER_URL"] = broker_url
+    env.update({name.upper(): str(value) for name, value in (cache_bounds or {}).items()})
     subprocess.run([sys.executable, "-m", "backend.migrate"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     port = free_port()
@@ -321,6 +341,8 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
     pools = [name for name in processes if name.startswith("worker")]
     memory.update({f"{name} pool": [] for name in pools})
     memory["soak driver"] = []
+    memory["api less caches"] = []  # its RSS less its caches' bytes: what a leak would grow
+    caches: list[tuple[float, dict[str, int]]] = []  # the API's caches' bytes, sampled with its RSS
     try:
         wait_until_up(base, processes)
         stop = threading.Event()
@@ -334,6 +356,9 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
         while (elapsed := time.monotonic() - started) < seconds:
             for name, process in processes.items():
                 memory[name].append((elapsed, memory_mb(process.pid)))
+            if (cached := api_caches(base)) is not None:
+                caches.append((elapsed, cached))
+                memory["api less caches"].append((elapsed, memory["api"][-1][1] - cached["total"] / 2**20))
             for name in pools:  # the run in progress (a fresh process per run), PSS
                 memory[f"{name} pool"].append((elapsed, memory_mb(processes[name].pid, children=True)))
             memory["soak driver"].append((elapsed, memory_mb(os.getpid())))
@@ -370,8 +395,13 @@ def soak(seconds: float, workers: int, sse_clients: int, sample_every: float, da
            for name, samples in memory.items()}
     errors = (tally.http_5xx + tally.http_other_errors + sum(tally.exceptions.values())
               + sum(tally.stream_errors.values()) + runs["states"].get("failed", 0) + runs["states"].get("unreadable", 0))
+    cache_names = sorted({name for _, cached in caches for name in cached} - {"total"})
+    api_cache_mb = {name: {"first_mb": round(caches[0][1][name] / 2**20, 2), "last_mb": round(caches[-1][1][name] / 2**20, 2),
+                           "max_mb": round(max(cached[name] for _, cached in caches) / 2**20, 2)}
+                    for name in [*cache_names, "total"]} if caches else {}
     return {
         "seconds": seconds, "workers": workers, "sse_clients": sse_clients, "warm_up_seconds": warm_up,
+        "cache_bounds": cache_bounds or {}, "api_caches": api_cache_mb,
         "database": "sqlite" if not database_url else database_url.split(":", 1)[0],
         "broker": "filesystem" if not broker_url else broker_url.split(":", 1)[0],
         "requests": tally.requests, "http_5xx": tally.http_5xx, "http_unexpected_4xx": tally.http_other_errors,
@@ -404,8 +434,12 @@ def report(summary: dict) -> str:
     for name, figures in summary["rss"].items():
         slope = figures["slope_mb_per_min"]
         trace = " ".join(f"{m:.0f}" for _, m in figures["samples"][:: max(1, len(figures["samples"]) // 12)])
-        lines.append(f"    {name:<14} {figures['first_mb']!s:>7} → {figures['last_mb']!s:>7}   slope "
+        lines.append(f"    {name:<15} {figures['first_mb']!s:>7} → {figures['last_mb']!s:>7}   slope "
                      f"{'n/a' if slope is None else f'{slope:+.2f}'} MB/min   [{trace}]")
+    bounds = ", ".join(f"{k.upper()}={v}" for k, v in summary["cache_bounds"].items()) or "default bounds"
+    lines.append(f"  the API's caches (MB, first → last, most; {bounds}):")
+    for name, figures in summary["api_caches"].items():
+        lines.append(f"    {name:<17} {figures['first_mb']:>6} → {figures['last_mb']:>6}   most {figures['max_mb']}")
     lines.append(f"  errors: {summary['errors']}")
     return "\n".join(lines)
 
@@ -420,12 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-url", default=None, help="default: the filesystem broker in that VAR_DIR")
     parser.add_argument("--var-dir", type=Path, default=None, help="default: a temporary folder, removed after")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--metrics-cache-bytes", type=int, default=None,
+                        help="the API's METRICS_CACHE_BYTES (default: its own, 64 MiB per cache)")
+    parser.add_argument("--series-cache-points", type=int, default=None,
+                        help="the API's SERIES_CACHE_POINTS (default: its own, 2,000,000)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.workers < 1 or args.sse_clients < 0:
         parser.error("--seconds must be > 0, --workers ≥ 1, --sse-clients ≥ 0")
     with tempfile.TemporaryDirectory(prefix="missmod-soak-") as temporary:
+        bounds = {name: value for name, value in (("metrics_cache_bytes", args.metrics_cache_bytes),
+                                                   ("series_cache_points", args.series_cache_points))
+                  if value is not None}
         summary = soak(args.seconds, args.workers, args.sse_clients, args.sample_every, args.database_url,
-                       args.broker_url, args.var_dir or Path(temporary))
+                       args.broker_url, args.var_dir or Path(temporary), cache_bounds=bounds)
     print(report(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

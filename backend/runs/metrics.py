@@ -31,6 +31,17 @@ class MetricsCaches:
     recent_series: series.SeriesCache = field(default_factory=series.SeriesCache)  # recently read runs' series
     running: series.BodyCache = field(default_factory=series.BodyCache)  # a running run's, by its newest point
 
+    @classmethod
+    def bounded(cls, body_bytes: int, series_points: int) -> "MetricsCaches":
+        """Caches of at most `body_bytes` each (bodies) and `series_points` (series)."""
+        return cls(finished=series.BodyCache(body_bytes), recent_series=series.SeriesCache(series_points),
+                   running=series.BodyCache(body_bytes))
+
+    def sizes(self) -> dict[str, series.CacheSize]:
+        """What each cache holds now, and its bound."""
+        return {"metrics_finished": self.finished.size(), "metrics_running": self.running.size(),
+                "metrics_series": self.recent_series.size()}
+
 
 def etag(run: Run, query: Iterable[tuple[str, str]]) -> str | None:
     """A finished run's points no longer change (a retry starts a new attempt, whose finish

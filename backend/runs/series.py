@@ -180,6 +180,20 @@ class _Cached:
     cursor: int
     total: int
 
+    @property
+    def nbytes(self) -> int:
+        return sum(one.epoch.nbytes + one.step.nbytes + one.value.nbytes for one in self.series.values())
+
+
+@dataclass(frozen=True)
+class CacheSize:
+    """What a cache of the API holds (GET /api/health/memory)."""
+
+    bytes: int  # of the cached data itself (bodies, arrays), not Python's bookkeeping around it
+    entries: int
+    bound: int
+    bound_unit: Literal["bytes", "points", "entries"]
+
 
 class SeriesCache:
     """Each recently read run's series, kept in memory by this server process and grown by
@@ -189,11 +203,19 @@ class SeriesCache:
     same). The key must change whenever the run's points can change other than by appending: a
     retry deletes them (the run's attempt and start time change)."""
 
+    # Runs read before they had a point cost no points but an entry each: bounded apart.
+    MAX_ENTRIES = 1_000
+
     def __init__(self, max_points: int = 2_000_000):
         self.max_points = max_points
         self._entries: OrderedDict[object, _Cached] = OrderedDict()
         self._points = 0
         self._lock = Lock()
+
+    def size(self) -> CacheSize:
+        with self._lock:
+            return CacheSize(sum(entry.nbytes for entry in self._entries.values()), len(self._entries),
+                             self.max_points, "points")
 
     def read(self, connection: Connection, run_id: int, key: object) -> tuple[dict[str, Series], int, int]:
         with self._lock:
@@ -214,7 +236,7 @@ class SeriesCache:
             if cached.total <= self.max_points:
                 self._entries[key] = cached
                 self._points += cached.total
-            while self._points > self.max_points:
+            while self._points > self.max_points or len(self._entries) > self.MAX_ENTRIES:
                 _, dropped = self._entries.popitem(last=False)
                 self._points -= dropped.total
         return cached.series, cached.cursor, cached.total
@@ -232,6 +254,10 @@ class BodyCache:
         self._size = 0
         self._lock = Lock()
         self._making: dict[str, Lock] = {}
+
+    def size(self) -> CacheSize:
+        with self._lock:
+            return CacheSize(self._size, len(self._bodies), self.max_bytes, "bytes")
 
     def get(self, key: str) -> bytes | None:
         with self._lock:

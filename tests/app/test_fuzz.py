@@ -33,7 +33,7 @@ EXAMPLES_PER_OPERATION_AND_MODE = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS_WITHOUT_INPUTS = {"GET /api/health", "DELETE /api/session", "GET /api/datasets", "GET /api/methods",
                              "GET /api/presets", "GET /api/choices", "GET /api/workers", "GET /api/workers/queue",
-                             "GET /api/studies/spaces", "GET /api/studies/presets"}
+                             "GET /api/studies/spaces", "GET /api/studies/presets", "GET /api/health/memory"}
 
 
 @pytest.mark.parametrize("backend", ["embedded_settings", pytest.param("service_settings", marks=pytest.mark.services)])

@@ -31,6 +31,11 @@ def configure_features(limits: FeatureLimits) -> None:
     _feature_cache.configure(limits)
 
 
+def feature_cache_size() -> tuple[int, int, int]:
+    """What this process holds of parsed features files: (bytes, files, the bound in bytes)."""
+    return _feature_cache.cached_bytes, _feature_cache.cached_files, _feature_cache.limits.cache_bytes
+
+
 @functools.cache
 def _builtin(name: str) -> TwoViewData:
     return BUILTIN_LOADERS[name]()

@@ -241,6 +241,10 @@ class FeatureFileCache:
     def cached_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def cached_files(self) -> int:
+        return len(self._data)
+
     def configure(self, limits: FeatureLimits) -> None:
         with self._lock:
             if limits != self.limits:
