@@ -21,7 +21,7 @@ from .lifecycle import reconcile as lifecycle
 from .lifecycle.models import Leased
 from .lifecycle.reconcile import ReconcileReport
 from .queue import WorkQueue
-from .runs import outcomes
+from .runs import live_runs, outcomes
 from .runs.models import Run
 from .settings import Settings
 from .studies import service as studies
@@ -44,11 +44,16 @@ KINDS: dict[type[Leased], Callable[[WorkQueue, Session], Callable[[int], None]]]
 }
 
 
+# The rows of a kind that workers hold: a run a script logs live (backend/runs/live_runs.py) is
+# never queued for a worker; its script's silence makes it lost instead (live_runs.mark_lost).
+WORKERS_ROWS = {Run: (Run.external.is_(False),)}
+
+
 def reconcile(session: Session, queue: WorkQueue, *, heartbeat_timeout: float, max_retries: int,
               now: datetime | None = None) -> dict[type[Leased], ReconcileReport]:
     """One pass over every kind: what was queued again, failed, cancelled and sent, per kind."""
     return {model: lifecycle.reconcile(session, model, send(queue, session), heartbeat_timeout=heartbeat_timeout,
-                                       max_retries=max_retries, now=now)
+                                       max_retries=max_retries, now=now, where=WORKERS_ROWS.get(model, ()))
             for model, send in KINDS.items()}
 
 
@@ -80,6 +85,8 @@ def reconcile_once(settings: Settings, sessions: sessionmaker, queue: WorkQueue)
         reports = reconcile(session, queue, heartbeat_timeout=settings.heartbeat_timeout,
                             max_retries=settings.run_max_retries)
         ended = reports[Run].failed + reports[Run].cancelled
+        # Runs logged live by a script that went silent: lost.
+        ended += live_runs.mark_lost(session, settings.live_run_timeout)
         if ended:  # their sweeps may be finished; the webhook hears of the failures
             outcomes.announce_ended(session, settings, ended)
         # A process that ended a trial's run may have died before asking for the next trial.

@@ -61,6 +61,12 @@ def live() -> list[Row]:
     return live_latency.measure()
 
 
+def live_runs() -> list[Row]:
+    from . import live_runs as live_runs_bench
+
+    return live_runs_bench.measure(POSTGRES)
+
+
 def streams() -> list[Row]:
     from . import live_streams
 
@@ -85,8 +91,15 @@ def studies() -> list[Row]:
     return study_throughput.measure(quick=QUICK)
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "streams": streams,
-            "pages": pages, "slots": slots, "studies": studies}
+def predict() -> list[Row]:
+    from . import prediction_latency
+
+    return prediction_latency.measure()
+
+
+SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "live_runs": live_runs,
+            "streams": streams,
+            "pages": pages, "slots": slots, "studies": studies, "predict": predict}
 QUICK = False
 
 

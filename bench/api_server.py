@@ -24,13 +24,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_api(settings: Settings, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def serve_api(settings: Settings, port: int, extra_env: dict[str, str] | None = None,
+              patience: float = 60) -> subprocess.Popen:
     env = {**os.environ, "VAR_DIR": str(settings.var_dir), "DATABASE_URL": settings.database_url,
            "BROKER_URL": settings.broker_url, **(extra_env or {})}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app",
                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                               cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:

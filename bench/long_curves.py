@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -147,8 +148,12 @@ def etag_of(port: int, path: str) -> str:
     return response.getheader("ETag")
 
 
-def page_draw_times(base: str, run_id: int, loads: int = 3) -> list[float]:
+def page_draw_times(base: str, run_id: int, loads: int = 3) -> tuple[list[float], list[float] | None]:
+    """Today's run page and the one before issue 23 (None without git: bench/page_versions.py),
+    loaded alternately, both through request interception, each after a warm load."""
     from playwright.sync_api import sync_playwright
+
+    from . import page_versions
 
     drawn = """() => {
         const page = document.getElementById('run-page');
@@ -157,22 +162,41 @@ def page_draw_times(base: str, run_id: int, loads: int = 3) -> list[float]:
         const lines = document.querySelectorAll('#chart-loss .scatterlayer .trace');
         return traces.length === 10 && traces.every(t => t.x.length > 0) && lines.length === 5;
     }"""
-    times = []
+    versions = {"now": page_versions.scripts_now(), "before": page_versions.scripts_before()}
+    times = {name: [] for name, scripts in versions.items() if scripts}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        for _ in range(loads + 1):  # the first load fills the browser's cache (plotly.js)
-            started = time.perf_counter()
-            page.goto(f"{base}/runs/{run_id}", wait_until="commit")
-            page.wait_for_function(drawn, polling="raf", timeout=60_000)
-            # One more frame: what was drawn is on screen.
-            page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve()))")
-            times.append(time.perf_counter() - started)
+        for _ in range(loads):
+            for name in times:
+                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                page_versions.serve(page, versions[name])
+                for i in range(2):  # the first load fills the browser's cache (plotly.js)
+                    started = time.perf_counter()
+                    page.goto(f"{base}/runs/{run_id}", wait_until="commit")
+                    page.wait_for_function(drawn, polling="raf", timeout=60_000)
+                    # One more frame: what was drawn is on screen.
+                    page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve()))")
+                    if i:
+                        times[name].append(time.perf_counter() - started)
+                page.close()
         browser.close()
-    return times[1:]
+    return times["now"], times.get("before")
 
 
-def measure(postgres_admin_url: str | None, sqlite: bool = False, requests_each: int = 40) -> list[Row]:
+def page_row(port: int, run_id: int) -> Row:
+    times, before = page_draw_times(f"http://127.0.0.1:{port}", run_id)
+    figure = statistics.median(times)
+    baseline = statistics.median(before) if before else None
+    return Row("run page of a 100,000-point run drawn in Chromium", figure, "s", baseline,
+               figure / baseline if baseline else None, f"figure <= {TARGET_PAGE_S:g} s", figure <= TARGET_PAGE_S,
+               note="median of 3 loads, each after a warm one; from navigation to every series drawn (SVG: 1,500 "
+                    "points per series), plotly.js parsed on each load; baseline: the page's scripts before issue 23 "
+                    "(bench/page_versions.py), loaded alternately, both through request interception; load average "
+                    f"{os.getloadavg()[0]:.1f}")
+
+
+def measure(postgres_admin_url: str | None, sqlite: bool = False, requests_each: int = 40,
+            page_only: bool = False) -> list[Row]:
     from backend.migrate import upgrade
     from backend.settings import Settings
 
@@ -194,6 +218,9 @@ def measure(postgres_admin_url: str | None, sqlite: bool = False, requests_each:
             running = add_long_run(settings.database_url, "running")
             server, port = start_server(settings)
             try:
+                if page_only:
+                    rows.append(page_row(port, finished))
+                    return rows
                 first_read = load(port, f"/api/runs/{running}/metrics?{PAGE_QUERY}", 1, 1, warmup=0)[0]
                 rows.append(Row(f"metrics of a 100,000-point run, first read by a server process, {backend}",
                                 first_read * 1e3, "ms", note="all its points read and thinned; later requests read "
@@ -216,11 +243,7 @@ def measure(postgres_admin_url: str | None, sqlite: bool = False, requests_each:
                                     "p95", p95, "ms", target=f"<= {TARGET_P95_MS:g}", met=p95 <= TARGET_P95_MS,
                                     note=f"p50 {percentile(times, 0.5) * 1e3:.0f} ms; columns, 1,500 points per series "
                                          "(min/max); one process runs one request's Python at a time"))
-                times = page_draw_times(f"http://127.0.0.1:{port}", finished)
-                rows.append(Row("run page of a 100,000-point run drawn in Chromium", sorted(times)[len(times) // 2],
-                                "s", target=f"<= {TARGET_PAGE_S:g}", met=sorted(times)[len(times) // 2] <= TARGET_PAGE_S,
-                                note="median of 3 loads after a warm one; from navigation to every series drawn (SVG: "
-                                     "1,500 points per series), plotly.js parsed on each load"))
+                rows.append(page_row(port, finished))
             finally:
                 server.terminate()
                 server.wait(10)
@@ -241,8 +264,10 @@ def main() -> None:
                                                              "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--sqlite", action="store_true", help="on SQLite instead of PostgreSQL")
     parser.add_argument("--quick", action="store_true", help="15 requests per client instead of 40")
+    parser.add_argument("--page-only", action="store_true",
+                        help="only the run page in Chromium, today's scripts against those before issue 23")
     args = parser.parse_args()
-    print_table(measure(args.postgres, args.sqlite, 15 if args.quick else 40))
+    print_table(measure(args.postgres, args.sqlite, 15 if args.quick else 40, page_only=args.page_only))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,7 +80,11 @@ def embedded_stack(slots: int, threads: int | None = None):
             for process in processes:
                 process.terminate()
             for process in processes:
-                process.wait(30)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:  # a loaded machine's worker still finishing: its group goes
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(30)
             logs.close()
 
 

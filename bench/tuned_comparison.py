@@ -6,8 +6,8 @@ selection rule, every run with the epoch it reported) to a JSON file beside the 
     python -m bench.tuned_comparison study --out docs/results/study_digits_three_methods.json
     python -m bench.tuned_comparison preset --dataset digits --out docs/results/tuned_mle_vs_zero_padding_digits.json
     python -m bench.tuned_comparison preset --dataset synthetic --out docs/results/tuned_mle_vs_zero_padding_synthetic.json
-    python -m bench.tuned_comparison pair --dataset synthetic --rate 0.95 --trials 12 --slots 4 --tpe-startup 6 \
-        --out docs/results/tuned_mle_vs_zero_padding_synthetic_95.json
+    python -m bench.tuned_comparison pair --dataset synthetic --rate 0.95 --epochs 20 --trials 8 --slots 4 \
+        --tpe-startup 4 --out docs/results/tuned_mle_vs_zero_padding_synthetic_95.json
     python -m bench.tuned_comparison rules --dataset digits --out docs/results/selection_rules_digits.json
 
 - `study`: digits, bottom half missing at 90%, mle, zero_padding and lower_bound, 20 trials each
@@ -15,7 +15,7 @@ selection rule, every run with the epoch it reported) to a JSON file beside the 
 - `preset`: the tuned preset "MLE vs zero padding, tuned" on a dataset (its `audio` role missing at
   80/90/95%), 20 trials per method and rate, 50 epochs, 5 final seeds;
 - `pair`: the preset's comparison (zero padding and mle, add) at one missing rate (`--rate`) of the
-  dataset's second modality, with `--trials`, `--slots` and `--tpe-startup` as given (the budget a
+  dataset's second modality, with `--epochs`, `--trials`, `--slots` and `--tpe-startup` as given (the budget a
   loaded machine allowed for docs/results.md's synthetic table);
 - `rules`: a sweep of mle, zero_padding and lower_bound (add) at 80/90/95% over 5 seeds with the
   default settings, 50 epochs, and its table under every selection rule.
@@ -85,12 +85,13 @@ def tuned_preset(port: int, dataset: str, trials: int, slots: int, tpe_startup: 
     return study_record(port, created, started)
 
 
-def tuned_pair(port: int, dataset: str, rate: float, trials: int, slots: int, tpe_startup: int) -> dict:
+def tuned_pair(port: int, dataset: str, rate: float, trials: int, slots: int, tpe_startup: int,
+               epochs: int = EPOCHS) -> dict:
     """The preset's comparison at one missing rate of the dataset's second modality."""
     started = time.perf_counter()
     status, created = call(port, "POST", "/api/studies", {
         "dataset": dataset, "missing_modality": SECOND_MODALITY[dataset], "missing_rate": rate,
-        "methods": ["zero_padding", "mle"], "trials": trials, "spec": {"epochs": EPOCHS},
+        "methods": ["zero_padding", "mle"], "trials": trials, "spec": {"epochs": epochs},
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": tpe_startup}, "pruner": {"name": "median"},
         "parallel_trials": slots, "final_seeds": 5})
     assert status == 201, created
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=sorted(SECOND_MODALITY))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rate", type=float, default=0.95, help="pair: the missing rate")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="pair: epochs of every trial and final run")
     parser.add_argument("--trials", type=int, default=20, help="preset: trials per method and rate")
     parser.add_argument("--slots", type=int, default=2, help="preset: the worker's slots, and the trials at once")
     parser.add_argument("--tpe-startup", type=int, default=10, help="preset: TPE's random trials before it models")
@@ -131,10 +133,11 @@ def main() -> None:
         record = (three_methods(port) if args.what == "study"
                   else tuned_preset(port, args.dataset, args.trials, args.slots, args.tpe_startup)
                   if args.what == "preset"
-                  else tuned_pair(port, args.dataset, args.rate, args.trials, args.slots, args.tpe_startup)
+                  else tuned_pair(port, args.dataset, args.rate, args.trials, args.slots, args.tpe_startup, args.epochs)
                   if args.what == "pair" else rules(port, args.dataset))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
+        # written before the stack stops: a slow stop must not lose an hour's measurement
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1))
     print(f"written to {args.out} ({record['seconds']:.0f} s)")
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -166,6 +168,10 @@ def print_run(run: Run) -> None:
             ["tags", ", ".join(run.tags)]]
     rows += info_rows(run.info)
     rows += [[f"spec.{key}", value] for key, value in run.spec.items()]
+    if isinstance(run.environment, dict):
+        rows += [[f"environment.{key}", value] for key, value in run.environment.items()]
+    else:
+        rows.append(["environment", "not recorded"])
     print_table(f"run {run.id}", ["field", "value"], [r for r in rows if r[1] not in (None, "")], no_wrap=["field"])
     if run.error:
         print_notes([f"error: {run.error}"])
@@ -241,6 +247,59 @@ def runs_submit(client: Client, args) -> int:
     return 0
 
 
+def spec_argument(key: str, value: Any) -> str:
+    """One `key=value` argument that parse_value reads back as `value` (text that would read as a
+    number or JSON is quoted as a JSON string), quoted for a POSIX shell."""
+    text = value if isinstance(value, str) and parse_value(value) == value else json.dumps(value)
+    return shlex.quote(f"{key}={text}")
+
+
+def resubmit_command(run: Run) -> str:
+    """The command that submits the same run again: its whole stored spec as key=value pairs."""
+    return " ".join(["missmod", "runs", "submit", *(spec_argument(k, v) for k, v in run.spec.items())])
+
+
+def runs_spec(client: Client, args) -> int:
+    run = client.run(args.id)
+    if args.json:
+        print_json(run.spec)
+        return 0
+    if run.external:
+        print(f"# run {run.id} was trained elsewhere: this submits its setting as a missmod run", file=sys.stderr)
+    print(resubmit_command(run))
+    return 0
+
+
+def runs_log(client: Client, args) -> int:
+    """A live run fed by JSON lines on stdin: {"step": 12, "epoch": 1, "train_loss": 0.4} logs points
+    (docs/live-runs.md); {"finish": {"test_predictions": [...]}} ends it with its result; the end of
+    input finishes it; a line that is not an object of numbers fails it with the reason."""
+    fields = parse_pairs(args.fields)
+    if "method" in fields and "method_label" not in fields:
+        fields["method_label"] = fields.pop("method")
+    run = client.start_run(**fields)
+    print(f"run {run.id}: logging from stdin ({client.url}/runs/{run.id})", file=sys.stderr)
+    number = 0
+    try:
+        for number, line in enumerate(sys.stdin, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("each line must be a JSON object")
+            if "finish" in record:
+                ended = run.finish(**(record["finish"] or {}))
+                break
+            step, epoch = record.pop("step", None), record.pop("epoch", None)
+            run.log(step=step, epoch=epoch, **record)
+        else:
+            ended = run.finish()
+    except (ValueError, TypeError) as error:
+        ended = run.fail(f"line {number} of the input: {error}")
+    _show(args, ended, print_run)
+    return 0 if ended.succeeded else EXIT_FAILED
+
+
 def runs_list(client: Client, args) -> int:
     filters = {"state": args.state or None, "dataset": args.dataset, "method": args.method, "sweep": args.sweep,
                "tag": args.tag, "q": args.q}
@@ -309,6 +368,41 @@ def runs_predictions(client: Client, args) -> int:
         f"run {args.id}: stored test predictions (--csv: one row each)", ["field", "value"],
         [["epoch", p["epoch"]], [f"test {p['counted']}", len(p["labels"])], ["correct", sum(predictions.correct)],
          ["accuracy", _percent(predictions.accuracy)], ["classes", ", ".join(p["classes"])]], no_wrap=["field"]))
+    return 0
+
+
+def runs_predict(client: Client, args) -> int:
+    import numpy as np
+
+    try:
+        with np.load(args.file, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        print(f"missmod: cannot read {args.file}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    frame = client.predict(args.id, **arrays)
+    info = frame.attrs
+    if args.json:
+        print_json({**info, "predicted": list(frame["predicted"]),
+                    "probabilities": frame[[f"p_{c}" for c in info["classes"]]].values.tolist()})
+        return 0
+    text = frame.to_csv(index_label="index")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+        print(f"run {info['run_id']} ({info['method']}, epoch {info['epoch']}): {len(frame)} sample(s) from "
+              f"{info['inputs'].replace('_', ' ')} by {info['rule']} -> {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def runs_download(client: Client, args) -> int:
+    path = client.download_model(args.id, args.output)
+    if args.json:
+        print_json({"run_id": args.id, "path": path})
+    else:
+        print(f"{path} ({os.path.getsize(path):,} bytes): load it with training.bundle.load_model(path)")
     return 0
 
 
@@ -691,6 +785,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--csv", action="store_true", help="CSV of every matching run, with its spec fields")
     sub = command(runs, "show", runs_show, "one run")
     sub.add_argument("id", type=int)
+    sub = command(runs, "log", runs_log, "a live run logged from JSON lines on stdin, one "
+                  '{"step": N, "epoch": E, "NAME": value, ...} each; {"finish": {...}} or the end of input ends it')
+    sub.add_argument("fields", nargs="+", metavar="key=value", help="dataset=digits method=my_method "
+                                                                      "missing_modality=bottom missing_rate=0.9 seed=0")
+    sub = command(runs, "spec", runs_spec, "print the command that submits the same run again (--json: its spec)")
+    sub.add_argument("id", type=int)
     sub = command(runs, "wait", runs_wait, "follow a run until it finishes: exit 0 if it succeeded, 1 otherwise")
     sub.add_argument("id", type=int)
     waiting(sub)
@@ -708,6 +808,16 @@ def build_parser() -> argparse.ArgumentParser:
                   "a run's stored test predictions: a summary, or --csv one row per test sample")
     sub.add_argument("id", type=int)
     sub.add_argument("--csv", action="store_true", help="index, label, predicted, class names, correct")
+    sub = command(runs, "predict", runs_predict,
+                  "predict with a run's model: an .npz of arrays x and/or y (or the modalities' names); prints "
+                  "CSV, one row per sample: predicted class and each class's probability")
+    sub.add_argument("id", type=int)
+    sub.add_argument("file", help=".npz with x (n, …) and/or y (n, …), as in the dataset")
+    sub.add_argument("-o", "--output", help="write the CSV here instead of printing it")
+    sub = command(runs, "download", runs_download,
+                  "download a run's model bundle (its model at the selected epoch, for load_model)")
+    sub.add_argument("id", type=int)
+    sub.add_argument("-o", "--output", help="where to save it (default run-<id>-model.zip)")
 
     sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
     sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")

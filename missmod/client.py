@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from .live import LiveRun, Protocol, environment as live_environment
 from .models import Metrics, Point, Predictions, Run, RunList, Study, Sweep, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -97,7 +98,7 @@ class WaitTimeout(MissmodError):
 
 
 def _id_of(thing: Any, kind: type) -> int:
-    if isinstance(thing, kind):
+    if isinstance(thing, kind) or isinstance(getattr(thing, "id", None), int):  # a Run, a LiveRun
         return thing.id
     if isinstance(thing, Mapping):
         return int(thing["id"])
@@ -232,6 +233,50 @@ class Client:
         the run kept none."""
         return Predictions(**self._json("GET", f"/api/runs/{_id_of(run, Run)}/predictions"))
 
+    def predict(self, run: Any, x: Any = None, y: Any = None, *, rows_per_request: int | None = None,
+                **modalities: Any):
+        """Class probabilities of samples from the run's model at its selected epoch: a DataFrame
+        with one row per sample, `predicted` (the class name), `predicted_index` and one column
+        `p_<class>` per class; `.attrs` says the epoch, the method, what was given and the rule.
+        x and y: arrays (n, …) as in the dataset, or one sample; give x, y or both (y alone where
+        the method supports it), or pass them by the modalities' names (`top=…`). Many rows go in
+        several requests (at most `rows_per_request` each; by default what fits the server's
+        usual limits)."""
+        import numpy as np
+
+        run_id = _id_of(run, Run)
+        arrays = {name: np.asarray(values) for name, values in {"x": x, "y": y, **modalities}.items()
+                  if values is not None}
+        if not arrays:
+            raise ValueError("give x, y, or both")
+        single = {name: values.ndim == 1 for name, values in arrays.items()}  # one vector sample
+        arrays = {name: values[None] if single[name] else values for name, values in arrays.items()}
+        n = max(len(values) for values in arrays.values())
+        row_bytes = sum(4 * int(np.prod(values.shape[1:])) for values in arrays.values())
+        size = rows_per_request or max(1, min(PREDICT_ROWS, PREDICT_BYTES // max(row_bytes, 1)))
+        answers = []
+        for start in range(0, n, size):
+            answers.append(self._json("POST", f"/api/runs/{run_id}/predict",
+                                      content=_npz({k: v[start : start + size] for k, v in arrays.items()}),
+                                      headers={"Content-Type": "application/x-npz"}))
+        return _prediction_frame(answers)
+
+    def download_model(self, run: Any, path: str | os.PathLike | None = None) -> str:
+        """Save the run's model bundle (`training.bundle.load_model` predicts with it offline) to
+        `path` (default `run-<id>-model.zip`); returns the path."""
+        run_id = _id_of(run, Run)
+        target = os.fspath(path) if path is not None else f"run-{run_id}-model.zip"
+        with self._http.stream("GET", f"/api/runs/{run_id}/model") as response:
+            if not response.is_success:
+                response.read()
+                self._raise_for(response)
+            partial = f"{target}.part"
+            with open(partial, "wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+        os.replace(partial, target)
+        return target
+
     def cancel(self, run: Any) -> Run:
         return Run(**self._json("POST", f"/api/runs/{_id_of(run, Run)}/cancel"))
 
@@ -257,14 +302,17 @@ class Client:
     def log_run(self, spec_like: Mapping[str, Any], metrics: Any = (), confusion: Any = None, *,
                 test_accuracy: float | None = None, val_accuracy: float | None = None,
                 best_epoch: int | None = None, sweep: Any = None, source: str | None = None,
-                name: str | None = None) -> Run:
+                name: str | None = None, test_predictions: Sequence[int] | None = None,
+                protocol_digest: str | None = None) -> Run:
         """Record a run trained elsewhere, marked external. `spec_like`: its setting as a run
         spec names it (dataset, method, fusion, missing_modality, missing_rate, seed; any other
         key is kept as a setting). `metrics`: points [{"epoch", "name", "value"}], or
         {name: [value per epoch, from 1]}, or {name: {epoch: value}}, or a DataFrame with an
         `epoch` column and a column per metric. `confusion`: {"classes", "counts"} or a K × K
         list. test_accuracy defaults to the last `test_accuracy` point. `sweep`: show it in that
-        sweep's table and trend."""
+        sweep's table and trend. `test_predictions`: the predicted class of each test sample of
+        missmod's split for the setting (client.protocol(...), in its `test_groups` order): the run
+        is then paired with missmod's runs (McNemar); `protocol_digest`: that protocol's digest."""
         named = ("dataset", "method", "fusion", "missing_modality", "missing_rate", "seed")
         body: dict[str, Any] = {k: spec_like[k] for k in named if k in spec_like}
         body["spec"] = {k: v for k, v in spec_like.items() if k not in named and k != "name"}
@@ -279,9 +327,44 @@ class Client:
         optional = {"test_accuracy": test_accuracy, "val_accuracy": val_accuracy, "best_epoch": best_epoch,
                     "confusion": dict(confusion) if confusion is not None else None,
                     "sweep_id": _id_of(sweep, Sweep) if sweep is not None else None, "source": source,
-                    "name": name or spec_like.get("name")}
+                    "name": name or spec_like.get("name"), "protocol_digest": protocol_digest,
+                    "test_predictions": [int(p) for p in test_predictions] if test_predictions is not None else None}
         body.update({k: v for k, v in optional.items() if v is not None})
         return Run(**self._json("POST", "/api/runs/external", json=body))
+
+    # --- live runs: logged from the script's own loop (missmod/live.py) -------------------
+
+    def start_run(self, *, dataset: str, method_label: str | None = None, missing_modality: str,
+                  missing_rate: float, seed: int = 0, fusion: str = "add", method: str | None = None,
+                  name: str | None = None, source: str | None = None, sweep: Any = None,
+                  epochs: int | None = None, steps_per_epoch: int | None = None,
+                  interval: float = 0.2, batch_size: int = 10_000, **settings: Any) -> LiveRun:
+        """Start a run this script trains in its own loop and logs live (docs/live-runs.md):
+        `with client.start_run(dataset=..., method_label=..., missing_modality=..., missing_rate=...,
+        seed=...) as run: run.log(step=..., epoch=..., train_loss=...)`. `method_label` names your
+        method (free text); other keyword arguments are kept as the run's settings (`split_by`,
+        `other_missing_rate` choose missmod's split, as for a run). Points are sent in batches
+        every `interval` seconds from a background thread, with heartbeats."""
+        label = method_label or method
+        if not label:
+            raise TypeError("start_run needs method_label= (the name of your method)")
+        body: dict[str, Any] = {"dataset": dataset, "method": label, "fusion": fusion,
+                                "missing_modality": missing_modality, "missing_rate": missing_rate, "seed": seed,
+                                "spec": settings, "environment": live_environment()}
+        optional = {"name": name, "source": source, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                    "sweep_id": _id_of(sweep, Sweep) if sweep is not None else None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return LiveRun(self, self._json("POST", "/api/runs/live", json=body), interval=interval,
+                       batch_size=batch_size)
+
+    def protocol(self, dataset: str, seed: int = 0, missing_rate: float = 0.0, other_missing_rate: float = 0.0,
+                 split_by: str = "group") -> Protocol:
+        """The samples missmod's workers use for this setting: train/val/test rows of the dataset,
+        the missing mask over the training rows, and the order of the test predictions to upload."""
+        found = self._json("GET", "/api/protocol", params={
+            "dataset": dataset, "seed": seed, "missing_rate": missing_rate,
+            "other_missing_rate": other_missing_rate, "split_by": split_by})
+        return Protocol(**{name: found[name] for name in Protocol.__dataclass_fields__})
 
     # --- sweeps ------------------------------------------------------------------------
 
@@ -524,6 +607,38 @@ class Client:
             if bar is not None:
                 bar.close()
         return study
+
+
+# Rows and bytes (as float32) per prediction request: below the server's defaults (PREDICT_MAX_ROWS
+# 10,000 and MAX_REQUEST_BYTES 1,000,000, with room for the .npz's headers).
+PREDICT_ROWS = 10_000
+PREDICT_BYTES = 900_000
+
+
+def _npz(arrays: Mapping[str, Any]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the server names the row
+        np.savez(buffer, **{name: np.asarray(values, dtype=np.float32) if np.asarray(values).dtype.kind in "iufb"
+                            else np.asarray(values) for name, values in arrays.items()})
+    return buffer.getvalue()
+
+
+def _prediction_frame(answers: list[dict[str, Any]]):
+    from .models import _pandas
+
+    pandas = _pandas()
+    first = answers[0]
+    classes = first["classes"]
+    probabilities = [row for answer in answers for row in answer["probabilities"]]
+    frame = pandas.DataFrame(probabilities, columns=[f"p_{name}" for name in classes])
+    frame.insert(0, "predicted_index", [i for answer in answers for i in answer["predicted"]])
+    frame.insert(0, "predicted", [name for answer in answers for name in answer["predicted_class"]])
+    frame.attrs.update({key: first[key] for key in ("run_id", "epoch", "method", "inputs", "rule", "classes")})
+    return frame
 
 
 def _external_param(include_external: bool) -> dict[str, str]:

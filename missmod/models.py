@@ -52,6 +52,8 @@ class Run(_Model):
     tags: list[str] = []
     error: str | None = None
     info: dict[str, Any] | None = None  # what the run recorded about its data and training
+    # The reproducibility record (versions, commit, device, host, plugin); None: not recorded.
+    environment: dict[str, Any] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
 

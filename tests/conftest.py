@@ -144,7 +144,8 @@ def start_worker(tmp_path: Path):
             tmp_path / f"worker-{len(processes)}.log",
         )
         processes.append(process)
-        process.wait_for_log(" ready.", timeout=60)
+        # Loading the training library (torch) took 81 s with eight test suites sharing 2 cores.
+        process.wait_for_log(" ready.", timeout=180)
         return process
 
     yield start

@@ -90,7 +90,6 @@ def load_registry() -> Registry:
             loaded = _load_entry_point(entry)
         except Exception as error:  # an import error, a missing dependency, anything its module raises
             reason = f"could not be loaded ({entry.value}): {type(error).__name__}: {error}"
-            log.warning("method plugin %r of %s: %s", entry.name, dist, reason)
             registry.broken[entry.name] = UnavailableMethod(entry.name, reason, dist, version)
             continue
         registry.add(loaded, entry.name, dist, version)

@@ -26,7 +26,7 @@ import torch
 
 from .datasets import TwoViewData
 from .likelihood import log_label_prior
-from .protocol import choose_missing, stratified_group_split, subject_split
+from .protocol import digest_of, split_and_missing
 from .spec import TrainSpec
 
 
@@ -87,6 +87,9 @@ class PreparedData:
     info: dict[str, Any]
     x_input: ModalityInput
     y_input: ModalityInput
+    # Mean and std of x and of y (vector inputs; None for images, whose encoders hold theirs): what
+    # a model bundle needs to put new inputs in the form the model was trained on.
+    standardisation: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def standardiser(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +187,7 @@ def prepare_data(data: TwoViewData, spec: TrainSpec, device: torch.device) -> Pr
         info=_data_info(data, spec, split, missing, x_name, y_name, inputs.device),
         x_input=x_input,
         y_input=y_input,
+        standardisation=getattr(inputs, "statistics", None),
     )
 
 
@@ -203,6 +207,9 @@ def _data_info(data: TwoViewData, spec: TrainSpec, split, missing, x_name: str, 
         "n_val": int(len(split.val)),
         "n_test": int(len(split.test)),
         "n_test_groups": int(len(np.unique(data.groups[split.test]))),
+        # The fingerprint of the split and missing mask this run trained on: what a script using
+        # training/protocol.py (or the API's /api/protocol) gets for the same setting.
+        "protocol_digest": digest_of(split, missing),
     }
     if data.oracle is not None:
         test_views = {m: data.views[m][split.test] for m in data.modalities}
@@ -215,14 +222,3 @@ def _data_info(data: TwoViewData, spec: TrainSpec, split, missing, x_name: str, 
     if spec.encoder != "mlp":
         info["inputs_kept_on"] = str(kept_on)
     return info
-
-
-def split_and_missing(data: TwoViewData, spec: TrainSpec):
-    """The 70/15/15 split (by group or by subject) and which training samples lose a modality."""
-    if spec.split_by == "subject":
-        split = subject_split(data.labels, data.groups, data.subjects, spec.seed)
-    else:
-        split = stratified_group_split(data.labels, data.groups, spec.seed)
-    missing = choose_missing(data.labels, data.groups, split.train, spec.missing_rate, spec.seed,
-                             spec.other_missing_rate)
-    return split, missing

@@ -1,6 +1,11 @@
 """The experimental protocol of the paper (§3.2): a stratified 70/15/15 split by group, and
 the seeded choice of which training groups lose their missing modality.
 
+`protocol_for` gives, for a run's setting, exactly what missmod's workers train and test on: the
+train/val/test indices, the missing mask, and the order in which test predictions are listed
+(one per test group). A script that trains its own method on them is on missmod's protocol, and
+its test predictions pair with missmod's runs (McNemar); the worker records the same `digest`.
+
 Both depend only on the dataset and the seed, never on the method, so runs of different
 methods with the same seed see the same split and the same missing samples (a paired
 comparison). The missing choice is nested across rates: with one seed, the groups missing at
@@ -9,9 +14,15 @@ comparison). The missing choice is nested across rates: with one seed, the group
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+
+from .datasets import load_dataset
+from .two_view import TwoViewData
 
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -108,3 +119,105 @@ def choose_missing(labels: np.ndarray, groups: np.ndarray, train: np.ndarray, ra
     train_groups = groups[train]
     return MissingChoice(y_missing=np.isin(train_groups, np.concatenate(lose_y)),
                          x_missing=np.isin(train_groups, np.concatenate(lose_x)))
+
+
+class ProtocolSetting:
+    """What decides a run's split and missing samples: any object with these attributes (a
+    TrainSpec is one); `ProtocolKey` is the plain one for scripts."""
+
+    dataset: str
+    seed: int
+    missing_rate: float
+    other_missing_rate: float
+    split_by: str
+
+
+@dataclass(frozen=True)
+class ProtocolKey:
+    dataset: str
+    seed: int = 0
+    missing_rate: float = 0.0
+    other_missing_rate: float = 0.0
+    split_by: Literal["group", "subject"] = "group"
+
+
+def split_and_missing(data: TwoViewData, setting: ProtocolSetting) -> tuple[Split, MissingChoice]:
+    """The 70/15/15 split (by group or by subject) and which training samples lose a modality."""
+    if setting.split_by == "subject":
+        if data.subjects is None:
+            raise ValueError(f"dataset {data.name!r} has no subjects: split it by group")
+        split = subject_split(data.labels, data.groups, data.subjects, setting.seed)
+    else:
+        split = stratified_group_split(data.labels, data.groups, setting.seed)
+    missing = choose_missing(data.labels, data.groups, split.train, setting.missing_rate, setting.seed,
+                             setting.other_missing_rate)
+    return split, missing
+
+
+def digest_of(split: Split, missing: MissingChoice) -> str:
+    """A fingerprint of a split and its missing mask: equal digests, same samples everywhere."""
+    hashed = hashlib.sha256()
+    for part in (split.train, split.val, split.test):
+        hashed.update(np.asarray(part, dtype="<i8").tobytes())
+        hashed.update(b"|")
+    for mask in (missing.y_missing, missing.x_missing):
+        hashed.update(np.asarray(mask, dtype=np.uint8).tobytes())
+        hashed.update(b"|")
+    return hashed.hexdigest()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A run's samples, as missmod's workers use them. Indices are rows of the dataset (of its
+    `views` and `labels`); `y_missing[i]` (`x_missing[i]`) says whether training sample
+    `train[i]` lost y (x). Test predictions are one per test group, in `test_groups` order (a
+    video's segments count once, their probabilities averaged; without groups, one per test
+    sample, in `test` order), with `test_labels` their true classes."""
+
+    split: Split
+    missing: MissingChoice
+    test_groups: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.split.train
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.split.val
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.split.test
+
+    @property
+    def y_missing(self) -> np.ndarray:
+        return self.missing.y_missing
+
+    @property
+    def x_missing(self) -> np.ndarray:
+        return self.missing.x_missing
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.split, self.missing)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist(),
+                "y_missing": self.y_missing.tolist(), "x_missing": self.x_missing.tolist(),
+                "test_groups": [g.item() if hasattr(g, "item") else g for g in self.test_groups],
+                "test_labels": self.test_labels.tolist(), "classes": list(self.classes), "digest": self.digest}
+
+
+def protocol_of(data: TwoViewData, setting: ProtocolSetting) -> Protocol:
+    split, missing = split_and_missing(data, setting)
+    test_groups, first = np.unique(data.groups[split.test], return_index=True)
+    return Protocol(split, missing, test_groups, data.labels[split.test][first].astype(np.int64), list(data.classes))
+
+
+def protocol_for(setting: ProtocolSetting, data_dir: Path | None = None, video=None) -> Protocol:
+    """The split, missing mask and test order missmod's workers use for `setting` (a TrainSpec,
+    a ProtocolKey): `protocol_for(ProtocolKey("digits", seed=0, missing_rate=0.9))`."""
+    return protocol_of(load_dataset(setting.dataset, data_dir, video), setting)

@@ -77,7 +77,7 @@ class TrainSpec(BaseModel):
     method: MethodName
     fusion: FusionName = "add"
     method_options: dict[str, Any] = Field(
-        default_factory=dict,
+        default_factory=dict, validate_default=True,  # a method's defaults are filled in and stored when none are given
         description="The method's own options (GET /api/methods: `options`), validated against its options model and "
                     "stored with their defaults; the built-in methods have none (theirs are the fields below)",
     )

@@ -17,7 +17,7 @@ from backend.lifecycle.lease import LeaseLost
 from backend.queue import WorkQueue
 from backend.runs import outcomes, recording
 from backend.runs import service as runs_service
-from backend.runs.artifacts import RunCheckpoints
+from backend.runs.artifacts import RunBundle, RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
@@ -26,6 +26,7 @@ from backend.studies import outcomes as study_outcomes, service as studies
 from backend.sweeps import outcomes as sweep_outcomes
 from backend.workers import service as workers
 
+from training import reproducibility
 from training.datasets import configure_features
 from training.spec import TrainSpec
 from training.train import StopReason, TrainingAborted, TrainingCallback, train
@@ -67,8 +68,10 @@ class DatabaseRecorder(TrainingCallback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
-        # A resumed run's progress is the previous attempt's until its first step is logged.
-        self.holder.record(info=dict(info), progress=None)
+        # A resumed run's progress is the previous attempt's until its first step is logged. The
+        # reproducibility record is this attempt's: a run resumed elsewhere says where it ended.
+        self.holder.record(info=dict(info), progress=None,
+                           environment=reproducibility.record(info.get("device"), info.get("method")))
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
@@ -169,7 +172,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 slots.limit_device_memory(share, spec.device)
                 result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options(),
-                               checkpoint_every_seconds=settings.checkpoint_interval)
+                               checkpoint_every_seconds=settings.checkpoint_interval,
+                               bundle_path=RunBundle(settings, run_id))
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
             raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:

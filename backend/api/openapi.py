@@ -100,6 +100,7 @@ OPERATION_IDS = {
     "list_jobs": "jobs-list",
     "get_job": "jobs-get",
     "cancel_job": "jobs-cancel",
+    "stream_job": "jobs-stream",
     "list_workers": "workers-list",
     "get_queue": "workers-queue",
     "stream_workers": "workers-stream",

@@ -11,7 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -56,14 +58,15 @@ def send_awaiting(session: Session, model: type[Leased], send: Send, *, queued_b
 
 
 def reconcile(session: Session, model: type[Leased], send: Send, *, heartbeat_timeout: float, max_retries: int,
-              now: datetime | None = None) -> ReconcileReport:
+              now: datetime | None = None, where: Sequence[ColumnElement[bool]] = ()) -> ReconcileReport:
     """Queue again (to resume) each row whose heartbeat stopped, or fail it once its worker
-    has died more than `max_retries` times; then send the ids that may not have reached the broker."""
+    has died more than `max_retries` times; then send the ids that may not have reached the broker.
+    `where`: only the rows that workers hold (a run a script logs live is not a worker's to retry)."""
     now = now or utcnow()
     stale_before = now - timedelta(seconds=heartbeat_timeout)
     is_stale = or_(model.heartbeat_at < stale_before, model.heartbeat_at.is_(None))
     report = ReconcileReport()
-    for row in session.scalars(select(model).where(model.state == State.running, is_stale)).all():
+    for row in session.scalars(select(model).where(model.state == State.running, is_stale, *where)).all():
         holder = describe_holder(row)
         if row.cancel_requested:
             values, bucket, outcome = {"state": State.cancelled, "finished_at": now}, report.cancelled, "cancelled"

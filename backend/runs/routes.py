@@ -7,8 +7,11 @@ from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
+
+from training.protocol import ProtocolKey
 
 from .. import pagination
 from ..api import idempotency
@@ -18,11 +21,13 @@ from ..catalog import registry
 from ..csv_export import csv_text
 from ..live import open_stream
 from ..paired_statistics import compare_runs
-from . import artifacts, export, metrics, outcomes, query, series, service
+from . import artifacts, export, live_runs, metrics, outcomes, query, series, service, serving
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
-from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, MetricsColumns, MetricsPage,
-                      PredictionsOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, LiveFail, LiveFinish, LiveLease,
+                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsColumns, MetricsPage, PredictionOut,
+                      PredictionsOut, ProtocolOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut,
+                      RunUpdate)
 from .stream import RunTopic, cursor_from
 from .validation import DatasetCatalog, refuse_if_unfit
 
@@ -58,11 +63,82 @@ def create_run(payload: RunCreate, response: Response, session: SessionDep, queu
 
 
 @router.post("/external", status_code=status.HTTP_201_CREATED, response_model=RunOut)
-def log_external_run(payload: ExternalRunCreate, session: SessionDep) -> RunOut:
+def log_external_run(payload: ExternalRunCreate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Record a run trained elsewhere (another codebase, a paper's numbers): its setting, metrics
     per epoch or step, test accuracy and confusion matrix. It is marked `external` and shown with a
     mark in comparison tables and trends, in its own row, never averaged with missmod's runs."""
-    return RunOut.model_validate(service.log_external_run(session, payload))
+    return RunOut.model_validate(service.log_external_run(session, payload, settings))
+
+
+# --- live runs: a script's own loop logs a run while it trains (backend/runs/live_runs.py) ------
+
+LIVE_GONE = {409: {"description": "The run is no longer this lease's: lost (no heartbeat for LIVE_RUN_TIMEOUT), "
+                                  "ended, or deleted"}}
+
+
+@router.post("/live", status_code=status.HTTP_201_CREATED, response_model=LiveRunOut)
+def start_live_run(payload: LiveRunCreate, session: SessionDep, settings: SettingsDep) -> LiveRunOut:
+    """Start a run that a script trains in its own loop and logs while it trains: it is `running`
+    under the returned `lease`; points, heartbeats and its end go to /api/runs/{id}/live/…"""
+    run = live_runs.start(session, payload)
+    return LiveRunOut.model_validate({**RunOut.model_validate(run).model_dump(), "lease": run.worker,
+                                      "heartbeat_interval": settings.live_run_timeout / 4,
+                                      "lease_timeout": settings.live_run_timeout})
+
+
+@router.post("/{run_id}/live/points", response_model=LiveWritten, responses={**NOT_FOUND, **LIVE_GONE})
+def log_live_points(run_id: RunId, payload: LivePoints, session: SessionDep) -> LiveWritten:
+    """A batch of points (as columns), written exactly once through the workers' ingestion, with a
+    heartbeat. Answers whether a cancel was asked."""
+    service.get_run(session, run_id)
+    cancel = live_runs.write_points(session, run_id, payload)
+    return LiveWritten(points=len(payload.epoch), cancel_requested=cancel)
+
+
+@router.post("/{run_id}/live/heartbeat", response_model=LiveWritten, responses={**NOT_FOUND, **LIVE_GONE})
+def live_heartbeat(run_id: RunId, payload: LiveLease, session: SessionDep) -> LiveWritten:
+    """The script is alive (the client sends one whenever it has logged nothing for a while)."""
+    service.get_run(session, run_id)
+    return LiveWritten(points=0, cancel_requested=live_runs.heartbeat(session, run_id, payload.lease))
+
+
+@router.post("/{run_id}/live/finish", response_model=RunOut, responses={**NOT_FOUND, **LIVE_GONE})
+def finish_live_run(run_id: RunId, payload: LiveFinish, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """End the run with its result: succeeded (cancelled, if a cancel was asked meanwhile). With
+    `test_predictions` on missmod's split it is paired with missmod's runs (McNemar)."""
+    service.get_run(session, run_id)
+    run = live_runs.finish(session, settings, run_id, payload)
+    outcomes.announce_ended(session, settings, [run_id])
+    return RunOut.model_validate(run)
+
+
+@router.post("/{run_id}/live/fail", response_model=RunOut, responses={**NOT_FOUND, **LIVE_GONE})
+def fail_live_run(run_id: RunId, payload: LiveFail, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """The script's loop raised: the run ends failed with the error, its points kept."""
+    service.get_run(session, run_id)
+    run = live_runs.fail(session, run_id, payload)
+    outcomes.announce_ended(session, settings, [run_id])
+    return RunOut.model_validate(run)
+
+
+protocol_router = APIRouter(prefix="/api/protocol", tags=["runs"])
+
+
+@protocol_router.get("", response_model=ProtocolOut)
+def get_protocol(settings: SettingsDep,
+                 dataset: str = Query(..., max_length=200, pattern=NO_CONTROL_CHARACTERS),
+                 seed: int = Query(0, ge=0, le=2**31 - 1),
+                 missing_rate: float = Query(0.0, ge=0, lt=1),
+                 other_missing_rate: float = Query(0.0, ge=0, lt=1),
+                 split_by: Literal["group", "subject"] = Query("group")) -> ProtocolOut:
+    """The samples missmod's workers use for this setting: train/val/test rows of the dataset,
+    which training rows lose a modality, and the order test predictions are listed in. Train your
+    own method on them, upload its test predictions, and its run pairs with missmod's."""
+    key = ProtocolKey(dataset=dataset, seed=seed, missing_rate=missing_rate, other_missing_rate=other_missing_rate,
+                      split_by=split_by)
+    found = live_runs.protocol(settings, key)
+    return ProtocolOut(dataset=dataset, seed=seed, missing_rate=missing_rate, other_missing_rate=other_missing_rate,
+                       split_by=split_by, **found.as_dict())
 
 
 def _bulk_result(outcome: service.BulkOutcome) -> BulkResult:
@@ -305,3 +381,54 @@ def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
     return StreamingResponse(found.store.iter_chunks(found.key), media_type="application/octet-stream",
                              headers={"Content-Length": str(found.size),
                                       "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "x": {"type": "array", "description": "Samples of x (the modality always present), shape (n, …) as in the "
+                                              "dataset (not standardised), or one sample; may be left out"},
+        "y": {"type": "array", "description": "Samples of y (the one that may be missing), the same rows; may be "
+                                              "left out"}},
+        "description": "Also accepted under the modalities' own names (e.g. `top`, `bottom`)"}},
+    "application/x-npz": {"schema": {"type": "string", "format": "binary",
+                                     "description": "An .npz with arrays `x` and/or `y` (or the modalities' names)"}},
+}}}
+
+
+@router.post("/{run_id}/predict", response_model=PredictionOut, openapi_extra=PREDICT_BODY, responses={
+    **NOT_FOUND, 409: {"description": "The run has no model bundle (trained before bundles were written: retrain)"},
+    422: {"description": "Inputs of the wrong shape, not finite, too many rows, or a missing modality the method "
+                         "cannot predict without"},
+    503: {"description": "No worker answered within PREDICT_TIMEOUT"}})
+async def predict(run_id: RunId, request: Request) -> PredictionOut:
+    """Class probabilities and the predicted class of one or many samples, from the run's model
+    at its selected epoch: with x and y (eq. 4), x alone (each method's own rule: eq. 5 for
+    `mle`, g = 0 for `zero_padding`, imputation for `ae1`/`ae2`, the x–z rule for `hgr`), or y
+    alone where the method trained without x. A worker predicts (the API loads no torch), within
+    PREDICT_TIMEOUT; at most PREDICT_MAX_ROWS samples per request (docs/predict.md)."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "application/json")
+    state = request.app.state
+    return await run_in_threadpool(_predict, state.settings, state.sessions, state.work_queue, run_id, body,
+                                   content_type)
+
+
+def _predict(settings, sessions, queue, run_id: int, body: bytes, content_type: str) -> PredictionOut:
+    with sessions() as session:
+        bundle = serving.bundle_of(settings, service.get_run(session, run_id))
+    x, y, _ = serving.read_inputs(body, content_type, bundle.manifest, settings.predict_max_rows)
+    return PredictionOut.model_validate(serving.predict(settings, sessions, queue, bundle, x, y))
+
+
+@router.get("/{run_id}/model", response_class=FileResponse, responses={
+    404: {"description": "No such run, or it has no model bundle (trained before bundles were written: retrain)"}})
+def download_model(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
+    """The run's model bundle (`model.zip`): the model at its selected epoch with its preprocessing,
+    label prior, class names, eq. 5 reference bank, spec and versions; `training.bundle.load_model`
+    predicts with it offline, with the endpoint's numbers (docs/predict.md)."""
+    run = service.get_run(session, run_id)
+    try:
+        serving.bundle_of(settings, run)
+    except serving.NoModelBundle as error:
+        raise serving.ModelBundleNotFound(str(error)) from None
+    return download_artifact(run_id, session, settings, path=artifacts.MODEL_BUNDLE)

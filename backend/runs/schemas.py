@@ -70,6 +70,11 @@ class RunOut(BaseModel):
     tags: list[str]
     note: str | None
     external: bool = Field(False, description="Trained elsewhere and logged through POST /api/runs/external")
+    environment: dict[str, Any] | None = Field(
+        None, description="The reproducibility record: `missmod_version`, `git_commit`, `python`, `torch`, `cuda`, "
+                          "`cudnn`, `device`, `device_name`, `torch_threads`, `torch_interop_threads`, `cpu_count`, "
+                          "`host`, `plugin`, `plugin_version` (null where unknown); null for a run made before "
+                          "missmod kept it (not recorded)")
     progress: dict[str, Any] | None = Field(
         None, description="While running: where the training is inside the current epoch: `step` (of `steps`), "
                           "`epoch` (of `epochs`), `global_step`, `samples_per_second`, `eta_seconds` (the epoch's "
@@ -81,7 +86,7 @@ class RunOut(BaseModel):
         # A row is shown whatever its JSON holds: a list stays a page that answers, not a 500.
         return spec if isinstance(spec, dict) else {}
 
-    @field_validator("info", "progress", mode="before")
+    @field_validator("info", "progress", "environment", mode="before")
     @classmethod
     def _object_or_none(cls, value: Any) -> dict[str, Any] | None:
         return value if isinstance(value, dict) else None
@@ -217,6 +222,23 @@ class PredictionsOut(BaseModel):
     predicted: list[int] = Field(description="The predicted class of each test sample")
 
 
+class PredictionOut(BaseModel):
+    """Class probabilities of the samples sent, from the run's model at its selected epoch
+    (docs/predict.md), by the method's own rule for what was given."""
+
+    run_id: int
+    epoch: int = Field(description="The epoch the model is of: the run's selected epoch")
+    method: str
+    inputs: Literal["x_and_y", "x_only", "y_only"] = Field(description="What the samples gave")
+    rule: str = Field(description="How the method predicts from that (eq. 4, eq. 5 over a bank of training y's, …)")
+    classes: list[str]
+    predicted: list[int] = Field(description="Each sample's predicted class (index into `classes`): the argmax")
+    predicted_class: list[str] = Field(description="Each sample's predicted class, by name")
+    probabilities: list[list[float]] = Field(description="Each sample's class probabilities, in the order of `classes`")
+    seconds: float = Field(description="From sending the request to a worker to reading its answer")
+    worker_seconds: float = Field(description="On the worker: reading the bundle and predicting")
+
+
 # --- runs trained elsewhere ---------------------------------------------------------------
 
 MAX_EXTERNAL_POINTS = 100_000
@@ -243,6 +265,17 @@ class ExternalConfusion(BaseModel):
         if len(self.counts) != k or any(len(row) != k for row in self.counts):
             raise ValueError(f"counts must be {k} × {k}, one row and one column per class")
         return self
+
+
+MAX_TEST_PREDICTIONS = 1_000_000
+TestPredictions = Annotated[list[Annotated[int, Field(ge=0, le=65_535)]], Field(max_length=MAX_TEST_PREDICTIONS)]
+ProtocolDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+TEST_PREDICTIONS_DESCRIPTION = (
+    "The predicted class of every test sample (group) of missmod's split for this setting, in the order GET "
+    "/api/protocol lists them (`test_groups`): the run is then paired with missmod's runs test sample by test sample "
+    "(McNemar); its true labels, confusion matrix and test accuracy follow from them")
+PROTOCOL_DIGEST_DESCRIPTION = ("The `digest` of the split it trained on, as GET /api/protocol gave it: refused when "
+                               "it is not missmod's for this setting")
 
 
 class ExternalRunCreate(CleanInput):
@@ -274,6 +307,8 @@ class ExternalRunCreate(CleanInput):
     confusion: ExternalConfusion | None = None
     sweep_id: int | None = Field(None, ge=1, le=2**31 - 1,
                                  description="Show it in this sweep's comparison table and trend (marked external)")
+    test_predictions: TestPredictions | None = Field(None, description=TEST_PREDICTIONS_DESCRIPTION)
+    protocol_digest: ProtocolDigest | None = Field(None, description=PROTOCOL_DIGEST_DESCRIPTION)
 
     @field_validator("spec")
     @classmethod
@@ -315,3 +350,105 @@ class BulkResult(BaseModel):
     done: list[int] = Field(description="The runs the action was applied to")
     not_found: list[int]
     refused: list[RefusedRun] = Field(description="Runs the action does not apply to (e.g. already finished)")
+
+
+# --- live runs: logged step by step from a script's own loop -------------------------------
+
+MAX_LIVE_BATCH = 200_000
+# The reproducibility record a script sends: the keys of training/reproducibility.py, plain values.
+EnvironmentValue = Annotated[str, StringConstraints(max_length=500)] | int | float | bool | None
+
+
+class LiveRunCreate(ExternalRunCreate):
+    """A run trained by a script's own loop and logged while it trains: its setting (as for an
+    external run), then points, heartbeats and its end through /api/runs/{id}/live/…"""
+
+    metrics: list[ExternalPoint] = Field(default_factory=list, max_length=0, description="Not here: log points live")
+    environment: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,40}$")], EnvironmentValue] | None = Field(
+        None, max_length=40, description="The script's reproducibility record (the client sends it)")
+    steps_per_epoch: int | None = Field(None, ge=1, le=10_000_000,
+                                        description="Places per-step points on the epoch axis of the run page")
+    epochs: int | None = Field(None, ge=1, le=1_000_000, description="How many epochs it means to train (progress)")
+
+
+class LiveRunOut(RunOut):
+    lease: str = Field(description="Send it with every write: only the script that started the run logs into it")
+    heartbeat_interval: float = Field(description="Seconds between the client's heartbeats (when it logs nothing)")
+    lease_timeout: float = Field(description="Seconds without a write or heartbeat after which the run is lost "
+                                             "(failed): LIVE_RUN_TIMEOUT")
+
+
+class LivePoints(CleanInput):
+    """A batch of points as columns: point i is (`epoch[i]`, `step[i]`, `names[name[i]]`, `value[i]`).
+    Per-step points are named `step/…`; a value null (or non-finite) is a diverged one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease: printable_text(100, min_length=1)
+    names: list[printable_text(100, min_length=1)] = Field(max_length=1000)
+    epoch: list[Annotated[int, Field(ge=0, le=10_000_000)]] = Field(max_length=MAX_LIVE_BATCH)
+    step: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(max_length=MAX_LIVE_BATCH)
+    name: list[Annotated[int, Field(ge=0, le=999)]] = Field(max_length=MAX_LIVE_BATCH)
+    value: list[float | None] = Field(max_length=MAX_LIVE_BATCH)
+    epochs_completed: int | None = Field(None, ge=0, le=10_000_000, description="The last epoch it finished")
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> "LivePoints":
+        n = len(self.epoch)
+        if not (len(self.step) == len(self.name) == len(self.value) == n):
+            raise ValueError("epoch, step, name and value must have one entry per point")
+        if self.name and max(self.name) >= len(self.names):
+            raise ValueError(f"name holds an index past the {len(self.names)} names")
+        return self
+
+
+class LiveLease(CleanInput):
+    model_config = ConfigDict(extra="forbid")
+
+    lease: printable_text(100, min_length=1)
+
+
+class LiveWritten(BaseModel):
+    points: int = Field(description="Points in the batch (each stored once, whatever the retries)")
+    cancel_requested: bool = Field(description="Someone asked to cancel the run: the script may stop and finish")
+
+
+class LiveFinish(CleanInput):
+    model_config = ConfigDict(extra="forbid")
+
+    lease: printable_text(100, min_length=1)
+    test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Default: from test_predictions")
+    val_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    best_epoch: int | None = Field(None, ge=0, le=10_000_000, description="Default: the last epoch logged")
+    confusion: ExternalConfusion | None = None
+    test_predictions: TestPredictions | None = Field(None, description=TEST_PREDICTIONS_DESCRIPTION)
+    protocol_digest: ProtocolDigest | None = Field(None, description=PROTOCOL_DIGEST_DESCRIPTION)
+
+
+class LiveFail(CleanInput):
+    model_config = ConfigDict(extra="forbid")
+
+    lease: printable_text(100, min_length=1)
+    error: printable_text(2000, min_length=1)
+    detail: printable_text(50_000, line_breaks=True) | None = None
+
+
+class ProtocolOut(BaseModel):
+    """The samples missmod's workers use for a setting (training/protocol.py)."""
+
+    dataset: str
+    seed: int
+    missing_rate: float
+    other_missing_rate: float
+    split_by: str
+    train: list[int] = Field(description="Rows of the dataset used for training")
+    val: list[int]
+    test: list[int]
+    y_missing: list[bool] = Field(description="Per training row (train[i]): it lost y, the missing modality")
+    x_missing: list[bool] = Field(description="Per training row: it lost x instead (other_missing_rate)")
+    test_groups: list[Any] = Field(description="The order test predictions are listed in: one per test group "
+                                               "(a video's segments count once), or per test row without groups")
+    test_labels: list[int] = Field(description="The true class of each, in that order")
+    classes: list[str]
+    digest: str = Field(description="Fingerprint of the split and mask; a worker's run records it as "
+                                    "info.protocol_digest")

@@ -21,12 +21,14 @@ from ..lifecycle import api as lifecycle
 from ..lifecycle.api import AlreadyFinished as RunFinished  # noqa: F401  (raised from here)
 from ..queue import BUILTIN_METHOD_NAMES, WorkQueue
 from ..refused import Refused
+from ..settings import Settings
 from ..workers import service as workers
-from . import outcomes, query as run_query
+from . import live_runs, outcomes, query as run_query
 from .artifacts import StoreLocation, remove_run_files
 from .downsample import downsample_min_max
 from .ingest import Point, insert_points
 from .models import SPEC_COLUMNS, ConfusionMatrix, MetricPoint, Run, RunState, RunTag
+from .predictions import pack_labels
 from .schemas import ExternalRunCreate, RunCreate
 from .system import SystemMetricPoint
 
@@ -94,10 +96,19 @@ def create_run(session: Session, payload: RunCreate, queue: WorkQueue, idempoten
 
 def run_by_idempotency_key(session: Session, key: str) -> Run | None:
     return session.scalar(select(Run).where(Run.idempotency_key == key))
-def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
+def log_external_run(session: Session, payload: ExternalRunCreate, settings: Settings | None = None) -> Run:
     """Record a run trained elsewhere, finished, in one transaction: the row (marked external,
-    never sent to a worker), its points and its confusion matrix."""
+    never sent to a worker), its points and its confusion matrix. With test predictions on
+    missmod's split for its setting (checked: live_runs.protocol_result) it pairs with missmod's
+    runs test sample by test sample."""
     now = utcnow()
+    result = None
+    if payload.test_predictions is not None or payload.protocol_digest is not None:
+        if settings is None:
+            raise ValueError("checking test predictions needs the settings (where the datasets are)")
+        result = live_runs.protocol_result(settings, live_runs.setting_of(payload.spec, payload.dataset, payload.seed,
+                                                                          payload.missing_rate),
+                                           payload.test_predictions, payload.protocol_digest, payload.confusion)
     epochs = max((p.epoch for p in payload.metrics), default=0)
     best_epoch = payload.best_epoch if payload.best_epoch is not None else (epochs if payload.metrics else None)
     name = payload.name or (f"{payload.method}-{payload.fusion} {payload.dataset} "
@@ -107,9 +118,11 @@ def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
         fusion=payload.fusion, missing_modality=payload.missing_modality, missing_rate=payload.missing_rate,
         seed=payload.seed, state=RunState.succeeded, created_at=now, started_at=now, finished_at=now,
         epochs_completed=epochs, test_accuracy=payload.test_accuracy, val_accuracy=payload.val_accuracy,
-        best_epoch=best_epoch, info={"external": True, "source": payload.source}, sweep_id=payload.sweep_id,
-        external=True,
+        best_epoch=best_epoch, info={"external": True, "source": payload.source, **(result.info if result else {})},
+        sweep_id=payload.sweep_id, external=True,
     )
+    if result is not None and result.accuracy is not None and payload.test_accuracy is None:
+        run.test_accuracy = result.accuracy
     session.add(run)
     try:
         session.flush()
@@ -125,7 +138,12 @@ def log_external_run(session: Session, payload: ExternalRunCreate) -> Run:
     insert_points(session.connection(), run.id,
                   [Point(epoch, 0, name, value if value is not None and math.isfinite(value) else None)
                    for (epoch, name), value in points.items()], recorded_at=now)
-    if payload.confusion is not None:
+    if result is not None and result.predictions is not None:
+        session.add(ConfusionMatrix(run_id=run.id, epoch=best_epoch or 0, classes=result.classes,
+                                    counts=result.confusion,
+                                    test_predictions=pack_labels(result.predictions, len(result.classes)),
+                                    test_labels=pack_labels(result.labels, len(result.classes))))
+    elif payload.confusion is not None:
         session.add(ConfusionMatrix(run_id=run.id, epoch=best_epoch or 0, classes=list(payload.confusion.classes),
                                     counts=payload.confusion.counts))
     session.commit()
@@ -300,7 +318,8 @@ def retry_runs(session: Session, run_ids: Sequence[int], queue: WorkQueue,
         won = list(session.scalars(
             update(Run).where(Run.id.in_(candidates), Run.state.in_(RETRYABLE_STATES), Run.external.is_(False))
             .values(**lifecycle.fresh_queue_values(), resume_after_attempt=Run.attempts, epochs_completed=0,
-                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None)
+                    test_accuracy=None, val_accuracy=None, best_epoch=None, info=None,
+                    environment=None)
             .returning(Run.id).execution_options(synchronize_session=False)))
         if won:
             for table in (MetricPoint, ConfusionMatrix, SystemMetricPoint):

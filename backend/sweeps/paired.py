@@ -29,7 +29,7 @@ backend/paired_statistics.py's, shared with the comparison of runs side by side.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -64,15 +64,13 @@ class Pairing(Enum):
 PairingOf = Callable[[int], Pairing]  # run id → its pairing
 
 
-def pairing_by_origin(results: Sequence[RunResult]) -> PairingOf:
+def pairing_by_origin(results: Sequence[RunResult], verified: Collection[int] = frozenset()) -> PairingOf:
     """missmod's own runs are verified (training/protocol.py derives the split and the missing
-    samples from the seed); a run trained elsewhere is not, since it declares no split.
-
-    Where external runs can declare their split (the protocol helper of live and external runs),
-    this is the one place to check it: verified when the declared split and missing mask are
-    those missmod derives for the run's dataset, seed, split and missing rate; not_verified
-    otherwise (none declared, or another)."""
-    external = {r.run_id for r in results if r.external}
+    samples from the seed); a run trained elsewhere is verified only when it is in `verified`: its
+    test predictions were checked on missmod's split for its setting when it was logged
+    (backend/runs/live_runs.py: protocol_result, the run's info.protocol). Any other is not:
+    it declared no split shown to be missmod's."""
+    external = {r.run_id for r in results if r.external} - set(verified)
     return lambda run_id: Pairing.not_verified if run_id in external else Pairing.verified
 
 
@@ -271,7 +269,8 @@ def _notes(summary: PairedSummary, tested: list[Paired]) -> list[str]:
         notes.append(line)
     if summary.test == "samples" and summary.cells_without_predictions:
         notes.append(f"{summary.cells_without_predictions} of {summary.tests} cells have runs without stored test "
-                     "predictions (finished before they were recorded): they use the seed-level test.")
+                     "predictions (finished before they were recorded, or trained elsewhere and logged without them): they "
+                     "use the seed-level test.")
     notes.append(f"{summary.significant} of {summary.tests} comparisons significant at {summary.alpha:g} after "
                  f"Holm's correction over the table ({'McNemar over test samples, pooled over seeds' if summary.test == 'samples' else 'exact sign-flip test over seeds'}).")
     return notes + _external_notes(summary)

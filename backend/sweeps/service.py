@@ -16,7 +16,7 @@ from training.datasets.naming import backbone_of, source_dataset
 from .. import pagination
 from ..db import utcnow
 from ..queue import WorkQueue
-from ..runs import service as runs
+from ..runs import live_runs, service as runs
 from ..runs.artifacts import StoreLocation
 from ..runs.models import TERMINAL_STATES, Run, RunState
 from ..runs.predictions import RunPredictions, load_predictions
@@ -204,8 +204,9 @@ def sweep_table(session: Session, sweep: Sweep, *, reference: str | None = None,
     elsewhere are paired only where verified (paired.pairing_by_origin) and join Holm's family
     only with include_external."""
     results = sweep_results(session, sweep.id)
+    verified = live_runs.verified_runs(session, [r.run_id for r in results if r.external])
     table = comparison_table(results, modality_roles(sweep), _paper_lookup(sweep, results))
     finished = [run_id for row in table.rows for cell in row.cells for run_id in cell.run_ids]
     summary = compare_table(table, reference=reference, test=test, predictions=run_predictions(session, finished),
-                            include_external=include_external, pairing=pairing_by_origin(results))
+                            include_external=include_external, pairing=pairing_by_origin(results, verified))
     return table, results, summary

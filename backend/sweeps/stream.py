@@ -107,8 +107,9 @@ class SweepTopic(Topic):
     def deliver(self, reading: SweepReading, cursor: Hashable) -> Delivery:
         if reading.gone:
             return Delivery(encode("gone", json.dumps({"sweep_id": reading.sweep_id})), cursor, ended=True)
-        if cursor == reading.token:
-            return Delivery(b"", cursor, ended=reading.done)  # up to date (its `end` was sent with this state)
+        if cursor == reading.token:  # up to date; a finished sweep still ends the stream with `end`
+            return Delivery(encode("end", reading.progress, reading.token) if reading.done else b"", cursor,
+                            ended=reading.done)
         events: list[tuple[str, str]] = []
         if cursor is not None and cursor == reading.since:
             if reading.changed or reading.removed:

@@ -121,12 +121,19 @@ const missmodCharts = (() => {
   // plotly.js 4.1 resizes a responsive chart on window resizes only; a chart whose box
   // changes because the page around it changed (a second trend chart joining the grid) is
   // resized here.
+  // An observer reports every box once when it starts watching it: a chart just drawn at that
+  // size is not laid out again (a second layout pass per chart, on the critical path).
+  const sizes = new WeakMap(); // div → "width×height" it was last drawn or resized at
   const resizer = new ResizeObserver((entries) => {
     for (const entry of entries) {
-      if (entry.target._fullLayout && entry.contentRect.width) Plotly.Plots.resize(entry.target);
+      const size = `${Math.round(entry.contentRect.width)}×${Math.round(entry.contentRect.height)}`;
+      if (!entry.target._fullLayout || !entry.contentRect.width || sizes.get(entry.target) === size) continue;
+      sizes.set(entry.target, size);
+      Plotly.Plots.resize(entry.target);
     }
   });
   function watchSize(div) {
+    sizes.set(div, `${div.clientWidth}×${div.clientHeight}`); // the content box: .chart has no padding
     if (!div.dataset.sizeWatched) { resizer.observe(div); div.dataset.sizeWatched = "true"; }
   }
 
@@ -137,25 +144,27 @@ const missmodCharts = (() => {
 
   // A confusion matrix as GET /api/runs/{id}/confusion gives it: normalised per true class, the
   // counts (test samples, or videos when the run's accuracy is per video) shown and on hover.
-  function confusion(div, matrix, title) {
-    return schedule(div, () => drawConfusion(div, matrix, title));
+  // `cells`: write each cell's share and count in it (one big matrix); a grid of small ones
+  // shows them on hover only — Plotly measures every cell's text, which doubled a matrix's cost.
+  function confusion(div, matrix, title, { cells = true } = {}) {
+    return schedule(div, () => drawConfusion(div, matrix, title, cells));
   }
 
   // A finished run's confusion matrix fetched and drawn into `div`, once per div: the run page,
   // the sweep page's chosen runs and the compare page all show it so. `wanted()` is asked when
   // the answer is in (the run may have been unchosen meanwhile). False when nothing is drawn
   // (no matrix yet, or no longer wanted): a later call tries again.
-  async function runConfusion(div, runId, { title = undefined, wanted = () => true } = {}) {
+  async function runConfusion(div, runId, { title = undefined, wanted = () => true, cells = true } = {}) {
     if (div.dataset.confusion) return true;
     div.dataset.confusion = "loading";
     const { ok, body } = await missmod.api(`/api/runs/${runId}/confusion`);
     if (!ok || !wanted()) { delete div.dataset.confusion; return false; }
     div.dataset.confusion = "drawn";
-    confusion(div, body, title);
+    confusion(div, body, title, { cells });
     return true;
   }
 
-  function drawConfusion(div, matrix, title) {
+  function drawConfusion(div, matrix, title, cells) {
     const totals = matrix.counts.map((row) => row.reduce((a, b) => a + b, 0));
     const normalised = matrix.counts.map((row, i) => row.map((c) => (totals[i] ? c / totals[i] : 0)));
     const small = matrix.classes.length > 6;
@@ -163,7 +172,8 @@ const missmodCharts = (() => {
     Plotly.newPlot(div, [{
       type: "heatmap", z: normalised, x: matrix.classes.map(asText), y: matrix.classes.map(asText), customdata: matrix.counts,
       text: matrix.counts, colorscale: [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], zmin: 0, zmax: 1,
-      showscale: false, texttemplate: small ? "%{z:.0%}" : "%{z:.0%}<br>(%{text})", textfont: { size: small ? 9 : 11 },
+      showscale: false, texttemplate: !cells ? undefined : small ? "%{z:.0%}" : "%{z:.0%}<br>(%{text})",
+      textfont: cells ? { size: small ? 9 : 11 } : undefined,
       hovertemplate: `true %{y}, predicted %{x}<br>%{customdata} ${counted} (%{z:.1%} of the row)<extra></extra>`,
     }], {
       title: title ? { text: asText(title), font: { size: 13 }, x: 0.02, xanchor: "left" } : undefined,
@@ -208,18 +218,37 @@ const missmodCharts = (() => {
       return this.traces.get(runId);
     }
 
+    // Points that land between two frames (several runs' fetches, a live run's batches) are
+    // drawn together at the next animation frame: one extendTraces for every trace that grew.
     append(runId, label, points) {
       const index = this.ensure(runId, label);
       if (!points.length) return;
-      const x = points.map((p) => p.epoch);
-      const y = points.map((p) => p.value);
-      if (this.drawn) Plotly.extendTraces(this.div, { x: [x], y: [y] }, [index]);
-      else { this.held[index].x.push(...x); this.held[index].y.push(...y); }
+      if (!this.drawn) {
+        for (const p of points) { this.held[index].x.push(p.epoch); this.held[index].y.push(p.value); }
+        return;
+      }
+      if (!this.incoming) {
+        this.incoming = new Map(); // trace index → { x, y }
+        requestAnimationFrame(() => this.drawIncoming());
+      }
+      if (!this.incoming.has(index)) this.incoming.set(index, { x: [], y: [] });
+      const waiting = this.incoming.get(index);
+      for (const p of points) { waiting.x.push(p.epoch); waiting.y.push(p.value); }
+    }
+
+    drawIncoming() {
+      const incoming = this.incoming;
+      this.incoming = null;
+      if (!incoming || !this.div._fullLayout) return; // purged meanwhile
+      const indices = [...incoming.keys()];
+      Plotly.extendTraces(this.div, { x: indices.map((i) => incoming.get(i).x), y: indices.map((i) => incoming.get(i).y) },
+                          indices);
     }
 
     pointCount() {
       const traces = this.drawn ? this.div.data || [] : this.held;
-      return traces.reduce((n, trace) => n + trace.x.length, 0);
+      const waiting = [...(this.incoming || new Map()).values()].reduce((n, w) => n + w.x.length, 0);
+      return traces.reduce((n, trace) => n + trace.x.length, 0) + waiting;
     }
   }
 

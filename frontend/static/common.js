@@ -134,4 +134,115 @@ const missmod = {
   },
 };
 
+// --- live pages: streams and polls that come back by themselves ---------------------------
+//
+// Every live page (run, sweep, workers, study, a dataset job) follows the server through one of
+// these. When the server goes away (restarting, a 503 while the database is down, a proxy's 502)
+// the page says "reconnecting…" (#live-status, data-live="reconnecting" on <body>), tries again
+// after 0.5 s, 1 s, 2 s… up to 15 s (with jitter, so a restarted API is not hit by every page at
+// once), and clears the notice by itself once the server answers again.
+missmod.liveStatus = (() => {
+  const away = new Set(); // the live sources of this page now reconnecting
+  let banner = null;
+  function show() {
+    banner = banner || document.getElementById("live-status");
+    const reconnecting = away.size > 0;
+    document.body.dataset.live = reconnecting ? "reconnecting" : "live";
+    if (banner) banner.hidden = !reconnecting;
+  }
+  return {
+    lost(source) { away.add(source); show(); },
+    back(source) { if (away.delete(source) || !document.body.dataset.live) show(); },
+  };
+})();
+
+missmod.Backoff = class {
+  constructor({ first = 500, most = 15000 } = {}) { this.first = first; this.most = most; this.next = first; }
+  // The wait before the next try (ms): doubles each time, ±20% jitter.
+  delay() {
+    const base = this.next;
+    this.next = Math.min(this.most, this.next * 2);
+    return base * (0.8 + 0.4 * Math.random());
+  }
+  reset() { this.next = this.first; }
+};
+
+// A Server-Sent Events stream that reopens itself. `url`: a string or a function giving the URL
+// to (re)open, e.g. with the cursor of the last point seen. `events`: name → handler(data, event),
+// the data already parsed from JSON. An `end` or `gone` event closes it for good (handlers for
+// them still run). `beforeReopen`: awaited before each reopen (e.g. a plain GET that sends a
+// signed-out browser to the sign-in page). `onOpen(connections)`: each time it opens.
+// Any error closes the EventSource and reopens it after the backoff: the browser's own retry
+// would reopen the same URL (a stale cursor) and gives up for good on an HTTP error.
+missmod.liveStream = (url, events, { beforeReopen = null, onOpen = null } = {}) => {
+  const source = {};
+  const backoff = new missmod.Backoff();
+  let stream = null;
+  let ended = false;
+  let connections = 0;
+  let timer = null;
+  function open() {
+    stream = new EventSource(typeof url === "function" ? url() : url);
+    const mine = stream;
+    stream.addEventListener("open", () => {
+      missmod.liveStatus.back(source);
+      if (onOpen) onOpen(++connections);
+    });
+    for (const [name, handler] of Object.entries(events)) {
+      stream.addEventListener(name, (event) => {
+        if (mine !== stream) return;
+        backoff.reset(); // the server talks: the next loss starts again from the shortest wait
+        if (name === "end" || name === "gone") close();
+        handler(event.data ? JSON.parse(event.data) : null, event);
+      });
+    }
+    for (const name of ["end", "gone"]) {
+      if (!(name in events)) stream.addEventListener(name, () => { if (mine === stream) close(); });
+    }
+    stream.addEventListener("error", () => {
+      if (mine !== stream || ended) return;
+      stream.close();
+      missmod.liveStatus.lost(source);
+      timer = setTimeout(async () => {
+        try { if (beforeReopen) await beforeReopen(); } catch (_) { /* still away: the stream's error says so */ }
+        if (!ended) open();
+      }, backoff.delay());
+    });
+  }
+  function close() {
+    ended = true;
+    clearTimeout(timer);
+    if (stream) stream.close();
+    missmod.liveStatus.back(source);
+  }
+  open();
+  return { close, get connections() { return connections; } };
+};
+
+// A poll that backs off while the server is away: `poll()` is called now and then every
+// `interval` ms after each answer, until it returns false; a poll that throws (no answer) or
+// returns "retry" (a 5xx) is tried again after the backoff, with "reconnecting…" shown.
+missmod.livePoll = (poll, interval) => {
+  const source = {};
+  const backoff = new missmod.Backoff();
+  let timer = null;
+  let stopped = false;
+  async function tick() {
+    clearTimeout(timer);
+    let outcome;
+    try { outcome = await poll(); } catch (_) { outcome = "retry"; }
+    if (stopped) return;
+    if (outcome === "retry") {
+      missmod.liveStatus.lost(source);
+      timer = setTimeout(tick, backoff.delay());
+      return;
+    }
+    backoff.reset();
+    missmod.liveStatus.back(source);
+    if (outcome !== false) timer = setTimeout(tick, interval);
+  }
+  tick();
+  return { now: tick, stop() { stopped = true; clearTimeout(timer); missmod.liveStatus.back(source); } };
+};
+
 document.getElementById("sign-out")?.addEventListener("click", () => missmod.signOut());

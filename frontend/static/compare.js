@@ -105,17 +105,20 @@
     if (run.state === "succeeded" || run.state === "cancelled") await showConfusion(run);
   }
 
+  // Every 2 s while a run is not ended; while the API is away the poll backs off and the page
+  // says "reconnecting…" (common.js: missmod.livePoll).
   async function poll() {
     const live = [...runs.values()].filter((r) => !missmod.terminal(r.state));
-    if (!live.length) return;
+    if (!live.length) return false;
     for (const run of live) {
-      const { ok, body } = await missmod.api(`/api/runs/${run.id}`);
+      const { ok, status, body } = await missmod.api(`/api/runs/${run.id}`);
+      if (status >= 500) return "retry";
       if (ok) runs.set(run.id, body);
       await refresh(runs.get(run.id));
     }
     await loadPairs();
     showResults();
-    setTimeout(poll, 2000);
+    return true;
   }
 
   (async () => {
@@ -145,6 +148,6 @@
     await loadPairs();
     showResults();
     page.dataset.ready = "true";
-    setTimeout(poll, 2000);
+    setTimeout(() => missmod.livePoll(poll, 2000), 2000);
   })();
 })();

@@ -49,12 +49,18 @@
     const status = document.getElementById("preprocess-status");
     const button = document.getElementById("preprocess-now");
     button.disabled = true;
-    while (job && !missmod.terminal(job.state)) {
-      status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`;
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const { ok, body } = await missmod.api(`/api/jobs/${job.id}`);
-      if (!ok) break;
-      job = body;
+    // Followed live (GET /api/jobs/{id}/stream) until it ends; while the API is away the page
+    // says "reconnecting…" and the stream is reopened with backoff (common.js: missmod.liveStream).
+    const shown = () => { status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`; };
+    if (job && !missmod.terminal(job.state)) {
+      shown();
+      await new Promise((resolve) => {
+        missmod.liveStream(`/api/jobs/${job.id}/stream`, {
+          job(data) { job = data; shown(); },
+          end: resolve,
+          gone() { job = null; resolve(); },
+        }, { beforeReopen: () => missmod.api(`/api/jobs/${job.id}`) });  // a signed-out browser: to sign in
+      });
     }
     button.disabled = false;
     if (!job) return;

@@ -86,11 +86,18 @@
   // longer while the page is open is redrawn with WebGL (scattergl), which draws 100,000 points
   // at once. Three charts stay far below the browser's limit of WebGL contexts.
   const WEBGL_ABOVE = 8000;
+  // A marker per point only for a short run's per-epoch curves: each SVG marker is an element
+  // Plotly styles one at a time, and 1,000 epochs × 5 series of them took 8× as long to draw
+  // as their lines (bench/long_curves.py). Decided by the run's epochs, so a live curve keeps
+  // its look as it grows.
+  const MARKERS_UP_TO = 100;
+  const markers = (Number(page.dataset.epochs) || 0) <= MARKERS_UP_TO;
   function trace(name) {
     const s = series.get(name);
     const step = isStepSeries(name);
     return {
-      type: s.value.length > WEBGL_ABOVE ? "scattergl" : "scatter", mode: step ? "lines" : "lines+markers",
+      type: s.value.length > WEBGL_ABOVE ? "scattergl" : "scatter",
+      mode: step || !markers || s.value.length > MARKERS_UP_TO ? "lines" : "lines+markers",
       // Copies: the series keep growing by push, and Plotly's extendTraces grows the trace's own arrays.
       name: missmodCharts.asText(name), x: xOf(name, s).slice(), y: s.value.slice(),
       marker: { size: 4 }, line: { width: step ? 1.2 : 2 },
@@ -124,16 +131,20 @@
     return redraw();
   }
 
-  // New points (a stream's batch): appended to their series, then to the traces (never redrawn).
+  // New points (a stream's batch): appended to their series, then to the traces (never
+  // redrawn): one extendTraces (and at most one addTraces) per chart.
   function addColumns(columnsByName) {
     let switchToWebgl = false;
+    const perChart = new Map(); // chart → { indices, x, y } of the traces it extends
+    const added = new Map(); // chart → new traces
     for (const [name, columns] of columnsByName) {
       const chart = chartFor(name);
       if (name === LR) widenLrSpan(columns.value);
       if (!series.has(name)) {
         series.set(name, columns);
         chart.traces.set(name, chart.traces.size);
-        Plotly.addTraces(chart.div, trace(name));
+        if (!added.has(chart)) added.set(chart, []);
+        added.get(chart).push(trace(name));
         continue;
       }
       const s = series.get(name);
@@ -143,27 +154,61 @@
         s.step.push(columns.step[i]);
         s.value.push(columns.value[i]);
       }
-      if (before <= WEBGL_ABOVE && s.value.length > WEBGL_ABOVE) switchToWebgl = true;
-      else Plotly.extendTraces(chart.div, { x: [xOf(name, columns)], y: [columns.value] }, [chart.traces.get(name)]);
+      if (before <= WEBGL_ABOVE && s.value.length > WEBGL_ABOVE) { switchToWebgl = true; continue; }
+      if (!perChart.has(chart)) perChart.set(chart, { indices: [], x: [], y: [] });
+      const update = perChart.get(chart);
+      update.indices.push(chart.traces.get(name));
+      update.x.push(xOf(name, columns));
+      update.y.push(columns.value);
     }
-    if (switchToWebgl) redraw();
-    else if (columnsByName.has(LR)) followLrSpan();
+    if (switchToWebgl) { redraw(); return; }
+    for (const [chart, update] of perChart) Plotly.extendTraces(chart.div, { x: update.x, y: update.y }, update.indices);
+    for (const [chart, traces] of added) Plotly.addTraces(chart.div, traces);
+    if (columnsByName.has(LR)) followLrSpan();
   }
 
-  // Points the stream sends before the history is drawn wait here, in order.
+  // A fast run's stream sends batches faster than charts can be redrawn (a digits epoch takes
+  // milliseconds): what arrives is gathered here and drawn at animation frames, so the main
+  // thread never queues redraws the screen would not show. A frame redraws one chart (the one
+  // waiting longest; each extendTraces or addTraces redraws its whole chart), so no frame's task
+  // grows with the number of charts. Until the history is drawn, points wait here in order.
   let historyDrawn = false;
-  const heldPoints = [];
+  let historyIsShown;
+  const historyShown = new Promise((resolve) => { historyIsShown = resolve; });
+  const incoming = [];
+  const waiting = new Map(); // chart → Map(series name → columns) not drawn yet, in arrival order
+  let frameAsked = false;
   function addPoints(points) {
-    if (!historyDrawn) { heldPoints.push(...points); return; }
-    const byName = new Map();
-    for (const p of points) {
+    for (const p of points) incoming.push(p);
+    askFrame();
+  }
+  function askFrame() {
+    if (frameAsked || !historyDrawn) return;
+    frameAsked = true;
+    requestAnimationFrame(() => drawFrame());
+  }
+  let latestRun = null; // the newest `run` event not yet shown
+  // `everything`: draw every chart now (the stream's end), not one per frame.
+  function drawFrame(everything = false) {
+    frameAsked = false;
+    for (const p of incoming.splice(0)) {
+      const chart = chartFor(p.name);
+      if (!waiting.has(chart)) waiting.set(chart, new Map());
+      const byName = waiting.get(chart);
       if (!byName.has(p.name)) byName.set(p.name, { epoch: [], step: [], value: [] });
       const s = byName.get(p.name);
       s.epoch.push(p.epoch);
       s.step.push(p.step || 0);
       s.value.push(p.value);
     }
-    addColumns(byName);
+    for (const [chart, byName] of waiting) {
+      waiting.delete(chart);
+      addColumns(byName);
+      if (!everything) break;
+    }
+    if (latestRun) { const run = latestRun; latestRun = null; showRun(run); }
+    page.dataset.framesDrawn = String(Number(page.dataset.framesDrawn || 0) + 1);
+    if (waiting.size) askFrame();
   }
 
   function markBestEpoch(epoch) {
@@ -245,6 +290,18 @@
     list.replaceChildren(...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
   }
 
+  // The reproducibility record (training/reproducibility.py), in the order the server renders it.
+  const ENVIRONMENT_LABELS = JSON.parse(document.getElementById("run-environment").dataset.labels || "[]");
+  function showEnvironment(environment) {
+    if (!environment || typeof environment !== "object") return;  // "not recorded", as rendered
+    const rows = ENVIRONMENT_LABELS.map(([key, label]) => {
+      const value = environment[key];
+      return [label, value === null || value === undefined ? "–" : String(value)];
+    });
+    document.getElementById("run-environment").replaceChildren(
+      ...rows.flatMap(([k, v]) => [missmod.el("dt", k), missmod.el("dd", v)]));
+  }
+
   function showRun(run) {
     const state = document.getElementById("run-state");
     // Saved and queued while the broker was down: it is sent as soon as the broker is back.
@@ -271,6 +328,7 @@
       document.getElementById("run-error-detail").textContent = run.error_detail || "";
     }
     showInfo(run.info, run);
+    showEnvironment(run.environment);
     showStepProgress(run);
     const steps = run.info && run.info.steps_per_epoch;
     if (steps && steps !== stepsPerEpoch) {
@@ -353,30 +411,29 @@
 
   // History first, thinned by the server for long runs; then the stream appends from its cursor.
   // The stream resumes after its cursor whenever it is reopened, so no point is missed or drawn
-  // twice. After a dropped connection (the API restarting) the browser reconnects by itself,
-  // sending the last event id; an error answer (503 while the database is down, a proxy's 502)
-  // closes an EventSource for good, so then a new one is opened from the cursor.
+  // twice. A dropped connection (the API restarting) or an error answer (503 while the database
+  // is down, a proxy's 502) shows "reconnecting…" and reopens it from the cursor, with backoff
+  // (common.js: missmod.liveStream).
   let cursor = 0;
-  let connections = 0;
   function openStream() {
-    const stream = new EventSource(`/api/runs/${runId}/stream?after=${cursor}`);
-    stream.addEventListener("open", () => { page.dataset.streamConnections = String(++connections); });
-    stream.addEventListener("metrics", (event) => {
-      const data = JSON.parse(event.data);
-      cursor = Math.max(cursor, data.cursor);
-      addPoints(data.points);
-      showSystem();
-    });
-    stream.addEventListener("run", (event) => showRun(JSON.parse(event.data)));
-    stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
-    stream.addEventListener("gone", () => stream.close());
-    stream.addEventListener("error", () => {
-      if (stream.readyState === EventSource.CLOSED && !page.dataset.streamEnded) {
-        setTimeout(async () => {
-          await missmod.api(`/api/runs/${runId}`);  // sends a signed-out browser to the sign-in page
-          openStream();
-        }, 2000);
-      }
+    missmod.liveStream(() => `/api/runs/${runId}/stream?after=${cursor}`, {
+      metrics(data) {
+        cursor = Math.max(cursor, data.cursor);
+        addPoints(data.points);
+        showSystem();
+      },
+      run(data) {
+        // Shown with the next frame's points; until the charts are drawn, at once.
+        if (historyDrawn) { latestRun = data; askFrame(); } else showRun(data);
+      },
+      end() {
+        // Everything it sent is drawn before the page says it has ended.
+        historyShown.then(() => { drawFrame(true); page.dataset.streamEnded = "true"; });
+      },
+      gone() {},
+    }, {
+      beforeReopen: () => missmod.api(`/api/runs/${runId}`),  // sends a signed-out browser to the sign-in page
+      onOpen: (connections) => { page.dataset.streamConnections = String(connections); },
     });
   }
   // About two points per pixel of a chart's width: min/max thinning keeps every stretch's extremes.
@@ -388,11 +445,12 @@
     missmodCharts.load();
     const { ok, body } = await history;
     if (ok) cursor = body.cursor;
-    openStream();  // at once: what it sends before the charts are drawn waits in heldPoints
+    openStream();  // at once: what it sends before the charts are drawn waits in `incoming`
     await missmodCharts.plotlyReady;
     await setHistory(ok ? Object.entries(body.series) : []);
     historyDrawn = true;
-    addPoints(heldPoints.splice(0));
+    askFrame();
+    historyIsShown();
     page.dataset.historyLoaded = "true";  // and drawn
     showSystem();
   })();

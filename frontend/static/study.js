@@ -8,7 +8,6 @@
   const studyId = page.dataset.studyId;
   const armChoice = document.getElementById("arm-choice");
   let study = null;
-  let timer = null;
   let figuresFor = "";  // arm and trial counts the figures were drawn for
   let finalShown = "";
   let rulesShown = false;
@@ -165,7 +164,7 @@
   document.getElementById("cancel-study").addEventListener("click", async () => {
     if (!window.confirm("Cancel this study? No more trials are asked; the runs not ended are cancelled.")) return;
     await missmod.api(`/api/studies/${studyId}/cancel`, { method: "POST" });
-    refresh();
+    poll.now();
   });
 
   document.getElementById("delete-study").addEventListener("click", async () => {
@@ -176,19 +175,21 @@
 
   // --- polling -------------------------------------------------------------------------------
 
+  // Every 2 s while the study is not ended; while the API is away (restarting, a 5xx) the poll
+  // backs off and the page says "reconnecting…" (common.js: missmod.livePoll).
   async function refresh() {
-    clearTimeout(timer);
-    const { ok, body } = await missmod.api(`/api/studies/${studyId}`);
+    const { ok, status, body } = await missmod.api(`/api/studies/${studyId}`);
+    if (status >= 500) return "retry";
     if (!ok) {
-      if (body && body.status === 404) document.getElementById("study-progress").textContent = "This study was deleted.";
-      return;
+      if (status === 404) document.getElementById("study-progress").textContent = "This study was deleted.";
+      return false;
     }
     showStudy(body);
     // The final table while its runs train, then once more when the study is finished.
     const finalDue = body.final_sweep_id !== null && (body.state === "final" || finalShown !== body.state);
     await Promise.all([showTrials(), showFigures(), finalDue ? showFinal() : null, showRules()]);
     page.dataset.loaded = "true";
-    if (body.state === "searching" || body.state === "final") timer = setTimeout(refresh, 2000);
+    return body.state === "searching" || body.state === "final";
   }
-  refresh();
+  const poll = missmod.livePoll(refresh, 2000);
 })();

@@ -169,7 +169,7 @@
     grid.insertBefore(div, after || null);  // in run order, whatever order they load in
     const title = `#${run.id} ${run.method} (${run.fusion}), ${run.missing_modality} ` +
                   `${(100 * run.missing_rate).toFixed(0)}%, seed ${run.seed}: ${missmod.percent(run.test_accuracy, 1)}`;
-    if (!await missmodCharts.runConfusion(div, run.id, { title, wanted: () => chosen.has(run.id) })) {
+    if (!await missmodCharts.runConfusion(div, run.id, { title, wanted: () => chosen.has(run.id), cells: false })) {
       confusionShown.delete(run.id);
       div.remove();
     }
@@ -365,14 +365,21 @@
   }
 
   resetCurves();
-  const stream = new EventSource(`/api/sweeps/${sweepId}/stream`);
+  // Reopened with backoff when the API goes away (restarting, a 503), "reconnecting…" shown
+  // meanwhile (common.js): each opening sends the whole state again (the runs, the progress and
+  // the summary), and the chosen runs' curves resume from their cursors.
+  missmod.liveStream(`/api/sweeps/${sweepId}/stream`, {
+    runs(data) { showRuns(data); markDrawn(); },
+    progress: showProgress,
+    async summary(data) { await summaryFor(data); markDrawn(); },
+    end() { page.dataset.streamEnded = "true"; },
+    gone() { document.getElementById("sweep-progress").textContent = "This sweep was deleted."; },
+  }, {
+    beforeReopen: () => missmod.api(`/api/sweeps/${sweepId}`),  // a signed-out browser: to sign in
+    onOpen: (connections) => { page.dataset.streamConnections = String(connections); },
+  });
   // plotly.js runs once the table and the run list are shown and the chosen runs' points are
   // asked for (markDrawn), or after a second, whatever comes first: the points arrive while the
   // browser parses it.
   setTimeout(() => missmodCharts.load(), 1000);
-  stream.addEventListener("runs", (event) => { showRuns(JSON.parse(event.data)); markDrawn(); });
-  stream.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
-  stream.addEventListener("summary", async (event) => { await summaryFor(JSON.parse(event.data)); markDrawn(); });
-  stream.addEventListener("end", () => { stream.close(); page.dataset.streamEnded = "true"; });
-  stream.addEventListener("gone", () => { stream.close(); document.getElementById("sweep-progress").textContent = "This sweep was deleted."; });
 })();

@@ -54,14 +54,7 @@
     document.getElementById("waiting-empty").hidden = q.waiting.length > 0;
   }
 
-  function openStream() {
-    const stream = new EventSource("/api/workers/stream");
-    stream.addEventListener("workers", (event) => show(JSON.parse(event.data)));
-    stream.addEventListener("error", () => {
-      if (stream.readyState === EventSource.CLOSED) {
-        setTimeout(async () => { await missmod.api("/api/workers"); openStream(); }, 2000);
-      }
-    });
-  }
-  openStream();
+  // Reopened with backoff when the API goes away, "reconnecting…" shown meanwhile (common.js).
+  missmod.liveStream("/api/workers/stream", { workers: show },
+                     { beforeReopen: () => missmod.api("/api/workers") });  // a signed-out browser: to sign in
 })();

@@ -10,6 +10,7 @@ training library loads nothing of the web side."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -137,9 +138,10 @@ def test_arrows_point_only_down(graph, package):
     assert wrong == []
 
 
-def modules_loaded_by(statement: str) -> set[str]:
+def modules_loaded_by(statement: str, env: dict[str, str] | None = None) -> set[str]:
     code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 
@@ -162,3 +164,19 @@ def test_a_study_decides_without_torch():
 def test_the_training_library_loads_nothing_of_the_web_side():
     loaded = modules_loaded_by("import training.train, training.spec, training.datasets")
     assert not {m for m in loaded if m.split(".")[0] in WEB_SIDE}
+
+
+def test_the_api_offers_and_validates_a_method_plugin_without_torch(tmp_path):
+    """With the example plugin installed, the API's registry loads its description, its options
+    model and validates a run of it: only the worker imports its torch implementation."""
+    from tests.support.plugins import EXAMPLE_PLUGIN, pip_install, python_path
+
+    site = pip_install(tmp_path / "site", EXAMPLE_PLUGIN)
+    loaded = modules_loaded_by(
+        "from backend.main import create_app; import backend.catalog.routes as catalog\n"
+        "from training.spec import METHODS, TrainSpec\n"
+        "assert [m.name for m in map(catalog.method_out, METHODS.values())][-1] == 'moddrop'\n"
+        "TrainSpec(dataset='digits', method='moddrop', missing_modality='bottom', missing_rate=0.9, "
+        "method_options={'drop_rate': 0.2})",
+        env={**os.environ, "PYTHONPATH": python_path(site)})
+    assert "missmod_moddrop" in loaded and "torch" not in loaded and "missmod_moddrop.method" not in loaded

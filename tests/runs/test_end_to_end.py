@@ -34,6 +34,11 @@ def check_trained_run(client, run_id: int, epochs: int) -> None:
     assert run["test_accuracy"] > 0.5 and 1 <= run["best_epoch"] <= epochs
     assert run["started_at"] and run["finished_at"] and run["heartbeat_at"] and run["worker"]
     assert run["info"]["reference_set"] == "all_complete"
+    # The reproducibility record of the process that trained it (training/reproducibility.py).
+    environment = run["environment"]
+    assert environment["python"] and environment["torch"] and environment["host"] and environment["cpu_count"]
+    assert environment["device"] == run["info"]["device"] and environment["torch_threads"] >= 1
+    assert (environment["plugin"], environment["missmod_version"]) == ("missmod", environment["plugin_version"])
     everything = client.get(f"/api/runs/{run_id}/metrics").json()["points"]
     # Every epoch's metrics where the epoch ended, and every logged step's, each exactly once:
     # none lost, none repeated (also across a resume).

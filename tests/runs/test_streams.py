@@ -81,7 +81,7 @@ def probe(base: str, stop: threading.Event, writing: threading.Event, answers: l
 def test_two_hundred_streams_leave_the_api_responsive_and_each_gets_every_point(embedded_settings, start_server):
     settings = embedded_settings.model_copy(update={"max_streams_per_client": 1000})
     base = start_server(settings)
-    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=10).json()["id"]
+    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=60).json()["id"]
 
     async def scenario():
         limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
@@ -123,8 +123,8 @@ def test_total_cap_answers_503(embedded_settings, start_server):
     tests/app/test_live_hub.py)."""
     settings = embedded_settings.model_copy(update={"max_streams_per_client": 100, "max_streams": 2})
     base = start_server(settings)
-    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=10).json()["id"]
-    sweep_id = httpx.post(f"{base}/api/sweeps", json={**VALID, "seed": [0, 1]}, timeout=10).json()["id"]
+    run_id = httpx.post(f"{base}/api/runs", json=VALID, timeout=60).json()["id"]
+    sweep_id = httpx.post(f"{base}/api/sweeps", json={**VALID, "seed": [0, 1]}, timeout=60).json()["id"]
 
     async def scenario():
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -166,7 +166,7 @@ def test_clients_joining_a_sweep_stream_late_get_its_whole_state(embedded_settin
     """One poller serves every client of a sweep: one that joins after the first polls still
     starts from the full list of runs, then follows the changes to the end."""
     base = start_server(embedded_settings)
-    sweep = httpx.post(f"{base}/api/sweeps", json={**VALID, "epochs": 1, "seed": [0, 1, 2]}, timeout=10).json()
+    sweep = httpx.post(f"{base}/api/sweeps", json={**VALID, "epochs": 1, "seed": [0, 1, 2]}, timeout=60).json()
     run_ids = sorted(run["id"] for run in httpx.get(f"{base}/api/runs", params={"sweep": sweep["id"]}).json()["items"])
     sessions = session_factory(embedded_settings.database_url)
 

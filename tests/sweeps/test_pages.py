@@ -188,6 +188,42 @@ def test_sweep_from_the_form_fills_in_live_and_its_exports_match_the_database(
     assert page.js_errors == []
 
 
+def test_the_sweep_page_reconnects_after_the_api_restarts(page, embedded_settings, start_server, start_worker):
+    """The API process dies (SIGKILL) while the sweep page watches; the page says
+    "reconnecting…", a new API comes up on the same address, the notice goes away by itself and
+    the page follows the sweep to its end, every run's result shown, without reloading."""
+    import os
+    import signal
+
+    server = start_server(embedded_settings)
+    sweep = page.request.post(f"{server}/api/sweeps", data={
+        "dataset": "digits", "method": ["mle", "lower_bound"], "fusion": "add", "missing_modality": "bottom",
+        "missing_rate": 0.5, "seed": [0, 1], "epochs": 2, "name": "survives a restart"}).json()
+    page.goto(f"{server}/sweeps/{sweep['id']}")
+    page.wait_for_selector("#sweep-page[data-drawn=true]")
+    assert page.locator("#sweep-runs tbody tr").count() == 4 and page_state(page)["succeeded"] == 0
+    assert page.is_hidden("#live-status")
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    os.killpg(server.process.popen.pid, signal.SIGKILL)
+    server.process.popen.wait(10)
+    page.wait_for_selector("#live-status", state="visible", timeout=30_000)
+    assert page.text_content("#live-status") == "reconnecting…"
+    assert page.get_attribute("body", "data-live") == "reconnecting"
+    # The runs train while the API is away: the page learns of them only from the new API.
+    start_worker(embedded_settings)
+    start_server(embedded_settings, port=int(server.rsplit(":", 1)[1]))
+
+    page.wait_for_selector("#live-status", state="hidden", timeout=60_000)
+    wait_in_page(page, "!!document.getElementById('sweep-page').dataset.streamEnded", timeout=240)
+    final = page_state(page)
+    assert final["ended"] and final["succeeded"] == 4 and final["cells"] == 2, final
+    assert final["marker"], "the page reloaded"
+    assert page.get_attribute("body", "data-live") == "live"
+    assert int(page.get_attribute("#sweep-page", "data-stream-connections")) >= 2
+    assert page.js_errors == []
+
+
 def test_compare_three_runs_chosen_in_the_runs_table(page, embedded_settings, client_for, start_server,
                                                      start_worker):
     start_worker(embedded_settings)

@@ -1,0 +1,49 @@
+"""The pages' scripts as they were before issue 23 (redraws coalesced per frame, markers only on
+short curves, the sweep page's reconnect), served in place of today's so that a page's old and
+new drawing are timed in the same run, against the same server and data.
+
+Both versions go through Playwright's request interception (route.fulfill), so neither is
+served from the HTTP cache: the comparison is like for like. plotly.js itself is fetched and
+cached as the page serves it in both. The old scripts are read from git (a checkout is needed,
+as for `make bench`); without git, `scripts_before()` is None and the rows have no baseline.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "frontend" / "static"
+# main just before issue 23's page work (parts 2 and 3)
+BEFORE = "78c2382"
+
+
+def scripts_now() -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in STATIC.glob("*.js")}
+
+
+def scripts_before() -> dict[str, bytes] | None:
+    scripts = {}
+    for name in scripts_now():
+        try:
+            scripts[name] = subprocess.run(["git", "show", f"{BEFORE}:frontend/static/{name}"], cwd=ROOT,
+                                           capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            if name in ("common.js", "charts.js", "run.js", "sweep.js"):
+                return None  # no checkout, or no such commit: no baseline
+    return scripts
+
+
+def serve(page, scripts: dict[str, bytes]) -> None:
+    """Answer the page's requests for /static/<name>.js with `scripts` (a name it lacks: as served)."""
+
+    def fulfil(route):
+        name = route.request.url.rsplit("/", 1)[-1].split("?", 1)[0]
+        if name in scripts:
+            route.fulfill(body=scripts[name], content_type="text/javascript", headers={"Cache-Control": "no-store"})
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/static/[^/?]+\.js(\?.*)?$"), fulfil)  # the pages link them with ?v=<hash>
