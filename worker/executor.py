@@ -17,7 +17,7 @@ from backend.lifecycle.lease import LeaseLost
 from backend.queue import WorkQueue
 from backend.runs import outcomes, recording
 from backend.runs import service as runs_service
-from backend.runs.artifacts import RunCheckpoints
+from backend.runs.artifacts import RunBundle, RunCheckpoints
 from backend.runs.ingest import BatchingWriter, Point, points_of
 from backend.runs.models import Run
 from backend.runs.system import record_system_points
@@ -172,7 +172,8 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
                 slots.limit_device_memory(share, spec.device)
                 result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
                                checkpoint_path=checkpoints, video=settings.video_options(),
-                               checkpoint_every_seconds=settings.checkpoint_interval)
+                               checkpoint_every_seconds=settings.checkpoint_interval,
+                               bundle_path=RunBundle(settings, run_id))
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
             raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:
