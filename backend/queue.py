@@ -9,13 +9,22 @@ same app and registers the task under that name.
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from training.builtin_methods import BUILTIN
 
+from .filesystem_broker import TRANSPORT as FILESYSTEM_TRANSPORT
 from .settings import Settings
 
 TRAIN_RUN_TASK = "missmod.train_run"
 DATASET_JOB_TASK = "missmod.dataset_job"
+PREDICT_TASK = "missmod.predict"
+
+
+def prediction_queue(settings: Settings) -> str:
+    """Predictions have a queue of their own beside the runs': a prediction never waits behind
+    queued runs, and a worker started with `-Q <this queue>` serves predictions only."""
+    return f"{settings.task_queue}-predict"
 
 
 # The folder broker's transport has no host; naming one spares every process kombu's warning that
@@ -31,12 +40,16 @@ def make_celery(settings: Settings) -> Celery:
     transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.uses_filesystem_broker:
         settings.make_dirs()
+        # kombu's filesystem transport with atomic publishing and a reader that survives a bad
+        # file (backend/filesystem_broker.py); it holds whatever URL the command line gives.
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
         queue_dir = str(settings.broker_dir / "queue")
         transport_options = {
             "data_folder_in": queue_dir,
             "data_folder_out": queue_dir,
             "control_folder": str(settings.broker_dir / "control"),
             "processed_folder": str(settings.broker_dir / "processed"),
+            "rejected_folder": str(settings.broker_dir / "rejected"),
             "store_processed": False,
             "polling_interval": settings.broker_poll_interval,
         }
@@ -46,6 +59,11 @@ def make_celery(settings: Settings) -> Celery:
         # A broker outage must not end a worker (and its hours-long run): retry forever.
         broker_connection_max_retries=None,
         task_default_queue=settings.task_queue,
+        # A worker consumes both (unless started with -Q): its runs' queue and the predictions'.
+        # Each on an exchange of its own: bound with one routing key, a run's id would reach both.
+        task_queues=(Queue(settings.task_queue, Exchange(settings.task_queue), routing_key=settings.task_queue),
+                     Queue(prediction_queue(settings), Exchange(prediction_queue(settings)),
+                           routing_key=prediction_queue(settings))),
         task_ignore_result=True,  # results live in the database
         # Long GPU jobs (docs/architecture.md §5): a run id is acknowledged only when the run is over, goes
         # back to the broker if the worker process dies, and a worker holds one id at a time.
@@ -79,6 +97,7 @@ class WorkQueue:
     """Sends the ids of what the workers execute: runs and dataset jobs. A run's task id is its id."""
 
     def __init__(self, settings: Settings):
+        self.settings = settings
         self.celery = make_celery(settings)
         self.task_queue = settings.task_queue
         # For saying, once sent, which runs no live worker can train (runs/service.py).
@@ -93,6 +112,14 @@ class WorkQueue:
     def send_job(self, job_id: int) -> None:
         """A dataset job (preprocessing, feature extraction); task ids `job-<id>` never meet run ids."""
         self.celery.send_task(DATASET_JOB_TASK, args=[job_id], task_id=f"job-{job_id}")
+
+    def send_prediction(self, request_id: str, run_id: int, deadline: float) -> None:
+        """A prediction (backend/runs/serving.py; its inputs wait in the database): dropped by the
+        worker if not started before its deadline, and its process stopped if it runs past it, so
+        it never holds a slot longer."""
+        self.celery.send_task(PREDICT_TASK, args=[request_id, run_id], task_id=request_id,
+                              queue=prediction_queue(self.settings), expires=deadline,
+                              soft_time_limit=deadline, time_limit=deadline + 5)
 
     def close(self) -> None:
         self.celery.close()

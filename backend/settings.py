@@ -107,6 +107,10 @@ class Settings(BaseSettings):
                                      "answer format=columns by reading only the new ones")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above)")
+    predict_timeout: float = Field(
+        20.0, gt=0, le=600, description="Deadline of a prediction (POST /api/runs/{id}/predict): a worker must take it "
+                                        "and answer within it, else 503; it never holds a worker's slot longer")
+    predict_max_rows: int = Field(10_000, ge=1, le=1_000_000, description="Most samples one prediction request may hold")
     runs_per_gpu: int = Field(
         1, ge=1, le=64, description="Runs one worker trains at once, each in its own process (slots): above 1, small "
                                     "runs share the worker's GPU (or a CPU-only host trains several runs at once)")

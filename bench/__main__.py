@@ -91,9 +91,15 @@ def studies() -> list[Row]:
     return study_throughput.measure(quick=QUICK)
 
 
+def predict() -> list[Row]:
+    from . import prediction_latency
+
+    return prediction_latency.measure()
+
+
 SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "live_runs": live_runs,
             "streams": streams,
-            "pages": pages, "slots": slots, "studies": studies}
+            "pages": pages, "slots": slots, "studies": studies, "predict": predict}
 QUICK = False
 
 

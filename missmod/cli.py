@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -367,6 +368,41 @@ def runs_predictions(client: Client, args) -> int:
         f"run {args.id}: stored test predictions (--csv: one row each)", ["field", "value"],
         [["epoch", p["epoch"]], [f"test {p['counted']}", len(p["labels"])], ["correct", sum(predictions.correct)],
          ["accuracy", _percent(predictions.accuracy)], ["classes", ", ".join(p["classes"])]], no_wrap=["field"]))
+    return 0
+
+
+def runs_predict(client: Client, args) -> int:
+    import numpy as np
+
+    try:
+        with np.load(args.file, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        print(f"missmod: cannot read {args.file}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    frame = client.predict(args.id, **arrays)
+    info = frame.attrs
+    if args.json:
+        print_json({**info, "predicted": list(frame["predicted"]),
+                    "probabilities": frame[[f"p_{c}" for c in info["classes"]]].values.tolist()})
+        return 0
+    text = frame.to_csv(index_label="index")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+        print(f"run {info['run_id']} ({info['method']}, epoch {info['epoch']}): {len(frame)} sample(s) from "
+              f"{info['inputs'].replace('_', ' ')} by {info['rule']} -> {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def runs_download(client: Client, args) -> int:
+    path = client.download_model(args.id, args.output)
+    if args.json:
+        print_json({"run_id": args.id, "path": path})
+    else:
+        print(f"{path} ({os.path.getsize(path):,} bytes): load it with training.bundle.load_model(path)")
     return 0
 
 
@@ -772,6 +808,16 @@ def build_parser() -> argparse.ArgumentParser:
                   "a run's stored test predictions: a summary, or --csv one row per test sample")
     sub.add_argument("id", type=int)
     sub.add_argument("--csv", action="store_true", help="index, label, predicted, class names, correct")
+    sub = command(runs, "predict", runs_predict,
+                  "predict with a run's model: an .npz of arrays x and/or y (or the modalities' names); prints "
+                  "CSV, one row per sample: predicted class and each class's probability")
+    sub.add_argument("id", type=int)
+    sub.add_argument("file", help=".npz with x (n, …) and/or y (n, …), as in the dataset")
+    sub.add_argument("-o", "--output", help="write the CSV here instead of printing it")
+    sub = command(runs, "download", runs_download,
+                  "download a run's model bundle (its model at the selected epoch, for load_model)")
+    sub.add_argument("id", type=int)
+    sub.add_argument("-o", "--output", help="where to save it (default run-<id>-model.zip)")
 
     sweeps = groups.add_parser("sweeps", help="sweeps").add_subparsers(dest="command", required=True)
     sub = command(sweeps, "create", sweeps_create, "a grid sweep: key=value fields, a,b,c for several values")

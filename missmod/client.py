@@ -233,6 +233,50 @@ class Client:
         the run kept none."""
         return Predictions(**self._json("GET", f"/api/runs/{_id_of(run, Run)}/predictions"))
 
+    def predict(self, run: Any, x: Any = None, y: Any = None, *, rows_per_request: int | None = None,
+                **modalities: Any):
+        """Class probabilities of samples from the run's model at its selected epoch: a DataFrame
+        with one row per sample, `predicted` (the class name), `predicted_index` and one column
+        `p_<class>` per class; `.attrs` says the epoch, the method, what was given and the rule.
+        x and y: arrays (n, …) as in the dataset, or one sample; give x, y or both (y alone where
+        the method supports it), or pass them by the modalities' names (`top=…`). Many rows go in
+        several requests (at most `rows_per_request` each; by default what fits the server's
+        usual limits)."""
+        import numpy as np
+
+        run_id = _id_of(run, Run)
+        arrays = {name: np.asarray(values) for name, values in {"x": x, "y": y, **modalities}.items()
+                  if values is not None}
+        if not arrays:
+            raise ValueError("give x, y, or both")
+        single = {name: values.ndim == 1 for name, values in arrays.items()}  # one vector sample
+        arrays = {name: values[None] if single[name] else values for name, values in arrays.items()}
+        n = max(len(values) for values in arrays.values())
+        row_bytes = sum(4 * int(np.prod(values.shape[1:])) for values in arrays.values())
+        size = rows_per_request or max(1, min(PREDICT_ROWS, PREDICT_BYTES // max(row_bytes, 1)))
+        answers = []
+        for start in range(0, n, size):
+            answers.append(self._json("POST", f"/api/runs/{run_id}/predict",
+                                      content=_npz({k: v[start : start + size] for k, v in arrays.items()}),
+                                      headers={"Content-Type": "application/x-npz"}))
+        return _prediction_frame(answers)
+
+    def download_model(self, run: Any, path: str | os.PathLike | None = None) -> str:
+        """Save the run's model bundle (`training.bundle.load_model` predicts with it offline) to
+        `path` (default `run-<id>-model.zip`); returns the path."""
+        run_id = _id_of(run, Run)
+        target = os.fspath(path) if path is not None else f"run-{run_id}-model.zip"
+        with self._http.stream("GET", f"/api/runs/{run_id}/model") as response:
+            if not response.is_success:
+                response.read()
+                self._raise_for(response)
+            partial = f"{target}.part"
+            with open(partial, "wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+        os.replace(partial, target)
+        return target
+
     def cancel(self, run: Any) -> Run:
         return Run(**self._json("POST", f"/api/runs/{_id_of(run, Run)}/cancel"))
 
@@ -563,6 +607,38 @@ class Client:
             if bar is not None:
                 bar.close()
         return study
+
+
+# Rows and bytes (as float32) per prediction request: below the server's defaults (PREDICT_MAX_ROWS
+# 10,000 and MAX_REQUEST_BYTES 1,000,000, with room for the .npz's headers).
+PREDICT_ROWS = 10_000
+PREDICT_BYTES = 900_000
+
+
+def _npz(arrays: Mapping[str, Any]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the server names the row
+        np.savez(buffer, **{name: np.asarray(values, dtype=np.float32) if np.asarray(values).dtype.kind in "iufb"
+                            else np.asarray(values) for name, values in arrays.items()})
+    return buffer.getvalue()
+
+
+def _prediction_frame(answers: list[dict[str, Any]]):
+    from .models import _pandas
+
+    pandas = _pandas()
+    first = answers[0]
+    classes = first["classes"]
+    probabilities = [row for answer in answers for row in answer["probabilities"]]
+    frame = pandas.DataFrame(probabilities, columns=[f"p_{name}" for name in classes])
+    frame.insert(0, "predicted_index", [i for answer in answers for i in answer["predicted"]])
+    frame.insert(0, "predicted", [name for answer in answers for name in answer["predicted_class"]])
+    frame.attrs.update({key: first[key] for key in ("run_id", "epoch", "method", "inputs", "rule", "classes")})
+    return frame
 
 
 def _external_param(include_external: bool) -> dict[str, str]:

@@ -108,6 +108,16 @@ class _Columns:
     def __len__(self) -> int:
         return len(self.epoch)
 
+    def split(self, count: int) -> "_Columns":
+        """Take the first `count` points out (the names stay shared: unused ones cost nothing)."""
+        first = _Columns()
+        first.names = dict(self.names)
+        for column in ("epoch", "step", "name", "value"):
+            values = getattr(self, column)
+            setattr(first, column, values[:count])
+            del values[:count]
+        return first
+
     def body(self) -> dict[str, Any]:
         return {"names": list(self.names), "epoch": self.epoch, "step": self.step, "name": self.name,
                 "value": self.value}
@@ -204,10 +214,15 @@ class LiveRun:
     # --- the sender thread -----------------------------------------------------------------
 
     def _take(self) -> _Columns | None:
+        """The next batch: at most `batch_size` points, so a request stays far below the server's
+        MAX_REQUEST_BYTES however far the loop ran ahead."""
         with self._lock:
             if not len(self._buffer):
                 return None
-            batch, self._buffer = self._buffer, _Columns()
+            if len(self._buffer) <= self.batch_size:
+                batch, self._buffer = self._buffer, _Columns()
+            else:
+                batch = self._buffer.split(self.batch_size)
             self._sending = len(batch)
             return batch
 
@@ -225,8 +240,10 @@ class LiveRun:
                     self._beat()
                     last_write = time.monotonic()
             except Exception as error:
-                # 409 or 404 (the client's ApiError): lost, ended or deleted; nothing more will land.
-                if getattr(error, "status", None) in (404, 409):
+                # A 4xx (the client's ApiError) will not change by sending again: 409 or 404, the run
+                # is lost, ended or deleted; another, a refused batch. A 5xx or no answer: try again.
+                status = getattr(error, "status", None)
+                if status is not None and 400 <= status < 500 and status not in (408, 429):
                     self._error = error
                     with self._lock:
                         self._sending = 0

@@ -95,9 +95,16 @@ class YBank:
     chunk of test rows: with 2,000 test rows in chunks of 256 and a 4,096-row bank, g ran over
     32,768 rows instead of 4,096)."""
 
-    def __init__(self, inputs: torch.Tensor):
+    def __init__(self, inputs: torch.Tensor | None):
         self.inputs = inputs
         self._g: torch.Tensor | None = None
+
+    @classmethod
+    def of_features(cls, g: torch.Tensor) -> "YBank":
+        """A bank whose g features were computed already (a model bundle stores them: training/bundle.py)."""
+        bank = cls(None)
+        bank._g = g
+        return bank
 
     def g_features(self, model: TwoViewModel) -> torch.Tensor:
         if self._g is None:
@@ -152,6 +159,15 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         pass
+
+    def prediction_state(self) -> dict[str, Any]:
+        """What the method needs besides the model to predict (a model bundle keeps it): by
+        default what a checkpoint keeps; methods with statistics fitted before each evaluation
+        (hgr) add them."""
+        return self.state_dict()
+
+    def load_prediction_state(self, state: dict[str, Any], device: torch.device) -> None:
+        self.load_state_dict(state, device)
 
     @torch.no_grad()
     def predict_log_proba(self, model: TwoViewModel, x: torch.Tensor, y: torch.Tensor,
@@ -352,6 +368,12 @@ class MaximalCorrelation(Method):
         g = _features(model.g, train.y[complete]).float()
         self.mean_phi = fuse(f, g, model.fusion).mean(0)
         self.mean_f = _features(model.f, train.x[train.has_x]).float().mean(0)
+
+    def prediction_state(self):
+        return {"mean_phi": self.mean_phi, "mean_f": self.mean_f}
+
+    def load_prediction_state(self, state, device):
+        self.mean_phi, self.mean_f = state["mean_phi"].to(device), state["mean_f"].to(device)
 
     @in_fp32
     def _h_score(self, features, mean, label_features, log_prior):

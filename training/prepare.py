@@ -87,6 +87,9 @@ class PreparedData:
     info: dict[str, Any]
     x_input: ModalityInput
     y_input: ModalityInput
+    # Mean and std of x and of y (vector inputs; None for images, whose encoders hold theirs): what
+    # a model bundle needs to put new inputs in the form the model was trained on.
+    standardisation: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def standardiser(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +187,7 @@ def prepare_data(data: TwoViewData, spec: TrainSpec, device: torch.device) -> Pr
         info=_data_info(data, spec, split, missing, x_name, y_name, inputs.device),
         x_input=x_input,
         y_input=y_input,
+        standardisation=getattr(inputs, "statistics", None),
     )
 
 

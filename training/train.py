@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bundle import bank_rows, bundle_bytes, reproducibility_record, write_bundle
 from .checkpoint import load_checkpoint, random_state, restore_random_state, save_checkpoint, spec_fingerprint
 from .datasets import DatasetError, DatasetInfo, UnknownDatasetError, dataset_info, load_dataset, prepare_raw_dataset
 from .device import pick_device
@@ -289,10 +290,12 @@ class Trainer:
     later run of the same spec continues from it."""
 
     def __init__(self, spec: TrainSpec, callback: TrainingCallback, prepared: PreparedData, device: torch.device,
-                 checkpoint_path: Path | None = None, checkpoint_every_seconds: float = 0.0):
+                 checkpoint_path: Path | None = None, checkpoint_every_seconds: float = 0.0, bundle_path=None):
         self.spec, self.callback, self.prepared, self.device = spec, callback, prepared, device
         self.checkpoint_path = checkpoint_path
         self.checkpoints = CheckpointPolicy(checkpoint_every_seconds)
+        self.bundle_path = bundle_path  # where the selected model's bundle goes (training/bundle.py)
+        self._reproducibility: dict[str, Any] | None = None  # the bundle's record, taken once
         self.fingerprint = spec_fingerprint(spec.model_dump())
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
@@ -397,6 +400,30 @@ class Trainer:
             predict = lambda x: self.method.predict_log_proba_without_y(self.model, x, log_prior, bank)
             test_without_y = score_predictions(in_chunks(predict, test.x, chunk=self.model.eval_chunk), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
+
+    def write_bundle(self, best: BestEpoch) -> None:
+        """The model as selected at `best.epoch`, with what it needs to predict (training/bundle.py);
+        called right after that epoch's evaluation, so the model and the method's statistics are
+        the ones its reported accuracy came from. The y bank is the one evaluate_missing uses
+        (the same seeded rows), so predicting the test set without y reproduces its accuracy."""
+        if self.bundle_path is None:
+            return
+        train = self.prepared.train
+        y_bank = self.y_bank if self.y_bank is not None else _y_bank(train, np.random.default_rng([self.spec.seed, 4]))
+        x_rows = bank_rows(train.has_x & train.has_y, Y_BANK_LIMIT, np.random.default_rng([self.spec.seed, 5]))
+        x_bank = train.x[torch.as_tensor(x_rows, device=train.x.device)]
+        scores = {"epoch": best.epoch, "val_accuracy": best.val_accuracy, "test_accuracy": best.test.accuracy,
+                  "test_missing_accuracy": None if best.test_without_y is None else best.test_without_y.accuracy}
+        if self._reproducibility is None:
+            self._reproducibility = reproducibility_record(self.device, self.spec.method)
+        with self.speed.autocast():
+            data = bundle_bytes(spec=self.spec, model=self.model, method=self.method, epoch=best.epoch,
+                                classes=self.prepared.classes, log_prior=self.prepared.log_prior,
+                                x_input=self.prepared.x_input, y_input=self.prepared.y_input,
+                                x_modality=self.prepared.info["x_modality"], y_modality=self.prepared.info["y_modality"],
+                                standardisation=self.prepared.standardisation, y_bank=y_bank, x_bank=x_bank,
+                                device=self.device, scores=scores, reproducibility=self._reproducibility)
+        write_bundle(self.bundle_path, data)
 
     def save(self, epoch: int, train: TrainingSet, best: BestEpoch | None) -> None:
         if self.checkpoint_path is None:
@@ -506,6 +533,8 @@ class Trainer:
             if improves(self.spec.selection_rule, EpochScore(epoch, val.accuracy, val.loss),
                         None if best is None else best.score()):
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y, val.loss)
+                # Before the checkpoint: a crash in between replays this epoch, which selects it again.
+                self.write_bundle(best)
             epochs_completed = epoch
             self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
             stopping = self.callback.should_stop()
@@ -576,12 +605,15 @@ def checked_dataset_info(spec: TrainSpec, data_dir: Path | None, video) -> Datas
 
 
 def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir: Path | None = None,
-          checkpoint_path: Path | None = None, video=None, checkpoint_every_seconds: float = 0.0) -> TrainResult:
+          checkpoint_path: Path | None = None, video=None, checkpoint_every_seconds: float = 0.0,
+          bundle_path=None) -> TrainResult:
     """Train one spec. With `checkpoint_path`, continue from the checkpoint there (if it is of
     this spec) and save one after every epoch, or with `checkpoint_every_seconds`, after an epoch
     once that long has passed since the last one (and after the last epoch, and when stopped:
-    CheckpointPolicy). `video` (audiovisual.catalog.VideoOptions): where the raw audio-visual
-    datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
+    CheckpointPolicy). With `bundle_path` (a path, or an object with `write_bytes`), write the
+    model bundle of the selected epoch there, whatever the checkpoint policy (training/bundle.py:
+    `load_model` predicts with it). `video` (audiovisual.catalog.VideoOptions): where the raw
+    audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
     info = checked_dataset_info(spec, data_dir, video)
     preprocessing = _preprocess_as_a_stage(spec, callback, data_dir, video)
@@ -604,4 +636,4 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
                         f"be empty (each class needs three groups or more)")
     if preprocessing is not None:
         prepared.info["preprocessing"] = preprocessing
-    return Trainer(spec, callback, prepared, device, checkpoint_path, checkpoint_every_seconds).run()
+    return Trainer(spec, callback, prepared, device, checkpoint_path, checkpoint_every_seconds, bundle_path).run()

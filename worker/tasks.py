@@ -14,7 +14,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 
 from backend.db import session_factory
-from backend.queue import DATASET_JOB_TASK, TRAIN_RUN_TASK
+from backend.queue import DATASET_JOB_TASK, PREDICT_TASK, TRAIN_RUN_TASK
 from backend.settings import get_settings
 from backend.workers import service as workers
 from backend.workers.models import SlotState
@@ -86,3 +86,12 @@ def dataset_job(self, job_id: int) -> None:
     from .dataset_jobs import execute_job  # imports torch, in the child process only
 
     _execute(self, execute_job, job_id, "dataset job")
+
+
+@shared_task(name=PREDICT_TASK, bind=True, acks_late=False, ignore_result=True)
+def predict(self, request_id: str, run_id: int) -> None:
+    """A prediction: acknowledged when it starts (a lost one is not delivered again: the API
+    stopped waiting for it at its deadline), on the CPU, outside the GPU slots."""
+    from .predict import execute_prediction  # the training library: in the task's process only
+
+    execute_prediction(request_id, int(run_id), get_settings())

@@ -26,6 +26,7 @@ from ..runs.artifacts import ArtifactNotFound, PathOutsideRoot
 from ..runs.live_runs import LiveRunGone
 from ..runs.predictions import NoStoredPredictions
 from ..runs.service import NoConfusionMatrix, RunNotFound, RunNotRetryable
+from ..runs.serving import ModelBundleNotFound, NoModelBundle, PredictionFailed, PredictionTimedOut
 from ..studies.presets import StudyPresetNotFound
 from ..studies.service import StudyFinished, StudyNotFound
 from ..sweeps.presets import PresetNotFound
@@ -49,12 +50,13 @@ NOT_FOUND: dict[type[LookupError], Callable[[LookupError], str]] = {
     NotRegistered: lambda error: f"no dataset {error.args[0]!r} is registered (made by a job)",
     StudyNotFound: lambda error: f"study {error.args[0]} not found",
     StudyPresetNotFound: str,
+    ModelBundleNotFound: str,
     NoStoredPredictions: lambda error: (f"run {error.args[0]} has no stored test predictions (not finished, finished "
                                         "before they were kept, or logged from elsewhere without them)"),
 }
 # What a 409 is: the request does not fit the state the thing is in (its message says why).
 CONFLICT: tuple[type[Exception], ...] = (AlreadyFinished, RunNotRetryable, NotAVideoDataset, StudyFinished,
-                                          LiveRunGone)
+                                         LiveRunGone, NoModelBundle)
 
 
 def _not_found(request: Request, error: LookupError) -> JSONResponse:
@@ -90,6 +92,17 @@ def _validation_error(request: Request, error: RequestValidationError) -> JSONRe
 def _refused(request: Request, error: Refused) -> JSONResponse:
     # Answered exactly as a schema error, so a form shows a refusal from the logic next to its field.
     return _validation_error(request, RequestValidationError(error.errors))
+
+
+def _prediction_timed_out(request: Request, error: PredictionTimedOut) -> JSONResponse:
+    return problem_response(503, str(error), request=request, headers={"Retry-After": "5"})
+
+
+def _prediction_failed(request: Request, error: PredictionFailed) -> JSONResponse:
+    status_code, detail, field = error.args
+    if status_code == 422:  # the worker's own check of the inputs: answered as the API's are
+        return _refused(request, Refused.field("body", field or "body", None, detail))
+    return problem_response(status_code, detail, request=request)
 
 
 def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -129,6 +142,8 @@ def register(app: FastAPI) -> None:
         app.add_exception_handler(kind, _conflict)
     app.add_exception_handler(PathOutsideRoot, _outside_the_run)
     app.add_exception_handler(Refused, _refused)
+    app.add_exception_handler(PredictionTimedOut, _prediction_timed_out)
+    app.add_exception_handler(PredictionFailed, _prediction_failed)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for database_error in (OperationalError, InterfaceError, PoolTimeoutError):

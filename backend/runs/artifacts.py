@@ -29,6 +29,8 @@ __all__ = ["Artifact", "ArtifactNotFound", "FoundArtifact", "PathOutsideRoot", "
 log = logging.getLogger("missmod.artifacts")
 
 CHECKPOINTS = "checkpoints"
+# The validation-selected model with what it needs to predict (training/bundle.py), one per run.
+MODEL_BUNDLE = "model.zip"
 _ATTEMPT_FILE = re.compile(r"^attempt-(\d+)\.pt$")
 
 
@@ -163,4 +165,31 @@ class RunCheckpoints:
         return f"RunCheckpoints({self.store.url!r}, run {self.run_id}, attempt {self.attempt})"
 
 
-__all__ += ["InvalidKey", "StoredFile", "artifact_key", "write_confusion"]
+def bundle_key(run_id: int) -> str:
+    return f"{run_prefix(run_id)}/{MODEL_BUNDLE}"
+
+
+class RunBundle:
+    """Where the training library writes the run's model bundle (an object with `write_bytes`,
+    as for checkpoints): one key per run, replaced atomically at each newly selected epoch. A
+    retried run starts over and replaces it at its first epoch; the bundle names its epoch, which
+    the API checks against the run's selected epoch before serving it."""
+
+    def __init__(self, where, run_id: int):
+        self.store = artifact_store(where)
+        self.key = bundle_key(run_id)
+
+    def read_bytes(self) -> bytes | None:
+        try:
+            return self.store.read_bytes(self.key)
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, data: bytes) -> None:
+        self.store.write_bytes(self.key, data)
+
+    def __repr__(self) -> str:
+        return f"RunBundle({self.store.url!r}, {self.key!r})"
+
+
+__all__ += ["MODEL_BUNDLE", "RunBundle", "bundle_key", "InvalidKey", "StoredFile", "artifact_key", "write_confusion"]

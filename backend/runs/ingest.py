@@ -62,12 +62,23 @@ _POSTGRES_INSERT = text(POSTGRES_INSERT_SQL.format(
     name_indices="CAST(:name_indices AS INTEGER[])", values="CAST(:values AS DOUBLE PRECISION[])"))
 
 
-def postgres_arrays(points: Sequence[Point]) -> dict[str, list]:
-    """The batch as the arrays the PostgreSQL statement unnests (names once, 1-based indices)."""
+def postgres_arrays(points: Sequence[Point]) -> dict[str, Any]:
+    """The batch as the arrays the PostgreSQL statement unnests (names once, 1-based indices).
+    The number columns are sent as array literals ('{1,2,…}', NULL for a missing value) that the
+    statement casts: psycopg dumps a Python list element by element (a regular expression each),
+    which cost more than the INSERT itself (2.4 s per 10,000 points on a loaded 2-core machine);
+    a float's repr reads back exactly."""
     positions: dict[str, int] = {}
     name_indices = [positions.setdefault(p.name, len(positions) + 1) for p in points]
-    return {"names": list(positions), "epochs": [p.epoch for p in points], "steps": [p.step for p in points],
-            "name_indices": name_indices, "values": [p.value for p in points]}
+    return {"names": list(positions), "epochs": _literal(p.epoch for p in points),
+            "steps": _literal(p.step for p in points), "name_indices": _literal(name_indices),
+            "values": _literal((p.value for p in points), float)}
+
+
+def _literal(numbers: Iterable[int | float | None], kind: type = int) -> str:
+    return "{" + ",".join("NULL" if n is None else repr(kind(n)) for n in numbers) + "}"
+
+
 _SQLITE_INSERT = sqlite.insert(MetricPoint).on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
 
 

@@ -139,3 +139,19 @@ class ConfusionMatrix(Base):
     test_labels: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="confusion")
+
+
+class PredictionRequest(Base):
+    """One prediction (POST /api/runs/{id}/predict, backend/runs/serving.py): the inputs the API
+    checked, then the worker's answer, read and deleted by the API process that waits for it. The
+    broker carries only its id, as it carries only run ids: inputs in a message would make it
+    large, and the folder broker's reader can take a large message file before it is whole."""
+
+    __tablename__ = "prediction_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the task id
+    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    inputs: Mapped[str] = mapped_column(Text)  # JSON: x and y as float32 in base64, with their shapes
+    status: Mapped[int | None] = mapped_column(Integer)  # as the API answers it (200, 409, 422, 500); None: waiting
+    body: Mapped[str | None] = mapped_column(Text)  # JSON, once answered

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
@@ -20,12 +21,13 @@ from ..catalog import registry
 from ..csv_export import csv_text
 from ..live import open_stream
 from ..paired_statistics import compare_runs
-from . import artifacts, export, live_runs, metrics, outcomes, query, series, service
+from . import artifacts, export, live_runs, metrics, outcomes, query, series, service, serving
 from .models import RunState
 from .predictions import load_predictions, stored_predictions
 from .schemas import (ArtifactOut, BulkResult, ConfusionOut, ExternalRunCreate, LiveFail, LiveFinish, LiveLease,
-                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsColumns, MetricsPage, PredictionsOut,
-                      ProtocolOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut, RunUpdate)
+                      LivePoints, LiveRunCreate, LiveRunOut, LiveWritten, MetricsColumns, MetricsPage, PredictionOut,
+                      PredictionsOut, ProtocolOut, RefusedRun, RunCreate, RunIds, RunOut, RunPage, RunPairOut,
+                      RunUpdate)
 from .stream import RunTopic, cursor_from
 from .validation import DatasetCatalog, refuse_if_unfit
 
@@ -379,3 +381,54 @@ def download_artifact(run_id: RunId, session: SessionDep, settings: SettingsDep,
     return StreamingResponse(found.store.iter_chunks(found.key), media_type="application/octet-stream",
                              headers={"Content-Length": str(found.size),
                                       "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "x": {"type": "array", "description": "Samples of x (the modality always present), shape (n, …) as in the "
+                                              "dataset (not standardised), or one sample; may be left out"},
+        "y": {"type": "array", "description": "Samples of y (the one that may be missing), the same rows; may be "
+                                              "left out"}},
+        "description": "Also accepted under the modalities' own names (e.g. `top`, `bottom`)"}},
+    "application/x-npz": {"schema": {"type": "string", "format": "binary",
+                                     "description": "An .npz with arrays `x` and/or `y` (or the modalities' names)"}},
+}}}
+
+
+@router.post("/{run_id}/predict", response_model=PredictionOut, openapi_extra=PREDICT_BODY, responses={
+    **NOT_FOUND, 409: {"description": "The run has no model bundle (trained before bundles were written: retrain)"},
+    422: {"description": "Inputs of the wrong shape, not finite, too many rows, or a missing modality the method "
+                         "cannot predict without"},
+    503: {"description": "No worker answered within PREDICT_TIMEOUT"}})
+async def predict(run_id: RunId, request: Request) -> PredictionOut:
+    """Class probabilities and the predicted class of one or many samples, from the run's model
+    at its selected epoch: with x and y (eq. 4), x alone (each method's own rule: eq. 5 for
+    `mle`, g = 0 for `zero_padding`, imputation for `ae1`/`ae2`, the x–z rule for `hgr`), or y
+    alone where the method trained without x. A worker predicts (the API loads no torch), within
+    PREDICT_TIMEOUT; at most PREDICT_MAX_ROWS samples per request (docs/predict.md)."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "application/json")
+    state = request.app.state
+    return await run_in_threadpool(_predict, state.settings, state.sessions, state.work_queue, run_id, body,
+                                   content_type)
+
+
+def _predict(settings, sessions, queue, run_id: int, body: bytes, content_type: str) -> PredictionOut:
+    with sessions() as session:
+        bundle = serving.bundle_of(settings, service.get_run(session, run_id))
+    x, y, _ = serving.read_inputs(body, content_type, bundle.manifest, settings.predict_max_rows)
+    return PredictionOut.model_validate(serving.predict(settings, sessions, queue, bundle, x, y))
+
+
+@router.get("/{run_id}/model", response_class=FileResponse, responses={
+    404: {"description": "No such run, or it has no model bundle (trained before bundles were written: retrain)"}})
+def download_model(run_id: RunId, session: SessionDep, settings: SettingsDep) -> Response:
+    """The run's model bundle (`model.zip`): the model at its selected epoch with its preprocessing,
+    label prior, class names, eq. 5 reference bank, spec and versions; `training.bundle.load_model`
+    predicts with it offline, with the endpoint's numbers (docs/predict.md)."""
+    run = service.get_run(session, run_id)
+    try:
+        serving.bundle_of(settings, run)
+    except serving.NoModelBundle as error:
+        raise serving.ModelBundleNotFound(str(error)) from None
+    return download_artifact(run_id, session, settings, path=artifacts.MODEL_BUNDLE)

@@ -222,6 +222,23 @@ class PredictionsOut(BaseModel):
     predicted: list[int] = Field(description="The predicted class of each test sample")
 
 
+class PredictionOut(BaseModel):
+    """Class probabilities of the samples sent, from the run's model at its selected epoch
+    (docs/predict.md), by the method's own rule for what was given."""
+
+    run_id: int
+    epoch: int = Field(description="The epoch the model is of: the run's selected epoch")
+    method: str
+    inputs: Literal["x_and_y", "x_only", "y_only"] = Field(description="What the samples gave")
+    rule: str = Field(description="How the method predicts from that (eq. 4, eq. 5 over a bank of training y's, …)")
+    classes: list[str]
+    predicted: list[int] = Field(description="Each sample's predicted class (index into `classes`): the argmax")
+    predicted_class: list[str] = Field(description="Each sample's predicted class, by name")
+    probabilities: list[list[float]] = Field(description="Each sample's class probabilities, in the order of `classes`")
+    seconds: float = Field(description="From sending the request to a worker to reading its answer")
+    worker_seconds: float = Field(description="On the worker: reading the bundle and predicting")
+
+
 # --- runs trained elsewhere ---------------------------------------------------------------
 
 MAX_EXTERNAL_POINTS = 100_000

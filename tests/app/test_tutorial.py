@@ -9,6 +9,7 @@ port. The examples are taken from the documents, so a changed example is tested 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -101,8 +102,12 @@ def test_the_readme_examples_and_the_tutorial_run_as_written(dashboard):
     streamed = run_block(dashboard, *curl)
     assert "event: end" in streamed and '"state":"succeeded"' in streamed.replace(" ", "")
     assert "succeeded" in run_block(dashboard, *cli)
-    state, accuracy, *_ = run_block(dashboard, *python).split()
+    printed = run_block(dashboard, *python)
+    state, accuracy, *_ = printed.split()
     assert state == "succeeded" and 0 < float(accuracy) <= 1
+    predicted = ast.literal_eval(printed.strip().splitlines()[-1])  # its model, from the top halves alone
+    assert len(predicted) == 5 and set(predicted) <= {str(digit) for digit in range(10)}
+    assert (dashboard.home / "model.zip").stat().st_size > 0  # the CLI's download of run 1's model
 
     # one terminal for the whole tutorial, as a reader has: what one step sets (an activated
     # virtualenv) holds for the next
