@@ -9,7 +9,6 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from training.datasets import configure_features
@@ -123,5 +122,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(pages.router)
     install_docs(app)
-    app.mount("/static", StaticFiles(directory=pages.FRONTEND_DIR / "static"), name="static")
+    app.mount("/static", pages.VersionedStaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

@@ -20,6 +20,7 @@ from kombu.utils.json import dumps
 
 from training.builtin_methods import BUILTIN
 
+from .filesystem_broker import TRANSPORT as FILESYSTEM_TRANSPORT
 from .settings import Settings
 
 TRAIN_RUN_TASK = "missmod.train_run"
@@ -66,12 +67,16 @@ def make_celery(settings: Settings) -> Celery:
     transport_options: dict = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.uses_filesystem_broker:
         settings.make_dirs()
+        # kombu's filesystem transport with atomic publishing and a reader that survives a bad
+        # file (backend/filesystem_broker.py); it holds whatever URL the command line gives.
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
         queue_dir = str(settings.broker_dir / "queue")
         transport_options = {
             "data_folder_in": queue_dir,
             "data_folder_out": queue_dir,
             "control_folder": str(settings.broker_dir / "control"),
             "processed_folder": str(settings.broker_dir / "processed"),
+            "rejected_folder": str(settings.broker_dir / "rejected"),
             "store_processed": False,
             "polling_interval": settings.broker_poll_interval,
         }

@@ -26,7 +26,7 @@ from .db import session_factory
 from .migrate import upgrade
 from .queue import FILESYSTEM_BROKER_URL, WorkQueue
 from .reconcile import queued_again, requeue_interrupted, running_on
-from .serve import uvicorn_command
+from .serve import server_environment, uvicorn_command
 from .settings import Settings, get_settings
 from .workers.models import Worker
 from .workers.service import live_workers
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = subprocess.Popen(
         uvicorn_command(settings, "--log-level", level, *([] if chatty else ["--no-access-log"])),
-        start_new_session=True,
+        start_new_session=True, env=server_environment(),
     )
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     url = f"http://{shown_host}:{settings.port}/"

@@ -17,6 +17,11 @@ import sys
 from .settings import Settings, get_settings
 
 APP = "backend.main:create_app"
+# glibc gives threads that allocate arenas of their own (up to 8 per core), and the API answers
+# from a pool of threads: memory freed in one stays there, and the API's resident size crept up
+# under `make soak` with its caches bounded small (+1.35 MB/min; +0.53 with two arenas, more runs
+# and streams served). Two arenas, unless the environment says otherwise.
+SERVER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 
 
 def proxy_options(settings: Settings) -> list[str]:
@@ -32,10 +37,15 @@ def uvicorn_command(settings: Settings, *options: str) -> list[str]:
             *proxy_options(settings), *options]
 
 
+def server_environment() -> dict[str, str]:
+    """This process's environment with SERVER_ENVIRONMENT's defaults, for the server's process."""
+    return {**SERVER_ENVIRONMENT, **os.environ}
+
+
 def main(argv: list[str] | None = None) -> None:
     command = uvicorn_command(get_settings(), *(sys.argv[1:] if argv is None else argv))
     # FORWARDED_ALLOW_IPS in the environment is uvicorn's own default; the command line says it.
-    os.execv(command[0], command)
+    os.execve(command[0], command, server_environment())
 
 
 if __name__ == "__main__":

@@ -88,49 +88,43 @@ RUN_PAGE_DRAWN = """() => {
 }"""
 
 
-def run_page_times(browser, base: str, run_id: int, scripts: dict[str, bytes], loads: int) -> list[float]:
-    """Seconds from navigation to the run page's curves drawn, per load after a warm one, with
-    the page's scripts `scripts` (page_versions.serve)."""
-    from . import page_versions
-
-    page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    page_versions.serve(page, scripts)
-    times = []
-    for _ in range(loads + 1):  # the first load fills the browser's cache (plotly.js)
-        started = time.perf_counter()
-        page.goto(f"{base}/runs/{run_id}")
-        page.wait_for_selector("#chart-confusion, #chart-accuracy")
-        while not page.evaluate(RUN_PAGE_DRAWN):
-            time.sleep(0.01)
-        times.append(time.perf_counter() - started)
-    page.close()
-    return times[1:]
-
-
-def page_times(base: str, run_id: int, loads: int = 3) -> tuple[list[float], list[float] | None, list[float]]:
-    """The run page with today's scripts and with those before issue 23 (None without git),
-    measured alternately, then the runs page."""
+def page_times(base: str, run_id: int, loads: int = 3,
+               runs_page_too: bool = True) -> tuple[list[float], list[float] | None, list[float]]:
+    """The run page with today's scripts and with those before issue 23 (None without git:
+    bench/page_versions.py), each in a page of its own after a warm load, loaded alternately
+    (a change in the machine's load weighs on both), then the runs page (of 10,000 runs)."""
     from playwright.sync_api import sync_playwright
 
     from . import page_versions
 
-    now, before = page_versions.scripts_now(), page_versions.scripts_before()
-    run_page, run_page_before, runs_page = [], [] if before else None, []
+    versions = {"now": page_versions.scripts_now(), "before": page_versions.scripts_before()}
+    times = {name: [] for name, scripts in versions.items() if scripts}
+    runs_page = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for _ in range(loads):  # alternately, so that a change in the machine's load weighs on both
-            run_page += run_page_times(browser, base, run_id, now, 1)
-            if before:
-                run_page_before += run_page_times(browser, base, run_id, before, 1)
+        pages = {}
+        for name in times:
+            pages[name] = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page_versions.serve(pages[name], versions[name])
+        for i in range(loads + 1):  # the first load fills the browser's cache (plotly.js)
+            for name, page in pages.items():
+                started = time.perf_counter()
+                page.goto(f"{base}/runs/{run_id}")
+                while not page.evaluate(RUN_PAGE_DRAWN):
+                    if time.perf_counter() - started > 180:
+                        raise RuntimeError("the run page was not drawn in 180 s")
+                    time.sleep(0.05)
+                if i:
+                    times[name].append(time.perf_counter() - started)
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        for _ in range(loads + 1):
+        for _ in range(loads + 1 if runs_page_too else 0):
             started = time.perf_counter()
             page.goto(f"{base}/")
             while page.evaluate("document.querySelectorAll('#runs-table tbody tr').length") < 50:
                 time.sleep(0.01)
             runs_page.append(time.perf_counter() - started)
         browser.close()
-    return run_page, run_page_before, runs_page[1:]
+    return times["now"], times.get("before"), runs_page[1:]
 
 
 def measure(database_url: str | None = None) -> list[Row]:
@@ -197,7 +191,7 @@ def run_page_rows(database_url: str | None = None) -> list[Row]:
         run_id = add_long_run(settings)
         server, port = start_server(settings)
         try:
-            run_page, run_page_before, _ = page_times(f"http://127.0.0.1:{port}", run_id)
+            run_page, run_page_before, _ = page_times(f"http://127.0.0.1:{port}", run_id, runs_page_too=False)
         finally:
             server.terminate()
             server.wait(10)

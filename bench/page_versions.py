@@ -10,6 +10,7 @@ as for `make bench`); without git, `scripts_before()` is None and the rows have 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -45,4 +46,4 @@ def serve(page, scripts: dict[str, bytes]) -> None:
         else:
             route.continue_()
 
-    page.route("**/static/*.js", fulfil)
+    page.route(re.compile(r"/static/[^/?]+\.js(\?.*)?$"), fulfil)  # the pages link them with ?v=<hash>

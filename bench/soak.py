@@ -202,8 +202,9 @@ def start_processes(env: dict[str, str], port: int, workers: int, log_dir: Path)
     processes = {}
     log = open(log_dir / "api.log", "wb")
     processes["api"] = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "backend.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "2"],
+        # As `make serve` starts it (backend/serve.py: its settings, its allocator's arenas).
+        [sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+         "--timeout-graceful-shutdown", "2"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     for n in range(1, workers + 1):
         log = open(log_dir / f"worker-{n}.log", "wb")

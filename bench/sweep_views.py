@@ -220,6 +220,10 @@ EVERYTHING = {"runs": 150, "cells": 30, "paired": 30, "trends": 2, "curves": 5, 
 PARTIAL_BUNDLE = ROOT / "frontend" / "vendor" / "plotly-cartesian-4.1.1.min.js"
 
 
+def fulfil_with(body: bytes):
+    return lambda route: route.fulfill(body=body, content_type="text/javascript")
+
+
 def bench_sweep_page(port: int, sweep_id: int, loads: int,
                      variants: dict[str, dict] | None = None) -> dict[str, tuple[list[float], list[float]]]:
     """Per variant, seconds from navigation to the page saying its first view is drawn
@@ -242,9 +246,7 @@ def bench_sweep_page(port: int, sweep_id: int, loads: int,
             for name, variant in variants.items():
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 if variant.get("bundle") is not None:
-                    body = variant["bundle"].read_bytes()
-                    page.route("**/vendor/plotly-cartesian-*.min.js",
-                               lambda route, body=body: route.fulfill(body=body, content_type="text/javascript"))
+                    page.route("**/vendor/plotly-cartesian-*.min.js", fulfil_with(variant["bundle"].read_bytes()))
                 if variant.get("scripts") is not None:
                     page_versions.serve(page, variant["scripts"])
                 page.goto(f"http://127.0.0.1:{port}/sweeps/{sweep_id}")

@@ -3,11 +3,15 @@ live stream, so the pages and API can never disagree."""
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 
+import jinja2
 import plotly
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from training import reproducibility
@@ -29,6 +33,45 @@ PLOTLY_PARTIAL_JS = FRONTEND_DIR / "vendor" / "plotly-cartesian-4.1.1.min.js"
 
 templates = Jinja2Templates(directory=FRONTEND_DIR / "templates")
 templates.env.globals["plotly_js"] = f"/vendor/{PLOTLY_PARTIAL_JS.name}"
+STATIC_DIR = FRONTEND_DIR / "static"
+
+
+# The pages' own scripts and styles are linked with their content's hash (/static/run.js?v=…)
+# and served with it as immutable: a second visit runs them from the browser's cache without
+# asking the server again (a request each, on the page's critical path, to a server that may be
+# busy), and a changed file is a new URL.
+@lru_cache(maxsize=256)
+def _hash_of(path: str, modified_ns: int) -> str:
+    return hashlib.blake2b((STATIC_DIR / path).read_bytes(), digest_size=6).hexdigest()
+
+
+def content_hash(path: str) -> str | None:
+    try:
+        return _hash_of(path, (STATIC_DIR / path).stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+@jinja2.pass_context
+def _url_for(context, name: str, /, **path_params) -> str:
+    url = str(context["request"].url_for(name, **path_params))
+    version = content_hash(path_params["path"]) if name == "static" else None
+    return f"{url}?v={version}" if version else url
+
+
+templates.env.globals["url_for"] = _url_for
+
+
+class VersionedStaticFiles(StaticFiles):
+    """/static: a file asked for with its current content hash (?v=, as the pages link it) may
+    be kept for good; without it, or with another, it is revalidated (ETag) as before."""
+
+    async def get_response(self, path: str, scope):
+        response = await super().get_response(path, scope)
+        query = dict(part.split("=", 1) for part in scope.get("query_string", b"").decode().split("&") if "=" in part)
+        if response.status_code in (200, 304) and query.get("v") and query["v"] == content_hash(path):
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
 router = APIRouter(include_in_schema=False)
 
 

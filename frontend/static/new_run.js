@@ -49,22 +49,17 @@
     const status = document.getElementById("preprocess-status");
     const button = document.getElementById("preprocess-now");
     button.disabled = true;
-    // Every second until it ends; while the API is away the poll backs off and the page says
-    // "reconnecting…" (common.js: missmod.livePoll).
+    // Followed live (GET /api/jobs/{id}/stream) until it ends; while the API is away the page
+    // says "reconnecting…" and the stream is reopened with backoff (common.js: missmod.liveStream).
     const shown = () => { status.textContent = job.state === "queued" ? "queued…" : `${job.done} of ${job.total} clips`; };
     if (job && !missmod.terminal(job.state)) {
       shown();
       await new Promise((resolve) => {
-        let first = true;
-        missmod.livePoll(async () => {
-          if (first) { first = false; return true; } // the job as POST answered it is shown: ask again in a second
-          const { ok, status: code, body } = await missmod.api(`/api/jobs/${job.id}`);
-          if (code >= 500) return "retry";
-          if (ok) job = body;
-          if (!ok || missmod.terminal(job.state)) { resolve(); return false; }
-          shown();
-          return true;
-        }, 1000);
+        missmod.liveStream(`/api/jobs/${job.id}/stream`, {
+          job(data) { job = data; shown(); },
+          end: resolve,
+          gone() { job = null; resolve(); },
+        }, { beforeReopen: () => missmod.api(`/api/jobs/${job.id}`) });  // a signed-out browser: to sign in
       });
     }
     button.disabled = false;

@@ -168,13 +168,15 @@
   }
 
   // A fast run's stream sends batches faster than charts can be redrawn (a digits epoch takes
-  // milliseconds): what arrives is gathered here and drawn once per animation frame, so the
-  // main thread never queues redraws the screen would not show. Until the history is drawn,
-  // points wait here in order.
+  // milliseconds): what arrives is gathered here and drawn at animation frames, so the main
+  // thread never queues redraws the screen would not show. A frame redraws one chart (the one
+  // waiting longest; each extendTraces or addTraces redraws its whole chart), so no frame's task
+  // grows with the number of charts. Until the history is drawn, points wait here in order.
   let historyDrawn = false;
   let historyIsShown;
   const historyShown = new Promise((resolve) => { historyIsShown = resolve; });
   const incoming = [];
+  const waiting = new Map(); // chart → Map(series name → columns) not drawn yet, in arrival order
   let frameAsked = false;
   function addPoints(points) {
     for (const p of points) incoming.push(p);
@@ -183,24 +185,30 @@
   function askFrame() {
     if (frameAsked || !historyDrawn) return;
     frameAsked = true;
-    requestAnimationFrame(drawFrame);
+    requestAnimationFrame(() => drawFrame());
   }
   let latestRun = null; // the newest `run` event not yet shown
-  function drawFrame() {
+  // `everything`: draw every chart now (the stream's end), not one per frame.
+  function drawFrame(everything = false) {
     frameAsked = false;
-    if (incoming.length) {
-      const byName = new Map();
-      for (const p of incoming.splice(0)) {
-        if (!byName.has(p.name)) byName.set(p.name, { epoch: [], step: [], value: [] });
-        const s = byName.get(p.name);
-        s.epoch.push(p.epoch);
-        s.step.push(p.step || 0);
-        s.value.push(p.value);
-      }
+    for (const p of incoming.splice(0)) {
+      const chart = chartFor(p.name);
+      if (!waiting.has(chart)) waiting.set(chart, new Map());
+      const byName = waiting.get(chart);
+      if (!byName.has(p.name)) byName.set(p.name, { epoch: [], step: [], value: [] });
+      const s = byName.get(p.name);
+      s.epoch.push(p.epoch);
+      s.step.push(p.step || 0);
+      s.value.push(p.value);
+    }
+    for (const [chart, byName] of waiting) {
+      waiting.delete(chart);
       addColumns(byName);
+      if (!everything) break;
     }
     if (latestRun) { const run = latestRun; latestRun = null; showRun(run); }
     page.dataset.framesDrawn = String(Number(page.dataset.framesDrawn || 0) + 1);
+    if (waiting.size) askFrame();
   }
 
   function markBestEpoch(epoch) {
@@ -420,7 +428,7 @@
       },
       end() {
         // Everything it sent is drawn before the page says it has ended.
-        historyShown.then(() => { drawFrame(); page.dataset.streamEnded = "true"; });
+        historyShown.then(() => { drawFrame(true); page.dataset.streamEnded = "true"; });
       },
       gone() {},
     }, {

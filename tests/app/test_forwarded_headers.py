@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -30,6 +31,8 @@ def make_serve(settings: Settings, tmp_path, name: str) -> str:
     env = {**settings_env(settings.model_copy(update={"port": port})), "HOST": "127.0.0.1", "PORT": str(port)}
     process = Process(["bash", "-c", f"exec {commands[-1]}"], env, tmp_path / f"{name}.log")
     process.wait_for_log("Uvicorn running on", timeout=60)
+    # The server itself (bash and backend.serve exec it, same process) has few malloc arenas.
+    assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{process.popen.pid}/environ").read_bytes().split(b"\0")
     return f"http://127.0.0.1:{port}"
 
 
@@ -90,7 +93,8 @@ def test_the_launchers_pass_the_setting_to_uvicorn():
     assert "--proxy-headers" in command and command[-2:] == ["--workers", "2"]
     with pytest.raises(ValueError, match="reverse proxy"):
         Settings(trusted_proxies="proxy.example.org")
-    assert "uvicorn_command(settings" in (ROOT / "backend" / "run_local.py").read_text()
+    run_local = (ROOT / "backend" / "run_local.py").read_text()
+    assert "uvicorn_command(settings" in run_local and "env=server_environment()" in run_local
     assert "backend.serve" in (ROOT / "docker-compose.yml").read_text()
     assert '"backend.serve"' in (ROOT / "Dockerfile.gpu").read_text()
     assert shlex.split(subprocess.run(["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True,

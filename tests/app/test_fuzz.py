@@ -173,7 +173,8 @@ def poison_free_form(client, operation, schema: dict | None) -> int:
         if base is not None or not isinstance(case.body, dict):
             return
         body = {name: value for name, value in case.body.items() if name in schema.get("required", [])}
-        body.update({name: {"setting": 1} for name in free_form})
+        # Empty: a free-form object may still be checked against a model (a method's options).
+        body.update({name: {} for name in free_form})
         response = client.request(case.method, case.formatted_path, content=json.dumps(body).encode(),
                                   headers={"content-type": "application/json"})
         if response.status_code < 300:
