@@ -58,11 +58,12 @@ def measure() -> list[Row]:
         server = serve_api(settings, port)
         worker = _worker(settings, Path(directory) / "worker.log")
         base = f"http://127.0.0.1:{port}"
+        http = httpx.Client(timeout=120)  # a loaded host answers slowly
         try:
-            run = httpx.post(f"{base}/api/runs", json={"dataset": "digits", "method": "mle", "missing_modality": "bottom",
+            run = http.post(f"{base}/api/runs", json={"dataset": "digits", "method": "mle", "missing_modality": "bottom",
                                                        "missing_rate": 0.9, "epochs": 2}).json()
             deadline = time.monotonic() + 600
-            while httpx.get(f"{base}/api/runs/{run['id']}").json()["state"] != "succeeded":
+            while http.get(f"{base}/api/runs/{run['id']}").json()["state"] != "succeeded":
                 if time.monotonic() > deadline:
                     raise RuntimeError("the benchmark's run did not finish")
                 time.sleep(0.2)
@@ -70,16 +71,20 @@ def measure() -> list[Row]:
             batch_seconds = []
             for _ in range(3):
                 started = time.perf_counter()
-                answer = httpx.post(url, json={"x": top.tolist(), "y": bottom.tolist()}, timeout=120)
+                answer = http.post(url, json={"x": top.tolist(), "y": bottom.tolist()})
                 batch_seconds.append(time.perf_counter() - started)
                 assert answer.status_code == 200 and len(answer.json()["predicted"]) == BATCH, answer.text
             single = []
             for i in range(SINGLE_REQUESTS):
                 started = time.perf_counter()
-                answer = httpx.post(url, json={"x": top[i].tolist()}, timeout=120)
+                answer = http.post(url, json={"x": top[i].tolist()})
                 single.append(time.perf_counter() - started)
                 assert answer.status_code == 200, answer.text
+        except AssertionError:
+            print((Path(directory) / "worker.log").read_text(errors="replace")[-4000:])
+            raise
         finally:
+            http.close()
             for process in (server, worker):
                 process.terminate()
             for process in (server, worker):

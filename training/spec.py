@@ -61,9 +61,18 @@ def known_method(name: str) -> str:
     return name
 
 
+def _listed_methods(schema: dict[str, Any]) -> None:
+    # The schema (OpenAPI, generated clients, the fuzz test) lists the methods this process offers.
+    schema["enum"] = list(METHODS)
+
+
 # A method's name, checked against the registry (not a fixed list: plugins add names).
-MethodName = Annotated[str, Field(min_length=1, max_length=40, description="A method, see GET /api/methods"),
+MethodName = Annotated[str, Field(min_length=1, max_length=40, description="A method, see GET /api/methods",
+                                  json_schema_extra=_listed_methods),
                        AfterValidator(known_method)]
+# A method's option: a name and a plain value (a form field, a sweep value, a CLI key=value).
+OptionName = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+OptionValue = bool | int | float | str
 # Methods that impute a missing modality in input space (meant for feature vectors, paper §3.4).
 INPUT_IMPUTING_METHODS = ("ae1", "ae2")
 
@@ -76,7 +85,7 @@ class TrainSpec(BaseModel):
     dataset: str = Field(min_length=1, max_length=200, description="Dataset name, see GET /api/datasets")
     method: MethodName
     fusion: FusionName = "add"
-    method_options: dict[str, Any] = Field(
+    method_options: dict[OptionName, OptionValue] = Field(
         default_factory=dict, validate_default=True,  # a method's defaults are filled in and stored when none are given
         description="The method's own options (GET /api/methods: `options`), validated against its options model and "
                     "stored with their defaults; the built-in methods have none (theirs are the fields below)",
@@ -199,7 +208,7 @@ class TrainSpec(BaseModel):
 
     @field_validator("method_options")
     @classmethod
-    def _options_of_the_method(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    def _options_of_the_method(cls, options: dict[str, OptionValue], info: ValidationInfo) -> dict[str, OptionValue]:
         method = info.data.get("method")
         if method not in METHODS:  # the method's own error names it
             return options

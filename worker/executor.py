@@ -35,6 +35,7 @@ from . import slots
 from .artifacts import fetch_dataset, run_checkpoints, save_confusion
 from .lease_holder import Done, Executed, LeaseHolder, execute_leased
 from .system_metrics import SystemSampler, visible_gpu
+from .write_behind import WriteBehind
 
 log = logging.getLogger("missmod.worker")
 
@@ -47,10 +48,12 @@ study_outcomes.listen()
 class DatabaseRecorder(TrainingCallback):
     """Writes the run's points as they come: per-step points and the progress inside the epoch
     through a batching writer (backend/runs/ingest.py: a batch every FLUSH_INTERVAL seconds),
-    and each epoch's points with everything still buffered as soon as the epoch ends, before
-    its checkpoint is written, so no point before a checkpoint can be lost. Picks up a cancel
-    request in the same transactions. Stops the loop after the epoch's checkpoint when the
-    process is asked to shut down (the holder's `stop_requested`)."""
+    and each epoch's points with everything still buffered as soon as the epoch ends. The
+    writes are done in order on a thread of their own (worker/write_behind.py), and all of them
+    are committed before a checkpoint is written, so no point before a checkpoint can be lost.
+    Picks up a cancel request in the same transactions. Stops the loop after the epoch when the
+    process is asked to shut down (the holder's `stop_requested`). Use it as a context manager
+    around the training: leaving it waits for the last writes."""
 
     # Per-step points wait at most this long before they are written (the loss moves on the page).
     FLUSH_INTERVAL = 0.5
@@ -60,29 +63,41 @@ class DatabaseRecorder(TrainingCallback):
         self.run_id, self.worker = holder.row_id, holder.worker
         self.system = system
         self.steps_per_epoch = 0
+        self.writes = WriteBehind(f"writes-of-run-{holder.row_id}")
         self.points = BatchingWriter(self._write_batch, interval=self.FLUSH_INTERVAL)
 
+    def __enter__(self) -> "DatabaseRecorder":
+        self.writes.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writes.__exit__(*exc)
+
     def _write_batch(self, points: list[Point], run_values: dict[str, Any]) -> None:
-        self.holder.write_and_check(
-            lambda session: recording.record_batch(session, self.run_id, points, self.worker, **run_values))
+        self.writes.submit(lambda: self.holder.write_and_check(
+            lambda session: recording.record_batch(session, self.run_id, points, self.worker, **run_values)))
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.steps_per_epoch = int(info.get("steps_per_epoch") or 0)
         # A resumed run's progress is the previous attempt's until its first step is logged. The
-        # reproducibility record is this attempt's: a run resumed elsewhere says where it ended.
-        self.holder.record(info=dict(info), progress=None,
-                           environment=reproducibility.record(info.get("device"), info.get("method")))
+        # reproducibility record is this attempt's: a run resumed elsewhere says where it ended
+        # (taken on the writes' thread: it asks git, which the training need not wait for).
+        info = dict(info)
+        self.writes.submit(lambda: self.holder.record(
+            info=info, progress=None, environment=reproducibility.record(info.get("device"), info.get("method"))))
 
     def on_stage_epoch(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         # Recorded like epochs, under their own metric names (e.g. imputer_y_mse), so they show
         # on the curves without touching the classifier's epoch count.
-        self.holder.write_and_check(
-            lambda session: recording.record_points(session, self.run_id, epoch, metrics, self.worker))
+        metrics = dict(metrics)
+        self.writes.submit(lambda: self.holder.write_and_check(
+            lambda session: recording.record_points(session, self.run_id, epoch, metrics, self.worker)))
 
     def on_stage_progress(self, stage: str, done: int, total: int, details: dict[str, Any]) -> None:
         # Shown on the run page while the stage lasts (run.info.stage); on_start then replaces it.
         if self.holder.progress_due(done, total):
-            self.holder.record(info={"stage": stage, "stage_done": done, "stage_total": total, **details})
+            info = {"stage": stage, "stage_done": done, "stage_total": total, **details}
+            self.writes.submit(lambda: self.holder.record(info=info))
 
     def on_step(self, epoch: int, step: int, metrics: dict[str, float], progress: dict[str, Any]) -> None:
         self.points.add(points_of(epoch, step, metrics), progress={**progress, "at": utcnow().isoformat()})
@@ -93,21 +108,29 @@ class DatabaseRecorder(TrainingCallback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         # The epoch's points carry the step it ended at; written with every per-step point still
-        # buffered, in one transaction, before the loop writes the epoch's checkpoint.
+        # buffered, in one transaction (committed before any later checkpoint: before_checkpoint).
         self.points.add(points_of(epoch, epoch * self.steps_per_epoch, metrics))
         self.points.flush(epochs_completed=epoch)
         if self.system is not None:
-            figures = self.system.epoch_figures()
-            try:  # after the epoch's points: a lost sample must never cost a run its metrics
-                with self.holder.sessions() as session:
-                    record_system_points(session, self.run_id, epoch, figures)
-            except Exception as error:
-                log.warning("system metrics of run %s, epoch %s, not recorded: %s", self.run_id, epoch, error)
+            figures = self.system.epoch_figures()  # the epoch's window ends now, not when written
+            self.writes.submit(lambda: self._write_system_points(epoch, figures))
+
+    def _write_system_points(self, epoch: int, figures: dict[str, float | None]) -> None:
+        try:  # after the epoch's points: a lost sample must never cost a run its metrics
+            with self.holder.sessions() as session:
+                record_system_points(session, self.run_id, epoch, figures)
+        except Exception as error:
+            log.warning("system metrics of run %s, epoch %s, not recorded: %s", self.run_id, epoch, error)
+
+    def before_checkpoint(self, epoch: int) -> None:
+        self.writes.wait()
 
     def should_stop(self) -> bool:
+        # The cancel flag as the latest committed write read it.
         return self.holder.should_stop()
 
     def should_abort(self) -> bool:
+        self.writes.raise_if_failed()  # a write found the lease lost, or the database gone for good
         # The heartbeat found the run no longer this worker's (deleted, or taken for dead): stop
         # within a heartbeat, not at the end of a long epoch.
         return self.holder.lease_lost.is_set()
@@ -123,6 +146,7 @@ class TrialRecorder(DatabaseRecorder):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         super().on_epoch_end(epoch, metrics)
+        self.writes.wait()  # the pruner's answer decides whether there is a next epoch
         value = metrics.get("val_accuracy")
         if self.holder.write(lambda session: studies.report_epoch(session, self.run_id, epoch, value)):
             self.holder.cancel_requested = True  # the study set the run's cancel flag too
@@ -170,10 +194,10 @@ def execute_run(run_id: int, settings: Settings, worker: str | None = None,
         try:
             with SystemSampler(settings.system_metrics_interval, visible_gpu(), slots.THREADS_PER_RUN) as system:
                 slots.limit_device_memory(share, spec.device)
-                result = train(spec, recorder_for(holder, system), data_dir=settings.data_dir,
-                               checkpoint_path=checkpoints, video=settings.video_options(),
-                               checkpoint_every_seconds=settings.checkpoint_interval,
-                               bundle_path=RunBundle(settings, run_id))
+                with recorder_for(holder, system) as recorder:  # leaving it waits for the last writes
+                    result = train(spec, recorder, data_dir=settings.data_dir, checkpoint_path=checkpoints,
+                                   video=settings.video_options(), checkpoint_every_seconds=settings.checkpoint_interval,
+                                   bundle_path=RunBundle(settings, run_id))
         except TrainingAborted:  # asked by should_abort: the heartbeat found the lease lost
             raise LeaseLost(f"run {run_id} is no longer held by {holder.worker}") from None
         except Exception as error:

@@ -4,10 +4,12 @@ and new-sweep forms are built from these, so they list nothing of their own."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from training import method_registry, spec
 from training.datasets import dataset_infos
@@ -21,6 +23,7 @@ from ..workers import service as workers
 from . import registry
 
 router = APIRouter(tags=["catalog"])
+log = logging.getLogger("missmod.catalog")
 
 
 class DatasetOut(BaseModel):
@@ -139,7 +142,13 @@ def unavailable_methods(session, settings) -> list[UnavailableMethodOut]:
     out = [UnavailableMethodOut(name=u.name, reason=u.reason, distribution=u.distribution, version=u.version)
            for u in method_registry.unavailable()]
     listed = {u.name for u in out}
-    for worker in workers.live_workers(session, settings.heartbeat_timeout):
+    try:
+        live = workers.live_workers(session, settings.heartbeat_timeout)
+    except SQLAlchemyError as error:  # the choices are this process's own: they do not wait on the database
+        log.warning("the workers' methods could not be read: %s", error)
+        session.rollback()
+        live = []
+    for worker in live:
         for name, package in (worker.methods or {}).items():
             if name in METHODS or name in listed:
                 continue
@@ -156,6 +165,11 @@ def unavailable_methods(session, settings) -> list[UnavailableMethodOut]:
 def list_methods(session: SessionDep, settings: SettingsDep) -> list[MethodOut]:
     """Every method this API offers: the six built-in ones and the installed plugins (docs/methods.md),
     each with how many live workers can train it."""
-    availability = workers.method_availability(session, settings.heartbeat_timeout)
+    try:
+        availability = workers.method_availability(session, settings.heartbeat_timeout)
+    except SQLAlchemyError as error:  # the methods are this process's own: they do not wait on the database
+        log.warning("the workers' methods could not be read: %s", error)
+        session.rollback()
+        return [method_out(m) for m in METHODS.values()]
     return [method_out(m).model_copy(update={"workers": availability.count(m.name, m.builtin)})
             for m in METHODS.values()]
