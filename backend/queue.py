@@ -8,15 +8,8 @@ same app and registers the task under that name.
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
-
 from celery import Celery
 from kombu import Exchange, Queue
-from kombu.exceptions import ChannelError
-from kombu.transport import filesystem as folder_transport
-from kombu.utils.json import dumps
 
 from training.builtin_methods import BUILTIN
 
@@ -37,26 +30,6 @@ def prediction_queue(settings: Settings) -> str:
 # The folder broker's transport has no host; naming one spares every process kombu's warning that
 # "filesystem://" supplies none. Its folders come from the transport options below.
 FILESYSTEM_BROKER_URL = "filesystem://localhost/"
-
-
-def _put_whole_message(self, queue, payload, **kwargs):
-    """The folder broker's message write, made atomic: kombu writes the message file in place,
-    and a worker polling the folder can move and read it before it is written, read nothing, and
-    stop ("Unrecoverable error: JSONDecodeError"); with predictions sent several a second that
-    happened within a minute. Written beside it under a name the reader skips, then renamed."""
-    name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-    path = os.path.join(self.data_folder_out, name)
-    partial = f"{path}.part"  # not `<queue>.msg`: the reader leaves it alone
-    try:
-        with open(partial, "wb") as file:
-            file.write(dumps(payload).encode())
-        os.replace(partial, path)
-    except OSError as error:
-        raise ChannelError(f"Cannot add file {path!r} to directory") from error
-
-
-# Every process that sends or consumes (the API, the workers) imports this module first.
-folder_transport.Channel._put = _put_whole_message
 
 
 def make_celery(settings: Settings) -> Celery:

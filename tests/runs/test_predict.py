@@ -188,3 +188,16 @@ def test_a_prediction_never_holds_a_slot_past_its_deadline(embedded_settings, st
     assert second.state == "succeeded"
     log = worker.log()
     assert "stopped at its deadline" in log and worker.popen.poll() is None, log[-3000:]
+
+
+@pytest.mark.services
+def test_predictions_through_redis_and_postgresql(service_settings, start_server, start_worker):
+    base = start_server(service_settings)
+    start_worker(service_settings)
+    client = Client(base, timeout=180)
+    run = client.wait(client.submit(**{**BASE, "epochs": 2}, method="mle", fusion="add"), progress=False, timeout=300)
+    x, y, labels = test_split({**BASE, "method": "mle"})
+    alone = client.predict(run, x=x)
+    assert (alone["predicted_index"].to_numpy() == labels).mean() == run.info["test_missing_accuracy"]
+    assert (client.predict(run, x=x, y=y)["predicted_index"].to_numpy() == labels).mean() == run.test_accuracy
+
