@@ -37,6 +37,12 @@ def training() -> list[Row]:
     return training_throughput.measure()
 
 
+def worker_training() -> list[Row]:
+    from . import worker_training as worker_path
+
+    return worker_path.measure()
+
+
 def ingestion() -> list[Row]:
     from . import ingestion as ingestion_bench
 
@@ -97,7 +103,7 @@ def predict() -> list[Row]:
     return prediction_latency.measure()
 
 
-SECTIONS = {"eq5": eq5, "training": training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "live_runs": live_runs,
+SECTIONS = {"eq5": eq5, "training": training, "worker": worker_training, "ingestion": ingestion, "api": api, "curves": curves, "live": live, "live_runs": live_runs,
             "streams": streams,
             "pages": pages, "slots": slots, "studies": studies, "predict": predict}
 QUICK = False
