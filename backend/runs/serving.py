@@ -40,6 +40,7 @@ from sqlalchemy.orm import sessionmaker
 
 from training.prediction_inputs import NO_BUNDLE, PredictionInputError, check_inputs, read_manifest
 
+from ..api.params import has_control_characters, why_unstorable
 from ..db import utcnow
 from ..queue import WorkQueue
 from ..refused import Refused
@@ -138,6 +139,15 @@ def _json_arrays(body: bytes) -> dict[str, Any]:
         raise _refuse("body", f"not JSON: {error}") from None
     if not isinstance(payload, dict):
         raise _refuse("body", 'send an object: {"x": [[…], …], "y": [[…], …]} (either may be left out)')
+    # What every other body gets from CleanInput: no key or value that cannot be stored or echoed
+    # back (a lone surrogate, a NUL, NaN), named before anything repeats it in an answer.
+    for key, value in payload.items():
+        if why_unstorable(key) or has_control_characters(key):
+            raise _refuse("body", "a key of the body holds a character that cannot be stored (a lone surrogate, "
+                                  "a NUL or a control character)")
+        reason = why_unstorable(value)
+        if reason:
+            raise _refuse(key, f"{key} {reason}")
     return payload
 
 

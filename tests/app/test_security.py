@@ -3,6 +3,7 @@ size, error responses, and paths that try to leave their directory."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -351,12 +352,32 @@ def test_every_request_body_refuses_what_cannot_be_stored(client_for, embedded_s
 
     checked = {model.__name__ for model in subclasses(CleanInput)}
     openapi = client_for(embedded_settings).get("/openapi.json").json()
-    bodies = {(method.upper(), path): operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    bodies = {(method.upper(), path): operation["requestBody"]["content"]["application/json"]["schema"].get("$ref")
               for path, operations in openapi["paths"].items() for method, operation in operations.items()
               if "application/json" in operation.get("requestBody", {}).get("content", {})}
     assert len(bodies) >= 8
-    unchecked = {route: ref for route, ref in bodies.items() if ref.rsplit("/", 1)[-1] not in checked}
+    # A body the route reads itself (JSON or .npz: a prediction) is no model; its reader applies
+    # the same check, tested below and against a real model in tests/runs/test_predict.py.
+    read_by_hand = {route for route, ref in bodies.items() if ref is None}
+    assert read_by_hand == {("POST", "/api/runs/{run_id}/predict")}
+    unchecked = {route: ref for route, ref in bodies.items()
+                 if ref is not None and ref.rsplit("/", 1)[-1] not in checked}
     assert unchecked == {}
+
+
+@pytest.mark.parametrize("text", ['{"x": [[1, NaN]]}', '{"x": [["a\\u0000b"]]}', '{"\\udcff": [[1]]}',
+                                  '{"x": [[1]], "y\\u0000": [[1]]}', '{"x": ["\\ud800"]}'])
+def test_a_prediction_body_refuses_what_cannot_be_stored_before_echoing_it(text):
+    """The prediction body's own reader (backend/runs/serving.py): NaN, a NUL or a lone surrogate
+    in a key or a value is a 422 naming where, never echoed back (which could not be encoded)."""
+    from backend.refused import Refused
+    from backend.runs.serving import read_inputs
+
+    manifest = {"x_modality": "top", "y_modality": "bottom"}
+    with pytest.raises(Refused) as refused:
+        read_inputs(text.encode(), "application/json", manifest, 10)
+    assert refused.value.errors[0]["loc"][0] == "body"
+    json.dumps(refused.value.errors, ensure_ascii=False, default=str).encode("utf-8")  # the answer can be written
 
 
 def test_a_422_echoes_a_huge_input_cut_short(client_for, embedded_settings):
