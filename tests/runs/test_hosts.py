@@ -71,7 +71,8 @@ def test_a_run_killed_on_host_a_resumes_on_host_b_from_a_checkpoint_and_delete_e
     # host B's API lists and serves the files whichever host wrote them
     api_b = client_for(host_b)
     files = {a["path"]: a["size"] for a in api_b.get(f"/api/runs/{run_id}/artifacts").json()}
-    assert set(files) == {"checkpoints/attempt-2.pt", "confusion.json"}  # attempt 1's is history
+    # attempt 1's checkpoint is history; the model bundle of the selected epoch is in the store too
+    assert set(files) == {"checkpoints/attempt-2.pt", "confusion.json", "model.zip"}
     confusion = api_b.get(f"/api/runs/{run_id}/artifacts/confusion.json").json()
     from_database = api_a.get(f"/api/runs/{run_id}/confusion").json()
     assert (confusion["counts"], confusion["epoch"]) == (from_database["counts"], from_database["epoch"])
