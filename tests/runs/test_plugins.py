@@ -284,8 +284,10 @@ def test_the_example_plugin_in_the_form_the_cli_and_a_sweep_beside_mle_and_zero_
     page.select_option("#paired-reference", "mle (add)")
     wait_in_page(page, "[...document.querySelectorAll('#sweep-table tbody th')].some(th => "
                        "th.textContent.startsWith('moddrop (add)'))")
+    # The table first drawn pairs with the page's default reference; wait for the one against mle.
     wait_in_page(page, "[...document.querySelectorAll('#sweep-table tbody tr')].some(tr => "
-                       "tr.querySelector('th').textContent.startsWith('moddrop') && tr.querySelector('td .paired'))")
+                       "tr.querySelector('th').textContent.startsWith('moddrop') && tr.querySelector('td .paired') "
+                       f"&& tr.querySelector('td').dataset.wins === '{moddrop['paired']['wins']}')")
     shown = page.evaluate("""() => [...document.querySelectorAll('#sweep-table tbody tr')]
         .filter(tr => tr.querySelector('th').textContent.startsWith('moddrop'))
         .map(tr => ({n: tr.querySelector('td').dataset.n, wins: tr.querySelector('td').dataset.wins,
