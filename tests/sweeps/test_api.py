@@ -94,10 +94,10 @@ def test_every_run_is_committed_before_the_first_id_is_sent(settings):
     visible_at_send: list[int] = []
 
     class WatchedQueue(WorkQueue):
-        def send_run(self, run_id: int) -> None:
+        def send_run(self, run_id: int, method: str | None = None) -> None:
             with sessions() as other:  # another connection: sees only what is committed
                 visible_at_send.append(other.scalar(select(func.count()).select_from(Run)))
-            super().send_run(run_id)
+            super().send_run(run_id, method)
 
     grid = SweepCreate.model_validate(GRID).grid()
     plan = plan_sweep(expand_grid(grid), DatasetCatalog(settings.data_dir))
