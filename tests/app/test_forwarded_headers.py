@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -23,17 +25,22 @@ TOKEN = "correct-horse-battery-staple-42"
 RUN = {"dataset": "digits", "method": "mle", "missing_modality": "bottom", "missing_rate": 0.5, "epochs": 1}
 
 
-def make_serve(settings: Settings, tmp_path, name: str) -> str:
-    """`make serve`'s server, as the Makefile starts it (its last command), on a free port."""
+@contextmanager
+def make_serve(settings: Settings, tmp_path, name: str) -> Iterator[str]:
+    """`make serve`'s server, as the Makefile starts it (its last command), on a free port;
+    stopped when the block ends (it runs in a session of its own)."""
     commands = subprocess.run(["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip().splitlines()
     port = free_port()
     env = {**settings_env(settings.model_copy(update={"port": port})), "HOST": "127.0.0.1", "PORT": str(port)}
     process = Process(["bash", "-c", f"exec {commands[-1]}"], env, tmp_path / f"{name}.log")
-    process.wait_for_log("Uvicorn running on", timeout=60)
-    # The server itself (bash and backend.serve exec it, same process) has few malloc arenas.
-    assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{process.popen.pid}/environ").read_bytes().split(b"\0")
-    return f"http://127.0.0.1:{port}"
+    try:
+        process.wait_for_log("Uvicorn running on", timeout=60)
+        # The server itself (bash and backend.serve exec it, same process) has few malloc arenas.
+        assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{process.popen.pid}/environ").read_bytes().split(b"\0")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
 
 
 def wrong_tokens(client: httpx.Client, addresses: list[str]) -> list[int]:
@@ -61,8 +68,7 @@ def test_forwarded_for_is_ignored_unless_it_comes_from_a_trusted_proxy(embedded_
                                                     "max_streams_per_client": 2})
     rotating = [f"198.51.100.{i}" for i in range(1, 31)]
 
-    base = make_serve(settings, tmp_path, "default")
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with make_serve(settings, tmp_path, "default") as base, httpx.Client(base_url=base, timeout=30) as client:
         # Every attempt is the loopback client's, whatever it claims: the eleventh is refused.
         statuses = wrong_tokens(client, rotating)
         assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
@@ -75,8 +81,7 @@ def test_forwarded_for_is_ignored_unless_it_comes_from_a_trusted_proxy(embedded_
     from backend.migrate import upgrade
 
     upgrade(proxied.database_url)
-    base = make_serve(proxied, tmp_path, "proxied")
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with make_serve(proxied, tmp_path, "proxied") as base, httpx.Client(base_url=base, timeout=30) as client:
         assert set(wrong_tokens(client, rotating)) == {401}
         assert wrong_tokens(client, ["203.0.113.9"] * 11)[-1] == 429  # one client is still throttled
         run_id = client.post("/api/runs", json=RUN, headers=bearer()).json()["id"]
