@@ -6,6 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import update
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
@@ -16,6 +19,12 @@ from .models import Leased, State
 log = logging.getLogger("missmod.lifecycle")
 
 Send = Callable[[int], None]  # sends one id to the broker (WorkQueue.send_run, WorkQueue.send_job)
+
+# What sending raises when the broker is down, unreachable or its folder unwritable: kombu's
+# OperationalError (Redis refused or timed out, after Celery's retries), redis' own errors where
+# they escape kombu, and OSError (a refused socket, a full or read-only broker folder). Anything
+# else (a TypeError, a bad argument) is a bug and must surface, not be saved as "awaiting the broker".
+BROKER_DOWN = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class AlreadyFinished(RuntimeError):
@@ -52,7 +61,7 @@ def enqueue_committed(session: Session, model: type[Leased], rows: Sequence[Leas
     for index, row in enumerate(rows):
         try:
             send(row.id)
-        except Exception as error:  # the broker is down or misconfigured
+        except BROKER_DOWN as error:
             log.error("could not send %s %s to the broker (%d wait for it): %s", model.noun, row.id,
                       len(rows) - index, error)
             mark_sent(session, model, sent)

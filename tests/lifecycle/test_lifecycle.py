@@ -333,6 +333,20 @@ def test_a_row_that_cannot_be_sent_stays_queued_awaiting_the_broker_until_reconc
     assert (row.awaiting_broker_since, row.broker_error, row.awaiting_broker) == (None, None, False)
 
 
+def test_a_bug_in_sending_is_raised_not_saved_as_awaiting_the_broker(kind, new, sessions, settings):
+    """Only a broker outage leaves a row awaiting the broker: a programming error (here a
+    TypeError, like a send called with the wrong arguments) surfaces instead of being hidden."""
+    def broken(_id: int) -> None:
+        raise TypeError("send_run() takes 2 positional arguments but 3 were given")
+
+    row_id = new()
+    with sessions() as session:
+        row = session.get(kind.model, row_id)
+        with pytest.raises(TypeError):
+            enqueue_committed(session, kind.model, [row], broken)
+    assert get(sessions, kind, row_id).broker_error is None
+
+
 def test_the_api_reconciles_at_start_up(kind, new, settings, client_for, sessions):
     row_id = new()
     claim(sessions, kind, row_id, "a@host/1")
