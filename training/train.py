@@ -296,6 +296,7 @@ class Trainer:
         self.checkpoints = CheckpointPolicy(checkpoint_every_seconds)
         self.bundle_path = bundle_path  # where the selected model's bundle goes (training/bundle.py)
         self._reproducibility: dict[str, Any] | None = None  # the bundle's record, taken once
+        self._unwritten_bundle: bytes | None = None  # selected, not yet written (flush_bundle)
         self.fingerprint = spec_fingerprint(spec.model_dump())
         self.method: Method = make_method(spec)
         self.batch_rng = np.random.default_rng([spec.seed, 2])
@@ -401,11 +402,16 @@ class Trainer:
             test_without_y = score_predictions(in_chunks(predict, test.x, chunk=self.model.eval_chunk), test)
         return complete(self.prepared.val), complete(self.prepared.test), test_without_y
 
-    def write_bundle(self, best: BestEpoch) -> None:
-        """The model as selected at `best.epoch`, with what it needs to predict (training/bundle.py);
-        called right after that epoch's evaluation, so the model and the method's statistics are
-        the ones its reported accuracy came from. The y bank is the one evaluate_missing uses
-        (the same seeded rows), so predicting the test set without y reproduces its accuracy."""
+    def select_bundle(self, best: BestEpoch) -> None:
+        """The model as selected at `best.epoch`, with what it needs to predict (training/bundle.py),
+        made into bytes right after that epoch's evaluation, so the model and the method's
+        statistics are the ones its reported accuracy came from. The y bank is the one
+        evaluate_missing uses (the same seeded rows), so predicting the test set without y
+        reproduces its accuracy.
+
+        The bytes are written by flush_bundle, with the next checkpoint or when the loop ends,
+        not here: a fast run selects a new epoch every few epochs, and each write (replaced
+        atomically, fsync'ed) held the training thread up (docs/benchmarks.md, the worker path)."""
         if self.bundle_path is None:
             return
         train = self.prepared.train
@@ -423,7 +429,15 @@ class Trainer:
                                 x_modality=self.prepared.info["x_modality"], y_modality=self.prepared.info["y_modality"],
                                 standardisation=self.prepared.standardisation, y_bank=y_bank, x_bank=x_bank,
                                 device=self.device, scores=scores, reproducibility=self._reproducibility)
-        write_bundle(self.bundle_path, data)
+        self._unwritten_bundle = data
+
+    def flush_bundle(self) -> None:
+        """Write the latest selected bundle, if not written yet: before each checkpoint (so a
+        run resumed from it finds the bundle of the epoch it holds as best) and when the loop
+        ends, however it ends."""
+        if self._unwritten_bundle is not None:
+            write_bundle(self.bundle_path, self._unwritten_bundle)
+            self._unwritten_bundle = None
 
     def save(self, epoch: int, train: TrainingSet, best: BestEpoch | None) -> None:
         if self.checkpoint_path is None:
@@ -501,6 +515,12 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
+        try:
+            return self._epochs()
+        finally:  # a run that stops early or fails keeps the bundle of its last selected epoch
+            self.flush_bundle()
+
+    def _epochs(self) -> TrainResult:
         started = time.perf_counter()
         info = dict(self.prepared.info)
         checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint)
@@ -533,8 +553,9 @@ class Trainer:
             if improves(self.spec.selection_rule, EpochScore(epoch, val.accuracy, val.loss),
                         None if best is None else best.score()):
                 best = BestEpoch(val.accuracy, epoch, test, test_without_y, val.loss)
-                # Before the checkpoint: a crash in between replays this epoch, which selects it again.
-                self.write_bundle(best)
+                # Written with the next checkpoint: a crash before it replays this epoch, which
+                # selects it again.
+                self.select_bundle(best)
             epochs_completed = epoch
             self.callback.on_epoch_end(epoch, self.epoch_metrics(train_loss, val, test, test_without_y))
             stopping = self.callback.should_stop()
@@ -544,6 +565,7 @@ class Trainer:
             # differ in the last bits (cuDNN's autotuning and kernels that sum with atomics are not
             # deterministic) unless the spec asks for `deterministic` (docs/gpu-host.md).
             if self.checkpoints.due(epoch, self.spec.epochs, stopping):
+                self.flush_bundle()
                 self.save(epoch, train, best)
             if stopping:
                 stopped = self.callback.stop_reason()
@@ -611,8 +633,8 @@ def train(spec: TrainSpec, callback: TrainingCallback | None = None, *, data_dir
     this spec) and save one after every epoch, or with `checkpoint_every_seconds`, after an epoch
     once that long has passed since the last one (and after the last epoch, and when stopped:
     CheckpointPolicy). With `bundle_path` (a path, or an object with `write_bytes`), write the
-    model bundle of the selected epoch there, whatever the checkpoint policy (training/bundle.py:
-    `load_model` predicts with it). `video` (audiovisual.catalog.VideoOptions): where the raw
+    model bundle of the selected epoch there, with the next checkpoint and when training ends
+    (training/bundle.py: `load_model` predicts with it). `video` (audiovisual.catalog.VideoOptions): where the raw
     audio-visual datasets are and how they are preprocessed (default: DATA_DIR/<name>)."""
     callback = callback or TrainingCallback()
     info = checked_dataset_info(spec, data_dir, video)

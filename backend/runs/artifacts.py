@@ -171,9 +171,10 @@ def bundle_key(run_id: int) -> str:
 
 class RunBundle:
     """Where the training library writes the run's model bundle (an object with `write_bytes`,
-    as for checkpoints): one key per run, replaced atomically at each newly selected epoch. A
-    retried run starts over and replaces it at its first epoch; the bundle names its epoch, which
-    the API checks against the run's selected epoch before serving it."""
+    as for checkpoints): one key per run, replaced atomically with the first checkpoint after a
+    newly selected epoch, and when the run ends. A retried run starts over and replaces it; the
+    bundle names its epoch, which the API checks against the run's selected epoch before
+    serving it."""
 
     def __init__(self, where, run_id: int):
         self.store = artifact_store(where)

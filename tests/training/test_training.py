@@ -315,6 +315,38 @@ def test_a_run_killed_between_checkpoints_replays_the_epochs_since_the_last_and_
         uninterrupted.test_accuracy, uninterrupted.best_epoch, uninterrupted.test_predictions)
 
 
+class Bundles:
+    """A bundle target that keeps every write: the epoch each bundle names."""
+
+    def __init__(self):
+        self.epochs: list[int] = []
+
+    def write_bytes(self, data: bytes) -> None:
+        from training.bundle import load_model
+
+        self.epochs.append(load_model(data).manifest["epoch"])
+
+
+def test_the_bundle_is_written_with_the_checkpoints_and_at_the_end_not_at_every_selected_epoch(tmp_path, clock):
+    """A fast run selects a new epoch every few epochs; its bundle is written with the next
+    checkpoint (and when the run ends, however it ends), never more often, and always names
+    the epoch the run reports as selected."""
+    spec = digits_spec(epochs=7)
+    every_epoch, rare = Bundles(), Bundles()
+    selected = Checkpointed(clock)
+    result = train(spec, selected, checkpoint_path=tmp_path / "a.ckpt", bundle_path=every_epoch)
+    assert every_epoch.epochs[-1] == result.best_epoch
+    assert every_epoch.epochs == sorted(set(every_epoch.epochs))  # one write per newly selected epoch
+    rare_result = train(spec, Checkpointed(clock), checkpoint_path=tmp_path / "b.ckpt",
+                        checkpoint_every_seconds=3600.0, bundle_path=rare)
+    assert rare.epochs == [result.best_epoch] == [rare_result.best_epoch]  # once, at the last checkpoint
+
+    killed, bundles = Checkpointed(clock, kill_at=5), Bundles()
+    with pytest.raises(Killed):
+        train(spec, killed, checkpoint_path=tmp_path / "c.ckpt", checkpoint_every_seconds=3600.0, bundle_path=bundles)
+    assert len(bundles.epochs) == 1 and 1 <= bundles.epochs[0] <= 5  # a failing run keeps its latest selection
+
+
 def test_a_checkpoint_of_another_spec_is_ignored(tmp_path):
     checkpoint = tmp_path / "run.ckpt"
     train(digits_spec(epochs=2), checkpoint_path=checkpoint)
