@@ -72,9 +72,21 @@ def _kind_of(annotation: Any) -> Kind:
     return "text"
 
 
+def _is_scalar(annotation: Any) -> bool:
+    """A field holding one number, string or boolean (or None): one a query compares."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_is_scalar(a) for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) is Literal or annotation in (int, float, bool, str)
+
+
 def _spec_fields() -> dict[str, tuple[Kind, Any]]:
+    """The spec fields a query filters and sorts by, with their kind and default. A field
+    holding a mapping (a plugin's `method_options`) is not one: it has no order, and its
+    default comes from a factory (PostgreSQL was handed pydantic's "no default" marker)."""
     fields = {}
     for name, field in TrainSpec.model_fields.items():
+        if not _is_scalar(field.annotation):
+            continue
         default = None if field.is_required() else field.default
         fields[name] = (_kind_of(field.annotation), default)
     return fields

@@ -130,3 +130,22 @@ def test_a_row_stored_before_the_checks_never_takes_a_list_or_a_page_down(settin
         assert run["spec"]["note\\udcff"] == "x\\udcff" and run["info"]["source"] == "\\udcff"
         with client.stream("GET", f"/api/runs/{bad}/stream") as stream:  # a finished run: its snapshot, then end
             assert stream.status_code == 200 and "x\\\\udcff" in stream.read().decode()
+
+
+def test_a_mapping_setting_is_free_form_and_neither_sorted_nor_filtered_by(settings, start_server):
+    """`method_options` (a plugin's options: a mapping, its default made by a factory) is no
+    field to order or compare by: asking to gets a 422 that names the fields one can use, on
+    both databases (PostgreSQL was handed pydantic's "no default" marker: a 500, found by the
+    fuzz test), and an external run may log its options as a mapping."""
+    base = start_server(settings)
+    with httpx.Client(base_url=base, timeout=60) as client:
+        logged = client.post("/api/runs/external", content=(
+            EXTERNAL + ', "spec": {"method_options": {"temperature": 0.5, "variant": "b"}}}').encode(),
+            headers={"content-type": "application/json"})
+        assert logged.status_code == 201, logged.text
+        for params in ({"sort": "method_options"}, {"sort": "-method_options", "format": "csv"},
+                       {"where": "method_options=abc"}):
+            answer = client.get("/api/runs", params=params)
+            assert answer.status_code == 422, (params, answer.status_code, answer.text[:300])
+            assert "lr" in answer.text  # names what one can sort or filter by
+        assert client.get("/api/runs", params={"sort": "lr"}).status_code == 200
