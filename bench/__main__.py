@@ -80,9 +80,9 @@ def streams() -> list[Row]:
 
 
 def pages() -> list[Row]:
-    from . import sweep_views
+    from . import plotly_bundles, sweep_views
 
-    return sweep_views.measure(loads=3)
+    return plotly_bundles.measure() + sweep_views.measure(loads=3)
 
 
 def slots() -> list[Row]:

@@ -149,8 +149,9 @@ def etag_of(port: int, path: str) -> str:
 
 
 def page_draw_times(base: str, run_id: int, loads: int = 3) -> tuple[list[float], list[float] | None]:
-    """Today's run page and the one before issue 23 (None without git: bench/page_versions.py),
-    loaded alternately, both through request interception, each after a warm load."""
+    """Today's run page and the one before issue 23 (scripts and plotly.js bundle; None without
+    git: bench/page_versions.py), loaded alternately, both through request interception, each
+    after a warm load."""
     from playwright.sync_api import sync_playwright
 
     from . import page_versions
@@ -163,13 +164,14 @@ def page_draw_times(base: str, run_id: int, loads: int = 3) -> tuple[list[float]
         return traces.length === 10 && traces.every(t => t.x.length > 0) && lines.length === 5;
     }"""
     versions = {"now": page_versions.scripts_now(), "before": page_versions.scripts_before()}
-    times = {name: [] for name, scripts in versions.items() if scripts}
+    bundles = {"now": page_versions.bundle_now(), "before": page_versions.bundle_before()}
+    times = {name: [] for name, scripts in versions.items() if scripts and bundles[name]}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(loads):
             for name in times:
                 page = browser.new_page(viewport={"width": 1300, "height": 1000})
-                page_versions.serve(page, versions[name])
+                page_versions.serve(page, versions[name], bundles[name])
                 for i in range(2):  # the first load fills the browser's cache (plotly.js)
                     started = time.perf_counter()
                     page.goto(f"{base}/runs/{run_id}", wait_until="commit")
@@ -190,8 +192,8 @@ def page_row(port: int, run_id: int) -> Row:
     return Row("run page of a 100,000-point run drawn in Chromium", figure, "s", baseline,
                figure / baseline if baseline else None, f"figure <= {TARGET_PAGE_S:g} s", figure <= TARGET_PAGE_S,
                note="median of 3 loads, each after a warm one; from navigation to every series drawn (SVG: 1,500 "
-                    "points per series), plotly.js parsed on each load; baseline: the page's scripts before issue 23 "
-                    "(bench/page_versions.py), loaded alternately, both through request interception; load average "
+                    "points per series), plotly.js run on each load; baseline: the page's scripts and plotly.js bundle before "
+                    "issue 23 (bench/page_versions.py), loaded alternately, both through request interception; load average "
                     f"{os.getloadavg()[0]:.1f}")
 
 

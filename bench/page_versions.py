@@ -1,11 +1,12 @@
-"""The pages' scripts as they were before issue 23 (redraws coalesced per frame, markers only on
-short curves, the sweep page's reconnect), served in place of today's so that a page's old and
-new drawing are timed in the same run, against the same server and data.
+"""The pages' scripts and plotly.js bundle as they were before issue 23 (redraws coalesced per
+frame, markers only on short curves, the sweep page's reconnect; plotly.js's "cartesian" partial
+bundle), served in place of today's so that a page's old and new drawing are timed in the same
+run, against the same server and data.
 
-Both versions go through Playwright's request interception (route.fulfill), so neither is
-served from the HTTP cache: the comparison is like for like. plotly.js itself is fetched and
-cached as the page serves it in both. The old scripts are read from git (a checkout is needed,
-as for `make bench`); without git, `scripts_before()` is None and the rows have no baseline.
+Both versions go through Playwright's request interception (route.fulfill), scripts and
+plotly.js alike, so neither is served from the HTTP cache: the comparison is like for like.
+The old files are read from git (a checkout is needed, as for `make bench`); without git,
+`scripts_before()` is None and the rows have no baseline.
 """
 
 from __future__ import annotations
@@ -18,10 +19,26 @@ ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "frontend" / "static"
 # main just before issue 23's page work (parts 2 and 3)
 BEFORE = "78c2382"
+BUNDLE_NOW = ROOT / "frontend" / "vendor" / "plotly-scatter-heatmap-4.1.1.min.js"
+BUNDLE_BEFORE = "frontend/vendor/plotly-cartesian-4.1.1.min.js"  # at BEFORE
+BUNDLE_URL = re.compile(r"/vendor/plotly-[^/]+\.min\.js$")  # the page's own (not /vendor/plotly.min.js)
 
 
 def scripts_now() -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in STATIC.glob("*.js")}
+
+
+def bundle_now() -> bytes:
+    return BUNDLE_NOW.read_bytes()
+
+
+def bundle_before() -> bytes | None:
+    """The plotly.js bundle the pages loaded at BEFORE (None without git)."""
+    try:
+        return subprocess.run(["git", "show", f"{BEFORE}:{BUNDLE_BEFORE}"], cwd=ROOT, capture_output=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def scripts_before() -> dict[str, bytes] | None:
@@ -36,8 +53,12 @@ def scripts_before() -> dict[str, bytes] | None:
     return scripts
 
 
-def serve(page, scripts: dict[str, bytes]) -> None:
-    """Answer the page's requests for /static/<name>.js with `scripts` (a name it lacks: as served)."""
+def serve(page, scripts: dict[str, bytes], bundle: bytes | None = None) -> None:
+    """Answer the page's requests for /static/<name>.js with `scripts` (a name it lacks: as
+    served), and, with `bundle`, for the page's plotly.js bundle with it."""
+    if bundle is not None:
+        page.route(BUNDLE_URL, lambda route: route.fulfill(body=bundle, content_type="text/javascript",
+                                                           headers={"Cache-Control": "no-store"}))
 
     def fulfil(route):
         name = route.request.url.rsplit("/", 1)[-1].split("?", 1)[0]

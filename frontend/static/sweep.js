@@ -147,12 +147,13 @@
         const run = runs.get(id);
         if (!run || !chosen.has(id)) break;
         const metric = document.getElementById("curve-metric").value;
+        // Not awaited, and asked for beside the points (not after them): the matrices sit below
+        // the fold and are drawn when the browser is idle.
+        if (run.state === "succeeded" || run.state === "cancelled") showConfusion(run);
         const page = await missmodCharts.runMetrics(id, cursors.has(id) ? cursors.get(id) : null);
         if (!chosen.has(id)) break;
         cursors.set(id, page.cursor);
         curves.append(id, `#${id} ${run.name}`, page.points.filter((p) => p.name === metric));
-        // Not awaited: the matrices sit below the fold and are drawn when the browser is idle.
-        if (run.state === "succeeded" || run.state === "cancelled") showConfusion(run);
       } while (entry.again);
       loading.delete(id);
     })();
