@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "frontend" / "static"
 # main just before issue 23's page work (parts 2 and 3)
 BEFORE = "78c2382"
-BUNDLE_NOW = ROOT / "frontend" / "vendor" / "plotly-scatter-heatmap-4.1.1.min.js"
+BUNDLE_NOW = ROOT / "frontend" / "vendor" / "plotly-missmod-4.1.1.min.js"
 BUNDLE_BEFORE = "frontend/vendor/plotly-cartesian-4.1.1.min.js"  # at BEFORE
 BUNDLE_URL = re.compile(r"/vendor/plotly-[^/]+\.min\.js$")  # the page's own (not /vendor/plotly.min.js)
 

@@ -107,6 +107,8 @@
                        paper_bgcolor: "#fff", plot_bgcolor: "#fafbfc", uirevision: "keep" };
       Plotly.react(div, figure.data, layout, missmodCharts.CONFIG);
       div.dataset.traces = figure.data.map((t) => t.type || "scatter").join(",");
+      // As plotly.js drew them: a type its bundle lacks would be drawn as scatter.
+      div.dataset.drawnTraces = (div._fullData || []).map((t) => t.type).join(",");
     }
     page.dataset.figuresDrawn = key;
   }

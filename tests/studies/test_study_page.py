@@ -87,6 +87,10 @@ def test_a_study_of_three_methods_on_two_slots_from_a_script_the_cli_and_its_pag
     traces = page.evaluate("[...document.querySelectorAll('#study-charts .chart[data-traces]')]"
                            ".flatMap((d) => d.dataset.traces.split(','))")
     assert set(traces) <= {"scatter", "bar"} and "scatter" in traces
+    # every trace drawn as the type Optuna made it (the pages' plotly.js bundle holds each)
+    drawn = page.evaluate("[...document.querySelectorAll('#study-charts .chart[data-traces]')]"
+                          ".map((d) => [d.dataset.traces, d.dataset.drawnTraces])")
+    assert drawn and all(made == as_drawn for made, as_drawn in drawn), drawn
     pruned_rows = page.locator("#trials-table tbody tr[data-state=pruned]").count()
     assert pruned_rows == sum(t["state"] == "pruned" for t in trials if t["arm"] == 0)
     assert page.js_errors == []
