@@ -1,5 +1,5 @@
-"""How long Chromium takes to run each plotly.js bundle the pages could load: today's (core and
-heatmap: frontend/vendor/README.md), the "cartesian" partial one the pages loaded before issue 23
+"""How long Chromium takes to run each plotly.js bundle the pages could load: today's (core,
+heatmap and bar: frontend/vendor/README.md), the "cartesian" partial one the pages loaded before issue 23
 (read from git: bench/page_versions.py) and the complete one of the `plotly` Python package. Each
 is fetched by a blank page in a browser context of its own (nothing cached) and timed from the
 script's insertion to its `load` event (download over loopback, compile and run), then one
@@ -92,7 +92,7 @@ def measure(rounds: int = 5) -> list[Row]:
     median = {name: statistics.median(times) / 1000 for name, times in run_ms.items()}
     load = f"load average {os.getloadavg()[0]:.1f}"
     size = {name: f"{len(body) / 1e6:.2f} MB" for name, body in bundles.items()}
-    rows = [Row("plotly.js run in Chromium, today's bundle (core + heatmap)", median["today"], "s",
+    rows = [Row("plotly.js run in Chromium, today's bundle (core, heatmap, bar)", median["today"], "s",
                 note=f"{size['today']}; median of {rounds}, fetched uncached over loopback, compiled and run; "
                      f"first chart drawn in {statistics.median(draw_ms['today']):.0f} ms; {load}")]
     if "cartesian" in median:
