@@ -20,10 +20,12 @@ from backend.jobs.models import DatasetJob
 from backend.lifecycle import lease
 from backend.lifecycle.api import AlreadyFinished, enqueue_committed
 from backend.lifecycle.models import Leased, State
+from backend.migrate import upgrade
 from backend.queue import WorkQueue
 from backend.reconcile import reconcile
 from backend.runs import service as runs
 from backend.runs.models import Run
+from backend.runs.schemas import RunCreate
 from worker.lease_holder import DatabaseUnavailable, holder_is_dead_here
 from tests.support import as_worker, queued_task_ids, wait_for
 
@@ -311,13 +313,18 @@ def test_a_sent_row_is_not_awaiting_the_broker(kind, new, sessions, settings):
 
 
 def test_a_row_that_cannot_be_sent_stays_queued_awaiting_the_broker_until_reconcile_sends_it(
-        kind, new, sessions, settings, queue):
+        kind, sessions, settings, queue):
     """The broker refuses the id: the row is not failed (nothing lost, no failed trail) but stays
     queued with why, and the next reconcile pass sends it — at once, not after HEARTBEAT_TIMEOUT."""
     def refuse(_id: int) -> None:
         raise ConnectionError("broker down at 10.0.0.5")
 
-    row_id = new()
+    # No API process here: its own reconcile passes (at start-up, then every RECONCILE_INTERVAL)
+    # would send the row too, racing the pass this test makes (1 run in 9 failed).
+    upgrade(settings.database_url)
+    with sessions() as session:
+        row_id = (runs.create_run(session, RunCreate(**VALID_RUN), queue).id if kind.model is Run
+                  else kind.create(None, session, queue))
     before = queued_task_ids(settings)
     with sessions() as session:
         row = session.get(kind.model, row_id)
