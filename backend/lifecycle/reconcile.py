@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from .api import Send, mark_sent, mark_unsent
+from .api import BROKER_DOWN, Send, mark_sent, mark_unsent
 from .models import Leased, State, describe_holder
 
 log = logging.getLogger("missmod.reconcile")
@@ -48,7 +48,7 @@ def send_awaiting(session: Session, model: type[Leased], send: Send, *, queued_b
     for row_id in session.scalars(query).all():
         try:
             send(row_id)
-        except Exception as error:  # the broker is down: the next pass tries again
+        except BROKER_DOWN as error:  # the next pass tries again (anything else is a bug: raised)
             log.warning("could not send %s %s to the broker (will retry): %s", model.noun, row_id, error)
             mark_unsent(session, model, [row_id], error)
             break
